@@ -1,0 +1,69 @@
+"""Tables for the Model & SAE page (cached; the numbers come from estimators.model_info)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+import streamlit as st
+
+from estimators import model_info
+from estimators.loading import LoadedModel
+
+SAE_EVAL_SEQUENCES = 256
+SAE_EVAL_SEED = 1
+
+
+def config_frame(model) -> pd.DataFrame:
+    summary = model_info.config_summary(model)
+    return pd.DataFrame({"field": list(summary), "value": [str(v) for v in summary.values()]})
+
+
+def hooks_frame(model) -> pd.DataFrame:
+    rows = model_info.hook_shapes(model)
+    return pd.DataFrame({"hook": [r["hook"] for r in rows],
+                         "shape": [" × ".join(map(str, r["shape"])) for r in rows]})
+
+
+def prediction_frame(lm: LoadedModel, seed: int) -> tuple[pd.DataFrame, float | None]:
+    """One sample from the model's data with top-3 predictions per position. For classifiers
+    (a label per sequence) the label is scored at the position the model reads it from."""
+    entry = lm.zoo_entry
+    batch = entry.sample(1, seed=seed)
+    labels = entry.token_labels()
+    targets = batch.targets[0] if batch.targets is not None else None
+    mask = batch.loss_mask[0] if batch.loss_mask is not None else None
+    if targets is None and batch.labels is not None and entry.label_position is not None:
+        n_pos = batch.tokens.shape[1]
+        targets = torch.zeros(n_pos, dtype=torch.long)
+        mask = torch.zeros(n_pos, dtype=torch.bool)
+        pos = entry.label_position % n_pos
+        targets[pos], mask[pos] = batch.labels[0], True
+    rows = model_info.token_predictions(lm.model, batch.tokens[0], labels, targets, mask)
+    frame = pd.DataFrame({
+        "pos": [r.position for r in rows],
+        "token": [r.token for r in rows],
+        "top-1": [r.top[0][0] for r in rows],
+        "p(top-1)": [round(r.top[0][1], 4) for r in rows],
+        "top-3": [", ".join(f"{t} ({p:.2f})" for t, p in r.top) for r in rows],
+        "target": [r.target if r.target is not None else "" for r in rows],
+        "p(target)": [round(r.target_prob, 4) if r.target_prob is not None else None
+                      for r in rows],
+    })
+    scored = [r for r in rows if r.target is not None]
+    accuracy = (sum(r.top[0][0] == r.target for r in scored) / len(scored)) if scored else None
+    return frame, accuracy
+
+
+@st.cache_data(show_spinner="Measuring the SAE…", max_entries=8)
+def _sae_report(model_name: str, sae_key: str, device: str, _lm: LoadedModel, _sae):
+    tokens = _lm.zoo_entry.sample(SAE_EVAL_SEQUENCES, seed=SAE_EVAL_SEED).tokens
+    quality = model_info.sae_quality(_lm.model, _sae, tokens)
+    features = model_info.top_features(_lm.model, _sae, tokens, _lm.zoo_entry.token_labels())
+    for f in features:
+        f["top_tokens"] = ", ".join(f["top_tokens"])
+    return quality, features
+
+
+def sae_report(lm: LoadedModel, sae) -> tuple[dict, list[dict]]:
+    sae_key = st.session_state.get("sae_source", "")
+    return _sae_report(lm.name, sae_key, str(lm.model.cfg.device), lm, sae)

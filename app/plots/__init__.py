@@ -1,0 +1,1 @@
+"""Plot builders: pure functions from data to plotly figures (no streamlit here)."""

@@ -1,0 +1,93 @@
+"""The state that defines a view: URL query parameters and downloadable "explanation" files.
+
+A view (model, SAE, device, and each page's argument and settings) must round-trip through the
+URL, so a link reproduces a screenshot, and through a JSON file a researcher can download,
+share and upload. Arguments too big for a readable query value are stored as a compact blob:
+urlsafe base64 of zlib-compressed JSON.
+
+Decoding never raises anything but `StateError` (a ValueError) with a message fit for the page,
+so a malformed link or file is reported and the user's current state is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from typing import Any
+
+import streamlit as st
+
+FILE_FORMAT = "heuristic-estimation-workbench/explanation"
+FILE_VERSION = 1
+MAX_BLOB_CHARS = 200_000
+
+
+class StateError(ValueError):
+    """A malformed URL parameter or explanation file."""
+
+
+def encode_blob(obj: Any) -> str:
+    raw = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
+
+
+def decode_blob(text: str) -> Any:
+    if len(text) > MAX_BLOB_CHARS:
+        raise StateError("the link's argument is too long to be a workbench argument")
+    try:
+        raw = zlib.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return json.loads(raw)
+    except (binascii.Error, zlib.error, ValueError, UnicodeDecodeError) as e:
+        raise StateError(f"the link's argument could not be read ({type(e).__name__}); "
+                         f"it may have been cut off when copied") from e
+
+
+def get_param(key: str, default: str | None = None) -> str | None:
+    value = st.query_params.get(key)
+    return default if value in (None, "") else value
+
+
+def set_param(key: str, value: str | None) -> None:
+    """Set (or with None, remove) one query parameter, writing only when it changes."""
+    current = st.query_params.get(key)
+    if value is None:
+        if current is not None:
+            del st.query_params[key]
+    elif current != value:
+        st.query_params[key] = value
+
+
+def get_blob_param(key: str) -> Any | None:
+    """Decode a blob parameter; None when absent. Raises StateError when malformed."""
+    text = get_param(key)
+    return None if text is None else decode_blob(text)
+
+
+def set_blob_param(key: str, obj: Any | None) -> None:
+    set_param(key, None if obj is None else encode_blob(obj))
+
+
+def explanation_bytes(kind: str, payload: dict, context: dict | None = None) -> bytes:
+    """A downloadable explanation file: the argument (`payload`) and what it applies to."""
+    doc = {"format": FILE_FORMAT, "version": FILE_VERSION, "kind": kind,
+           "context": context or {}, "payload": payload}
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def parse_explanation(data: bytes | str, kind: str) -> tuple[dict, dict]:
+    """Read an uploaded explanation file; returns (payload, context). Raises StateError."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StateError(f"the file is not JSON: {e}") from e
+    if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT:
+        raise StateError("the file is not a workbench explanation file (no 'format': "
+                         f"{FILE_FORMAT!r})")
+    if doc.get("kind") != kind:
+        raise StateError(f"the file holds a {doc.get('kind')!r} explanation; this page needs "
+                         f"a {kind!r} one")
+    if not isinstance(doc.get("payload"), dict):
+        raise StateError("the file's 'payload' must be a JSON object")
+    return doc["payload"], doc.get("context") or {}

@@ -1,0 +1,3 @@
+from estimators.cli import main
+
+raise SystemExit(main())

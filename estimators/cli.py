@@ -1,0 +1,116 @@
+"""`python -m estimators`: one entry point; each capability registers its subcommands.
+
+A subcommand module exposes `register(subparsers)`, which adds its parsers and sets
+`func=<callable(args) -> dict | str>` on each. A dict is printed as JSON with `--json` and as
+aligned `key: value` text otherwise; a string is printed as is. Errors a user can cause raise
+`UserError` (or ValueError/FileNotFoundError) and become one clear line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any
+
+# Order is the order in `--help`.
+SUBCOMMAND_MODULES = [
+    "estimators.zoo.cli",
+    "estimators.loading_cli",
+    "estimators.activation.cli",
+    "estimators.scrubbing.cli",
+    "estimators.tailrisk.cli",
+    "estimators.circuits.cli",
+]
+
+
+class UserError(Exception):
+    """A mistake in the user's input: reported as one line, never a traceback."""
+
+
+def _jsonable(obj: Any) -> Any:
+    try:
+        import torch
+        if isinstance(obj, torch.Tensor):
+            return obj.detach().cpu().tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def format_text(result: Any, indent: int = 0) -> str:
+    if isinstance(result, str):
+        return result
+    pad = "  " * indent
+    lines = []
+    if isinstance(result, dict):
+        width = max((len(str(k)) for k in result), default=0)
+        for k, v in result.items():
+            if isinstance(v, (dict, list)) and v and any(isinstance(x, (dict, list)) for x in
+                                                         (v.values() if isinstance(v, dict) else v)):
+                lines.append(f"{pad}{k}:")
+                lines.append(format_text(v, indent + 1))
+            else:
+                lines.append(f"{pad}{str(k).ljust(width)}  {_short(v)}")
+    elif isinstance(result, list):
+        for item in result:
+            lines.append(format_text(item, indent) if isinstance(item, (dict, list))
+                         else f"{pad}- {_short(item)}")
+            if isinstance(item, dict):
+                lines.append("")
+    return "\n".join(lines)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list) and len(v) > 8:
+        return "[" + ", ".join(_short(x) for x in v[:8]) + f", ... ({len(v)} items)]"
+    if isinstance(v, list):
+        return "[" + ", ".join(_short(x) for x in v) + "]"
+    return str(v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m estimators",
+        description="Heuristic Estimation Workbench: propagate, scrub, estimate tail risk.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and name.startswith(e.name):
+                continue  # capability not present in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def add_common_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (UserError, ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps(_jsonable(result), indent=2))
+    else:
+        print(format_text(_jsonable(result)))
+    return 0

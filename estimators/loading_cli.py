@@ -1,0 +1,33 @@
+"""`python -m estimators info --model M [--sae S]`: a model's config, hooks and its SAE's quality."""
+
+from __future__ import annotations
+
+from estimators import model_info
+from estimators.cli import add_common_json
+from estimators.loading import load_model, load_sae
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="describe a model (zoo name, folder or hub name) and its SAE")
+    p.add_argument("--model", required=True)
+    p.add_argument("--sae", default=None, help="'zoo', an SAE folder, or release/sae_id")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--hooks", action="store_true", help="list every hook point and its shape")
+    add_common_json(p)
+    p.set_defaults(func=run_info)
+
+
+def run_info(args) -> dict:
+    lm = load_model(args.model, args.device)
+    out = {"model": lm.name, "kind": lm.kind, "config": model_info.config_summary(lm.model)}
+    if lm.card:
+        out["card"] = lm.card
+    if args.hooks:
+        out["hooks"] = model_info.hook_shapes(lm.model)
+    if args.sae:
+        sae = load_sae(args.sae, lm, args.device)
+        if lm.zoo_entry is None:
+            raise ValueError("SAE quality needs the model's data: use a zoo model")
+        tokens = lm.zoo_entry.sample(256, seed=1).tokens
+        out["sae"] = model_info.sae_quality(lm.model, sae, tokens)
+    return out
