@@ -14,19 +14,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
+import warnings  # noqa: E402
+
+# sae-lens needs transformer-lens < 4, so its deprecation notice is noise for our users.
+warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
 
 from app import store  # noqa: E402
+from app.pages_index import PAGES  # noqa: E402
 
 st.set_page_config(page_title="Heuristic Estimation Workbench", page_icon="📐", layout="wide")
 
-PAGES = [
-    # (file in pages/, title, url path)
-    ("model.py", "Model & SAE", "model"),
-    ("circuits.py", "Arithmetic circuits", "circuits"),
-    ("activation.py", "Activation model", "activation-model"),
-    ("scrubbing.py", "Causal scrubbing", "causal-scrubbing"),
-    ("tail_risk.py", "Tail risk", "tail-risk"),
-]
 
 pages = [st.Page(ROOT / "pages" / file, title=title, url_path=url, default=(i == 0))
          for i, (file, title, url) in enumerate(PAGES) if (ROOT / "pages" / file).exists()]

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from typing import Any
 
 # Order is the order in `--help`.
@@ -101,6 +102,8 @@ def add_common_json(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # sae-lens needs transformer-lens < 4, so its deprecation notice is noise for our users.
+    warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,106 @@
+"""End to end: the real `streamlit run` server on 127.0.0.1, driven by headless Debian chromium
+through Playwright. Every page is opened by its deep link; the first request to the fresh server
+is a deep link (the legacy page-discovery pitfall in design.md). Screenshots go to
+test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+PAGE_LOAD_MS = 300_000  # a first model load on a busy 2-core machine; not a speed check
+
+sys.path.insert(0, str(ROOT))
+from app.pages_index import PAGES  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is needed for the browser test: "
+                    "run `bash scripts/setup.sh --test` (apt-get install chromium)")
+    port = _free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
+         "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start; see test-artifacts/streamlit.log")
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _wait_until_idle(page) -> None:
+    """Streamlit shows a 'running' status widget while the script runs."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=PAGE_LOAD_MS)
+    page.wait_for_timeout(1000)
+    page.wait_for_function(
+        "() => !document.querySelector(\"[data-testid='stStatusWidget']\")",
+        timeout=PAGE_LOAD_MS)
+
+
+# Deep links first, the default page last: the fresh server's first request is a deep link.
+ORDER = sorted(PAGES, key=lambda p: p[2] == "model")
+
+
+@pytest.mark.parametrize("file,title,url", ORDER, ids=[p[2] for p in ORDER])
+def test_page_renders_without_exception(server, browser, file, title, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{server}/{url}", timeout=PAGE_LOAD_MS)
+        _wait_until_idle(page)
+        page.get_by_role("heading", name=title).first.wait_for(timeout=PAGE_LOAD_MS)
+        exceptions = page.locator("[data-testid='stException']")
+        assert exceptions.count() == 0, exceptions.first.inner_text()
+        page.screenshot(path=str(ARTIFACTS / f"{url}.png"), full_page=True)
+    finally:
+        page.close()
