@@ -1,0 +1,283 @@
+"""Scoring path partitions: original, scrubbed and all-resampled loss, loss recovered, surprise.
+
+    scrubber = Scrubber(model, ScrubData.from_zoo("induction", n=256, seed=0))
+    [result] = scrubber.evaluate([PathPartition.from_json(open("hyp.json").read())])
+    result.loss_recovered, result.surprise.total_bits
+
+Definitions (background.md §4), with ℓ(x) the task loss of one example in nats (its scored
+positions averaged: next-token loss, or the label's cross-entropy):
+  * L_original: mean ℓ of the model on the reference inputs;
+  * L_scrubbed: mean ℓ of the treeified model under the partition, scored on the reference's
+    targets/labels;
+  * L_random:   mean ℓ when every path is resampled, i.e. the model run on the shared random
+    input ("rest" stream), scored on the reference's targets/labels;
+  * loss recovered = (L_random − L_scrubbed) / (L_random − L_original); it can pass 1 (a
+    partition can beat the model) or go below 0, so the losses are always reported too.
+  * S(Y | π) = Σ_i (ℓ_scrubbed(x_i) − ℓ_original(x_i)) / ln 2 = N·(L_scrubbed − L_original)/ln 2
+    bits: the extra code length of the observed targets when coded with the scrubbed model
+    instead of the model itself (it can be negative when the scrubbed model predicts better);
+  * S(π) = `PathPartition.description_bits` (see partition.py for the code).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from estimators.device import resolve_device
+from estimators.scrubbing.partition import IMPORTANT, REST, PathPartition
+from estimators.scrubbing.paths import PathGraph
+from estimators.scrubbing.sampling import draw_matched, draw_uniform, feature_values
+from estimators.scrubbing.treeify import plan_versions, treeified_logits
+from estimators.surprise import LN2, SurpriseBreakdown
+from estimators.zoo.base import ZooBatch, ZooEntry
+
+LossFn = Callable[[torch.Tensor, ZooBatch], torch.Tensor]
+_NEXT_TOKEN = ZooEntry()  # its per_position_loss is the masked next-token cross-entropy
+
+
+def take(batch: ZooBatch, idx) -> ZooBatch:
+    """Rows `idx` (a slice or an index tensor) of every field of a batch."""
+    pick = (lambda t: None if t is None else t[idx])
+    return ZooBatch(pick(batch.tokens), pick(batch.labels), pick(batch.targets),
+                    pick(batch.loss_mask))
+
+
+@dataclass
+class ScrubData:
+    """Examples plus the task loss that scores them (per example, nats)."""
+
+    batch: ZooBatch
+    loss_fn: LossFn
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    @classmethod
+    def from_zoo(cls, name_or_entry, n: int, seed: int = 0) -> "ScrubData":
+        from estimators import zoo
+
+        entry = zoo.get(name_or_entry) if isinstance(name_or_entry, str) else name_or_entry
+        if n < 2:
+            raise ValueError("causal scrubbing needs at least 2 examples to resample from")
+        return cls(entry.sample(int(n), seed=int(seed)), entry.per_position_loss,
+                   f"zoo:{entry.name} n={n} seed={seed}")
+
+    @classmethod
+    def from_sequences(cls, sequences, d_vocab: int, n_ctx: int, source: str = "") -> "ScrubData":
+        """Token-id sequences of one length; loss = next-token loss at every position but the
+        last."""
+        if not isinstance(sequences, list) or len(sequences) < 2 or not all(
+                isinstance(s, list) and s and all(isinstance(t, int) and not isinstance(t, bool)
+                                                  for t in s) for s in sequences):
+            raise ValueError("--data must be a JSON list of at least 2 token-id lists "
+                             "(integers)")
+        lengths = {len(s) for s in sequences}
+        if len(lengths) != 1:
+            raise ValueError(f"all sequences must have the same length (got lengths "
+                             f"{sorted(lengths)[:5]})")
+        length = lengths.pop()
+        if length < 2 or length > n_ctx:
+            raise ValueError(f"sequences must have 2..{n_ctx} tokens (the model's context), "
+                             f"not {length}")
+        tokens = torch.tensor(sequences, dtype=torch.long)
+        if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
+            raise ValueError(f"token ids must lie in 0..{d_vocab - 1}")
+        targets = torch.cat([tokens[:, 1:], torch.zeros_like(tokens[:, :1])], dim=1)
+        mask = torch.ones_like(tokens, dtype=torch.bool)
+        mask[:, -1] = False
+        return cls(ZooBatch(tokens, None, targets, mask), _NEXT_TOKEN.per_position_loss, source)
+
+
+@dataclass
+class ScrubResult:
+    """One partition's scores on one reference set."""
+
+    partition: PathPartition
+    loss_original: float
+    loss_scrubbed: float
+    loss_random: float
+    surprise: SurpriseBreakdown
+    per_example_original: torch.Tensor
+    per_example_scrubbed: torch.Tensor
+    per_example_random: torch.Tensor
+    diagnostics: dict = field(default_factory=dict)
+
+    @property
+    def loss_recovered(self) -> float:
+        return loss_recovered(self.loss_original, self.loss_scrubbed, self.loss_random)
+
+    def to_dict(self, per_example: bool = False) -> dict:
+        d = {"name": self.partition.name, "partition_hash": self.partition.hash,
+             "loss_original": self.loss_original, "loss_scrubbed": self.loss_scrubbed,
+             "loss_random": self.loss_random, "loss_recovered": self.loss_recovered,
+             "surprise": self.surprise.to_dict(), "diagnostics": self.diagnostics,
+             "partition": self.partition.to_dict()}
+        if per_example:
+            d["per_example"] = {"original": self.per_example_original.tolist(),
+                                "scrubbed": self.per_example_scrubbed.tolist(),
+                                "random": self.per_example_random.tolist()}
+        return d
+
+
+def stream_key(block_id: int, partition: PathPartition) -> str:
+    """The common-random-numbers key of a group's stream ("" for the real input)."""
+    if block_id == IMPORTANT:
+        return ""
+    if block_id == REST:
+        return "rest"
+    return f"block{block_id}|{partition.blocks[block_id - 1].resample}"
+
+
+class Scrubber:
+    """Evaluates batches of partitions of one model on one data pool.
+
+    The pool is both where resampled inputs come from and (by default) the reference set.
+    `batch_size` examples and `max_partitions` partitions go through one treeified pass."""
+
+    def __init__(self, model, data: ScrubData, *, seed: int = 0, batch_size: int = 128,
+                 max_partitions: int = 32, device: str | torch.device | None = None,
+                 graph: PathGraph | None = None):
+        self.model = model
+        self.data = data
+        self.seed = int(seed)
+        if batch_size < 1 or max_partitions < 1:
+            raise ValueError("batch_size and max_partitions must be positive")
+        self.batch_size = int(batch_size)
+        self.max_partitions = int(max_partitions)
+        self.device = resolve_device(device) if device is not None else torch.device(
+            str(model.cfg.device))
+        self.graph = graph or PathGraph.from_model(model)
+        if len(data) < 2:
+            raise ValueError("causal scrubbing needs at least 2 examples to resample from")
+        if data.batch.tokens.shape[1] > model.cfg.n_ctx:
+            raise ValueError(f"sequences of length {data.batch.tokens.shape[1]} exceed the "
+                             f"model's context {model.cfg.n_ctx}")
+        self._draw_cache: dict[tuple, tuple] = {}
+        self._base_cache: dict[int, tuple] = {}
+
+    # ------------------------------------------------------------------ streams
+    def draw(self, key: str, partition: PathPartition, block_id: int,
+             reference: ScrubData) -> tuple[torch.Tensor, int]:
+        """Pool indices [n_ref] of one stream, and its count of unmatched fallbacks."""
+        cache_key = (key, id(reference))
+        hit = self._draw_cache.get(cache_key)
+        if hit is not None and hit[0] is reference:  # the object is held, so its id is unique
+            return hit[1]
+        n_ref, n_pool = len(reference), len(self.data)
+        feature = None if block_id == REST else partition.blocks[block_id - 1].feature
+        if feature is None:
+            out = draw_uniform(n_ref, n_pool, self.seed, key), 0
+        else:
+            ref_v = feature_values(feature, reference.batch.tokens, reference.batch.labels)
+            pool_v = feature_values(feature, self.data.batch.tokens, self.data.batch.labels)
+            out = draw_matched(ref_v, pool_v, self.seed, key)
+        self._draw_cache[cache_key] = (reference, out)
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _model_loss(self, tokens: torch.Tensor, ref: ZooBatch, loss_fn: LossFn) -> torch.Tensor:
+        logits = self.model(tokens.to(self.device), return_type="logits")
+        return loss_fn(logits, ref.to(self.device)).float().cpu()
+
+    def baseline_losses(self, reference: ScrubData | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example (original, all-resampled) losses on the reference set."""
+        reference = reference or self.data
+        hit = self._base_cache.get(id(reference))
+        if hit is not None and hit[0] is reference:
+            return hit[1]
+        rest, _ = self.draw("rest", PathPartition(), REST, reference)
+        orig, rand = [], []
+        for a in range(0, len(reference), self.batch_size):
+            sl = slice(a, a + self.batch_size)
+            ref = take(reference.batch, sl)
+            orig.append(self._model_loss(ref.tokens, ref, reference.loss_fn))
+            rand.append(self._model_loss(self.data.batch.tokens[rest[sl]], ref,
+                                         reference.loss_fn))
+        out = torch.cat(orig), torch.cat(rand)
+        self._base_cache[id(reference)] = (reference, out)
+        return out
+
+    @torch.no_grad()
+    def scrubbed_losses(self, partitions: list[PathPartition],
+                        reference: ScrubData | None = None,
+                        should_stop: Callable[[], bool] | None = None
+                        ) -> tuple[torch.Tensor, dict]:
+        """Per-example scrubbed losses [n_partitions, n_ref] and diagnostics."""
+        reference = reference or self.data
+        assignments = [p.assign(self.graph) for p in partitions]
+        out = torch.empty(len(partitions), len(reference))
+        diag = {"plan_width": [], "fallbacks": {}}
+        for g0 in range(0, len(partitions), self.max_partitions):
+            group = list(range(g0, min(g0 + self.max_partitions, len(partitions))))
+            keys: dict[str, int] = {"": 0}
+            labels = []
+            draws = {}
+            for i in group:
+                lab = np.empty(self.graph.n_paths, dtype=np.int64)
+                for bid in np.unique(assignments[i]):
+                    key = stream_key(int(bid), partitions[i])
+                    if key not in keys:
+                        keys[key] = len(keys)
+                        draws[key], fb = self.draw(key, partitions[i], int(bid), reference)
+                        if fb:
+                            diag["fallbacks"][key] = fb
+                    lab[assignments[i] == bid] = keys[key]
+                labels.append(lab)
+            plan = plan_versions(self.graph, labels)
+            diag["plan_width"].append(plan.width)
+            for a in range(0, len(reference), self.batch_size):
+                if should_stop is not None and should_stop():
+                    raise InterruptedError("stopped")
+                sl = slice(a, a + self.batch_size)
+                ref = take(reference.batch, sl)
+                streams = [ref.tokens] + [self.data.batch.tokens[draws[k][sl]]
+                                          for k in list(keys)[1:]]
+                stream_tokens = torch.stack(streams).to(self.device)
+                logits = treeified_logits(self.model, self.graph, plan, stream_tokens)
+                ref_dev = ref.to(self.device)
+                losses = torch.stack([reference.loss_fn(logits[j], ref_dev) for j in
+                                      range(len(group))]).float().cpu()
+                out[g0:g0 + len(group), sl] = losses
+        return out, diag
+
+    def evaluate(self, partitions: list[PathPartition], reference: ScrubData | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> list[ScrubResult]:
+        reference = reference or self.data
+        t0 = time.perf_counter()
+        orig, rand = self.baseline_losses(reference)
+        scrubbed, diag = self.scrubbed_losses(partitions, reference, should_stop)
+        seconds = time.perf_counter() - t0
+        results = []
+        for i, p in enumerate(partitions):
+            results.append(self._result(p, orig, scrubbed[i], rand, dict(
+                diag, seconds=seconds, n=len(reference), seed=self.seed,
+                source=reference.source)))
+        return results
+
+    def surprise(self, partition: PathPartition, orig: torch.Tensor,
+                 scrubbed: torch.Tensor) -> SurpriseBreakdown:
+        parts = {f"argument:{k}": v for k, v in partition.description_parts(self.graph).items()}
+        data_bits = float((scrubbed.double() - orig.double()).sum() / LN2)
+        parts["data:excess loss"] = data_bits
+        arg = sum(v for k, v in parts.items() if k.startswith("argument:"))
+        return SurpriseBreakdown(
+            argument_bits=float(arg), data_bits=data_bits, parts=parts,
+            notes=f"S(π): two-part code over {self.graph.n_paths} paths; S(Y|π) = "
+                  f"N·(L_scrubbed − L_original)/ln 2 with N = {orig.numel()} examples")
+
+    def _result(self, p, orig, scrubbed, rand, diag) -> ScrubResult:
+        return ScrubResult(p, float(orig.mean()), float(scrubbed.mean()), float(rand.mean()),
+                           self.surprise(p, orig, scrubbed), orig, scrubbed, rand, diag)
+
+
+def loss_recovered(loss_original: float, loss_scrubbed: float, loss_random: float) -> float:
+    denom = loss_random - loss_original
+    return float("nan") if abs(denom) < 1e-12 else (loss_random - loss_scrubbed) / denom

@@ -1,0 +1,227 @@
+"""A causal-scrubbing hypothesis: a partition of the treeified model's paths (background.md §4).
+
+JSON form (every key but "important"/"blocks" optional):
+
+    {"name": "prev-token → induction K",
+     "description": "...",
+     "important": ["embed>a1.*:q>logits", "*>a0.3:*>a1.*:k>logits"],
+     "blocks": [{"paths": ["embed>a1.*:v>logits"], "resample": "uniform"},
+                {"paths": ["embed>logits"], "resample": {"match": "token_at:-1"}}]}
+
+* `important`: patterns whose paths keep the real (reference) input;
+* each block: patterns whose paths all share ONE resampled input, drawn uniformly from the data
+  (`"uniform"`) or from the data examples that agree with the reference on a feature
+  (`{"match": FEATURE}`, see `estimators.scrubbing.sampling.FEATURES`);
+* every other path shares one random input: the naive, all-independent estimate.
+
+A pattern that matches no path, a path claimed by two blocks, or a malformed file is a
+`PathError` (a ValueError) with a message that names the culprit.
+
+Description length S(π), a two-part code over the model's P paths (documented in the README):
+  1. which paths are named (important or in a block): `subset_bits(P, k)` (0 when k = 0);
+  2. how the k named paths are grouped, when k > 0: log2(k + 1) bits for the number of blocks B
+     (0 ≤ B ≤ k), then log2(B + 1) bits per named path for its group (important or block j);
+  3. each block's resampling rule: 1 bit (uniform or matched), plus for a matched block
+     log2(#feature kinds) bits for the kind and the bits of its argument (a position:
+     log2(n_ctx); a set of positions: n_ctx bits).
+The empty partition (everything independent) costs 0 bits. The code counts paths, not pattern
+characters, so two spellings of the same partition cost the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from estimators.scrubbing.paths import PathError, PathGraph
+from estimators.scrubbing.sampling import FEATURE_KINDS, parse_feature
+from estimators.surprise import subset_bits
+
+UNIFORM = "uniform"
+REST = -1  # block id of paths outside every named block
+IMPORTANT = 0  # block id of the important block; named blocks are 1..B
+
+
+@dataclass(frozen=True)
+class Block:
+    """Paths sharing one resampled input; `resample` is "uniform" or "match:FEATURE"."""
+
+    paths: tuple[str, ...]
+    resample: str = UNIFORM
+
+    def __post_init__(self):
+        if not self.paths:
+            raise PathError("a block must list at least one path pattern")
+        if self.resample != UNIFORM:
+            if not self.resample.startswith("match:"):
+                raise PathError(f"unknown resample rule {self.resample!r}")
+            parse_feature(self.resample.split(":", 1)[1])
+
+    @property
+    def feature(self) -> str | None:
+        return None if self.resample == UNIFORM else self.resample.split(":", 1)[1]
+
+    def to_dict(self) -> dict:
+        rs: Any = UNIFORM if self.feature is None else {"match": self.feature}
+        return {"paths": list(self.paths), "resample": rs}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "block") -> "Block":
+        if not isinstance(d, dict):
+            raise PathError(f"{where} must be a JSON object with 'paths' and 'resample'")
+        unknown = set(d) - {"paths", "resample"}
+        if unknown:
+            raise PathError(f"{where} has unknown keys {sorted(unknown)}")
+        paths = _pattern_list(d.get("paths"), f"{where}.paths")
+        rs = d.get("resample", UNIFORM)
+        if rs == UNIFORM:
+            return cls(paths, UNIFORM)
+        if isinstance(rs, dict) and set(rs) == {"match"} and isinstance(rs["match"], str):
+            return cls(paths, f"match:{rs['match']}")
+        raise PathError(f"{where}.resample must be \"uniform\" or {{\"match\": FEATURE}}, "
+                        f"not {json.dumps(rs)}")
+
+
+def _pattern_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(p, str) and p.strip() for p in value):
+        raise PathError(f"{where} must be a list of path-pattern strings")
+    return tuple(p.strip() for p in value)
+
+
+@dataclass(frozen=True)
+class PathPartition:
+    """The argument π of causal scrubbing: important paths and resampled blocks."""
+
+    important: tuple[str, ...] = ()
+    blocks: tuple[Block, ...] = ()
+    name: str = ""
+    description: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "important", tuple(self.important))
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        for p in self.important:
+            if not isinstance(p, str) or not p.strip():
+                raise PathError("important patterns must be non-empty strings")
+
+    # --------------------------------------------------------------------------- JSON
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"important": list(self.important),
+                             "blocks": [b.to_dict() for b in self.blocks]}
+        if self.name:
+            d["name"] = self.name
+        if self.description:
+            d["description"] = self.description
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "PathPartition":
+        if not isinstance(d, dict):
+            raise PathError("a partition must be a JSON object with 'important' and 'blocks'")
+        unknown = set(d) - {"important", "blocks", "name", "description"}
+        if unknown:
+            raise PathError(f"partition has unknown keys {sorted(unknown)} (allowed: "
+                            f"important, blocks, name, description)")
+        important = _pattern_list(d.get("important", []), "important")
+        blocks_raw = d.get("blocks", [])
+        if not isinstance(blocks_raw, list):
+            raise PathError("'blocks' must be a list of {paths, resample} objects")
+        blocks = tuple(Block.from_dict(b, f"blocks[{i}]") for i, b in enumerate(blocks_raw))
+        name, desc = d.get("name", ""), d.get("description", "")
+        if not isinstance(name, str) or not isinstance(desc, str):
+            raise PathError("'name' and 'description' must be strings")
+        return cls(important, blocks, name, desc)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "PathPartition":
+        try:
+            d = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise PathError(f"the partition file is not valid JSON: {e}") from e
+        return cls.from_dict(d)
+
+    @property
+    def hash(self) -> str:
+        """Stable hash of the partition's content (name and description excluded)."""
+        content = {"important": list(self.important), "blocks": [b.to_dict() for b in self.blocks]}
+        raw = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+    def with_name(self, name: str, description: str | None = None) -> "PathPartition":
+        return PathPartition(self.important, self.blocks, name,
+                             self.description if description is None else description)
+
+    # --------------------------------------------------------------------------- resolution
+    def assign(self, graph: PathGraph) -> np.ndarray:
+        """[n_paths] block id per path: 0 important, j ≥ 1 the j-th block, −1 the rest.
+
+        Raises PathError for a pattern matching no path or a path claimed by two groups."""
+        out = np.full(graph.n_paths, REST, dtype=np.int64)
+        groups = [(IMPORTANT, "important", self.important)] + [
+            (j + 1, f"blocks[{j}]", b.paths) for j, b in enumerate(self.blocks)]
+        for gid, gname, patterns in groups:
+            mine = np.zeros(graph.n_paths, dtype=bool)
+            for p in patterns:
+                mine[graph.match_required(p)] = True
+            clash = mine & (out != REST)
+            if clash.any():
+                i = int(np.flatnonzero(clash)[0])
+                other = "important" if out[i] == IMPORTANT else f"blocks[{out[i] - 1}]"
+                raise PathError(f"path {graph.paths[i]} is in both {other} and {gname}; "
+                                f"blocks must not overlap")
+            out[mine] = gid
+        return out
+
+    def description_parts(self, graph: PathGraph) -> dict[str, float]:
+        """S(π) term by term, in bits (see the module docstring for the code)."""
+        assignment = self.assign(graph)
+        k = int((assignment != REST).sum())
+        n_blocks = len(self.blocks)
+        which = subset_bits(graph.n_paths, k)
+        grouping = 0.0 if k == 0 else math.log2(k + 1) + k * math.log2(n_blocks + 1)
+        rules = sum(resample_rule_bits(b.feature, graph.n_ctx) for b in self.blocks)
+        return {"which paths": which, "grouping": grouping, "resample rules": rules}
+
+    def description_bits(self, graph: PathGraph) -> float:
+        return float(sum(self.description_parts(graph).values()))
+
+
+def resample_rule_bits(feature: str | None, n_ctx: int | None) -> float:
+    """1 bit for uniform-or-matched, plus the matched feature's kind and argument."""
+    if feature is None:
+        return 1.0
+    kind, arg = parse_feature(feature)
+    bits = 1.0 + math.log2(len(FEATURE_KINDS))
+    ctx = max(int(n_ctx or 2), 2)
+    if kind == "token_at":
+        bits += math.log2(2 * ctx)  # a position counted from either end
+    elif kind == "tokens_at":
+        bits += ctx
+    return bits
+
+
+EMPTY = PathPartition(name="all independent")
+
+
+def all_important(graph: PathGraph | None = None) -> PathPartition:
+    return PathPartition(important=("*",), name="all paths important")
+
+
+@dataclass
+class ResolvedBatch:
+    """Partitions resolved against a graph: per-partition block ids and rules."""
+
+    partitions: list[PathPartition]
+    assignments: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def resolve(cls, graph: PathGraph, partitions: list[PathPartition]) -> "ResolvedBatch":
+        return cls(list(partitions), [p.assign(graph) for p in partitions])
