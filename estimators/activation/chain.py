@@ -1,0 +1,539 @@
+"""Chains: the sites of a model in propagation order, the transitions between them, and the
+ground truth (empirical activations of real inputs through the real model) at every site.
+
+Transitions (`Step`), each from one parent site to its child sites:
+  * closed form (plain MLPs; no sampling): y = W x + b exactly, then ReLU/GELU by moments and
+    the Hermite series for covariances (`closed_form.py`);
+  * moment matching through the real component (transformers): draw K samples of the parent's
+    masked Gaussian with fixed common random numbers z [K, d] (seeded per step, so toggling a
+    mask changes the estimate smoothly and deterministically, and gradients flow through
+    mean + z·Lᵀ), write them into a residual tensor [K, ctx, d_model] at the site's positions
+    and units, run the actual TransformerLens blocks (`model.blocks[l]`), read the children
+    (residual, SAE latents via `sae.encode`, logits via `ln_final` + `unembed`, MLP hidden via a
+    hook) and fit mean and covariance.
+Positions and units a site does not model are held at the *real* activations of K real inputs
+(input k of the empirical batch for sample k): the estimate presumes the modelled coordinates
+independent of the rest of the context, which is the heuristic presumption of independence.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from estimators.activation.closed_form import (DEFAULT_ORDER, activation_gaussian,
+                                               linear_flops, linear_gaussian)
+from estimators.activation.gaussian import MaskedGaussian, fit_gaussian
+from estimators.activation.masks import Layout
+from estimators.activation.sites import Site, parse_site_name, resid_site_name
+
+
+@dataclass
+class Step:
+    """parent site index → child site indices. `run(parent)` returns one (mean, cov) per child.
+    `flops(parent)` counts its matrix products (2·m·n·k each)."""
+
+    parent: int
+    children: list[int]
+    run: Callable[[MaskedGaussian], list[tuple[torch.Tensor, torch.Tensor]]]
+    flops: Callable[[MaskedGaussian], float]
+    sampled: bool
+    description: str = ""
+
+
+@dataclass
+class OutputSpec:
+    """What S(Y|π) scores. kind "argmax": observations [N] are the model's argmax over the output
+    site's units; kind "continuous": observations [N, d] scored with quantisation `epsilon`."""
+
+    site: str
+    kind: str
+    observations: torch.Tensor
+    epsilon: float = 1e-2
+    labels: list[str] | None = None
+
+
+@dataclass
+class Chain:
+    sites: list[Site]
+    steps: list[Step]
+    input_mean: torch.Tensor
+    input_cov: torch.Tensor
+    empirical: dict[str, torch.Tensor]  # site name → [N, d] real activations (float64)
+    output: OutputSpec
+    device: torch.device
+    dtype: torch.dtype = torch.float64
+    info: dict = field(default_factory=dict)
+    n_inputs: int = 0
+
+    def __post_init__(self):
+        self.index = {s.name: i for i, s in enumerate(self.sites)}
+        self.layouts = {s.name: Layout(s.n_positions, s.n_units) for s in self.sites}
+        self._corr: dict[str, torch.Tensor] = {}
+        self._emp_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def site(self, name: str) -> Site:
+        if name not in self.index:
+            raise ValueError(f"unknown site {name!r}; this chain has: {', '.join(self.index)}")
+        return self.sites[self.index[name]]
+
+    def empirical_stats(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Empirical mean [d] and covariance [d, d] at a site (cached)."""
+        if name not in self._emp_stats:
+            self._emp_stats[name] = fit_gaussian(self.empirical[self.site(name).name])
+        return self._emp_stats[name]
+
+    def correlation(self, name: str) -> torch.Tensor:
+        """Empirical correlation [d, d] at a site (0 where a unit has no variance)."""
+        if name not in self._corr:
+            _, cov = self.empirical_stats(name)
+            sd = torch.diagonal(cov).clamp_min(0).sqrt()
+            inv = torch.where(sd > 0, 1 / sd.clamp_min(1e-300), torch.zeros_like(sd))
+            self._corr[name] = cov * inv.unsqueeze(0) * inv.unsqueeze(1)
+        return self._corr[name]
+
+    def to_dict(self) -> dict:
+        return {"sites": [s.to_dict() for s in self.sites], "output": {
+            "site": self.output.site, "kind": self.output.kind, "epsilon": self.output.epsilon},
+            "n_inputs": self.n_inputs, "info": self.info}
+
+
+# =========================================================================== plain MLPs
+
+def mlp_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, n_empirical: int = 4096,
+              seed: int = 0, order: int = DEFAULT_ORDER, epsilon: float = 1e-2,
+              device=None) -> Chain:
+    """Chain input → hidden.0 → … → output of a `PlainMLP`, closed-form transitions.
+
+    Ground truth: n_empirical inputs drawn from N(input_mean, input_cov) (seed) through the MLP.
+    """
+    from estimators.device import resolve_device
+
+    dev = resolve_device(device) if device is not None else input_mean.device
+    dtype = torch.float64
+    mlp = mlp.to(device=dev, dtype=dtype)
+    mean = input_mean.to(dev, dtype)
+    cov = input_cov.to(dev, dtype)
+    widths = mlp.widths
+    if mean.shape[0] != widths[0]:
+        raise ValueError(f"input distribution has dimension {mean.shape[0]}, the MLP's input "
+                         f"is {widths[0]}")
+    n_layers = len(mlp.layers)
+    names = ["input"] + [f"hidden.{i}" for i in range(n_layers - 1)] + ["output"]
+    kinds = ["input"] + ["hidden"] * (n_layers - 1) + ["output"]
+    sites = [Site(n, k, n, (), tuple(range(w)), w) for n, k, w in zip(names, kinds, widths)]
+
+    # ground truth
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    z = torch.randn(n_empirical, widths[0], generator=g, dtype=dtype).to(dev)
+    evals, evecs = torch.linalg.eigh(cov)
+    x = mean + z @ (evecs * evals.clamp_min(0).sqrt()).T
+    with torch.no_grad():
+        out, hidden = mlp(x, return_hidden=True)
+    empirical = {"input": x, "output": out}
+    for i, h in enumerate(hidden):
+        empirical[f"hidden.{i}"] = h
+
+    steps = []
+    for i, layer in enumerate(mlp.layers):
+        last = i == n_layers - 1
+        act = None if last else mlp.activation
+
+        def run(parent: MaskedGaussian, layer=layer, act=act):
+            W, b = layer.weight, layer.bias
+            m, c = linear_gaussian(parent.mean, parent.cov, W, b)
+            if act is not None:
+                m, c = activation_gaussian(m, c, act, order)
+            return [(m, c)]
+
+        def flops(parent: MaskedGaussian, layer=layer):
+            n_out, n_in = layer.weight.shape
+            return linear_flops(n_out, n_in, diagonal_only=False)
+
+        steps.append(Step(i, [i + 1], run, flops, sampled=False,
+                          description=f"layers.{i}: exact linear"
+                          + ("" if last else f" + {mlp.activation} moments (Hermite order {order})")))
+    out_spec = OutputSpec("output", "continuous", out, epsilon=epsilon)
+    return Chain(sites, steps, mean, cov, empirical, out_spec, dev,
+                 info={"model": "mlp", "widths": widths, "activation": mlp.activation,
+                       "hermite_order": order},
+                 n_inputs=n_empirical)
+
+
+# =========================================================================== transformers
+
+def default_positions(n_ctx: int, d_model: int, max_dim: int = 1024) -> list[int]:
+    """All positions when ctx·d_model ≤ max_dim, else the last ⌊max_dim/d_model⌋ (≥ 1)."""
+    if n_ctx * d_model <= max_dim:
+        return list(range(n_ctx))
+    k = max(1, max_dim // d_model)
+    return list(range(n_ctx - k, n_ctx))
+
+
+def _norm_pos(p: int, ctx: int) -> int:
+    q = p + ctx if p < 0 else p
+    if not 0 <= q < ctx:
+        raise ValueError(f"position {p} is outside the context 0..{ctx - 1}")
+    return q
+
+
+def _hook_layer(hook: str) -> int | None:
+    import re
+    m = re.match(r"^blocks\.(\d+)\.", hook)
+    return int(m.group(1)) if m else None
+
+
+def _resid_hook_boundary(hook: str) -> int | None:
+    try:
+        kind, info = parse_site_name(hook)
+    except ValueError:
+        return None
+    return info["boundary"] if kind == "resid" else None
+
+
+def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = None,
+                      positions: list[int] | None = None, sae=None, sae_max_units: int = 64,
+                      samples: int = 256, seed: int = 0, logits_position: int = -1,
+                      max_logit_units: int = 1024, max_dim: int = 1024,
+                      batch_size: int = 128, output_observations: torch.Tensor | None = None,
+                      ) -> Chain:
+    """Chain of a TransformerLens HookedTransformer on real inputs `tokens` [N, ctx].
+
+    sites: site names (sites.py); default: the residual stream at every block boundary
+      (blocks.0.hook_resid_pre, blocks.{l}.hook_resid_post), the SAE's site when `sae` is given,
+      and logits@<logits_position>. blocks.0.hook_resid_pre is always the input site; its
+      Gaussian is fitted from the real embeddings of `tokens`.
+    positions: positions modelled at residual/SAE/MLP sites (default `default_positions`).
+    sae: a sae_lens SAE; its site models, at the same positions, the features that fire on the
+      real inputs (most frequent first, at most sae_max_units); its reconstruction error on the
+      real activations is recorded in chain.info["sae"].
+    samples: K, samples per sampled transition. output_observations: [N] tokens to score instead
+      of the model's own argmax (e.g. the task's labels).
+    """
+    from estimators.loading import sae_hook_name
+
+    cfg = model.cfg
+    dev = torch.device(cfg.device) if cfg.device is not None else tokens.device
+    dtype = torch.float64
+    mdtype = cfg.dtype
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be [n, ctx], not {tuple(tokens.shape)}")
+    tokens = tokens.to(dev)
+    N, ctx = tokens.shape
+    if N < 2:
+        raise ValueError("need at least 2 real inputs to fit the input distribution")
+    if int(tokens.max()) >= cfg.d_vocab or int(tokens.min()) < 0:
+        raise ValueError(f"token ids must lie in 0..{cfg.d_vocab - 1}")
+    L = cfg.n_layers
+    d_model = cfg.d_model
+    pos = [_norm_pos(p, ctx) for p in (positions if positions is not None
+                                        else default_positions(ctx, d_model, max_dim))]
+    if len(set(pos)) != len(pos):
+        raise ValueError("positions repeat")
+    lpos = _norm_pos(logits_position, ctx)
+
+    # ---- which sites ------------------------------------------------------------------
+    sae_hook = sae_hook_name(sae) if sae is not None else None
+    if sites is None:
+        names = [resid_site_name(b, L) for b in range(L + 1)]
+        if sae_hook is not None:
+            names.append(f"sae:{sae_hook}")
+        names.append(f"logits@{logits_position}")
+    else:
+        names = list(dict.fromkeys(s.strip() for s in sites))
+    boundaries = {0}
+    mlp_layers: list[int] = []
+    sae_site = None
+    logits_site = None
+    for n in names:
+        kind, info = parse_site_name(n)
+        if kind == "resid":
+            if not 0 <= info["layer"] < L:
+                raise ValueError(f"site {n}: the model has blocks 0..{L - 1}")
+            boundaries.add(info["boundary"])
+        elif kind == "mlp":
+            if not 0 <= info["layer"] < L:
+                raise ValueError(f"site {n}: the model has blocks 0..{L - 1}")
+            if cfg.attn_only:
+                raise ValueError(f"site {n}: this model is attention-only (no MLPs)")
+            mlp_layers.append(info["layer"])
+        elif kind == "sae":
+            if sae is None:
+                raise ValueError(f"site {n} needs an SAE (none loaded)")
+            if info["hook"] != sae_hook:
+                raise ValueError(f"site {n}: the loaded SAE reads {sae_hook}")
+            sae_site = n
+        elif kind == "logits":
+            logits_site = n
+            lpos = _norm_pos(info["position"], ctx)
+        else:
+            raise ValueError(f"site {n} is a plain-MLP site, not a transformer site")
+    if logits_site is not None:
+        boundaries.add(L)
+        if lpos not in pos:
+            raise ValueError(f"{logits_site} reads position {lpos}, which the residual sites do "
+                             f"not model (positions {pos})")
+    sae_boundary = _resid_hook_boundary(sae_hook) if sae_site else None
+    if sae_site is not None and sae_boundary is not None:
+        boundaries.add(sae_boundary)
+    boundaries_sorted = sorted(boundaries)
+
+    # ---- ground truth: one batched pass with names_filter --------------------------------
+    resid_hooks = {b: ("blocks.0.hook_resid_pre" if b == 0 else f"blocks.{b - 1}.hook_resid_post")
+                   for b in range(L + 1)}
+    hooks_needed = set(resid_hooks.values()) | {f"blocks.{l}.mlp.hook_post" for l in mlp_layers}
+    if sae_site is not None:
+        if sae_hook not in model.hook_dict:
+            raise ValueError(f"the SAE reads hook {sae_hook!r}, which this model does not have")
+        hooks_needed.add(sae_hook)
+    real: dict[str, list[torch.Tensor]] = {h: [] for h in hooks_needed}
+    logits_real = []
+    with torch.no_grad():
+        for start in range(0, N, batch_size):
+            tb = tokens[start:start + batch_size]
+            logits, cache = model.run_with_cache(tb, names_filter=lambda n: n in hooks_needed)
+            for h in hooks_needed:
+                real[h].append(cache[h])
+            logits_real.append(logits[:, lpos])
+    real_t = {h: torch.cat(v) for h, v in real.items()}
+    logits_all = torch.cat(logits_real).to(dtype)  # [N, vocab]
+    pos_t = torch.tensor(pos, device=dev)
+
+    def take(acts: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """[n, ctx, width] → [n, |p|·|u|] (position-major)."""
+        if acts.dim() == 4:
+            acts = acts.flatten(-2)
+        return acts[:, p][:, :, u].flatten(1)
+
+    site_objs: list[Site] = []
+    empirical: dict[str, torch.Tensor] = {}
+    all_units = tuple(range(d_model))
+    u_model = torch.arange(d_model, device=dev)
+
+    def add_site(site: Site, values: torch.Tensor):
+        site_objs.append(site)
+        empirical[site.name] = values.to(dtype)
+
+    # SAE units & reconstruction error
+    sae_units = None
+    sae_info = None
+    if sae_site is not None:
+        with torch.no_grad():
+            x = real_t[sae_hook].to(sae.W_dec.dtype)
+            if x.dim() == 4:
+                x = x.flatten(-2)
+            xs = x[:, pos_t]
+            lat = sae.encode(xs)
+            recon = sae.decode(lat)
+            err = ((recon - xs) ** 2).sum(-1)
+            tot = ((xs - xs.mean(0, keepdim=True)) ** 2).sum(-1)
+            fire = (lat > 0).float().mean((0, 1))
+        order_ = torch.argsort(fire, descending=True)
+        k = max(1, min(sae_max_units, int((fire > 0).sum())))
+        sae_units = tuple(sorted(int(i) for i in order_[:k]))
+        sae_info = {"hook": sae_hook, "d_sae": int(sae.cfg.d_sae), "units": list(sae_units),
+                    "reconstruction_mse": float(err.mean()),
+                    "fraction_variance_unexplained": float(err.sum() / tot.sum().clamp_min(1e-30)),
+                    "positions": pos, "firing_features": int((fire > 0).sum())}
+    sae_u_t = torch.tensor(sae_units, device=dev) if sae_units else None
+
+    # sites in chain order, with their step structure: chain_nodes = list of (site_idx)
+    chain_idx: list[int] = []
+    readouts_for_block: dict[int, list[int]] = {}
+    for b in boundaries_sorted:
+        hook = resid_hooks[b]
+        add_site(Site(resid_site_name(b, L), "resid", hook, tuple(pos), all_units, d_model),
+                 take(real_t[hook], pos_t, u_model))
+        chain_idx.append(len(site_objs) - 1)
+        if sae_site is not None and sae_boundary == b:
+            with torch.no_grad():
+                lat = sae.encode(real_t[sae_hook].to(sae.W_dec.dtype))
+            add_site(Site(sae_site, "sae", sae_hook, tuple(pos), sae_units, int(sae.cfg.d_sae)),
+                     take(lat, pos_t, sae_u_t))
+            chain_idx.append(len(site_objs) - 1)
+        # read-out sites inside the blocks that follow boundary b are added after the step's
+        # target is known (below)
+    for l in sorted(set(mlp_layers)):
+        d_mlp = int(real_t[f"blocks.{l}.mlp.hook_post"].shape[-1])
+        readouts_for_block.setdefault(l, []).append(
+            len(site_objs))
+        add_site(Site(f"blocks.{l}.mlp.hook_post", "mlp", f"blocks.{l}.mlp.hook_post",
+                      tuple(pos), tuple(range(d_mlp)), d_mlp, role="readout"),
+                 take(real_t[f"blocks.{l}.mlp.hook_post"], pos_t,
+                      torch.arange(d_mlp, device=dev)))
+    if sae_site is not None and sae_boundary is None:
+        l = _hook_layer(sae_hook)
+        if l is None:
+            raise ValueError(f"cannot place an SAE at {sae_hook!r}: not inside a block")
+        with torch.no_grad():
+            x = real_t[sae_hook]
+            lat = sae.encode((x.flatten(-2) if x.dim() == 4 else x).to(sae.W_dec.dtype))
+        readouts_for_block.setdefault(l, []).append(len(site_objs))
+        add_site(Site(sae_site, "sae", sae_hook, tuple(pos), sae_units, int(sae.cfg.d_sae),
+                      role="readout"), take(lat, pos_t, sae_u_t))
+    if logits_site is not None:
+        V = int(logits_all.shape[-1])
+        units = tuple(range(min(V, max_logit_units)))
+        add_site(Site(logits_site, "logits", "logits", (lpos,), units, V),
+                 logits_all[:, list(units)])
+        chain_idx.append(len(site_objs) - 1)
+
+    # ---- bases: real activations of K inputs, where a site does not model -----------------
+    K = int(samples)
+    if K < 2:
+        raise ValueError("samples (K) must be at least 2")
+    base_rows = torch.arange(K, device=dev) % N
+    base_resid = {b: real_t[resid_hooks[b]][base_rows].to(mdtype) for b in boundaries_sorted}
+    base_lat = None
+    if sae_site is not None and sae_boundary is not None:
+        with torch.no_grad():
+            base_lat = sae.encode(real_t[sae_hook][base_rows].to(sae.W_dec.dtype))
+
+    def boundary_of(site: Site) -> int:
+        if site.kind == "resid":
+            return _resid_hook_boundary(site.hook)
+        if site.kind == "sae":
+            return sae_boundary
+        return L
+
+    g = torch.Generator(device="cpu")
+    steps: list[Step] = []
+    n_heads = cfg.n_heads
+    d_head = cfg.d_head
+    d_mlp_cfg = 0 if cfg.attn_only else (cfg.d_mlp or 0)
+
+    def block_flops(n_blocks: int) -> float:
+        per_tok = 2 * d_model * n_heads * d_head * 4 + 2 * 2 * n_heads * ctx * d_head \
+            + 2 * 2 * d_model * d_mlp_cfg
+        return float(n_blocks * K * ctx * per_tok)
+
+    for si, (pi, ci) in enumerate(zip(chain_idx[:-1], chain_idx[1:])):
+        parent, child = site_objs[pi], site_objs[ci]
+        b0, b1 = boundary_of(parent), boundary_of(child)
+        blocks = list(range(b0, b1)) if child.kind != "logits" else list(range(b0, L))
+        children = [ci] + [r for l in blocks for r in readouts_for_block.get(l, [])]
+        g.manual_seed(int(seed) * 1_000_003 + si)
+        z = torch.randn(K, parent.dim, generator=g, dtype=dtype).to(dev)
+
+        def fn(x: torch.Tensor, parent=parent, children=children, blocks=blocks, b0=b0):
+            # x [K, d_parent] (float64) → list of [K, d_child]
+            kx = x.shape[0]
+            if parent.kind == "resid":
+                resid = base_resid[b0][:kx].clone()
+                resid[:, pos_t] = x.view(kx, len(pos), d_model).to(mdtype)
+            else:  # SAE parent: write latents, decode at the modelled positions
+                lat = base_lat[:kx].clone()
+                sub = lat[:, pos_t]
+                sub[:, :, sae_u_t] = x.view(kx, len(pos), len(sae_units)).to(lat.dtype)
+                lat = lat.clone()
+                lat[:, pos_t] = sub
+                resid = base_resid[b0][:kx].clone()
+                resid[:, pos_t] = sae.decode(lat[:, pos_t]).to(mdtype)
+            captured: dict[str, torch.Tensor] = {}
+            fwd_hooks = []
+            for r in children[1:]:
+                h = site_objs[r].hook
+
+                def grab(act, hook, h=h):
+                    captured[h] = act
+                    return act
+                fwd_hooks.append((h, grab))
+            with model.hooks(fwd_hooks=fwd_hooks):
+                for l in blocks:
+                    resid = model.blocks[l](resid)
+            outs = []
+            for c in children:
+                s = site_objs[c]
+                if s.kind == "resid":
+                    outs.append(take(resid, pos_t, u_model))
+                elif s.kind == "sae" and s.role == "chain":
+                    lat = sae.encode(resid.to(sae.W_dec.dtype))
+                    outs.append(take(lat, pos_t, sae_u_t))
+                elif s.kind == "logits":
+                    r = resid[:, lpos:lpos + 1]
+                    ln = getattr(model, "ln_final", None)
+                    if ln is not None:
+                        r = ln(r)
+                    lg = model.unembed(r)[:, 0]
+                    outs.append(lg[:, list(s.units)])
+                elif s.kind == "sae":  # read-out SAE at a hook inside a block
+                    a = captured[s.hook]
+                    a = a.flatten(-2) if a.dim() == 4 else a
+                    outs.append(take(sae.encode(a.to(sae.W_dec.dtype)), pos_t, sae_u_t))
+                else:  # MLP hidden read-out
+                    outs.append(take(captured[s.hook], pos_t,
+                                     torch.arange(s.width, device=dev)))
+            return [o.to(dtype) for o in outs]
+
+        def run(parent_g: MaskedGaussian, fn=fn, z=z):
+            x = parent_g.sample(z)
+            return [fit_gaussian(y) for y in fn(x)]
+
+        def flops(parent_g: MaskedGaussian, blocks=blocks, parent=parent, children=children,
+                  child=child):
+            d = parent.dim
+            f = (K * d if parent_g.diagonal else 2.0 * K * d * d) + block_flops(len(blocks))
+            if parent.kind == "sae" or any(site_objs[c].kind == "sae" for c in children):
+                f += 2.0 * K * len(pos) * d_model * int(sae.cfg.d_sae)
+            if child.kind == "logits":
+                f += 2.0 * K * d_model * int(cfg.d_vocab_out)
+            f += sum(2.0 * K * site_objs[c].dim ** 2 for c in children)  # covariance fits
+            return f + parent_g.flops
+
+        desc = f"{parent.name} → {child.name}: " + (
+            f"blocks {blocks[0]}..{blocks[-1]}" if blocks else "") + \
+            (" + ln_final/unembed" if child.kind == "logits" else "") + f", K={K} samples"
+        steps.append(Step(pi, children, run, flops, sampled=True, description=desc))
+
+    input_mean, input_cov = fit_gaussian(empirical[site_objs[0].name])
+    out_site = site_objs[chain_idx[-1]]
+    if out_site.kind == "logits":
+        if output_observations is not None:
+            obs = output_observations.to(dev).long()
+            if obs.shape != (N,):
+                raise ValueError(f"output observations must be [N={N}] token ids")
+        else:
+            obs = empirical[out_site.name].argmax(-1)
+        out_spec = OutputSpec(out_site.name, "argmax", obs)
+    else:
+        out_spec = OutputSpec(out_site.name, "continuous", empirical[out_site.name])
+    info = {"model": getattr(cfg, "model_name", "transformer"), "n_layers": L,
+            "d_model": d_model, "n_ctx": ctx, "positions": pos, "samples": K,
+            "logits_position": lpos}
+    if sae_info is not None:
+        info["sae"] = sae_info
+    return Chain(site_objs, steps, input_mean, input_cov, empirical, out_spec, dev,
+                 info=info, n_inputs=N)
+
+
+def chain_for_zoo(model_or_name, sae=None, n_inputs: int = 512, samples: int = 1024,
+                  seed: int = 0, sites: list[str] | None = None,
+                  positions: list[int] | None = None, device=None, use_labels: bool = False,
+                  **kwargs) -> Chain:
+    """`transformer_chain` on a zoo model's own data: `zoo.get(name).sample(n_inputs, seed)`.
+
+    model_or_name: a `LoadedModel` of kind "zoo" or a zoo name (loaded on `device`). The logits
+    site reads the entry's label position when it has one, else the last position; with
+    use_labels the observations scored by S(Y|π) are the task labels instead of the model's
+    argmax.
+    """
+    from estimators import zoo
+    from estimators.loading import LoadedModel
+
+    if isinstance(model_or_name, LoadedModel):
+        if model_or_name.kind != "zoo":
+            raise ValueError("chain_for_zoo needs a zoo model; use transformer_chain")
+        entry, model = model_or_name.zoo_entry, model_or_name.model
+    else:
+        entry = zoo.get(model_or_name)
+        model = entry.load_model(device or "cpu")
+    batch = entry.sample(int(n_inputs), seed=int(seed))
+    lpos = entry.label_position if entry.label_position is not None else -1
+    obs = batch.labels if (use_labels and batch.labels is not None) else None
+    return transformer_chain(model, batch.tokens, sites=sites, positions=positions, sae=sae,
+                             samples=samples, seed=seed, logits_position=lpos,
+                             output_observations=obs, **kwargs)

@@ -1,0 +1,153 @@
+"""Plain torch MLPs (Linear + ReLU/GELU) and their file formats.
+
+Model folder:
+  config.json        {"kind": "mlp", "widths": [d_in, h_1, ..., d_out], "activation": "relu"|"gelu"}
+  model.safetensors  layers.{i}.weight [widths[i+1], widths[i]], layers.{i}.bias [widths[i+1]]
+The activation follows every layer but the last (GELU is the exact erf form).
+
+Input distribution JSON: {"mean": [d_in numbers], "cov": [[d_in × d_in numbers]]}, checked for
+shape, finiteness, symmetry (relative tolerance 1e-6) and positive semi-definiteness (smallest
+eigenvalue ≥ −1e-8 · largest).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from estimators.activation.closed_form import ACTIVATIONS, apply_activation
+
+
+class PlainMLP(nn.Module):
+    def __init__(self, widths: list[int], activation: str = "relu"):
+        super().__init__()
+        if len(widths) < 2 or any((not isinstance(w, int)) or w < 1 for w in widths):
+            raise ValueError(f"widths must be ≥ 2 positive integers, not {widths!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
+        self.widths = list(widths)
+        self.activation = activation
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+        """x [n, d_in] → output [n, d_out]; with return_hidden also the list of post-activation
+        hidden layers."""
+        hidden = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = apply_activation(x, self.activation)
+                hidden.append(x)
+        return (x, hidden) if return_hidden else x
+
+    def config(self) -> dict:
+        return {"kind": "mlp", "widths": self.widths, "activation": self.activation}
+
+
+def random_mlp(widths: list[int], activation: str = "relu", seed: int = 0,
+               bias_std: float = 0.0, dtype=torch.float64) -> PlainMLP:
+    """He-initialised MLP: W ~ N(0, 2/fan_in), b ~ N(0, bias_std²)."""
+    g = torch.Generator().manual_seed(int(seed))
+    m = PlainMLP(widths, activation).to(dtype)
+    with torch.no_grad():
+        for layer in m.layers:
+            fan_in = layer.weight.shape[1]
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=dtype)
+                               * math.sqrt(2.0 / fan_in))
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=dtype) * bias_std)
+    return m
+
+
+def save_mlp(mlp: PlainMLP, folder: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(mlp.config(), indent=2) + "\n")
+    state = {k: v.detach().cpu().contiguous() for k, v in mlp.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    return folder
+
+
+def is_mlp_folder(path: str | Path) -> bool:
+    p = Path(path) / "config.json"
+    if not p.exists():
+        return False
+    try:
+        return json.loads(p.read_text()).get("kind") == "mlp"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def load_mlp(folder: str | Path, device="cpu", dtype=torch.float64) -> PlainMLP:
+    """Load an MLP folder (module docstring); ValueError with the reason when malformed."""
+    from estimators.loading import read_json, read_safetensors
+
+    folder = Path(folder)
+    cfg = read_json(folder / "config.json")
+    if cfg.get("kind") != "mlp":
+        raise ValueError(f"{folder}/config.json: 'kind' must be \"mlp\"")
+    widths = cfg.get("widths")
+    if not isinstance(widths, list) or not all(isinstance(w, int) for w in widths):
+        raise ValueError(f"{folder}/config.json: 'widths' must be a list of integers")
+    mlp = PlainMLP(widths, cfg.get("activation", "relu"))
+    state = read_safetensors(folder / "model.safetensors")
+    expected = mlp.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{folder}/model.safetensors does not match widths {widths}: missing "
+                         f"{missing[:4]}, unexpected {extra[:4]}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise ValueError(f"{folder}/model.safetensors: {k} has shape {tuple(v.shape)}, "
+                             f"expected {tuple(expected[k].shape)}")
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{folder}/model.safetensors: {k} holds NaN or infinite values")
+    mlp.load_state_dict(state)
+    return mlp.to(device=device, dtype=dtype).eval()
+
+
+def validate_input_distribution(d, dim: int | None = None, dtype=torch.float64):
+    """(mean [d], cov [d, d]) from {"mean": [...], "cov": [[...]]}; ValueError when invalid."""
+    if not isinstance(d, dict) or "mean" not in d or "cov" not in d:
+        raise ValueError('the input distribution must be a JSON object {"mean": [...], '
+                         '"cov": [[...]]}')
+    try:
+        mean = torch.tensor(d["mean"], dtype=dtype)
+        cov = torch.tensor(d["cov"], dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"input distribution: mean/cov must be numbers ({e})") from None
+    if mean.dim() != 1:
+        raise ValueError("input distribution: 'mean' must be a list of numbers")
+    n = mean.shape[0]
+    if cov.shape != (n, n):
+        raise ValueError(f"input distribution: 'cov' must be {n}×{n} (as long as 'mean'), "
+                         f"not {tuple(cov.shape)}")
+    if dim is not None and n != dim:
+        raise ValueError(f"input distribution has dimension {n}, the model's input is {dim}")
+    if not (torch.isfinite(mean).all() and torch.isfinite(cov).all()):
+        raise ValueError("input distribution holds NaN or infinite values")
+    scale = cov.abs().max().clamp_min(1e-300)
+    if (cov - cov.T).abs().max() > 1e-6 * scale:
+        raise ValueError("input distribution: 'cov' is not symmetric")
+    evals = torch.linalg.eigvalsh(0.5 * (cov + cov.T))
+    if evals.min() < -1e-8 * evals.max().abs().clamp_min(1e-300):
+        raise ValueError(f"input distribution: 'cov' is not positive semi-definite (smallest "
+                         f"eigenvalue {float(evals.min()):.3g})")
+    return mean, 0.5 * (cov + cov.T)
+
+
+def load_input_distribution(path: str | Path, dim: int | None = None, dtype=torch.float64):
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"input distribution file {path} does not exist")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return validate_input_distribution(d, dim, dtype)
