@@ -57,7 +57,7 @@ def greedy_search(scrubber: Scrubber, candidates: list[str] | None = None, unit:
     current = start or PathPartition(name="greedy start")
     pool = list(candidates) if candidates is not None else candidate_patterns(scrubber, unit)
     matches = {c: g.match_required(c) for c in pool}
-    [best] = scrubber.evaluate([current], should_stop=should_stop)
+    [best] = scrubber.evaluate([current])  # always scored, so a stopped search has a result
     steps = [SearchStep(0, None, best)]
     if progress:
         progress(0, max_steps, steps[0])

@@ -158,7 +158,8 @@ def test_everything_resampled_gives_the_random_loss(which, attn_model, mlp_model
     [r] = s.evaluate([PathPartition()])
     rest, _ = s.draw("rest", PathPartition(), REST, data)
     # independent: the model itself on the shared random inputs, scored on the real targets
-    direct = data.loss_fn(model(data.batch.tokens[rest]), data.batch)
+    with torch.no_grad():
+        direct = data.loss_fn(model(data.batch.tokens[rest]), data.batch)
     assert r.loss_random == pytest.approx(float(direct.mean()), abs=1e-5)
     assert r.loss_scrubbed == pytest.approx(r.loss_random, abs=1e-5)
     assert r.loss_recovered == pytest.approx(0.0, abs=1e-4)
