@@ -224,8 +224,8 @@ class Circuit:
     inputs: dict[str, InputDist]
     nodes: tuple[Node, ...]
     output: str
-    name: str = ""
-    description: str = ""
+    name: str = field(default="", compare=False)
+    description: str = field(default="", compare=False)
     order: tuple[str, ...] = field(init=False, repr=False, compare=False)
     index: dict[str, int] = field(init=False, repr=False, compare=False)
 
