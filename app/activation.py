@@ -1,0 +1,449 @@
+"""Glue of the Activation model page: settings, the cached chain, the per-session Propagator,
+mask edits, URL/file state and argument search with progress and cancellation.
+
+* The chain (sites, transitions, real activations) is built once per (model, SAE, device,
+  settings) with `st.cache_resource` and shared by sessions; building it runs the real model,
+  so it happens under `store.model_lock()`.
+* Each session keeps its own `Propagator` in `st.session_state` (keyed by the chain key), so a
+  one-entry toggle re-propagates only from the edited site on (`Propagator.set_site_mask` +
+  `run`, which caches the unchanged sites).
+* The argument lives in the URL (`mask`, a compact blob; the chain settings in `act`) and in a
+  downloadable explanation file of kind "covariance-mask". Malformed input is reported and the
+  current argument kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+import streamlit as st
+import torch
+
+from app import state, store
+from estimators.activation import (Chain, CovarianceMask, MaskRule, Propagator, SiteMask,
+                                   chain_for_zoo, gradient_search, greedy_search,
+                                   transformer_chain)
+from estimators.activation.sites import resid_site_name
+
+EXPLANATION_KIND = "covariance-mask"
+URL_MASK = "mask"
+URL_SETTINGS = "act"
+URL_BITS = "act_bpp"
+
+# Sizes that keep the page responsive on a 2-core CPU with the default model.
+DEFAULT_N_INPUTS = 64
+DEFAULT_SAMPLES = 128
+DEFAULT_MAX_DIM = 128  # positions × d_model of the default residual sites
+GRID_MAX = 48  # the clickable grid shows at most this many units (a view of larger sites)
+HEATMAP_MAX = 256
+MAX_N_INPUTS = 8192
+MAX_SAMPLES = 8192
+MAX_SITE_DIM = 2048  # a covariance of this dimension is ~32 MiB in float64 per matrix
+
+ss = st.session_state
+
+
+# ============================================================================ settings
+@dataclass(frozen=True)
+class Settings:
+    """What the chain depends on (the argument does not): modelled positions, sites (None = the
+    library's default chain), real inputs N, samples K per transition, seed, and for models
+    outside the zoo the input token ids (one sequence per line; empty = uniform random)."""
+
+    positions: tuple[int, ...]
+    sites: tuple[str, ...] | None = None
+    n_inputs: int = DEFAULT_N_INPUTS
+    samples: int = DEFAULT_SAMPLES
+    seed: int = 0
+    tokens: str = ""
+
+    def __post_init__(self):
+        if not self.positions:
+            raise ValueError("choose at least one position")
+        if len(set(self.positions)) != len(self.positions):
+            raise ValueError("positions repeat")
+        if any((not isinstance(p, int)) or p < 0 for p in self.positions):
+            raise ValueError("positions must be non-negative integers")
+        if not 2 <= self.n_inputs <= MAX_N_INPUTS:
+            raise ValueError(f"real inputs N must be in 2..{MAX_N_INPUTS}")
+        if not 2 <= self.samples <= MAX_SAMPLES:
+            raise ValueError(f"samples K must be in 2..{MAX_SAMPLES}")
+        if self.seed < 0:
+            raise ValueError("seed must be ≥ 0")
+        if self.sites is not None and not self.sites:
+            raise ValueError("choose at least one site")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["positions"] = list(self.positions)
+        d["sites"] = None if self.sites is None else list(self.sites)
+        return d
+
+    @classmethod
+    def from_dict(cls, d) -> "Settings":
+        if not isinstance(d, dict):
+            raise ValueError("activation settings must be a JSON object")
+        try:
+            pos = tuple(_as_int(p, "position") for p in d["positions"])
+            sites = d.get("sites")
+            sites = None if sites is None else tuple(str(s) for s in sites)
+            return cls(pos, sites, _as_int(d.get("n_inputs", DEFAULT_N_INPUTS), "n_inputs"),
+                       _as_int(d.get("samples", DEFAULT_SAMPLES), "samples"),
+                       _as_int(d.get("seed", 0), "seed"), str(d.get("tokens", "")))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"activation settings are incomplete ({e})") from None
+
+    def key(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def _as_int(v, what) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+        raise ValueError(f"{what} must be an integer, not {v!r}")
+    return int(v)
+
+
+def label_position(lm) -> int | None:
+    entry = lm.zoo_entry
+    return None if entry is None else entry.label_position
+
+
+def default_positions(lm) -> tuple[int, ...]:
+    """The last ⌊128 / d_model⌋ positions (at least 1), always including the position the
+    logits site reads (the zoo entry's label position, else the last)."""
+    cfg = lm.model.cfg
+    ctx = _context_length(lm)
+    k = max(1, min(ctx, DEFAULT_MAX_DIM // cfg.d_model))
+    pos = list(range(ctx - k, ctx))
+    lp = label_position(lm)
+    if lp is not None:
+        lp = lp + ctx if lp < 0 else lp
+        if lp not in pos:
+            pos = sorted([lp] + pos[1:])
+    return tuple(pos)
+
+
+def _context_length(lm) -> int:
+    entry = lm.zoo_entry
+    if entry is not None:
+        return int(entry.sample(1, seed=0).tokens.shape[1])
+    return int(min(lm.model.cfg.n_ctx, 16))
+
+
+def default_settings(lm) -> Settings:
+    return Settings(default_positions(lm))
+
+
+def candidate_sites(lm, sae) -> list[str]:
+    """Sites a user may put in the chain: residual boundaries, MLP hidden layers, the SAE's
+    latents, the logits at the read-out position."""
+    cfg = lm.model.cfg
+    L = cfg.n_layers
+    names = [resid_site_name(b, L) for b in range(L + 1)]
+    if not cfg.attn_only:
+        names += [f"blocks.{l}.mlp.hook_post" for l in range(L)]
+    if sae is not None:
+        names.append(f"sae:{_sae_hook(sae)}")
+    names.append(logits_site(lm))
+    return names
+
+
+def default_sites(lm, sae) -> list[str]:
+    return [s for s in candidate_sites(lm, sae) if ".mlp." not in s]
+
+
+def logits_site(lm) -> str:
+    lp = label_position(lm)
+    return f"logits@{-1 if lp is None else lp}"
+
+
+def _sae_hook(sae) -> str:
+    from estimators.loading import sae_hook_name
+    return sae_hook_name(sae)
+
+
+# ============================================================================ the chain
+def model_key() -> tuple[str, str, str]:
+    """(model source, SAE source, device) of the sidebar's choice."""
+    return (str(ss.get("model_source", "")), str(ss.get("sae_source", store.NO_SAE)),
+            store.current_device())
+
+
+def parse_tokens(text: str, d_vocab: int) -> torch.Tensor:
+    """One sequence of token ids per line, all the same length → [n, ctx]."""
+    rows = [line.replace(",", " ").split() for line in text.splitlines() if line.strip()]
+    if len(rows) < 2:
+        raise ValueError("give at least 2 token sequences (one per line)")
+    try:
+        ids = [[int(t) for t in r] for r in rows]
+    except ValueError as e:
+        raise ValueError(f"token ids must be integers ({e})") from None
+    if len({len(r) for r in ids}) != 1:
+        raise ValueError("every token sequence must have the same length")
+    t = torch.tensor(ids, dtype=torch.long)
+    if int(t.min()) < 0 or int(t.max()) >= d_vocab:
+        raise ValueError(f"token ids must lie in 0..{d_vocab - 1}")
+    return t
+
+
+@st.cache_resource(max_entries=4, show_spinner="Running real inputs through the model…")
+def _cached_chain(key: tuple, settings_key: str, _lm, _sae) -> Chain:
+    s = Settings.from_dict(json.loads(settings_key))
+    return build_chain(_lm, _sae, s)
+
+
+def build_chain(lm, sae, s: Settings) -> Chain:
+    """The chain for these settings (plain function: tests call it to get the page's numbers)."""
+    ctx = _context_length(lm)
+    bad = [p for p in s.positions if p >= ctx]
+    if bad:
+        raise ValueError(f"position {bad[0]} is outside the context 0..{ctx - 1}")
+    sites = list(s.sites) if s.sites is not None else default_sites(lm, sae)
+    dims = len(s.positions) * lm.model.cfg.d_model
+    if dims > MAX_SITE_DIM:
+        raise ValueError(f"{len(s.positions)} positions × d_model {lm.model.cfg.d_model} = "
+                         f"{dims} units per residual site; choose fewer positions (at most "
+                         f"{MAX_SITE_DIM} units)")
+    if lm.zoo_entry is not None:
+        return chain_for_zoo(lm, sae=sae, n_inputs=s.n_inputs, samples=s.samples, seed=s.seed,
+                             sites=sites, positions=list(s.positions))
+    if s.tokens.strip():
+        tokens = parse_tokens(s.tokens, lm.model.cfg.d_vocab)
+    else:
+        g = torch.Generator().manual_seed(s.seed)
+        tokens = torch.randint(0, lm.model.cfg.d_vocab, (s.n_inputs, ctx), generator=g)
+    return transformer_chain(lm.model, tokens, sites=sites, positions=list(s.positions),
+                             sae=sae, samples=s.samples, seed=s.seed, logits_position=-1)
+
+
+def get_chain(lm, sae, s: Settings) -> Chain:
+    with store.model_lock():
+        return _cached_chain(model_key(), s.key(), lm, sae)
+
+
+def get_propagator(chain: Chain, chain_key: str) -> tuple[Propagator, str | None]:
+    """This session's Propagator for the chain; a new one carries the previous argument over
+    when it fits the new chain (returns a note when it could not)."""
+    held = ss.get("act_prop")
+    if held is not None and held[0] == chain_key and held[1].chain is chain:
+        return held[1], None
+    prop = Propagator(chain)
+    note = None
+    if held is not None and not held[1].mask.sites == {}:
+        try:
+            prop.set_mask(held[1].mask)
+        except ValueError as e:
+            note = f"The argument does not fit the new settings ({e}); starting from naive."
+    ss.act_prop = (chain_key, prop)
+    return prop, note
+
+
+def run(prop: Propagator, bits_per_parameter: float | None):
+    """Propagate (only what is stale) under the model lock, with the chosen S(π) price."""
+    from estimators.surprise import mdl_bits_per_parameter
+    prop.bits_per_parameter = (mdl_bits_per_parameter(prop.chain.n_inputs)
+                               if bits_per_parameter is None else float(bits_per_parameter))
+    with store.model_lock():
+        return prop.run()
+
+
+# ============================================================================ mask edits
+_PAIR = re.compile(r"^\s*\(?\s*(-?\d+)\s*[, ]\s*(-?\d+)\s*\)?\s*$")
+
+
+def parse_entries(text: str) -> list[tuple[int, int]]:
+    """'i,j; k,l' (or one pair per line) → [(i, j), ...]. ValueError on anything else."""
+    parts = [p for p in re.split(r"[;\n]", text) if p.strip()]
+    out = []
+    for p in parts:
+        m = _PAIR.match(p)
+        if not m:
+            raise ValueError(f"{p.strip()!r} is not an entry 'i,j' (two flat indices)")
+        out.append((int(m.group(1)), int(m.group(2))))
+    return out
+
+
+def toggle_entries(prop: Propagator, site: str, pairs: list[tuple[int, int]]) -> None:
+    """Flip each entry (symmetric) of `site`'s mask; nothing changes if any entry is invalid."""
+    d = prop.chain.site(site).dim
+    for i, j in pairs:
+        if not (0 <= i < d and 0 <= j < d):
+            raise ValueError(f"entry ({i}, {j}) is outside site {site}'s {d}×{d} covariance")
+        if i == j:
+            raise ValueError(f"entry ({i}, {j}) is on the diagonal, which is always tracked")
+    sm = prop.site_mask(site)
+    dense = prop.dense_mask(site).clone()
+    for i, j in pairs:
+        sm = sm.toggled(i, j, bool(dense[i, j]))
+        dense[i, j] = dense[j, i] = not bool(dense[i, j])
+    prop.set_site_mask(site, sm)
+
+
+PRESETS = ("naive", "full", "top-k", "blocks by position", "blocks by unit group")
+
+
+def preset_site_mask(layout, preset: str, k: int = 16, group_size: int = 8,
+                     feature_groups: bool = False) -> SiteMask:
+    """One site's mask for a preset: naive, full, top-k (k pairs by |empirical correlation|),
+    blocks by position (all pairs within each position), blocks by unit group (all pairs within
+    each group of `group_size` consecutive units, at every position; 'feature_group' on SAE
+    sites)."""
+    if preset == "naive":
+        return SiteMask(layout)
+    if preset == "full":
+        return SiteMask(layout, (MaskRule("full"),))
+    if preset == "top-k":
+        return SiteMask(layout, (MaskRule("topk", k=int(k)),))
+    if preset == "blocks by position":
+        return SiteMask(layout, (MaskRule("blocks", by="position", pairs=tuple(
+            (g, g) for g in range(layout.n_positions))),))
+    if preset == "blocks by unit group":
+        rule = MaskRule("blocks", by="feature_group" if feature_groups else "unit_group",
+                        group_size=int(group_size))
+        n = layout.n_groups(rule)
+        return SiteMask(layout, (MaskRule(rule.kind, by=rule.by, group_size=rule.group_size,
+                                          pairs=tuple((g, g) for g in range(n))),))
+    raise ValueError(f"unknown preset {preset!r}")
+
+
+def apply_preset(prop: Propagator, sites: list[str], preset: str, k: int, group_size: int,
+                 combine: bool) -> None:
+    """Set (or with combine, add to) the mask of each site in `sites`."""
+    mask = prop.mask
+    for s in sites:
+        site = prop.chain.site(s)
+        lay = prop.chain.layouts[site.name]
+        new = preset_site_mask(lay, preset, k, min(group_size, site.n_units),
+                               feature_groups=site.kind == "sae")
+        if combine and preset != "naive":
+            cur = mask.get(site.name, lay)
+            new = SiteMask(lay, cur.rules + new.rules, cur.on, cur.off)
+        mask = mask.with_site(site.name, new)
+    prop.set_mask(mask)
+
+
+# ============================================================================ views
+def view_indices(site, positions: list[int], units: list[int]) -> list[int]:
+    """Flat indices of the chosen (position, unit) pairs of a site (position-major)."""
+    pidx = [site.positions.index(p) for p in positions] if site.positions else [0]
+    uidx = [site.units.index(u) for u in units]
+    return [site.flat_index(p, u) for p in pidx for u in uidx]
+
+
+def default_view_units(site, limit: int = 32) -> list[int]:
+    per_pos = max(1, limit // site.n_positions)
+    return list(site.units[:per_pos])
+
+
+def submatrix(m: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    t = torch.as_tensor(idx, device=m.device)
+    return m[t][:, t]
+
+
+# ============================================================================ URL and files
+def read_url(layouts_check=None) -> tuple[Settings | None, dict | None, float | None, list[str]]:
+    """(settings, mask dict, bits per parameter, errors) from the URL; malformed parts are
+    reported and left out."""
+    errors = []
+    settings = mask = bpp = None
+    try:
+        raw = state.get_blob_param(URL_SETTINGS)
+        settings = None if raw is None else Settings.from_dict(raw)
+    except ValueError as e:
+        errors.append(f"The link's activation settings could not be used: {e}")
+    try:
+        mask = state.get_blob_param(URL_MASK)
+        if mask is not None:
+            CovarianceMask.from_dict(mask)
+    except ValueError as e:
+        mask = None
+        errors.append(f"The link's argument (mask) could not be used: {e}. Keeping the "
+                      f"current argument.")
+    raw_b = state.get_param(URL_BITS)
+    if raw_b is not None:
+        try:
+            bpp = float(raw_b)
+            if not math.isfinite(bpp) or bpp < 0:
+                raise ValueError
+        except ValueError:
+            bpp = None
+            errors.append(f"The link's bits per parameter {raw_b!r} is not a number ≥ 0.")
+    return settings, mask, bpp, errors
+
+
+def write_url(settings: Settings, default: Settings, mask: CovarianceMask,
+              bpp: float | None) -> None:
+    state.set_blob_param(URL_SETTINGS, None if settings == default else settings.to_dict())
+    state.set_blob_param(URL_MASK, None if not mask.sites else mask.to_dict())
+    state.set_param(URL_BITS, None if bpp is None else f"{bpp:g}")
+
+
+def explanation(prop: Propagator, settings: Settings, bpp: float | None, res) -> bytes:
+    mk = model_key()
+    context = {"model": mk[0], "sae": mk[1], "settings": settings.to_dict(),
+               "bits_per_parameter": bpp, "mask_hash": prop.mask.hash(),
+               "surprise": res.surprise.to_dict()}
+    return state.explanation_bytes(EXPLANATION_KIND, prop.mask.to_dict(), context)
+
+
+def read_explanation(data: bytes) -> tuple[CovarianceMask, Settings | None, float | None]:
+    """Parse an uploaded explanation file (StateError/ValueError on anything malformed)."""
+    payload, context = state.parse_explanation(data, EXPLANATION_KIND)
+    mask = CovarianceMask.from_dict(payload)
+    settings = Settings.from_dict(context["settings"]) if context.get("settings") else None
+    bpp = context.get("bits_per_parameter")
+    if bpp is not None and (isinstance(bpp, bool) or not isinstance(bpp, (int, float))
+                            or not math.isfinite(bpp) or bpp < 0):
+        raise ValueError("the file's bits_per_parameter must be a number ≥ 0")
+    return mask, settings, bpp
+
+
+# ============================================================================ search
+@dataclass
+class SearchRecord:
+    method: str
+    path: list[dict] = field(default_factory=list)
+    cancelled: bool = False
+    finished: bool = False
+    note: str = ""
+
+
+def run_search(prop: Propagator, method: str, params: dict, progress, record: SearchRecord,
+               should_stop=lambda: False):
+    """Run greedy or gradient search under the model lock. `progress(frac, text)` is called on
+    every evaluation; if the run is interrupted (Stop / navigation raise out of it) the starting
+    argument is restored and `record` keeps the path so far."""
+    start = prop.mask
+
+    def on_step(i, total, info):
+        if method == "greedy":
+            if "candidate" not in info:
+                return
+            text = (f"step {info['step']}: {info['candidate']} → total "
+                    f"{info['total_bits']:,.1f} bits (best {info['best_total_bits']:,.1f})")
+        else:
+            record.path.append(dict(info))
+            text = (f"step {i}/{total}: total {info['total_bits']:,.1f} bits, "
+                    f"{info['n_gates_on']} gates on")
+        progress(min(1.0, i / max(total, 1)), text)
+
+    done = False
+    try:
+        with store.model_lock():
+            if method == "greedy":
+                out = greedy_search(prop, on_step=on_step, should_stop=should_stop, **params)
+            else:
+                out = gradient_search(prop, on_step=on_step, should_stop=should_stop, **params)
+        done = True
+        record.path = list(out.path)
+        record.cancelled = out.cancelled
+        record.finished = True
+        return out
+    finally:
+        if not done:
+            prop.set_mask(start)
+            record.cancelled = True
+            record.note = "Stopped: the argument you had is kept."

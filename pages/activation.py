@@ -1,0 +1,406 @@
+"""Activation model: propagate Gaussians along the model's sites under a covariance-mask
+argument, beside the real activations, with surprise accounting (background.md §2)."""
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from app import activation as glue
+from app import store
+from app.plots.activation import (GRID_TRACES, correlation_heatmap, distance_by_layer,
+                                  mask_grid, search_path)
+from app.plots.common import PNG_CONFIG, histogram_with_gaussian, surprise_waterfall
+from estimators.activation import CovarianceMask
+from estimators.surprise import mdl_bits_per_parameter
+
+ss = st.session_state
+
+st.title("Activation model")
+st.markdown(
+    "Each **site** (the residual stream after a block, an MLP layer, SAE latents, the logits) is "
+    "modelled as a Gaussian N(μ, Σ), propagated from the input by moment matching through the "
+    "real model. The **argument** is one mask per site saying which covariances travel: the "
+    "naive argument keeps only variances (0 bits); each tracked covariance costs bits, S(π), "
+    "and should make the model's real outputs less surprising, S(Y|π).")
+
+lm = store.current_model()
+sae = store.current_sae()
+mk = glue.model_key()
+defaults = glue.default_settings(lm)
+ctx = glue._context_length(lm)
+site_options = glue.candidate_sites(lm, sae)
+ss.setdefault("act_msgs", [])
+
+
+# ---- settings: from the URL on the first visit, reset when the model/SAE changes -------------
+def _seed_widgets(s: glue.Settings, bpp) -> None:
+    ss._act_positions = list(s.positions)
+    ss._act_sites = list(s.sites) if s.sites is not None else glue.default_sites(lm, sae)
+    ss._act_n = s.n_inputs
+    ss._act_k = s.samples
+    ss._act_seed = s.seed
+    ss._act_tokens = s.tokens
+    ss._act_bpp_mdl = bpp is None
+    ss._act_bpp = float(bpp) if bpp is not None else float(mdl_bits_per_parameter(s.n_inputs))
+
+
+if ss.get("act_model_key") != mk:
+    settings, bpp = defaults, None
+    if "act_model_key" not in ss:  # first visit: the link defines the view
+        url_settings, url_mask, url_bpp, errs = glue.read_url()
+        ss.act_msgs += [("error", e) for e in errs]
+        if url_settings is not None:
+            settings = url_settings
+        bpp = url_bpp
+        ss.act_pending_mask = url_mask
+    ss.act_model_key = mk
+    ss.act_settings = settings
+    ss.act_bpp = bpp
+    _seed_widgets(settings, bpp)
+elif "_act_positions" not in ss:  # widget state is dropped when the user visits another page
+    _seed_widgets(ss.act_settings, ss.act_bpp)
+
+with st.form("act_settings_form"):
+    st.markdown("**Sites and settings** (apply to rebuild the chain)")
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        st.multiselect("Sites", site_options, key="_act_sites",
+                       help="The chain always starts at blocks.0.hook_resid_pre. The last site "
+                            "is the output S(Y|π) scores (the logits: the model's argmax "
+                            "tokens).")
+        st.multiselect("Positions modelled", list(range(ctx)), key="_act_positions",
+                       help="Residual, MLP and SAE sites model these positions; other positions "
+                            "stay at their real values. Dimension = positions × units.")
+        if lm.zoo_entry is None:
+            st.text_area("Input token ids, one sequence per line (empty: uniform random)",
+                         key="_act_tokens")
+    with c2:
+        a, b, c = st.columns(3)
+        a.number_input("Real inputs N", 2, glue.MAX_N_INPUTS, step=16, key="_act_n")
+        b.number_input("Samples K per step", 2, glue.MAX_SAMPLES, step=64, key="_act_k",
+                       help="Samples drawn from each site's masked Gaussian and run through "
+                            "the real block (common random numbers: the estimate is "
+                            "deterministic).")
+        c.number_input("Seed", 0, 2 ** 31 - 1, key="_act_seed")
+        st.checkbox("Bits per tracked covariance: MDL ½·log2 N", key="_act_bpp_mdl")
+        st.number_input("Bits per tracked covariance (when not MDL)", 0.0, 1e6, step=0.5,
+                        key="_act_bpp", format="%.3f")
+    submitted = st.form_submit_button("Apply")
+if submitted:
+    try:
+        new = glue.Settings(tuple(sorted(int(p) for p in ss._act_positions)),
+                            tuple(ss._act_sites) if ss._act_sites else (),
+                            int(ss._act_n), int(ss._act_k), int(ss._act_seed),
+                            str(ss.get("_act_tokens", "") or ""))
+        if sorted(new.sites) == sorted(glue.default_sites(lm, sae)):
+            new = glue.Settings(new.positions, None, new.n_inputs, new.samples, new.seed,
+                                new.tokens)
+        ss.act_settings = new
+    except ValueError as e:
+        st.error(f"Settings not applied: {e}")
+    ss.act_bpp = None if ss._act_bpp_mdl else float(ss._act_bpp)
+
+settings: glue.Settings = ss.act_settings
+try:
+    chain = glue.get_chain(lm, sae, settings)
+except ValueError as e:
+    st.error(f"Could not build the activation model: {e}")
+    if settings != defaults:
+        st.info("Resetting the settings to the defaults for this model.")
+        ss.act_settings = defaults
+        _seed_widgets(defaults, ss.act_bpp)
+        st.button("Retry")
+    st.stop()
+chain_key = repr((mk, settings.key()))
+prop, note = glue.get_propagator(chain, chain_key)
+if note:
+    ss.act_msgs.append(("warning", note))
+pending = ss.pop("act_pending_mask", None)
+if pending is not None:
+    try:
+        m = pending if isinstance(pending, CovarianceMask) else CovarianceMask.from_dict(pending)
+        m.validate(chain.layouts)
+        prop.set_mask(m)
+    except ValueError as e:
+        ss.act_msgs.append(("error", f"The argument could not be used: {e}. Keeping the "
+                                     f"current argument."))
+
+sae_info = chain.info.get("sae")
+if sae_info is not None:
+    st.info(f"Estimates at `sae:{sae_info['hook']}` are made in the SAE's basis "
+            f"({len(sae_info['units'])} of {sae_info['firing_features']} firing features of "
+            f"{sae_info['d_sae']} modelled). The SAE's own reconstruction error on these inputs: "
+            f"fraction of variance unexplained **{sae_info['fraction_variance_unexplained']:.4f}**, "
+            f"MSE **{sae_info['reconstruction_mse']:.4g}**; it abstracts away what it cannot "
+            f"reconstruct, so read the estimates at and after this site with that in mind.")
+
+
+# ---- callbacks (run before the fragment's next run) -----------------------------------------
+def _msg(kind, text):
+    ss.act_msgs.append((kind, text))
+
+
+def _on_entries():
+    text = ss.get("_act_entries", "")
+    ss._act_entries = ""
+    if not text.strip():
+        return
+    try:
+        glue.toggle_entries(prop, ss._act_site, glue.parse_entries(text))
+    except ValueError as e:
+        _msg("error", f"Entries not toggled: {e}")
+
+
+def _on_grid():
+    sel = ss.get(f"_act_grid_{ss.get('act_grid_nonce', 0)}")
+    points = (sel or {}).get("selection", {}).get("points", []) if sel else []
+    pairs = []
+    for p in points:
+        cd = p.get("customdata")
+        if not cd or GRID_TRACES[p.get("curve_number", 0)] == "diagonal":
+            continue
+        pairs.append((int(cd[0]), int(cd[1])))
+    pairs = list(dict.fromkeys(pairs))
+    ss.act_grid_nonce = ss.get("act_grid_nonce", 0) + 1  # a fresh widget: re-clicks register
+    if pairs:
+        try:
+            glue.toggle_entries(prop, ss._act_site, pairs)
+        except ValueError as e:
+            _msg("error", str(e))
+
+
+def _on_preset():
+    sites = [s.name for s in chain.sites] if ss._act_preset_all else [ss._act_site]
+    try:
+        glue.apply_preset(prop, sites, ss._act_preset, int(ss._act_topk),
+                          int(ss._act_group), bool(ss._act_combine))
+    except ValueError as e:
+        _msg("error", f"Preset not applied: {e}")
+
+
+def _on_upload():
+    f = ss.get("_act_upload")
+    if f is None:
+        return
+    try:
+        mask, file_settings, file_bpp = glue.read_explanation(f.getvalue())
+        target = file_settings or ss.act_settings
+        new_chain = glue.get_chain(lm, sae, target)
+        mask.validate(new_chain.layouts)
+    except ValueError as e:  # StateError is a ValueError
+        _msg("error", f"Could not use {f.name}: {e} (the current argument is kept)")
+        return
+    ss.act_settings = target
+    ss.act_bpp = file_bpp
+    _seed_widgets(target, file_bpp)
+    ss.act_pending_mask = mask
+    _msg("success", f"Loaded the argument from {f.name}.")
+
+
+with st.expander("Upload an explanation file", expanded=False):
+    st.file_uploader("Explanation JSON (kind covariance-mask)", type=["json"],
+                     key="_act_upload", on_change=_on_upload)
+
+
+def _on_search():
+    ss.act_search_request = {"method": ss._act_search_method, "steps": int(ss._act_search_steps),
+                             "candidates": int(ss._act_search_cands)}
+
+
+def _bpp():
+    return ss.act_bpp
+
+
+# ---- the argument and its results: reruns alone when the mask changes ------------------------
+@st.fragment
+def argument_and_results():
+    site_names = [s.name for s in chain.sites]
+    if ss.get("_act_site") not in site_names:
+        ss._act_site = site_names[1] if len(site_names) > 1 else site_names[0]
+
+    # a requested search runs first, so what follows shows its result
+    req = ss.pop("act_search_request", None)
+    if req is not None:
+        rec = glue.SearchRecord(req["method"])
+        ss.act_search_record = rec
+        with st.status(f"Searching ({req['method']})…", expanded=True) as status:
+            st.button("Stop search", key="_act_stop")
+            bar = st.progress(0.0, text="starting")
+            params = ({"max_steps": req["steps"], "candidates_per_site": req["candidates"]}
+                      if req["method"] == "greedy" else
+                      {"steps": req["steps"], "candidates_per_site": req["candidates"]})
+            glue.run_search(prop, req["method"], params, lambda f, t: bar.progress(f, text=t),
+                            rec)
+            status.update(label=f"Search ({req['method']}) done: best total "
+                                f"{min(p['total_bits'] for p in rec.path):,.1f} bits",
+                          state="complete", expanded=False)
+
+    res = glue.run(prop, _bpp())
+    if res.recomputed:
+        ss.act_last_change = (res.seconds, list(res.recomputed))
+    glue.write_url(settings, defaults, prop.mask, _bpp())
+
+    for kind, text in ss.act_msgs:
+        getattr(st, kind)(text)
+    ss.act_msgs = []
+    if res.repaired_sites:
+        st.warning("Σ⊙M was not positive semi-definite at " + ", ".join(
+            f"`{s}`" for s in res.repaired_sites) + "; negative eigenvalues were clipped to 0 "
+            "(PSD repair) before propagating.")
+
+    # -- surprise
+    s = res.surprise
+    k1, k2, k3, k4 = st.columns(4)
+    k1.metric("S(π) argument", f"{s.argument_bits:,.3f} bits")
+    k2.metric("S(Y|π) data", f"{s.data_bits:,.3f} bits")
+    k3.metric("Total", f"{s.total_bits:,.3f} bits")
+    k4.metric("Bits per tracked covariance", f"{prop.bits_per_parameter:.3f}")
+    last = ss.get("act_last_change")
+    if last:
+        st.caption(f"Last change re-propagated {len(last[1])} site(s) in "
+                   f"{last[0] * 1000:,.0f} ms: {', '.join(last[1])}. Tracked pairs: "
+                   + (", ".join(f"{k}: {v}" for k, v in prop.tracked_pairs().items())
+                      or "none (naive)") + ".")
+
+    left, right = st.columns([3, 2])
+    with right:
+        st.plotly_chart(surprise_waterfall(s), config=PNG_CONFIG, key="_act_waterfall")
+        st.caption(s.notes)
+
+    # -- the mask editor
+    with left:
+        st.selectbox("Site", site_names, key="_act_site",
+                     format_func=lambda n: f"{n} ({chain.site(n).dim} units, "
+                                           f"{chain.site(n).role})")
+        site = chain.site(ss._act_site)
+        vk = site.name
+        if f"_act_vunits_{vk}" not in ss:
+            ss[f"_act_vunits_{vk}"] = glue.default_view_units(site)
+            ss[f"_act_vpos_{vk}"] = list(site.positions)
+        v1, v2 = st.columns([1, 2])
+        if site.positions and len(site.positions) > 1:
+            v1.multiselect("View positions", list(site.positions), key=f"_act_vpos_{vk}")
+        v2.multiselect("View units", list(site.units), key=f"_act_vunits_{vk}",
+                       help="Which units the grid, heatmaps and histograms show.")
+        vpos = ss.get(f"_act_vpos_{vk}") or list(site.positions)
+        vunits = ss.get(f"_act_vunits_{vk}") or list(site.units[:1])
+        if site.positions:
+            vpos = [p for p in site.positions if p in vpos]
+        vunits = [u for u in site.units if u in vunits]
+        idx = glue.view_indices(site, vpos, vunits)
+        labels = [site.label(i) for i in idx]
+        dense = prop.dense_mask(site.name)
+        corr_emp = chain.correlation(site.name)
+        if len(idx) <= glue.GRID_MAX:
+            fig = mask_grid(glue.submatrix(dense, idx).cpu().numpy(), labels, idx,
+                            glue.submatrix(corr_emp, idx).cpu().numpy(),
+                            title=f"Mask at {site.name}: click a cell to toggle")
+            st.plotly_chart(fig, on_select=_on_grid, selection_mode="points",
+                            key=f"_act_grid_{ss.get('act_grid_nonce', 0)}", config=PNG_CONFIG)
+        else:
+            st.info(f"The view has {len(idx)} units; the clickable grid shows at most "
+                    f"{glue.GRID_MAX}. Narrow the view, or use presets and top-k.")
+        st.text_input("Toggle entries (flat indices 'i,j; k,l'; label p·u ↔ index in the "
+                      "grid's hover)", key="_act_entries", on_change=_on_entries)
+        sm = prop.site_mask(site.name)
+        st.caption(f"This site's mask: {sm.to_dict()}")
+
+        with st.expander("Presets", expanded=True):
+            p1, p2, p3 = st.columns(3)
+            p1.selectbox("Preset", glue.PRESETS, key="_act_preset")
+            p2.number_input("k (top-k pairs)", 0, 10 ** 6, value=16, key="_act_topk")
+            p3.number_input("Unit group size", 1, 10 ** 6, value=8, key="_act_group")
+            q1, q2, q3 = st.columns(3)
+            q1.checkbox("Every site", key="_act_preset_all")
+            q2.checkbox("Add to the current mask", key="_act_combine")
+            q3.button("Apply preset", on_click=_on_preset)
+
+    # -- empirical vs propagated
+    est = res.sites[site.name]
+    st.subheader(f"Correlations at {site.name}")
+    if len(idx) > glue.HEATMAP_MAX:
+        st.info(f"Showing the first {glue.HEATMAP_MAX} units of the view.")
+        idx, labels = idx[:glue.HEATMAP_MAX], labels[:glue.HEATMAP_MAX]
+    before = st.toggle("Propagated: before the mask (moment-matched Σ) instead of Σ⊙M",
+                       key="_act_before")
+    if before:
+        pc = est.propagated_cov
+        sd = torch.diagonal(pc).clamp_min(0).sqrt()
+        inv = torch.where(sd > 0, 1 / sd.clamp_min(1e-300), torch.zeros_like(sd))
+        corr_est = pc * inv[:, None] * inv[None, :]
+    else:
+        corr_est = est.correlation()
+    h1, h2 = st.columns(2)
+    h1.plotly_chart(correlation_heatmap(glue.submatrix(corr_emp, idx).cpu().numpy(), labels,
+                                        "Empirical (real activations)"),
+                    config=PNG_CONFIG, key="_act_hm_emp")
+    h2.plotly_chart(correlation_heatmap(glue.submatrix(corr_est.detach(), idx).cpu().numpy(),
+                                        labels, "Propagated " + ("before the mask" if before
+                                                                 else "(Σ⊙M)")),
+                    config=PNG_CONFIG, key="_act_hm_est")
+
+    # -- marginals
+    st.subheader("Marginals: real activations and the propagated Gaussian")
+    hist_key = f"_act_hist_{vk}"
+    if hist_key not in ss or any(i not in idx for i in ss[hist_key]):
+        ss[hist_key] = idx[:2]
+    chosen = st.multiselect("Units", idx, key=hist_key, format_func=site.label,
+                            max_selections=4)
+    emp = prop.empirical(site.name)
+    cols = st.columns(max(1, len(chosen)))
+    for col, i in zip(cols, chosen):
+        col.plotly_chart(histogram_with_gaussian(
+            emp[:, i].cpu().numpy(), float(est.mean[i]), float(est.var[i]),
+            title=f"{site.label(i)} (index {i})"), config=PNG_CONFIG, key=f"_act_h_{i}")
+
+    # -- distances
+    st.subheader("Distance by site")
+    names = [n for n in site_names if n in res.distances]
+    rows = [res.distances[n].to_dict() for n in names]
+    st.plotly_chart(distance_by_layer(names, rows), config=PNG_CONFIG, key="_act_dist")
+    st.dataframe(pd.DataFrame([{"site": n, "dim": chain.site(n).dim,
+                                "KL(real‖est)": r["kl_emp_est"], "KL(est‖real)": r["kl_est_emp"],
+                                "W2": r["w2"], "mean error": r["mean_error"],
+                                "var error": r["var_error"],
+                                "repaired": res.sites[n].repaired} for n, r in zip(names, rows)]),
+                 hide_index=True, width="stretch")
+    st.caption("KL in nats between Gaussians (a small ridge on both covariances); mean/var "
+               "errors are RMS over units, relative to the RMS real std / variance.")
+    out = res.output
+    if "estimate_argmax_probs" in out:
+        labels_out = [chain.site(out["site"]).label(i)
+                      for i in range(len(out["estimate_argmax_probs"]))]
+        st.dataframe(pd.DataFrame({"unit": labels_out,
+                                   "P(argmax) estimate": out["estimate_argmax_probs"],
+                                   "argmax frequency (real)": out["empirical_argmax_freq"],
+                                   "mean logit estimate": out["estimate_mean"],
+                                   "mean logit (real)": out["empirical_mean"]}),
+                     hide_index=True, width="stretch", height=240)
+
+    # -- search
+    st.subheader("Find a better argument")
+    f1, f2, f3, f4 = st.columns(4)
+    f1.selectbox("Method", ["greedy", "gradient"], key="_act_search_method",
+                 help="Greedy: add the candidate pair (or position block) that lowers the total "
+                      "most, until none does. Gradient: Adam on sigmoid gates over candidate "
+                      "pairs, with a bit price per gate.")
+    f2.number_input("Steps", 1, 200, value=3, key="_act_search_steps")
+    f3.number_input("Candidates per site", 1, 256, value=8, key="_act_search_cands")
+    f4.button("Find a better argument", on_click=_on_search)
+    rec = ss.get("act_search_record")
+    if rec is not None:
+        if rec.note:
+            st.info(rec.note)
+        if rec.path:
+            st.plotly_chart(search_path(rec.path, f"{rec.method} search path"),
+                            config=PNG_CONFIG, key="_act_path")
+            st.dataframe(pd.DataFrame(rec.path), hide_index=True, width="stretch")
+
+    # -- the argument as a file (upload is outside: it may change the settings)
+    st.download_button("Download explanation (JSON)",
+                       glue.explanation(prop, settings, _bpp(), res),
+                       file_name=f"activation_{prop.mask.hash()[:8]}_explanation.json",
+                       mime="application/json")
+
+
+argument_and_results()
