@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from tests.scrubbing.helpers import tiny_model
 
 from estimators.cli import main
 from estimators.loading import save_checkpoint

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
-from scrub_reference import reference_logits
+from tests.scrubbing.helpers import tiny_model
+from tests.scrubbing.scrub_reference import reference_logits
 
 from estimators.scrubbing import Block, PathError, PathGraph, PathPartition, ScrubData, Scrubber
 from estimators.scrubbing.partition import REST
