@@ -231,8 +231,9 @@ def argument_and_results():
                       {"steps": req["steps"], "candidates_per_site": req["candidates"]})
             glue.run_search(prop, req["method"], params, lambda f, t: bar.progress(f, text=t),
                             rec)
-            status.update(label=f"Search ({req['method']}) done: best total "
-                                f"{min(p['total_bits'] for p in rec.path):,.1f} bits",
+            best = min((p["total_bits"] for p in rec.path), default=float("nan"))
+            status.update(label=f"Search ({req['method']}) done: best total {best:,.1f} bits"
+                                + (" (stopped)" if rec.cancelled else ""),
                           state="complete", expanded=False)
 
     res = glue.run(prop, _bpp())
@@ -274,9 +275,14 @@ def argument_and_results():
                                            f"{chain.site(n).role})")
         site = chain.site(ss._act_site)
         vk = site.name
-        if f"_act_vunits_{vk}" not in ss:
-            ss[f"_act_vunits_{vk}"] = glue.default_view_units(site)
-            ss[f"_act_vpos_{vk}"] = list(site.positions)
+        # keep the view's widget state inside this chain's options (settings may have changed)
+        vunits_key, vpos_key = f"_act_vunits_{vk}", f"_act_vpos_{vk}"
+        if [u for u in ss.get(vunits_key, []) if u in site.units] != ss.get(vunits_key) \
+                or not ss.get(vunits_key):
+            ss[vunits_key] = glue.default_view_units(site)
+        if [p for p in ss.get(vpos_key, []) if p in site.positions] != ss.get(vpos_key) \
+                or not ss.get(vpos_key):
+            ss[vpos_key] = list(site.positions)
         v1, v2 = st.columns([1, 2])
         if site.positions and len(site.positions) > 1:
             v1.multiselect("View positions", list(site.positions), key=f"_act_vpos_{vk}")
