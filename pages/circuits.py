@@ -4,7 +4,7 @@ import streamlit as st
 
 from app import circuits as glue
 from app import state
-from app.plots.circuits import NODE_TRACES, circuit_graph
+from app.plots.circuits import circuit_graph
 from app.plots.common import PNG_CONFIG, surprise_waterfall
 from estimators.circuits import METHODS, CircuitConfig, CircuitError, list_presets, load_preset
 from estimators.circuits.analysis import MAX_ORDER
@@ -88,8 +88,7 @@ def _on_pairs():
 def _on_click():
     sel = ss.get("_circ_graph")
     points = (sel or {}).get("selection", {}).get("points", []) if sel else []
-    ids = [p["customdata"][0] for p in points
-           if p.get("curve_number") in NODE_TRACES and p.get("customdata")]
+    ids = [p["customdata"][0] for p in points if p.get("customdata")]  # node traces only
     ids = list(dict.fromkeys(ids))
     if len(ids) >= 2:
         _toggle(ids[0], ids[1])
@@ -214,10 +213,17 @@ with right:
 # ---- surprise -------------------------------------------------------------------------------
 st.subheader("Surprise accounting")
 s = a.surprise
+# the change against the empty argument is what the argument bought (same draws, same ε)
+base = glue.run(view, CircuitConfig(method="independence", samples=config.samples,
+                                    seed=config.seed)).surprise
 k1, k2, k3 = st.columns(3)
-k1.metric("S(π) argument", f"{s.argument_bits:,.2f} bits")
-k2.metric("S(Y|π) data", f"{s.data_bits:,.2f} bits")
-k3.metric("Total", f"{s.total_bits:,.2f} bits")
+k1.metric("S(π) argument", f"{s.argument_bits:,.2f} bits",
+          delta=f"{s.argument_bits - base.argument_bits:+,.2f} vs independence",
+          delta_color="inverse")
+k2.metric("S(Y|π) data", f"{s.data_bits:,.2f} bits",
+          delta=f"{s.data_bits - base.data_bits:+,.2f} vs independence", delta_color="inverse")
+k3.metric("Total", f"{s.total_bits:,.2f} bits",
+          delta=f"{s.total_bits - base.total_bits:+,.2f} vs independence", delta_color="inverse")
 st.plotly_chart(surprise_waterfall(s), config=PNG_CONFIG, key="_circ_waterfall")
 st.caption(s.notes)
 

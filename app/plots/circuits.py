@@ -12,7 +12,8 @@ KIND_COLOR = {"input": "#92c5de", "const": "#d9d9d9", "add": "#fddbc7", "sub": "
               "mul": "#f4a582"}
 OP_SYMBOL = {"add": "+", "sub": "−", "mul": "×"}
 TRACK_COLOR = "#b2182b"
-NODE_TRACES = (0, 1)  # the markers and their op symbols: a click on either names the node
+# Only the node traces carry customdata ([id]), drawn last so they sit on top: a click on a
+# marker or on its op symbol names the node.
 
 
 def _label(circuit: Circuit, vid: str) -> str:
@@ -58,18 +59,6 @@ def circuit_graph(circuit: Circuit, tracked=(), pending: str | None = None,
                   f"<br>var: est {s['var_est']:.4g}, true {s['var_true']:.4g}")
         hover.append(h)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(  # NODE_TRACES[0]
-        x=[pos[v][0] for v in ids], y=[pos[v][1] for v in ids], mode="markers+text",
-        text=[f"<b>{v}</b>" + ("  ◀ output" if v == circuit.output else "") for v in ids],
-        textposition="top center", customdata=[[v] for v in ids], hovertext=hover,
-        hoverinfo="text", name="variables", showlegend=False,
-        marker={"size": 34, "color": [KIND_COLOR[circuit.kind(v)] for v in ids],
-                "line": {"width": [5 if v == pending else 1.5 for v in ids],
-                         "color": ["#2166ac" if v == pending else "#404040" for v in ids]}}))
-    fig.add_trace(go.Scatter(  # NODE_TRACES[1]: the op inside each marker
-        x=[pos[v][0] for v in ids], y=[pos[v][1] for v in ids], mode="text",
-        text=[OP_SYMBOL.get(circuit.kind(v), "z" if v in circuit.inputs else "k") for v in ids],
-        customdata=[[v] for v in ids], hovertext=hover, hoverinfo="text", showlegend=False))
     ex, ey, dx, dy = [], [], [], []
     for n in circuit.nodes:
         for i, a in enumerate(n.args):
@@ -98,6 +87,18 @@ def circuit_graph(circuit: Circuit, tracked=(), pending: str | None = None,
                                  mode="markers", hoverinfo="skip", name="tracked variance (x×x)",
                                  marker={"size": 48, "symbol": "circle-open",
                                          "line": {"color": TRACK_COLOR, "width": 3}}))
+    fig.add_trace(go.Scatter(  # the nodes
+        x=[pos[v][0] for v in ids], y=[pos[v][1] for v in ids], mode="markers+text",
+        text=[f"<b>{v}</b>" + ("  ◀ output" if v == circuit.output else "") for v in ids],
+        textposition="top center", customdata=[[v] for v in ids], hovertext=hover,
+        hoverinfo="text", name="variables", showlegend=False,
+        marker={"size": 34, "color": [KIND_COLOR[circuit.kind(v)] for v in ids],
+                "line": {"width": [5 if v == pending else 1.5 for v in ids],
+                         "color": ["#2166ac" if v == pending else "#404040" for v in ids]}}))
+    fig.add_trace(go.Scatter(  # the op inside each marker
+        x=[pos[v][0] for v in ids], y=[pos[v][1] for v in ids], mode="text",
+        text=[OP_SYMBOL.get(circuit.kind(v), "z" if v in circuit.inputs else "k") for v in ids],
+        customdata=[[v] for v in ids], hovertext=hover, hoverinfo="text", showlegend=False))
     ymax = max(abs(p[1]) for p in pos.values()) + 0.8
     xmax = max(p[0] for p in pos.values())
     fig.update_layout(

@@ -75,6 +75,11 @@ def test_pick_preset_track_pair_changes_estimate_and_surprise():
     assert after["E[y] estimate"] == "3.75"
     assert after["S(π) argument"] != before["S(π) argument"]
     assert after["Total"] != before["Total"]
+    base = analyse(c, CircuitConfig(method="independence")).surprise
+    now = analyse(c, CircuitConfig(tracked=(("s", "d"),))).surprise
+    total = next(m for m in at.metric if m.label == "Total")
+    assert total.delta == f"{now.total_bits - base.total_bits:+,.2f} vs independence"
+    assert now.total_bits < base.total_bits  # pointing out Cov(s, d) pays for itself
     # the argument is in the URL
     assert state.decode_blob(_param(at, "track")) == [["s", "d"]]
     assert _param(at, "circuit") == "difference_of_squares"
