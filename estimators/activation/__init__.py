@@ -11,10 +11,10 @@ Build a chain (sites + transitions + ground truth) for a loaded model::
                                        chain_for_zoo, mlp_chain, load_mlp,
                                        load_input_distribution)
     lm = loading.load_model("induction", "cpu")            # a LoadedModel
-    chain = chain_for_zoo(lm, sae=None, n_inputs=512, samples=1024, seed=0)
+    chain = chain_for_zoo(lm, sae=None, n_inputs=512, samples=512, seed=0)
     # or, explicitly, on any HookedTransformer and real tokens [N, ctx]:
     chain = transformer_chain(model, tokens, sites=None, positions=None, sae=None,
-                              samples=1024, seed=0, logits_position=-1)
+                              samples=512, seed=0, logits_position=-1)
     # or a plain MLP folder + {"mean", "cov"} input distribution (closed form, no sampling):
     mlp = load_mlp(folder); mean, cov = load_input_distribution(path, dim=mlp.widths[0])
     chain = mlp_chain(mlp, mean, cov)

@@ -27,19 +27,19 @@ import torch
 
 from estimators.activation.closed_form import (DEFAULT_ORDER, activation_gaussian,
                                                linear_flops, linear_gaussian)
-from estimators.activation.gaussian import MaskedGaussian, fit_gaussian
+from estimators.activation.gaussian import MaskedGaussian, Moments, fit_gaussian
 from estimators.activation.masks import Layout
 from estimators.activation.sites import Site, parse_site_name, resid_site_name
 
 
 @dataclass
 class Step:
-    """parent site index → child site indices. `run(parent)` returns one (mean, cov) per child.
+    """parent site index → child site indices. `run(parent)` returns one `Moments` per child.
     `flops(parent)` counts its matrix products (2·m·n·k each)."""
 
     parent: int
     children: list[int]
-    run: Callable[[MaskedGaussian], list[tuple[torch.Tensor, torch.Tensor]]]
+    run: Callable[[MaskedGaussian], list[Moments]]
     flops: Callable[[MaskedGaussian], float]
     sampled: bool
     description: str = ""
@@ -148,7 +148,7 @@ def mlp_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, n_empirica
             m, c = linear_gaussian(parent.mean, parent.cov, W, b)
             if act is not None:
                 m, c = activation_gaussian(m, c, act, order)
-            return [(m, c)]
+            return [Moments(m, cov=c)]
 
         def flops(parent: MaskedGaussian, layer=layer):
             n_out, n_in = layer.weight.shape
@@ -197,7 +197,7 @@ def _resid_hook_boundary(hook: str) -> int | None:
 
 def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = None,
                       positions: list[int] | None = None, sae=None, sae_max_units: int = 64,
-                      samples: int = 256, seed: int = 0, logits_position: int = -1,
+                      samples: int = 512, seed: int = 0, logits_position: int = -1,
                       max_logit_units: int = 1024, max_dim: int = 1024,
                       batch_size: int = 128, output_observations: torch.Tensor | None = None,
                       ) -> Chain:
@@ -303,11 +303,19 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
     logits_all = torch.cat(logits_real).to(dtype)  # [N, vocab]
     pos_t = torch.tensor(pos, device=dev)
 
+    all_pos = pos == list(range(ctx))
+
     def take(acts: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """[n, ctx, width] → [n, |p|·|u|] (position-major)."""
         if acts.dim() == 4:
             acts = acts.flatten(-2)
-        return acts[:, p][:, :, u].flatten(1)
+        if p is pos_t and all_pos:
+            sub = acts
+        else:
+            sub = acts[:, p]
+        if len(u) != acts.shape[-1] or bool((u != torch.arange(len(u), device=u.device)).any()):
+            sub = sub[:, :, u]
+        return sub.reshape(sub.shape[0], -1)
 
     site_objs: list[Site] = []
     empirical: dict[str, torch.Tensor] = {}
@@ -422,7 +430,9 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
         def fn(x: torch.Tensor, parent=parent, children=children, blocks=blocks, b0=b0):
             # x [K, d_parent] (float64) → list of [K, d_child]
             kx = x.shape[0]
-            if parent.kind == "resid":
+            if parent.kind == "resid" and all_pos:
+                resid = x.view(kx, ctx, d_model).to(mdtype)
+            elif parent.kind == "resid":
                 resid = base_resid[b0][:kx].clone()
                 resid[:, pos_t] = x.view(kx, len(pos), d_model).to(mdtype)
             else:  # SAE parent: write latents, decode at the modelled positions
@@ -471,18 +481,18 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
 
         def run(parent_g: MaskedGaussian, fn=fn, z=z):
             x = parent_g.sample(z)
-            return [fit_gaussian(y) for y in fn(x)]
+            return [Moments.from_samples(y) for y in fn(x)]
 
         def flops(parent_g: MaskedGaussian, blocks=blocks, parent=parent, children=children,
                   child=child):
             d = parent.dim
-            f = (K * d if parent_g.diagonal else 2.0 * K * d * d) + block_flops(len(blocks))
+            f = 2.0 * K * sum(len(ix) ** 2 for ix, _, _ in parent_g.blocks) \
+                + block_flops(len(blocks))  # sampling z·Lᵀ per block, then the real blocks
             if parent.kind == "sae" or any(site_objs[c].kind == "sae" for c in children):
                 f += 2.0 * K * len(pos) * d_model * int(sae.cfg.d_sae)
             if child.kind == "logits":
                 f += 2.0 * K * d_model * int(cfg.d_vocab_out)
-            f += sum(2.0 * K * site_objs[c].dim ** 2 for c in children)  # covariance fits
-            return f + parent_g.flops
+            return f
 
         desc = f"{parent.name} → {child.name}: " + (
             f"blocks {blocks[0]}..{blocks[-1]}" if blocks else "") + \
@@ -510,7 +520,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                  info=info, n_inputs=N)
 
 
-def chain_for_zoo(model_or_name, sae=None, n_inputs: int = 512, samples: int = 1024,
+def chain_for_zoo(model_or_name, sae=None, n_inputs: int = 512, samples: int = 512,
                   seed: int = 0, sites: list[str] | None = None,
                   positions: list[int] | None = None, device=None, use_labels: bool = False,
                   **kwargs) -> Chain:

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
                    help="positions modelled (default: all when small, else the last few)")
     p.add_argument("--mask", default="naive",
                    help="naive | full | topk:K | position-blocks | FILE.json")
-    p.add_argument("--samples", type=int, default=1024, help="K samples per sampled transition")
+    p.add_argument("--samples", type=int, default=512, help="K samples per sampled transition")
     p.add_argument("--n-inputs", type=int, default=512, help="real inputs for the ground truth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

@@ -21,8 +21,8 @@ import torch
 
 from estimators.activation.accounting import DataCode, data_bits
 from estimators.activation.chain import Chain
-from estimators.activation.gaussian import MaskedGaussian, SiteDistance, mask_covariance, \
-    psd_sqrt, site_distance
+from estimators.activation.gaussian import MaskedGaussian, Moments, SiteDistance, \
+    mask_covariance, psd_sqrt, site_distance
 from estimators.activation.masks import CovarianceMask, SiteMask
 from estimators.activation.sites import Site
 from estimators.estimate import Cost
@@ -34,10 +34,23 @@ class SiteEstimate:
     """The estimate at one site: propagated moments, and the Gaussian after the site's mask."""
 
     site: Site
-    mean: torch.Tensor  # [d]
-    propagated_cov: torch.Tensor  # [d, d] before the mask
+    moments: Moments  # propagated, before the mask
     masked: MaskedGaussian  # after Σ⊙M and any PSD repair
     mask: torch.Tensor  # bool [d, d]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.moments.mean
+
+    @property
+    def propagated_cov(self) -> torch.Tensor:
+        """[d, d] before the mask (formed from the samples on first use)."""
+        return self.moments.cov
+
+    @property
+    def samples(self) -> torch.Tensor | None:
+        """[K, d] the samples of a moment-matched transition (None for closed forms)."""
+        return self.moments.samples
 
     @property
     def cov(self) -> torch.Tensor:
@@ -107,8 +120,8 @@ class Propagator:
         n = len(chain.sites)
         self._mask = CovarianceMask.naive()
         self._site_masks: list[SiteMask] = [SiteMask(chain.layouts[s.name]) for s in chain.sites]
-        self._prop: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
-        self._prop[0] = (chain.input_mean, chain.input_cov)
+        self._prop: list[Moments | None] = [None] * n
+        self._prop[0] = Moments(chain.input_mean, cov=chain.input_cov)
         self._dense: list[torch.Tensor | None] = [None] * n
         self._masked: list[MaskedGaussian | None] = [None] * n
         self._dist: list[SiteDistance | None] = [None] * n
@@ -176,9 +189,8 @@ class Propagator:
         s = self.chain.sites[i]
         self._dense[i] = self._site_masks[i].dense(self._corr_if_needed(i),
                                                    device=self.chain.device)
-        mean, cov = self._prop[i]
         m = None if self._site_masks[i].is_naive else self._dense[i]
-        self._masked[i] = mask_covariance(mean, cov, m, need_factor=True)
+        self._masked[i] = mask_covariance(self._prop[i], m)
         self._dist[i] = None
         self._stale_masks.discard(i)
         del s
@@ -197,8 +209,8 @@ class Propagator:
                         self._remask(step.parent)
                     ts = time.perf_counter()
                     outs = step.run(self._masked[step.parent])
-                    for c, (m, cov) in zip(step.children, outs):
-                        self._prop[c] = (m, cov)
+                    for c, mom in zip(step.children, outs):
+                        self._prop[c] = mom
                         self._remask(c)
                         recomputed.append(self.chain.sites[c].name)
                     self._step_flops[j] = step.flops(self._masked[step.parent])
@@ -219,8 +231,7 @@ class Propagator:
         i = self.chain.index[self.chain.site(site).name]
         if self._masked[i] is None or i in self._stale_masks or self._stale_from is not None:
             self.run()
-        mean, cov = self._prop[i]
-        return SiteEstimate(self.chain.sites[i], mean, cov, self._masked[i], self._dense[i])
+        return SiteEstimate(self.chain.sites[i], self._prop[i], self._masked[i], self._dense[i])
 
     def distance(self, site: str) -> SiteDistance:
         i = self.chain.index[self.chain.site(site).name]
@@ -289,7 +300,7 @@ class Propagator:
             output["estimate_argmax_probs"] = p.tolist()
             output["empirical_argmax_freq"] = (counts / counts.sum()).tolist()
         repaired = [n for n, e in sites.items() if e.repaired]
-        flops = sum(self._step_flops) + float(self._masked[0].flops)
+        flops = sum(self._step_flops) + sum(float(m.flops) for m in self._masked)
         cost = Cost(calls=sum(1 for st in self.chain.steps if st.sampled),
                     flops=flops, seconds=sum(self._step_seconds))
         info = {"propagation_seconds": prop_seconds, "bits_per_parameter":
@@ -305,16 +316,15 @@ class Propagator:
         Uncached; returns (data bits tensor, {site: MaskedGaussian})."""
         ch = self.chain
         masked: dict[int, MaskedGaussian] = {}
-        prop: dict[int, tuple] = {0: (ch.input_mean, ch.input_cov)}
+        prop: dict[int, Moments] = {0: Moments(ch.input_mean, cov=ch.input_cov)}
 
         def mk(i):
             name = ch.sites[i].name
-            mean, cov = prop[i]
             if name in gates:
                 m = gates[name]
             else:
                 m = None if self._site_masks[i].is_naive else self.dense_mask(name)
-            masked[i] = mask_covariance(mean, cov, m)
+            masked[i] = mask_covariance(prop[i], m)
 
         mk(0)
         for step in ch.steps:

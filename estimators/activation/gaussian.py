@@ -27,82 +27,225 @@ RIDGE_ABS = 1e-8
 JITTER_REL = 1e-9
 
 
-@dataclass
-class MaskedGaussian:
-    """N(mean, cov) after the mask, with a factor L (L Lᵀ = cov) for sampling.
+class Moments:
+    """A site's propagated moments: mean [d] and a covariance given densely (closed-form steps)
+    or by samples [K, d] (sampled steps), from which only the entries a mask needs are formed:
+    variances O(K·d), a block of b units O(K·b²), the full matrix (lazily) O(K·d²)."""
 
-    repaired: True when Σ⊙M was not PSD and negative eigenvalues were clipped.
-    min_eigenvalue: the smallest eigenvalue before the repair (only computed when repaired).
-    """
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor | None = None,
+                 samples: torch.Tensor | None = None, shrink: bool = True):
+        if (cov is None) == (samples is None):
+            raise ValueError("Moments needs exactly one of cov and samples")
+        self.mean = mean
+        self._cov = cov
+        self.samples = samples
+        self._centered = None if samples is None else samples - mean
+        self._var = None
+        self._shrink_on = shrink and samples is not None
+        self._lambda = None
 
-    mean: torch.Tensor  # [d]
-    cov: torch.Tensor  # [d, d]
-    factor: torch.Tensor | None  # [d, d] lower-triangular (or eigen-factor after a repair)
-    repaired: bool = False
-    min_eigenvalue: float | None = None
-    diagonal: bool = False  # True when the mask keeps only the diagonal (factor = diag(σ))
-    flops: float = 0.0  # cost of the factorisation (d³/3 for Cholesky, ~9d³ for eigh)
+    @property
+    def shrinkage(self) -> float:
+        """Off-diagonal shrinkage λ of a sampled covariance toward its diagonal (Schäfer &
+        Strimmer 2005, target "D"; a Ledoit–Wolf-type estimate, O(K²·d)): off-diagonal entries
+        are multiplied by 1 − λ. With K samples of a d-dimensional site and K ≲ d, the raw
+        sample covariance is rank-deficient and its small eigenvalues are far too small; the
+        shrunk one is well conditioned. 0 for closed-form moments."""
+        if not self._shrink_on:
+            return 0.0
+        if self._lambda is None:
+            with torch.no_grad():
+                c = self._centered
+                k = c.shape[0]
+                if k < 3:
+                    self._lambda = 1.0
+                    return 1.0
+                s_diag = (c * c).sum(0) / (k - 1)
+                gram = c @ c.T
+                s_fro2 = (gram * gram).sum() / (k - 1) ** 2
+                s_off2 = s_fro2 - (s_diag ** 2).sum()
+                row2 = (c * c).sum(1)
+                w_off2 = (row2 ** 2).sum() - (c ** 4).sum()  # Σ_k Σ_{i≠j} w_kij²
+                wbar_off2 = s_off2 * ((k - 1) / k) ** 2
+                var_sum = k / (k - 1) ** 3 * (w_off2 - k * wbar_off2)
+                lam = float((var_sum / s_off2.clamp_min(1e-300)).clamp(0, 1))
+            self._lambda = lam
+        return self._lambda
+
+    @classmethod
+    def from_samples(cls, samples: torch.Tensor) -> "Moments":
+        return cls(samples.mean(0), samples=samples)
 
     @property
     def dim(self) -> int:
         return int(self.mean.shape[0])
 
+    @property
+    def n(self) -> int:
+        return 0 if self.samples is None else int(self.samples.shape[0])
+
+    @property
+    def var(self) -> torch.Tensor:
+        if self._var is None:
+            if self._cov is not None:
+                self._var = torch.diagonal(self._cov)
+            else:
+                self._var = (self._centered ** 2).sum(0) / max(self.n - 1, 1)
+        return self._var
+
+    def block(self, idx: torch.Tensor) -> torch.Tensor:
+        if self._cov is not None:
+            return self._cov[idx][:, idx]
+        c = self._centered[:, idx]
+        b = c.T @ c / max(self.n - 1, 1)
+        return self._shrunk(0.5 * (b + b.T))
+
+    def _shrunk(self, b: torch.Tensor) -> torch.Tensor:
+        lam = self.shrinkage
+        if lam == 0.0:
+            return b
+        eye = torch.eye(b.shape[0], dtype=b.dtype, device=b.device)
+        return b * (1 - lam * (1 - eye))
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """The full propagated covariance [d, d] (computed on first use from samples)."""
+        if self._cov is None:
+            c = self._centered
+            full = c.T @ c / max(self.n - 1, 1)
+            self._cov = self._shrunk(0.5 * (full + full.T))
+        return self._cov
+
+    def block_flops(self, sizes: list[int]) -> float:
+        """FLOPs of forming the needed entries from samples (2·K·b² per block + K·d variances)."""
+        if self.samples is None:
+            return 0.0
+        shrink = 2.0 * self.n * self.n * self.dim if (sizes and self._shrink_on) else 0.0
+        return float(self.n * self.dim + sum(2 * self.n * b * b for b in sizes) + shrink)
+
+
+@dataclass
+class MaskedGaussian:
+    """N(mean, Σ⊙M) after the mask, stored as a diagonal plus dense blocks on the connected
+    components of the mask's graph (units linked by tracked pairs), each with a factor L
+    (L Lᵀ = block) for sampling. A naive mask has no blocks; the full mask one block.
+
+    repaired: True when some block of Σ⊙M was not PSD and its negative eigenvalues were clipped
+    (repairing block by block is the same as repairing the whole block-diagonal matrix).
+    min_eigenvalue: the smallest eigenvalue before repair (only when repaired).
+    """
+
+    mean: torch.Tensor  # [d]
+    var: torch.Tensor  # [d] the diagonal (after any repair)
+    blocks: list = field(default_factory=list)  # [(idx [b], cov [b, b], factor [b, b])]
+    repaired: bool = False
+    min_eigenvalue: float | None = None
+    flops: float = 0.0  # factorisations (b³/3 each; eigh counted as 9b³) + forming entries
+    _dense: torch.Tensor | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def diagonal(self) -> bool:
+        return not self.blocks
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """Dense Σ⊙M [d, d] (built on first use)."""
+        if self._dense is None:
+            c = torch.diag(self.var)
+            for idx, blk, _ in self.blocks:
+                c = c.index_put((idx.unsqueeze(1), idx.unsqueeze(0)), blk)
+            self._dense = c
+        return self._dense
+
     def sample(self, z: torch.Tensor) -> torch.Tensor:
-        """Samples mean + z Lᵀ for standard-normal z [K, d] (reparameterised: differentiable)."""
-        if self.diagonal:
-            return self.mean + z * self.factor
-        return self.mean + z @ self.factor.T
+        """Samples mean + z·Lᵀ for standard-normal z [K, d] (reparameterised: differentiable)."""
+        x = self.mean + z * self.var.clamp_min(0).sqrt()
+        for idx, _, L in self.blocks:
+            x = x.index_copy(1, idx, self.mean[idx] + z[:, idx] @ L.T)
+        return x
 
 
 def is_diagonal_mask(mask: torch.Tensor | None) -> bool:
     if mask is None:
         return True
-    if mask.dtype == torch.bool:
-        off = mask.clone()
-        off.fill_diagonal_(False)
-        return not bool(off.any())
     off = mask.clone()
     off.fill_diagonal_(0)
-    return not bool((off != 0).any())
+    return not bool(off.any())
 
 
-def mask_covariance(mean: torch.Tensor, cov: torch.Tensor, mask: torch.Tensor | None,
-                    need_factor: bool = True) -> MaskedGaussian:
-    """Σ ⊙ M (diagonal kept), PSD-checked and repaired, with a sampling factor.
+def mask_components(mask: torch.Tensor) -> list[torch.Tensor]:
+    """Connected components (≥ 2 units) of the graph whose edges are the mask's non-zero
+    off-diagonal entries, as index tensors (on the mask's device)."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    mask: None or a diagonal-only mask gives the naive (independent) Gaussian; a bool [d, d]
-    mask or a real [d, d] gate matrix (relaxed masks for gradient search) is applied
-    elementwise. Differentiable in `cov` and in a real-valued `mask`.
+    d = mask.shape[0]
+    if mask.dtype == torch.bool and bool(mask.all()):
+        return [torch.arange(d, device=mask.device)]  # the full mask: one component
+    nz = torch.nonzero(mask)
+    nz = nz[nz[:, 0] < nz[:, 1]].cpu().numpy()
+    if len(nz) == 0:
+        return []
+    g = coo_matrix((np.ones(len(nz)), (nz[:, 0], nz[:, 1])), shape=(d, d))
+    _, labels = connected_components(g, directed=False)
+    labels_t = torch.from_numpy(labels)
+    counts = torch.bincount(labels_t)
+    out = []
+    for lab in torch.nonzero(counts >= 2).flatten().tolist():
+        out.append(torch.nonzero(labels_t == lab).flatten().to(mask.device))
+    return out
+
+
+def mask_covariance(moments: "Moments | tuple", mask: torch.Tensor | None) -> MaskedGaussian:
+    """Σ ⊙ M (diagonal kept), block by block on the mask's components, PSD-checked (Cholesky
+    with a tiny jitter) and repaired (negative eigenvalues clipped) where needed.
+
+    moments: a `Moments` (or a (mean, cov) pair). mask: None / diagonal-only gives the naive
+    Gaussian; a bool [d, d] mask or real [d, d] gates (relaxed masks) is applied elementwise.
+    Differentiable in the moments and in a real-valued mask.
     """
-    d = cov.shape[0]
-    if mask is None or (mask.dtype == torch.bool and is_diagonal_mask(mask)):
-        var = torch.diagonal(cov).clamp_min(0)
-        return MaskedGaussian(mean, torch.diag(var), var.sqrt() if need_factor else None,
-                              diagonal=True)
+    if isinstance(moments, tuple):
+        moments = Moments(moments[0], cov=moments[1])
+    d = moments.dim
+    mean = moments.mean
+    var = moments.var.clamp_min(0)
+    if mask is None:
+        return MaskedGaussian(mean, var, flops=moments.block_flops([]))
     if mask.shape != (d, d):
         raise ValueError(f"mask has shape {tuple(mask.shape)}, the site's covariance is {d}×{d}")
-    m = mask.to(cov.dtype)
-    eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-    m = m * (1 - eye) + eye  # diagonal always tracked
-    masked = cov * m
-    masked = 0.5 * (masked + masked.T)
-    if not need_factor:
-        return MaskedGaussian(mean, masked, None)
-    scale = torch.diagonal(masked).mean().clamp_min(1e-30)
-    jitter = JITTER_REL * scale
-    L, info = torch.linalg.cholesky_ex(masked + jitter * eye)
-    flops = d ** 3 / 3
-    if int(info) == 0:
-        return MaskedGaussian(mean, masked, L, flops=flops)
-    # Not PSD: clip negative eigenvalues (nearest PSD matrix in Frobenius norm).
-    evals, evecs = torch.linalg.eigh(masked)
-    min_eig = float(evals.min())
-    evals = evals.clamp_min(0)
-    repaired = (evecs * evals) @ evecs.T
-    repaired = 0.5 * (repaired + repaired.T)
-    factor = evecs * evals.sqrt()
-    return MaskedGaussian(mean, repaired, factor, repaired=True, min_eigenvalue=min_eig,
-                          flops=flops + 9 * d ** 3)
+    comps = mask_components(mask)
+    blocks = []
+    repaired = False
+    min_eig = None
+    flops = moments.block_flops([len(c) for c in comps])
+    for idx in comps:
+        b = len(idx)
+        m = mask[idx][:, idx].to(mean.dtype)
+        eye = torch.eye(b, dtype=mean.dtype, device=mean.device)
+        m = m * (1 - eye) + eye  # diagonal always tracked
+        blk = moments.block(idx) * m
+        blk = 0.5 * (blk + blk.T)
+        jitter = JITTER_REL * torch.diagonal(blk).detach().mean().clamp_min(1e-30)
+        L, info = torch.linalg.cholesky_ex(blk + jitter * eye)
+        flops += b ** 3 / 3
+        if int(info) != 0:  # not PSD: nearest PSD block in Frobenius norm
+            evals, evecs = torch.linalg.eigh(blk)
+            e_min = float(evals.min())
+            min_eig = e_min if min_eig is None else min(min_eig, e_min)
+            evals = evals.clamp_min(0)
+            blk = (evecs * evals) @ evecs.T
+            blk = 0.5 * (blk + blk.T)
+            L = evecs * evals.sqrt()
+            repaired = True
+            flops += 9 * b ** 3
+            var = var.index_copy(0, idx, torch.diagonal(blk))
+        blocks.append((idx, blk, L))
+    return MaskedGaussian(mean, var, blocks, repaired, min_eig, flops)
 
 
 # ----------------------------------------------------------------------------------- fitting
