@@ -51,7 +51,13 @@ def current_device() -> str:
 
 
 def current_model() -> LoadedModel:
-    return _cached_model(st.session_state.get("model_source", zoo.DEFAULT_MODEL), current_device())
+    """The sidebar's model; a page that needs one stops here, with the reason, if none loads."""
+    try:
+        return _cached_model(st.session_state.get("model_source", zoo.DEFAULT_MODEL),
+                             current_device())
+    except (LoadError, ValueError, OSError, RuntimeError) as e:
+        st.error(f"This page needs a model, and none could be loaded: {e}")
+        st.stop()
 
 
 def current_sae():
@@ -134,10 +140,11 @@ def sidebar() -> None:
 
     sb.header("SAE")
     try:
-        lm = current_model()
-    except (LoadError, ValueError, OSError, RuntimeError) as e:
-        st.error(f"No model could be loaded: {e}")
-        st.stop()
+        lm = _cached_model(st.session_state["model_source"], current_device())
+    except (LoadError, ValueError, OSError, RuntimeError):
+        sb.caption("No model loaded, so no SAE.")  # model-free pages still work
+        _sync_url()
+        return
     sae_opts = [NO_SAE] + ([BUILTIN_SAE] if lm.kind == "zoo" else []) + ["folder…"]
     sae_current = st.session_state["sae_source"]
     sae_choice = sb.selectbox("SAE", sae_opts,
@@ -158,7 +165,11 @@ def sidebar() -> None:
                 f"SAE {sae_wanted!r}"):
             st.session_state["sae_source"] = sae_wanted
 
-    # The URL carries the view; defaults are left out to keep links short.
+    _sync_url()
+
+
+def _sync_url() -> None:
+    """The URL carries the view; defaults are left out to keep links short."""
     m = st.session_state["model_source"]
     state.set_param("model", None if m == zoo.DEFAULT_MODEL else m)
     s = st.session_state["sae_source"]
