@@ -1,0 +1,354 @@
+"""Behaviours: the rare output whose probability is estimated, read at the last position.
+
+Every behaviour reads one *site* at the last input position: the input of the unembedding
+(`UNEMBED_IN`, the final residual after `ln_final`, so logits are exactly `a @ W_U + b_U`) or a
+TransformerLens hook point. From the activation a [B, d] it gives
+
+- `value`: the per-input quantity whose expectation under D is the target probability — an
+  indicator (0/1) for argmax and threshold behaviours, the sampling probability for
+  `SampledProbability`;
+- `score`: a differentiable real number that grows as the behaviour gets closer (the target
+  logit, or the thresholded projection), used by the gradient-guided estimators;
+- `constraints(model)`: for indicator behaviours, (G [d, m], h [m]) with
+  value = 1[all(a @ G + h > 0)] — a set of linear inequalities in a. QLD, GLD and the
+  activation-model estimate need this; behaviours without it raise `BehaviourError` there.
+
+Ties: argmax uses strict inequalities (t must beat every other token), so an exact tie counts as
+a miss, the same convention in enumeration, sampling and the linear constraints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+UNEMBED_IN = "unembed.in"
+
+
+class BehaviourError(ValueError):
+    """A behaviour that is malformed or not supported by the requested method."""
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def vocab_out(model) -> int:
+    return int(getattr(model.cfg, "d_vocab_out", -1) if getattr(model.cfg, "d_vocab_out", -1)
+               not in (None, -1) else model.cfg.d_vocab)
+
+
+def unembed_weights(model) -> tuple[Tensor, Tensor]:
+    W = model.W_U
+    b = getattr(model, "b_U", None)
+    if b is None:
+        b = torch.zeros(W.shape[1], dtype=W.dtype, device=W.device)
+    return W, b
+
+
+# -------------------------------------------------------------------------- running the model
+
+def _site_activation(model, tokens: Int[Tensor, "B k"], site: str,
+                     onehot: Tensor | None = None) -> Float[Tensor, "B d"]:
+    """The site's activation at the last position; with `onehot` [B, k, V] the embedding is
+    `onehot @ W_E` so the result is differentiable in the one-hot input."""
+    store: dict[str, Tensor] = {}
+    fwd_hooks = []
+    handles = []
+    if onehot is not None:
+        W_E = model.W_E
+
+        def embed_hook(act, hook):
+            return (onehot.to(W_E.dtype) @ W_E).to(act.dtype)
+        fwd_hooks.append(("hook_embed", embed_hook))
+    if site == UNEMBED_IN:
+        def pre(module, args):
+            store["a"] = args[0][:, -1, :]
+        handles.append(model.unembed.register_forward_pre_hook(pre))
+        stop = None
+    else:
+        if site not in model.hook_dict:
+            raise BehaviourError(f"the model has no hook point {site!r}")
+
+        def grab(act, hook):
+            store["a"] = act[:, -1]
+            return act
+        fwd_hooks.append((site, grab))
+        stop = _stop_layer(model, site)
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=stop,
+                             return_type=None if stop is not None else "logits")
+    finally:
+        for h in handles:
+            h.remove()
+    a = store["a"]
+    return a.reshape(a.shape[0], -1)
+
+
+def _stop_layer(model, site: str) -> int | None:
+    """Stop the forward pass after the block that writes `site` (cheaper for early hooks)."""
+    if site.startswith("blocks."):
+        layer = int(site.split(".")[1])
+        return layer + 1 if layer + 1 < model.cfg.n_layers else None
+    if site.startswith(("hook_embed", "hook_pos_embed")):
+        return 0 if model.cfg.n_layers > 0 else None
+    return None
+
+
+def site_activations(model, tokens: Int[Tensor, "B k"], site: str) -> Float[Tensor, "B d"]:
+    with torch.no_grad():
+        return _site_activation(model, tokens, site).float()
+
+
+# ------------------------------------------------------------------------------- behaviours
+
+@dataclass
+class Behaviour:
+    kind: ClassVar[str] = ""
+    is_indicator: ClassVar[bool] = True
+
+    def site(self) -> str:
+        return UNEMBED_IN
+
+    def validate(self, model) -> None:
+        """Raise BehaviourError if this behaviour does not fit the model."""
+
+    def readout(self, model, a: Float[Tensor, "B d"]) -> tuple[Tensor, Tensor]:
+        """(value [B], score [B]) from the site activation."""
+        raise NotImplementedError
+
+    def constraints(self, model) -> tuple[Float[Tensor, "d m"], Float[Tensor, "m"]]:
+        raise BehaviourError(f"behaviour {self.kind!r} is not a set of linear inequalities "
+                             f"at one site; QLD, GLD and the activation model need one")
+
+    # -- model calls -----------------------------------------------------------------------
+    def evaluate(self, model, tokens: Int[Tensor, "B k"]) -> tuple[Tensor, Tensor]:
+        """(value, score), no gradient. One model call per input."""
+        with torch.no_grad():
+            a = _site_activation(model, tokens, self.site())
+            v, s = self.readout(model, a.float())
+        return v.double(), s.double()
+
+    def evaluate_with_grad(self, model, tokens: Int[Tensor, "B k"]
+                           ) -> tuple[Tensor, Tensor, Float[Tensor, "B k V"]]:
+        """(value, score, d score / d one-hot input). Counted as two model calls per input
+        (forward + backward)."""
+        V = int(model.cfg.d_vocab)
+        onehot = torch.nn.functional.one_hot(tokens, V).to(model.W_E.dtype)
+        onehot.requires_grad_(True)
+        with torch.enable_grad():
+            a = _site_activation(model, tokens, self.site(), onehot=onehot)
+            v, s = self.readout(model, a.float())
+            (grad,) = torch.autograd.grad(s.sum(), onehot)
+        return v.detach().double(), s.detach().double(), grad.detach().float()
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+    def label(self) -> str:
+        return self.kind
+
+
+def _check_target(model, target: int) -> None:
+    V = vocab_out(model)
+    if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < V:
+        raise BehaviourError(f"target token {target!r} is outside the output vocabulary "
+                             f"(0..{V - 1})")
+
+
+@dataclass
+class Argmax(Behaviour):
+    """Token `target` is the argmax of the last-position logits (temperature-0 sampling)."""
+
+    target: int = 0
+    kind: ClassVar[str] = "argmax"
+
+    def validate(self, model) -> None:
+        _check_target(model, self.target)
+
+    def readout(self, model, a):
+        W, b = unembed_weights(model)
+        logits = a @ W.float() + b.float()
+        t = self.target
+        lt = logits[:, t]
+        others = logits.clone()
+        others[:, t] = -torch.inf
+        value = (lt > others.max(-1).values).to(a.dtype)
+        return value, lt
+
+    def constraints(self, model):
+        W, b = unembed_weights(model)
+        W = W.detach().double()
+        b = b.detach().double()
+        t = self.target
+        keep = torch.arange(W.shape[1], device=W.device) != t
+        G = W[:, t:t + 1] - W[:, keep]
+        h = b[t] - b[keep]
+        return G, h
+
+    def label(self) -> str:
+        return f"argmax={self.target}"
+
+
+@dataclass
+class SampledProbability(Behaviour):
+    """The probability of sampling `target` at temperature τ: softmax(logits/τ)_t, averaged
+    over D (the expected probability). Not an indicator: QLD/GLD do not apply."""
+
+    target: int = 0
+    temperature: float = 1.0
+    kind: ClassVar[str] = "sampled"
+    is_indicator: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise BehaviourError(f"temperature must be > 0, got {self.temperature}")
+
+    def validate(self, model) -> None:
+        _check_target(model, self.target)
+
+    def readout(self, model, a):
+        W, b = unembed_weights(model)
+        logits = a @ W.float() + b.float()
+        value = torch.softmax(logits / self.temperature, -1)[:, self.target]
+        return value, logits[:, self.target]
+
+    def label(self) -> str:
+        return f"P(sample {self.target} | τ={self.temperature:g})"
+
+
+@dataclass
+class LogitThreshold(Behaviour):
+    """The logit of `target` exceeds `threshold`."""
+
+    target: int = 0
+    threshold: float = 0.0
+    kind: ClassVar[str] = "logit"
+
+    def validate(self, model) -> None:
+        _check_target(model, self.target)
+
+    def readout(self, model, a):
+        W, b = unembed_weights(model)
+        lt = a @ W[:, self.target].float() + b[self.target].float()
+        return (lt > self.threshold).to(a.dtype), lt
+
+    def constraints(self, model):
+        W, b = unembed_weights(model)
+        G = W[:, self.target:self.target + 1].detach().double()
+        h = (b[self.target].detach().double() - self.threshold).reshape(1)
+        return G, h
+
+    def label(self) -> str:
+        return f"logit[{self.target}] > {self.threshold:g}"
+
+
+@dataclass
+class DirectionThreshold(Behaviour):
+    """a · direction + bias > threshold at a hook point (last position): a linear probe, or an
+    SAE latent (see `sae_feature`)."""
+
+    hook: str = ""
+    direction: list[float] | None = None
+    bias: float = 0.0
+    threshold: float = 0.0
+    name: str = "direction"
+    kind: ClassVar[str] = "direction"
+
+    def site(self) -> str:
+        return self.hook
+
+    def validate(self, model) -> None:
+        if self.hook not in model.hook_dict:
+            raise BehaviourError(f"the model has no hook point {self.hook!r}")
+        if not self.direction:
+            raise BehaviourError("a direction behaviour needs a direction vector")
+        d = torch.tensor(self.direction, dtype=torch.float64)
+        if not torch.isfinite(d).all():
+            raise BehaviourError("the direction holds NaN or infinite values")
+
+    def _w(self, device) -> Tensor:
+        return torch.tensor(self.direction, dtype=torch.float32, device=device)
+
+    def readout(self, model, a):
+        w = self._w(a.device)
+        if a.shape[1] != w.numel():
+            raise BehaviourError(f"direction has {w.numel()} entries; {self.hook} has width "
+                                 f"{a.shape[1]}")
+        s = a @ w + self.bias
+        return (s > self.threshold).to(a.dtype), s
+
+    def constraints(self, model):
+        G = torch.tensor(self.direction, dtype=torch.float64,
+                         device=model_device(model))[:, None]
+        h = torch.tensor([self.bias - self.threshold], dtype=torch.float64,
+                         device=model_device(model))
+        return G, h
+
+    def label(self) -> str:
+        return f"{self.name} > {self.threshold:g}"
+
+
+def sae_feature(sae, feature: int, threshold: float = 0.0, hook: str | None = None
+                ) -> DirectionThreshold:
+    """"SAE latent j fires above `threshold`" for a standard ReLU SAE: with
+    pre_j = (a − b_dec) · W_enc[:, j] + b_enc[j], relu(pre_j) > thr ⟺ pre_j > thr for thr ≥ 0,
+    a linear inequality in a. (JumpReLU/top-k SAEs are not linear in this sense.)"""
+    if threshold < 0:
+        raise BehaviourError("an SAE feature threshold must be ≥ 0")
+    W_enc = sae.W_enc.detach().double()
+    if not 0 <= feature < W_enc.shape[1]:
+        raise BehaviourError(f"SAE feature {feature} out of range (0..{W_enc.shape[1] - 1})")
+    b_dec = sae.b_dec.detach().double()
+    b_enc = sae.b_enc.detach().double()
+    w = W_enc[:, feature]
+    bias = float(b_enc[feature] - b_dec @ w)
+    if hook is None:
+        from estimators.loading import sae_hook_name
+        hook = sae_hook_name(sae)
+    return DirectionThreshold(hook=hook, direction=w.tolist(), bias=bias, threshold=threshold,
+                              name=f"SAE feature {feature}")
+
+
+BEHAVIOURS: dict[str, type[Behaviour]] = {
+    c.kind: c for c in (Argmax, SampledProbability, LogitThreshold, DirectionThreshold)}
+
+
+def behaviour_from_dict(d: dict) -> Behaviour:
+    d = dict(d)
+    kind = d.pop("kind", None)
+    if kind not in BEHAVIOURS:
+        raise BehaviourError(f"unknown behaviour kind {kind!r}; choose one of {list(BEHAVIOURS)}")
+    try:
+        return BEHAVIOURS[kind](**d)
+    except TypeError as e:
+        raise BehaviourError(f"bad fields for behaviour {kind!r}: {e}") from e
+
+
+def parse_target(spec: Any, model, vocab: list[str] | None = None) -> int:
+    """A target token given as an id (int or digits, or "id:<n>") or a token string."""
+    V = vocab_out(model)
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        tid = spec
+    elif isinstance(spec, str) and spec.startswith("id:") and spec[3:].isdigit():
+        tid = int(spec[3:])
+    elif isinstance(spec, str) and vocab is not None and spec in vocab:
+        tid = vocab.index(spec)
+    elif isinstance(spec, str) and spec.lstrip("-").isdigit():
+        tid = int(spec)
+    else:
+        raise BehaviourError(f"target {spec!r} is not a token of this model (give a token "
+                             f"string or an id)")
+    if not 0 <= tid < V:
+        raise BehaviourError(f"target token id {tid} is outside the output vocabulary "
+                             f"(0..{V - 1})")
+    return tid
+
+
+__all__ = ["Behaviour", "Argmax", "SampledProbability", "LogitThreshold", "DirectionThreshold",
+           "sae_feature", "BEHAVIOURS", "behaviour_from_dict", "parse_target", "BehaviourError",
+           "UNEMBED_IN", "site_activations", "model_device", "vocab_out"]
