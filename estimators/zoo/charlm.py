@@ -32,7 +32,7 @@ _CHAR_TO_ID["\n"] = NEWLINE
 
 
 def encode_text(text: str) -> torch.Tensor:
-    """Characters -> ids (uint8 storage is enough: 97 symbols)."""
+    """Characters -> ids as uint8 (97 symbols fit; the corpus is stored compactly)."""
     data = text.encode("utf-8", errors="replace")
     # Fast path through a byte lookup table; multi-byte UTF-8 sequences become several UNKs,
     # which is fine for a corpus that is almost pure ASCII.
@@ -80,7 +80,7 @@ def _windows(data: torch.Tensor, n: int, seed: int) -> ZooBatch:
     g = torch.Generator().manual_seed(int(seed))
     starts = torch.randint(0, data.numel() - N_CTX - 1, (n,), generator=g)
     idx = starts.unsqueeze(1) + torch.arange(N_CTX + 1).unsqueeze(0)
-    win = data[idx]
+    win = data[idx].long()
     return ZooBatch(tokens=win[:, :-1].contiguous(), targets=win[:, 1:].contiguous(),
                     loss_mask=torch.ones(n, N_CTX, dtype=torch.bool))
 
@@ -102,7 +102,7 @@ class CharLM(ZooEntry):
         f"random {N_CTX + 1}-character windows of the concatenated top-level stdlib *.py files "
         f"(sorted by name; every {HOLDOUT_EVERY}th file held out for evaluation); next-char "
         "targets at every position")
-    train_spec = TrainSpec(seed=0, steps=5000, batch_size=32, lr=3e-3, weight_decay=0.01,
+    train_spec = TrainSpec(seed=0, steps=3000, batch_size=32, lr=3e-3, weight_decay=0.01,
                            warmup_steps=200, sae_steps=2000, sae_l1=1.0, eval_n=4096)
 
     def model_config(self):
@@ -145,7 +145,7 @@ class CharLM(ZooEntry):
         return labels + ["\\n", "<unk>"]
 
     def encode(self, text: str) -> torch.Tensor:
-        return encode_text(text)
+        return encode_text(text).long()
 
     def decode(self, ids) -> str:
         ids = ids.flatten().tolist() if isinstance(ids, torch.Tensor) else list(ids)
