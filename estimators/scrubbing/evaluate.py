@@ -160,6 +160,16 @@ class Scrubber:
                              f"model's context {model.cfg.n_ctx}")
         self._draw_cache: dict[tuple, tuple] = {}
         self._base_cache: dict[int, tuple] = {}
+        self._assign_cache: dict[PathPartition, np.ndarray] = {}
+
+    def assign(self, partition: PathPartition) -> np.ndarray:
+        """The partition's block id per path (cached: a search re-scores the same ones)."""
+        hit = self._assign_cache.get(partition)
+        if hit is None:
+            hit = self._assign_cache[partition] = partition.assign(self.graph)
+            if len(self._assign_cache) > 4096:
+                self._assign_cache.pop(next(iter(self._assign_cache)))
+        return hit
 
     # ------------------------------------------------------------------ streams
     def draw(self, key: str, partition: PathPartition, block_id: int,
@@ -212,7 +222,7 @@ class Scrubber:
                         ) -> tuple[torch.Tensor, dict]:
         """Per-example scrubbed losses [n_partitions, n_ref] and diagnostics."""
         reference = reference or self.data
-        assignments = [p.assign(self.graph) for p in partitions]
+        assignments = [self.assign(p) for p in partitions]
         out = torch.empty(len(partitions), len(reference))
         diag = {"plan_width": [], "fallbacks": {}}
         for g0 in range(0, len(partitions), self.max_partitions):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -174,6 +174,12 @@ class PathGraph:
     # ------------------------------------------------------------------------------ patterns
     def match(self, pattern: str) -> np.ndarray:
         """Indices of the paths a pattern matches (possibly empty); PathError if malformed."""
+        if not isinstance(pattern, str):
+            raise PathError(f"a path pattern must be a string, not {pattern!r}")
+        if "*" not in pattern:  # a literal path: a lookup
+            path_pattern_regex(pattern)  # still reject malformed text
+            i = self.path_index.get(pattern.strip())
+            return np.zeros(0, dtype=np.int64) if i is None else np.array([i], dtype=np.int64)
         rx = path_pattern_regex(pattern)
         starts = [m.start() for m in re.finditer(rf"^{rx}$", self._path_blob, flags=re.M)]
         if not starts:
@@ -221,6 +227,7 @@ class PathGraph:
                 "n_nodes": len(self.nodes), "n_paths": self.n_paths}
 
 
+@lru_cache(maxsize=4096)
 def path_pattern_regex(pattern: str) -> str:
     """The regular expression (without anchors) for a path pattern; PathError if malformed."""
     if not isinstance(pattern, str) or not pattern.strip():

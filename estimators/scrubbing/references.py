@@ -94,20 +94,31 @@ def induction_hypotheses(model, heads: dict) -> list[PathPartition]:
                       description="Previous-token head → induction K, embeddings → induction V "
                                   "and embeddings → induction Q together: the induction "
                                   "circuit."),
+        refined_induction(heads),
     ]
 
 
-def refine(scrubber, start: PathPartition, steps: int = 3) -> PathPartition:
-    """The start hypothesis plus the greedy additions that lower its total surprise."""
-    from estimators.scrubbing.search import greedy_search
-
-    path = greedy_search(scrubber, unit="edge", max_steps=steps, start=start)
-    added = [s.added for s in path[1:]]
-    final = path[-1].result.partition
-    desc = (f"{start.name} plus the edges a greedy search added because they lowered total "
-            f"surprise: {', '.join(added) if added else 'none'}.")
-    return PathPartition(final.important, final.blocks, name=f"{start.name}, refined",
-                         description=desc)
+def refined_induction(heads: dict, share: float = 0.5) -> PathPartition:
+    """The circuit as the trained model implements it: previous-token attention is spread over
+    every layer-0 head scoring at least `share`·(best previous-token score), and the induction
+    heads' keys also read the embeddings directly, so every path into their key input is kept,
+    with the embeddings into their query and value inputs."""
+    ind = heads["induction"]
+    prev_scores = heads["scores"]["previous_token"][0]
+    best = max(prev_scores)
+    prev = [f"a0.{h}" for h, v in enumerate(prev_scores) if v >= share * best]
+    k_paths = tuple(f"*>{p}:*>{i}:k>logits" for p in prev for i in ind) + tuple(
+        f"embed>{i}:k>logits" for i in ind)
+    v_paths = tuple(f"embed>{i}:v>logits" for i in ind)
+    q_paths = tuple(f"embed>{i}:q>logits" for i in ind)
+    scores = ", ".join(f"a0.{h} {v:.2f}" for h, v in enumerate(prev_scores))
+    return PathPartition(k_paths + v_paths + q_paths, name="all three, refined",
+                         description=f"Previous-token scores of the layer-0 heads ({scores}) "
+                                     f"show the previous token is carried by {', '.join(prev)} "
+                                     f"together, and the keys of {', '.join(ind)} also read the "
+                                     f"embeddings directly: all of these into the induction "
+                                     f"heads' keys, with the embeddings into their queries and "
+                                     f"values.")
 
 
 def parens_hypotheses(model) -> list[PathPartition]:
@@ -149,7 +160,6 @@ def build(model_name: str, n: int = EVAL["n"], seed: int = EVAL["seed"]) -> dict
         heads = find_heads(model, entry.sample(256, seed=seed + 99).tokens)
         doc["heads"] = heads
         hyps = induction_hypotheses(model, heads)
-        hyps.append(refine(scrubber, hyps[-1]))
     elif model_name == "parens":
         hyps = parens_hypotheses(model)
     else:

@@ -109,14 +109,94 @@ def _embed(model, tokens: torch.Tensor) -> torch.Tensor:
     return x.reshape(*lead, *x.shape[1:])
 
 
-def _routed_sum(store: dict[str, torch.Tensor], rows: dict[str, torch.Tensor],
+def _unique_rows(keys: list[tuple]) -> tuple[list[tuple], list[int]]:
+    """Distinct keys (first-seen order) and each key's index among them."""
+    table: dict[tuple, int] = {}
+    idx = [table.setdefault(k, len(table)) for k in keys]
+    return list(table), idx
+
+
+@dataclass
+class _AttnLayer:
+    layer: int
+    sources: list[str]
+    input_rows: np.ndarray        # [U, n_sources] source-version row of each distinct input
+    proj: dict[str, tuple[np.ndarray, np.ndarray]]  # channel -> (head, input) per projection
+    score_pairs: np.ndarray       # [S, 2] (q projection, k projection) per distinct pattern
+    version_score: np.ndarray     # [R] pattern of each head version (heads in order)
+    version_v: np.ndarray         # [R] v projection of each head version
+    version_head: np.ndarray      # [R]
+    counts: list[int]             # versions per head
+
+
+@dataclass
+class _MlpLayer:
+    layer: int
+    sources: list[str]
+    input_rows: np.ndarray        # [U, n_sources]
+    version_input: np.ndarray     # [V] distinct input of each version
+
+
+def compile_plan(graph: PathGraph, plan: TreePlan) -> dict:
+    """Index arrays for the batched pass (data-independent, computed once per plan).
+
+    Beyond versions, identical work is shared at three levels: a distinct routed input is
+    summed and normalised once per layer, a (head, input) projection is computed once per
+    channel, and a (query, key) projection pair gets one attention pattern."""
+    if getattr(plan, "_compiled", None) is not None:
+        return plan._compiled
+    layers = []
+    for layer in range(graph.n_layers):
+        heads = [n for n in graph.nodes if n.kind == "attn" and n.layer == layer]
+        srcs = [s.name for s in graph.sources_of(heads[0])]
+        keys, owners = [], []
+        for hi, h in enumerate(heads):
+            for kids in plan.children[h.name]:
+                for c in ("q", "k", "v"):
+                    keys.append(tuple(kids[(c, s)] for s in srcs))
+                    owners.append((hi, c))
+        uniq, inp = _unique_rows(keys)
+        proj_keys = {c: [] for c in "qkv"}
+        per_version = []
+        for j in range(0, len(keys), 3):
+            for t, c in enumerate("qkv"):
+                hi = owners[j + t][0]
+                proj_keys[c].append((hi, inp[j + t]))
+            per_version.append(owners[j][0])
+        proj, proj_idx = {}, {}
+        for c in "qkv":
+            u, idx = _unique_rows(proj_keys[c])
+            proj[c] = (np.array([k[0] for k in u], dtype=np.int64),
+                       np.array([k[1] for k in u], dtype=np.int64))
+            proj_idx[c] = idx
+        pairs, score_idx = _unique_rows(list(zip(proj_idx["q"], proj_idx["k"])))
+        layers.append(_AttnLayer(
+            layer, srcs, np.array(uniq, dtype=np.int64).reshape(len(uniq), len(srcs)), proj,
+            np.array(pairs, dtype=np.int64).reshape(len(pairs), 2),
+            np.array(score_idx, dtype=np.int64), np.array(proj_idx["v"], dtype=np.int64),
+            np.array(per_version, dtype=np.int64),
+            [len(plan.versions[h.name]) for h in heads]))
+        if not graph.attn_only:
+            m = graph.node(f"m{layer}")
+            msrcs = [s.name for s in graph.sources_of(m)]
+            u, idx = _unique_rows([tuple(k[(None, s)] for s in msrcs)
+                                   for k in plan.children[m.name]])
+            layers.append(_MlpLayer(layer, msrcs, np.array(u, dtype=np.int64).reshape(len(u),
+                                                                               len(msrcs)),
+                                    np.array(idx, dtype=np.int64)))
+    logit_srcs = [s.name for s in graph.sources_of(None)]
+    logits = np.array([[p[s] for s in logit_srcs] for p in plan.logits], dtype=np.int64)
+    plan._compiled = {"layers": layers, "logit_sources": logit_srcs, "logit_rows": logits}
+    return plan._compiled
+
+
+def _routed_sum(store: dict[str, torch.Tensor], sources: list[str], rows: torch.Tensor,
                 base: torch.Tensor) -> torch.Tensor:
-    """base + Σ_s store[s][rows[s]]: one gather per source node."""
-    out = None
-    for s, idx in rows.items():
-        term = store[s].index_select(0, idx)
-        out = term if out is None else out + term
-    return out + base
+    """base + Σ_j store[sources[j]][rows[:, j]]: one gather per source node, summed in place."""
+    out = store[sources[0]].index_select(0, rows[:, 0])
+    for j in range(1, len(sources)):
+        out.add_(store[sources[j]].index_select(0, rows[:, j]))
+    return out.add_(base)
 
 
 @torch.no_grad()
@@ -131,71 +211,65 @@ def treeified_logits(model, graph: PathGraph, plan: TreePlan,
     dev = stream_tokens.device
     n, ctx = stream_tokens.shape[1], stream_tokens.shape[2]
     dtype = model.embed.W_E.dtype
+    compiled = compile_plan(graph, plan)
+    as_t = (lambda a: torch.as_tensor(a, device=dev))  # noqa: E731
     store: dict[str, torch.Tensor] = {}
-    stream_ids = torch.tensor([int(v[0]) for v in plan.versions["embed"]], device=dev,
-                              dtype=torch.long)
+    stream_ids = as_t(np.array([int(v[0]) for v in plan.versions["embed"]], dtype=np.int64))
     store["embed"] = _embed(model, stream_tokens.index_select(0, stream_ids))
-    zero = torch.zeros((), device=dev, dtype=dtype)
-    bias_before = zero  # Σ b_O over attention layers already passed
+    bias = torch.zeros((), device=dev, dtype=dtype)  # Σ b_O over attention layers passed
     causal = torch.ones(ctx, ctx, dtype=torch.bool, device=dev).tril()
-    node_at = {n.name: n for n in graph.nodes}
+    neg_inf = torch.tensor(-torch.inf, device=dev, dtype=dtype)
+    heads_of = {}
+    for nd in graph.nodes:
+        if nd.kind == "attn":
+            heads_of.setdefault(nd.layer, []).append(nd.name)
 
-    def rows_for(node_name: str, channel) -> dict[str, torch.Tensor]:
-        node = node_at[node_name]
-        kids = plan.children[node_name]
-        return {s.name: torch.tensor([k[(channel, s.name)] for k in kids], device=dev,
-                                     dtype=torch.long) for s in graph.sources_of(node)}
-
-    for layer in range(cfg.n_layers):
-        block = model.blocks[layer]
-        attn = block.attn
-        heads = [nd for nd in graph.nodes if nd.kind == "attn" and nd.layer == layer]
-        counts = [len(plan.versions[h.name]) for h in heads]
-        head_of_row = torch.repeat_interleave(torch.arange(len(heads), device=dev),
-                                              torch.tensor(counts, device=dev))
-        if head_of_row.numel():
-            inputs = {}
-            for c in ("q", "k", "v"):
-                per_head = [rows_for(h.name, c) for h in heads if plan.versions[h.name]]
-                rows = {s: torch.cat([r[s] for r in per_head]) for s in per_head[0]}
-                # Every head of a layer reads the same sources, so rows line up by source.
-                srcs_store = {s: store[s] for s in rows}
-                inputs[c] = block.ln1(_routed_sum(srcs_store, rows, bias_before))
-            wq, wk, wv, wo = (attn.W_Q[head_of_row], attn.W_K[head_of_row],
-                              attn.W_V[head_of_row], attn.W_O[head_of_row])
-            q = torch.einsum("rnpd,rdk->rnpk", inputs["q"], wq) + attn.b_Q[head_of_row][:, None, None]
-            k = torch.einsum("rnpd,rdk->rnpk", inputs["k"], wk) + attn.b_K[head_of_row][:, None, None]
-            v = torch.einsum("rnpd,rdk->rnpk", inputs["v"], wv) + attn.b_V[head_of_row][:, None, None]
-            scores = torch.einsum("rnqk,rnsk->rnqs", q, k) / attn.attn_scale
-            scores = apply_softcap(scores, cfg.attn_scores_soft_cap)
-            scores = torch.where(causal, scores, torch.tensor(-torch.inf, device=dev,
-                                                              dtype=scores.dtype))
-            pattern = torch.softmax(scores, dim=-1)
-            z = torch.einsum("rnqs,rnsk->rnqk", pattern, v)
-            out = torch.einsum("rnqk,rkd->rnqd", z, wo)
-            for h, chunk in zip(heads, torch.split(out, counts)):
-                store[h.name] = chunk
-        else:
-            for h in heads:
-                store[h.name] = torch.zeros((0, n, ctx, cfg.d_model), device=dev, dtype=dtype)
-        if not cfg.attn_only:
-            bias_mid = bias_before + attn.b_O
-            name = f"m{layer}"
-            if plan.versions[name]:
-                rows = rows_for(name, None)
-                x = block.ln2(_routed_sum(store, rows, bias_mid))
-                vn = x.shape[0]
-                out = block.mlp(x.reshape(vn * n, ctx, -1)).reshape(vn, n, ctx, -1)
-                store[name] = out
+    for spec in compiled["layers"]:
+        if isinstance(spec, _AttnLayer):
+            layer = spec.layer
+            block = model.blocks[layer]
+            attn = block.attn
+            names = heads_of[layer]
+            if spec.version_head.size == 0:
+                for h in names:
+                    store[h] = torch.zeros((0, n, ctx, cfg.d_model), device=dev, dtype=dtype)
             else:
+                x = block.ln1(_routed_sum(store, spec.sources, as_t(spec.input_rows), bias))
+                proj = {}
+                for c, (w, b) in (("q", (attn.W_Q, attn.b_Q)), ("k", (attn.W_K, attn.b_K)),
+                                  ("v", (attn.W_V, attn.b_V))):
+                    head, inp = as_t(spec.proj[c][0]), as_t(spec.proj[c][1])
+                    proj[c] = torch.einsum("rnpd,rdk->rnpk", x.index_select(0, inp),
+                                           w.index_select(0, head)) + b[head][:, None, None]
+                pairs = as_t(spec.score_pairs)
+                scores = torch.einsum("rnqk,rnsk->rnqs", proj["q"].index_select(0, pairs[:, 0]),
+                                      proj["k"].index_select(0, pairs[:, 1])) / attn.attn_scale
+                scores = apply_softcap(scores, cfg.attn_scores_soft_cap)
+                pattern = torch.softmax(torch.where(causal, scores, neg_inf), dim=-1)
+                z = torch.einsum("rnqs,rnsk->rnqk",
+                                 pattern.index_select(0, as_t(spec.version_score)),
+                                 proj["v"].index_select(0, as_t(spec.version_v)))
+                out = torch.einsum("rnqk,rkd->rnqd", z,
+                                   attn.W_O.index_select(0, as_t(spec.version_head)))
+                for h, chunk in zip(names, torch.split(out, spec.counts)):
+                    store[h] = chunk
+            bias = bias + attn.b_O
+        else:
+            layer = spec.layer
+            block = model.blocks[layer]
+            name = f"m{layer}"
+            if spec.version_input.size == 0:
                 store[name] = torch.zeros((0, n, ctx, cfg.d_model), device=dev, dtype=dtype)
-        bias_before = bias_before + attn.b_O
+                continue
+            x = block.ln2(_routed_sum(store, spec.sources, as_t(spec.input_rows), bias))
+            u = x.shape[0]
+            out = block.mlp(x.reshape(u * n, ctx, -1)).reshape(u, n, ctx, -1)
+            store[name] = out.index_select(0, as_t(spec.version_input))
 
-    rows = {s.name: torch.tensor([p[s.name] for p in plan.logits], device=dev, dtype=torch.long)
-            for s in graph.sources_of(None)}
-    x = _routed_sum(store, rows, bias_before)
+    x = _routed_sum(store, compiled["logit_sources"], as_t(compiled["logit_rows"]), bias)
     if cfg.normalization_type is not None:
         x = model.ln_final(x)
     n_part = x.shape[0]
     logits = model.unembed(x.reshape(n_part * n, ctx, -1))
     return logits.reshape(n_part, n, ctx, -1)
+
