@@ -73,6 +73,7 @@ class MaskRule:
         if self.kind == "topk" and self.k < 0:
             raise ValueError("topk needs k ≥ 0")
         if self.kind == "blocks":
+            object.__setattr__(self, "pairs", tuple(sorted({_pair(p) for p in self.pairs})))
             if self.by not in BLOCK_BY:
                 raise ValueError(f"blocks rule: 'by' must be one of {BLOCK_BY}")
             if self.group_size < 1:
