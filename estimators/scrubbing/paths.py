@@ -256,8 +256,8 @@ def check_supported(model) -> None:
         problems.append("parallel attention/MLP blocks")
     if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
         problems.append("grouped-query attention")
-    if getattr(cfg, "attention_dir", "causal") != "causal":
-        problems.append("bidirectional attention")
+    if getattr(cfg, "attention_dir", "causal") not in ("causal", "bidirectional"):
+        problems.append(f"attention_dir={cfg.attention_dir!r}")
     if getattr(cfg, "use_normalization_before_and_after", False):
         problems.append("normalization after sublayers")
     if getattr(cfg, "attn_types", None) and any(t != "global" for t in cfg.attn_types):
@@ -272,5 +272,5 @@ def check_supported(model) -> None:
     if not hasattr(model, "blocks") or not hasattr(model, "unembed"):
         problems.append("not a HookedTransformer")
     if problems:
-        raise PathError("causal scrubbing supports HookedTransformers with standard causal "
+        raise PathError("causal scrubbing supports HookedTransformers with standard "
                         "attention; this model has " + ", ".join(problems))

@@ -217,7 +217,9 @@ def treeified_logits(model, graph: PathGraph, plan: TreePlan,
     stream_ids = as_t(np.array([int(v[0]) for v in plan.versions["embed"]], dtype=np.int64))
     store["embed"] = _embed(model, stream_tokens.index_select(0, stream_ids))
     bias = torch.zeros((), device=dev, dtype=dtype)  # Σ b_O over attention layers passed
-    causal = torch.ones(ctx, ctx, dtype=torch.bool, device=dev).tril()
+    causal = torch.ones(ctx, ctx, dtype=torch.bool, device=dev)
+    if cfg.attention_dir == "causal":  # bidirectional models (parens) attend everywhere
+        causal = causal.tril()
     neg_inf = torch.tensor(-torch.inf, device=dev, dtype=dtype)
     heads_of = {}
     for nd in graph.nodes:

@@ -215,8 +215,12 @@ def test_stream_evaluation_equals_recursive_hook_reference(which, attn_model, ml
     torch.testing.assert_close(alone[0], scrubbed[0])
 
 
-def test_no_layernorm_three_layers_reference():
-    model = tiny_model(attn_only=True, normalization_type=None, n_layers=3, n_heads=1)
+@pytest.mark.parametrize("kind", ["no-ln-3-layers", "bidirectional-mlp"])
+def test_other_architectures_match_the_reference(kind):
+    if kind == "no-ln-3-layers":
+        model = tiny_model(attn_only=True, normalization_type=None, n_layers=3, n_heads=1)
+    else:
+        model = tiny_model(attn_only=False, n_layers=2, n_heads=1, attention_dir="bidirectional")
     data = data_for(model, n=8)
     s = Scrubber(model, data)
     rng = np.random.default_rng(1)
