@@ -1,0 +1,199 @@
+"""Streamlit-side glue of the "Tail risk" page: settings (URL + file), and running the library's
+estimators over targets with progress. No science here: everything is `estimators.tailrisk`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from estimators.tailrisk import (ESTIMATORS, Argmax, LogitThreshold, SampledProbability,
+                                 ground_truth_vector, run_estimator)
+from estimators.tailrisk.distributions import (DistributionError, InputDistribution, from_json,
+                                               from_table)
+from estimators.tailrisk.scoring import optimal_constant_scores, score
+
+SETTINGS_KIND = "tail-risk"
+URL_KEY = "tr"
+UPLOADED = "uploaded file"
+BEHAVIOURS = {"argmax": "t is the argmax (temperature 0)",
+              "sampled": "probability of sampling t at temperature τ",
+              "logit": "logit of t above a threshold"}
+DEFAULT_MAX_INPUTS = 2 ** 16
+
+
+@dataclass
+class Settings:
+    behaviour: str = "argmax"
+    sampling_temperature: float = 1.0
+    threshold: float = 0.0
+    distribution: str = ""  # a built-in name, or UPLOADED
+    uploaded: dict | None = None  # the uploaded distribution in file format
+    length: int = 0  # keep the last `length` positions (0: as many as fit DEFAULT_MAX_INPUTS)
+    target_mode: str = "band"  # "one" | "band"
+    target: int = 0
+    band_low: float = 1e-6
+    band_high: float = 1e-2
+    n_targets: int = 4
+    budget: int = 512
+    methods: list[str] = field(default_factory=lambda: ["mc", "gld"])
+    seed: int = 0
+    itgis_temperature: float = 1.0
+    mhis_temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {self.behaviour!r}")
+        if self.target_mode not in ("one", "band"):
+            raise ValueError(f"target mode must be 'one' or 'band', not {self.target_mode!r}")
+        unknown = [m for m in self.methods if m not in ESTIMATORS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}")
+        for name in ("sampling_temperature", "threshold", "band_low", "band_high",
+                     "itgis_temperature", "mhis_temperature"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number")
+        if not (0 < self.band_low < self.band_high <= 1):
+            raise ValueError("the band needs 0 < low < high ≤ 1")
+        if self.budget < 2 or self.n_targets < 1 or self.length < 0:
+            raise ValueError("budget ≥ 2, at least one target and length ≥ 0 are required")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Settings":
+        if not isinstance(d, dict):
+            raise ValueError("tail-risk settings must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown tail-risk settings {unknown}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ValueError(f"bad tail-risk settings: {e}") from e
+
+
+def make_behaviour(s: Settings, target: int):
+    if s.behaviour == "argmax":
+        return Argmax(target)
+    if s.behaviour == "sampled":
+        return SampledProbability(target, s.sampling_temperature)
+    return LogitThreshold(target, s.threshold)
+
+
+def default_length(full: InputDistribution, max_inputs: int = DEFAULT_MAX_INPUTS) -> int:
+    """The longest suffix whose support has at most `max_inputs` inputs (at least 1)."""
+    sizes = [int(x.numel()) for x in full.supports()]
+    n, length = 1, 0
+    for size in reversed(sizes):
+        if n * size > max_inputs and length >= 1:
+            break
+        n *= size
+        length += 1
+    return length
+
+
+def build_distribution(s: Settings, model, entry, vocab) -> InputDistribution:
+    V = int(model.cfg.d_vocab)
+    if s.distribution == UPLOADED:
+        if s.uploaded is None:
+            raise DistributionError("no distribution file uploaded yet")
+        full = from_json(s.uploaded, V, int(model.cfg.n_ctx), vocab, "uploaded")
+    else:
+        builtins = entry.input_distributions() if entry is not None else {}
+        if s.distribution not in builtins:
+            raise DistributionError(f"{s.distribution!r} is not a built-in distribution of "
+                                    f"this model (built-ins: {', '.join(builtins) or 'none'})")
+        full = from_table(builtins[s.distribution], V, s.distribution, vocab)
+    length = s.length or default_length(full)
+    return full.truncated(min(length, full.length)) if length < full.length else full
+
+
+def seed_for(s: Settings, index: int) -> int:
+    """Each target gets its own seed so their runs are independent; shown in the table."""
+    return s.seed + index
+
+
+def truths(s: Settings, model, dist, targets: list[int] | None, progress=None
+           ) -> tuple[dict[int, float], str, np.ndarray | None]:
+    """True probabilities (exact when the support is small, else sampled; cached on disk).
+    Argmax and sampled behaviours get every target in one pass (the vector is returned too);
+    a logit threshold is computed per target, so it needs explicit targets."""
+    from estimators.tailrisk import ground_truth
+
+    if s.behaviour in ("argmax", "sampled"):
+        vec = ground_truth_vector(model, dist, make_behaviour(s, 0), progress=progress)
+        values = np.array(vec["values"])
+        return {i: float(v) for i, v in enumerate(values)}, vec["method"], values
+    if targets is None:
+        raise ValueError("a band of targets needs the argmax or sampled behaviour; pick one "
+                         "target for a logit threshold")
+    out, method = {}, "exact"
+    for t in targets:
+        g = ground_truth(model, dist, make_behaviour(s, t), progress=progress)
+        out[t], method = g.probability, g.method
+    return out, method, None
+
+
+def choose_targets(s: Settings, truth: np.ndarray | None) -> list[int]:
+    if s.target_mode == "one":
+        return [s.target]
+    assert truth is not None
+    ok = np.nonzero((truth >= s.band_low) & (truth <= s.band_high))[0]
+    if len(ok) == 0:
+        raise ValueError(f"no target has a true probability in [{s.band_low:g}, "
+                         f"{s.band_high:g}] under this distribution; widen the band")
+    rng = np.random.default_rng(s.seed)
+    pick = rng.choice(ok, size=min(s.n_targets, len(ok)), replace=False)
+    return sorted(int(t) for t in pick)
+
+
+def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, float],
+                labels: Callable[[int], str], progress: Callable[[float, str], None],
+                budgets: list[int] | None = None) -> pd.DataFrame:
+    """One row per (budget, target, method): estimate, interval, calls, seconds, seed."""
+    budgets = budgets or [s.budget]
+    rows = []
+    jobs = [(b, i, t, m) for b in budgets for i, t in enumerate(targets) for m in s.methods]
+    for k, (budget, i, t, m) in enumerate(jobs):
+        extra = {}
+        if m == "itgis":
+            extra["temperature"] = s.itgis_temperature
+        if m == "mhis":
+            extra["temperature"] = s.mhis_temperature
+        seed = seed_for(s, i)
+        progress(k / len(jobs), f"{ESTIMATORS[m].title} on target {labels(t)} "
+                                f"({budget} calls)")
+        e = run_estimator(m, model, dist, make_behaviour(s, t), budget, seed, **extra)
+        lo, hi = e.interval if e.interval is not None else (None, None)
+        rows.append({"target": t, "token": labels(t), "truth": truth.get(t), "method": m,
+                     "budget": budget, "estimate": e.value, "low": lo, "high": hi,
+                     "calls": e.cost.calls, "seconds": e.cost.seconds, "seed": seed})
+    progress(1.0, "done")
+    return pd.DataFrame(rows)
+
+
+def loss_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per method: IS and log-SE losses (fitted and not), plus the optimal-constant baseline."""
+    rows = []
+    df = results[results["truth"].notna() & (results["truth"] > 0)]
+    if df.empty:
+        return pd.DataFrame()
+    for m, g in df.groupby("method", sort=False):
+        s = score(g["truth"].to_numpy(), g["estimate"].to_numpy())
+        rows.append({"method": m, **{k: s[k] for k in ("itakura_saito", "itakura_saito_fitted",
+                                                       "log_squared_error",
+                                                       "log_squared_error_fitted",
+                                                       "zero_estimates")}})
+    first = df[df["method"] == df["method"].iloc[0]]
+    c = optimal_constant_scores(first["truth"].to_numpy())
+    rows.append({"method": "optimal constant", **{k: c[k] for k in (
+        "itakura_saito", "itakura_saito_fitted", "log_squared_error",
+        "log_squared_error_fitted", "zero_estimates")}})
+    return pd.DataFrame(rows)
