@@ -218,24 +218,6 @@ def argument_and_results():
     if ss.get("_act_site") not in site_names:
         ss._act_site = site_names[1] if len(site_names) > 1 else site_names[0]
 
-    # a requested search runs first, so what follows shows its result
-    req = ss.pop("act_search_request", None)
-    if req is not None:
-        rec = glue.SearchRecord(req["method"])
-        ss.act_search_record = rec
-        with st.status(f"Searching ({req['method']})…", expanded=True) as status:
-            st.button("Stop search", key="_act_stop")
-            bar = st.progress(0.0, text="starting")
-            params = ({"max_steps": req["steps"], "candidates_per_site": req["candidates"]}
-                      if req["method"] == "greedy" else
-                      {"steps": req["steps"], "candidates_per_site": req["candidates"]})
-            glue.run_search(prop, req["method"], params, lambda f, t: bar.progress(f, text=t),
-                            rec)
-            best = min((p["total_bits"] for p in rec.path), default=float("nan"))
-            status.update(label=f"Search ({req['method']}) done: best total {best:,.1f} bits"
-                                + (" (stopped)" if rec.cancelled else ""),
-                          state="complete", expanded=False)
-
     res = glue.run(prop, _bpp())
     if res.recomputed:
         ss.act_last_change = (res.seconds, list(res.recomputed))
@@ -383,25 +365,6 @@ def argument_and_results():
                                    "mean logit (real)": out["empirical_mean"]}),
                      hide_index=True, width="stretch", height=240)
 
-    # -- search
-    st.subheader("Find a better argument")
-    f1, f2, f3, f4 = st.columns(4)
-    f1.selectbox("Method", ["greedy", "gradient"], key="_act_search_method",
-                 help="Greedy: add the candidate pair (or position block) that lowers the total "
-                      "most, until none does. Gradient: Adam on sigmoid gates over candidate "
-                      "pairs, with a bit price per gate.")
-    f2.number_input("Steps", 1, 200, value=3, key="_act_search_steps")
-    f3.number_input("Candidates per site", 1, 256, value=8, key="_act_search_cands")
-    f4.button("Find a better argument", on_click=_on_search)
-    rec = ss.get("act_search_record")
-    if rec is not None:
-        if rec.note:
-            st.info(rec.note)
-        if rec.path:
-            st.plotly_chart(search_path(rec.path, f"{rec.method} search path"),
-                            config=PNG_CONFIG, key="_act_path")
-            st.dataframe(pd.DataFrame(rec.path), hide_index=True, width="stretch")
-
     # -- the argument as a file (upload is outside: it may change the settings)
     st.download_button("Download explanation (JSON)",
                        glue.explanation(prop, settings, _bpp(), res),
@@ -409,4 +372,41 @@ def argument_and_results():
                        mime="application/json")
 
 
-argument_and_results()
+# ---- search: in the main script (not the fragment) so that Stop, or navigating away, which
+# request a full rerun, interrupt it (a fragment's own widgets do not preempt a running script)
+results = st.container()
+st.subheader("Find a better argument")
+f1, f2, f3, f4 = st.columns(4)
+f1.selectbox("Method", ["greedy", "gradient"], key="_act_search_method",
+             help="Greedy: add the candidate pair (or position block) that lowers the total most, "
+                  "until none does. Gradient: Adam on sigmoid gates over candidate pairs, with a "
+                  "bit price per gate.")
+f2.number_input("Steps", 1, 200, value=3, key="_act_search_steps")
+f3.number_input("Candidates per site", 1, 256, value=8, key="_act_search_cands")
+f4.button("Find a better argument", on_click=_on_search)
+req = ss.pop("act_search_request", None)
+if req is not None:
+    rec = glue.SearchRecord(req["method"])
+    ss.act_search_record = rec
+    with st.status(f"Searching ({req['method']})…", expanded=True) as status:
+        st.button("Stop search", key="_act_stop")
+        bar = st.progress(0.0, text="starting")
+        params = ({"max_steps": req["steps"], "candidates_per_site": req["candidates"]}
+                  if req["method"] == "greedy" else
+                  {"steps": req["steps"], "candidates_per_site": req["candidates"]})
+        glue.run_search(prop, req["method"], params, lambda f, t: bar.progress(f, text=t), rec)
+        best = min((p["total_bits"] for p in rec.path), default=float("nan"))
+        status.update(label=f"Search ({req['method']}) done: best total {best:,.1f} bits"
+                            + (" (stopped)" if rec.cancelled else ""),
+                      state="complete", expanded=False)
+rec = ss.get("act_search_record")
+if rec is not None:
+    if rec.note:
+        st.info(rec.note)
+    if rec.path:
+        st.plotly_chart(search_path(rec.path, f"{rec.method} search path"),
+                        config=PNG_CONFIG, key="_act_path")
+        st.dataframe(pd.DataFrame(rec.path), hide_index=True, width="stretch")
+
+with results:
+    argument_and_results()

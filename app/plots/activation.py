@@ -53,8 +53,9 @@ def mask_grid(mask, labels: Sequence[str], flat_index: Sequence[int], corr=None,
     for name in GRID_TRACES:
         sel = state == name
         r, k = rows[sel], cols[sel]
-        hover = [f"{labels[a]} × {labels[b]}" + ("" if c is None else f"<br>corr {c[a, b]:+.3f}")
-                 + f"<br>{name}" for a, b in zip(r, k)]
+        hover = [f"{labels[a]} × {labels[b]}  [{fi[a]}, {fi[b]}]"
+                 + ("" if c is None else f"<br>corr {c[a, b]:+.3f}") + f"<br>{name}"
+                 for a, b in zip(r, k)]
         fig.add_trace(go.Scatter(
             x=[labels[b] for b in k], y=[labels[a] for a in r], mode="markers", name=name,
             marker={"symbol": "square", "size": size, "color": GRID_COLORS[name]},
