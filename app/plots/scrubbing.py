@@ -1,0 +1,132 @@
+"""Figures of the Causal scrubbing page: the clickable component graph, losses, anomaly scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from estimators.scrubbing.partition import IMPORTANT, REST
+from estimators.scrubbing.paths import PathGraph
+
+GROUP_COLOURS = ["#b2182b", "#2166ac", "#1b7837", "#762a83", "#e08214", "#35978f", "#8c510a"]
+REST_COLOUR = "#bdbdbd"
+NODE_TRACE = 1  # the curve number of the clickable markers (trace 0 draws the edges)
+CHANNEL_DY = {"q": 0.22, "k": 0.0, "v": -0.22}
+
+
+def group_colour(gid: int) -> str:
+    return REST_COLOUR if gid == REST else GROUP_COLOURS[gid % len(GROUP_COLOURS)]
+
+
+def group_name(gid: int) -> str:
+    return "rest (random)" if gid == REST else ("important" if gid == IMPORTANT
+                                                else f"block {gid}")
+
+
+def graph_points(graph: PathGraph) -> list[dict]:
+    """The clickable points: embed, logits, each head's q/k/v inputs, each MLP.
+
+    Each point carries the pattern of all paths through it ("through node" clicks) and its
+    role for edge clicks: a source name and/or a destination hop."""
+    pts = [{"id": "embed", "x": -1.0, "y": (graph.n_heads - 1) / 2, "label": "embed",
+            "through": "embed>*", "source": "embed", "dest": None}]
+    for n in graph.nodes[1:]:
+        if n.kind == "attn":
+            for c in ("q", "k", "v"):
+                pts.append({"id": f"{n.name}:{c}", "x": n.layer - 0.12,
+                            "y": n.head + CHANNEL_DY[c], "label": f"{n.name}:{c}",
+                            "through": f"*>{n.name}:{c}>*", "source": None,
+                            "dest": f"{n.name}:{c}"})
+            pts.append({"id": n.name, "x": n.layer + 0.12, "y": float(n.head), "label": n.name,
+                        "through": f"*>{n.name}:*>*", "source": n.name, "dest": None})
+        else:
+            pts.append({"id": n.name, "x": n.layer + 0.45, "y": float(graph.n_heads),
+                        "label": n.name, "through": f"*>{n.name}>*", "source": n.name,
+                        "dest": n.name})
+    pts.append({"id": "logits", "x": float(graph.n_layers), "y": (graph.n_heads - 1) / 2,
+                "label": "logits", "through": "*>logits", "source": None, "dest": "logits"})
+    return pts
+
+
+def _shares(graph: PathGraph, assignment: np.ndarray, pattern: str) -> tuple[int, float]:
+    """The most common group among the pattern's paths and the share that is important."""
+    idx = graph.match(pattern)
+    if idx.size == 0:
+        return REST, 0.0
+    groups, counts = np.unique(assignment[idx], return_counts=True)
+    return int(groups[np.argmax(counts)]), float((assignment[idx] == IMPORTANT).mean())
+
+
+def component_graph(graph: PathGraph, assignment: np.ndarray, pending: str | None = None,
+                    title: str = "Components (click to assign paths)") -> go.Figure:
+    """Scatter nodes laid out layer × head; colour = the group most of their paths are in."""
+    pts = graph_points(graph)
+    ex, ey = [], []
+    pos = {p["id"]: (p["x"], p["y"]) for p in pts}
+    for n in graph.nodes[1:] + [None]:
+        dests = ([f"{n.name}:{c}" for c in n.channels] if n is not None and n.kind == "attn"
+                 else [n.name if n is not None else "logits"])
+        for d in dests:
+            for s in graph.sources_of(n):
+                if s.name in pos and d in pos:
+                    ex += [pos[s.name][0], pos[d][0], None]
+                    ey += [pos[s.name][1], pos[d][1], None]
+    colours, sizes, texts, lines = [], [], [], []
+    for p in pts:
+        gid, share = _shares(graph, assignment, p["through"])
+        colours.append(group_colour(gid))
+        sizes.append(14 if p["dest"] and ":" in (p["dest"] or "") else 24)
+        texts.append(f"{p['label']}<br>paths through it: mostly {group_name(gid)}"
+                     f"<br>important share {share:.0%}")
+        lines.append(4 if p["id"] == pending else 1)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines", hoverinfo="skip",
+                             line={"color": "rgba(120,120,120,0.25)", "width": 1},
+                             showlegend=False))
+    fig.add_trace(go.Scatter(
+        x=[p["x"] for p in pts], y=[p["y"] for p in pts], mode="markers+text",
+        text=[p["label"] for p in pts], textposition="top center", hovertext=texts,
+        hoverinfo="text", customdata=[[p["id"]] for p in pts], showlegend=False,
+        marker={"size": sizes, "color": colours, "line": {"width": lines, "color": "black"}}))
+    fig.update_layout(
+        title=title, clickmode="event+select", height=380, margin=dict(t=50, l=20, r=20, b=30),
+        xaxis={"title": "layer", "tickvals": list(range(-1, graph.n_layers + 1)),
+               "ticktext": ["embed"] + [str(i) for i in range(graph.n_layers)] + ["logits"],
+               "zeroline": False},
+        yaxis={"title": "head (MLP on top)", "zeroline": False, "showticklabels": False})
+    return fig
+
+
+def loss_bars(loss_original: float, loss_scrubbed: float, loss_random: float) -> go.Figure:
+    labels = ["original", "scrubbed", "all resampled"]
+    vals = [loss_original, loss_scrubbed, loss_random]
+    fig = go.Figure(go.Bar(x=labels, y=vals, text=[f"{v:.4f}" for v in vals],
+                           textposition="outside",
+                           marker_color=["#4393c3", "#d6604d", REST_COLOUR]))
+    fig.update_layout(title="Task loss (nats per example)", yaxis_title="loss (nats)",
+                      margin=dict(t=50, b=30), height=340)
+    return fig
+
+
+def anomaly_histogram(normal, anomalous, auc: float, score: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=list(normal), name="normal", opacity=0.7, nbinsx=40,
+                               marker_color="#4393c3"))
+    fig.add_trace(go.Histogram(x=list(anomalous), name="anomalous", opacity=0.7, nbinsx=40,
+                               marker_color="#d6604d"))
+    fig.update_layout(barmode="overlay", title=f"Anomaly scores ({score}): ROC AUC {auc:.3f}",
+                      xaxis_title="score (nats)", yaxis_title="inputs",
+                      legend={"orientation": "h", "y": -0.25}, margin=dict(t=50, b=40))
+    return fig
+
+
+def search_path(steps: list[dict]) -> go.Figure:
+    x = [s["step"] for s in steps]
+    fig = go.Figure()
+    for key, name in (("argument_bits", "S(π)"), ("data_bits", "S(Y|π)"),
+                      ("total_bits", "total")):
+        fig.add_trace(go.Scatter(x=x, y=[s[key] for s in steps], mode="lines+markers",
+                                 name=name))
+    fig.update_layout(title="Greedy search", xaxis_title="step", yaxis_title="bits",
+                      margin=dict(t=50, b=30), height=320)
+    return fig

@@ -1,0 +1,183 @@
+"""Streamlit glue of the Causal scrubbing page: cached evaluations, URL/file state, table edits.
+
+Heavy results are cached by (model key, partition hash, settings): the scrubber (data pool,
+resampling draws and baseline losses) with `st.cache_resource`, each partition's scores and
+anomaly demo with `st.cache_data`. Forward passes run under the model store's lock.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import streamlit as st
+
+from app import state
+from estimators.scrubbing import Block, PathError, PathPartition, ScrubData, Scrubber
+from estimators.scrubbing import references
+from estimators.scrubbing.partition import IMPORTANT, REST, UNIFORM
+
+KIND = "scrubbing"
+URL_KEY = "partition"
+MAX_BLOCKS = 6
+GROUPS = ["important"] + [f"block {j}" for j in range(1, MAX_BLOCKS + 1)]
+RESAMPLE_CHOICES = [UNIFORM, "match:label", "match:token_at:-1", "match:token_at:-2",
+                    "match:token_at:0"]
+
+
+# ------------------------------------------------------------------------------ data & caches
+def scrub_data(lm, n: int, seed: int) -> ScrubData:
+    if lm.kind != "zoo":
+        raise PathError("this page scores a zoo model on its own data; for another model use "
+                        "`python -m estimators scrub --data FILE`")
+    return ScrubData.from_zoo(lm.name, n=n, seed=seed)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def get_scrubber(_lm, model_key: str, n: int, seed: int, device: str) -> Scrubber:
+    return Scrubber(_lm.model, scrub_data(_lm, n, seed), seed=seed, device=device)
+
+
+def _lock():
+    from app import store
+    return store.model_lock()
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def evaluate(_scrubber: Scrubber, model_key: str, partition_hash: str, partition_json: str,
+             n: int, seed: int, device: str) -> dict:
+    """Scores of one partition (plain data, cached by model, partition hash and settings)."""
+    p = PathPartition.from_json(partition_json)
+    with _lock():
+        [r] = _scrubber.evaluate([p])
+    return {"loss_original": r.loss_original, "loss_scrubbed": r.loss_scrubbed,
+            "loss_random": r.loss_random, "loss_recovered": r.loss_recovered,
+            "surprise": r.surprise.to_dict(), "seconds": r.diagnostics["seconds"]}
+
+
+def evaluate_many(scrubber: Scrubber, model_key: str, parts: list[PathPartition], n: int,
+                  seed: int, device: str) -> list[dict]:
+    return [evaluate(scrubber, model_key, p.hash, json.dumps(p.to_dict()), n, seed, device)
+            for p in parts]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def anomaly(_scrubber: Scrubber, model_key: str, partition_hash: str, partition_json: str,
+            n: int, seed: int, device: str) -> dict:
+    from estimators.scrubbing.anomaly import anomaly_demo
+
+    model_name = model_key.split(":", 1)[1]
+    normal = ScrubData.from_zoo(model_name, n=n, seed=seed + 1)
+    with _lock():
+        return anomaly_demo(_scrubber, PathPartition.from_json(partition_json), normal, seed)
+
+
+# ------------------------------------------------------------------------------ state
+def partition_from_url() -> tuple[PathPartition | None, str | None]:
+    """The partition in the URL (None if absent) or an error message."""
+    try:
+        d = state.get_blob_param(URL_KEY)
+        return (None, None) if d is None else (PathPartition.from_dict(d), None)
+    except (state.StateError, PathError) as e:
+        return None, f"The partition in the link could not be used: {e}"
+
+
+def write_url(p: PathPartition) -> None:
+    state.set_blob_param(URL_KEY, p.to_dict())
+
+
+def download_bytes(p: PathPartition, context: dict) -> bytes:
+    return state.explanation_bytes(KIND, p.to_dict(), context)
+
+
+def parse_upload(data: bytes, graph) -> PathPartition:
+    """An explanation file from this page, or a bare partition JSON; checked against the
+    model's paths. Raises ValueError (StateError / PathError) with the reason."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise state.StateError(f"the file is not JSON: {e}") from e
+    if isinstance(doc, dict) and "format" in doc:
+        payload, _ = state.parse_explanation(data, KIND)
+    else:
+        payload = doc
+    p = PathPartition.from_dict(payload)
+    p.assign(graph)
+    return p
+
+
+# ------------------------------------------------------------------------------ editing
+def partition_rows(p: PathPartition) -> list[dict]:
+    rows = [{"group": "important", "pattern": pat, "resample": ""} for pat in p.important]
+    for j, b in enumerate(p.blocks, start=1):
+        rows += [{"group": f"block {j}", "pattern": pat, "resample": b.resample}
+                 for pat in b.paths]
+    return rows
+
+
+def rows_to_partition(rows: list[dict], name: str = "", description: str = "") -> PathPartition:
+    """The partition a table states; PathError naming the first bad row."""
+    important, blocks, rules = [], {}, {}
+    for i, r in enumerate(rows, start=1):
+        group = (r.get("group") or "").strip()
+        pattern = (r.get("pattern") or "").strip() if isinstance(r.get("pattern"), str) else ""
+        if not group and not pattern:
+            continue  # an empty row the editor added
+        if not pattern:
+            raise PathError(f"row {i}: the pattern is empty")
+        if group == "important":
+            important.append(pattern)
+            continue
+        if group not in GROUPS:
+            raise PathError(f"row {i}: group must be one of {', '.join(GROUPS)}")
+        j = int(group.split()[1])
+        rs = (r.get("resample") or UNIFORM).strip() if isinstance(r.get("resample"), str) \
+            else UNIFORM
+        if j in rules and rules[j] != rs:
+            raise PathError(f"row {i}: {group} already resamples {rules[j]!r}, not {rs!r} "
+                            f"(one rule per block)")
+        rules[j] = rs
+        blocks.setdefault(j, []).append(pattern)
+    return PathPartition(tuple(important),
+                         tuple(Block(tuple(blocks[j]), rules[j]) for j in sorted(blocks)),
+                         name, description)
+
+
+def toggle_pattern(p: PathPartition, pattern: str, group: str, resample: str,
+                   graph) -> PathPartition:
+    """Add `pattern` to `group` (remove it if it is already there). PathError if its paths
+    already belong to another group: a click never silently moves paths between groups."""
+    rows = partition_rows(p)
+    same = [r for r in rows if r["group"] == group and r["pattern"] == pattern]
+    if same:
+        rows = [r for r in rows if r not in same]
+    else:
+        assignment = p.assign(graph)
+        idx = graph.match_required(pattern)
+        gid = IMPORTANT if group == "important" else int(group.split()[1])
+        taken = assignment[idx]
+        other = taken[(taken != REST) & (taken != gid)]
+        if other.size:
+            og = "important" if other[0] == IMPORTANT else f"block {other[0]}"
+            raise PathError(f"{pattern} includes paths already in {og}; remove them there "
+                            f"first (in the table)")
+        existing = [r["resample"] for r in rows if r["group"] == group]
+        rs = existing[0] if existing else resample
+        rows.append({"group": group, "pattern": pattern, "resample": rs})
+    new = rows_to_partition(rows, p.name, p.description)
+    new.assign(graph)
+    return new
+
+
+def reference_list(model_name: str) -> list[references.Reference]:
+    try:
+        return references.available(model_name)
+    except (ValueError, OSError):
+        return []
+
+
+def assignment_or_empty(p: PathPartition, graph) -> np.ndarray:
+    try:
+        return p.assign(graph)
+    except PathError:
+        return np.full(graph.n_paths, REST, dtype=np.int64)

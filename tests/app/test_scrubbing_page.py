@@ -1,0 +1,140 @@
+"""AppTest of the Causal scrubbing page: the numbers shown are the library's, a reference
+hypothesis applies, the partition round-trips through the URL, and bad uploads or links are
+reported while the current partition is kept."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app import scrubbing as glue
+from app import state
+from estimators import zoo
+from estimators.scrubbing import PathError, PathGraph, PathPartition, ScrubData, Scrubber
+from estimators.scrubbing import references
+from tests.app.conftest import assert_no_exception, open_page
+
+PAGE = "scrubbing.py"
+
+
+def _metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _library(model_name: str, p: PathPartition, n: int = 256, seed: int = 0):
+    model = zoo.get(model_name).load_model("cpu")
+    [r] = Scrubber(model, ScrubData.from_zoo(model_name, n=n, seed=seed), seed=seed).evaluate([p])
+    return r
+
+
+def _expected(r) -> dict[str, str]:
+    s = r.surprise
+    return {"Loss original": f"{r.loss_original:.4f}", "Loss scrubbed": f"{r.loss_scrubbed:.4f}",
+            "Loss all resampled": f"{r.loss_random:.4f}",
+            "Loss recovered": f"{100 * r.loss_recovered:.2f}%",
+            "S(π) argument": f"{s.argument_bits:,.1f} bits",
+            "S(Y|π) data": f"{s.data_bits:,.1f} bits", "Total": f"{s.total_bits:,.1f} bits"}
+
+
+def _url_partition(at) -> PathPartition:
+    v = at.query_params["partition"]
+    return PathPartition.from_dict(state.decode_blob(v[0] if isinstance(v, list) else v))
+
+
+def _needs(model_name: str):
+    try:
+        zoo.get(model_name).load_model("cpu")
+    except Exception as e:
+        pytest.skip(f"zoo model {model_name} does not load here ({e})")
+
+
+def test_default_model_reference_hypothesis_shows_the_librarys_numbers():
+    _needs(zoo.DEFAULT_MODEL)
+    refs = references.available(zoo.DEFAULT_MODEL)
+    assert refs, "the default model ships reference hypotheses"
+    at = open_page(PAGE)
+    assert_no_exception(at)
+    assert "Causal scrubbing" in [t.value for t in at.title]
+    # the empty partition: loss recovered 0 %
+    assert _metrics(at)["Loss recovered"] in ("0.00%", "-0.00%")
+    ref = refs[-1]
+    at.selectbox(key="_scrub_ref").set_value(ref.name).run()
+    at.button(key="_scrub_apply_ref").click().run()
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert _metrics(at) == _expected(_library(zoo.DEFAULT_MODEL, ref.partition))
+    assert _url_partition(at).hash == ref.partition.hash
+    # a malformed upload: one clear error, the applied reference is kept
+    before = _metrics(at)
+    at.file_uploader(key="_scrub_upload").set_value(
+        ("bad.json", b'{"important": ["embed>a9.0:q>logits"]}', "application/json")).run()
+    assert_no_exception(at)
+    errors = [e.value for e in at.error]
+    assert any("bad.json" in e and "matches no path" in e for e in errors), errors
+    assert _metrics(at) == before
+    assert _url_partition(at).hash == ref.partition.hash
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"{not json", "not JSON"),
+    (b'{"format": "heuristic-estimation-workbench/explanation", "version": 1, '
+     b'"kind": "circuit", "payload": {}}', "needs a 'scrubbing'"),
+    (b'{"important": ["*"], "blocks": [{"paths": ["embed>logits"]}]}', "must not overlap"),
+])
+def test_bad_upload_is_reported_and_the_partition_kept(content, needle):
+    _needs("maxk")
+    p = PathPartition(("embed>logits",), name="mine")
+    at = open_page(PAGE, query={"model": "maxk", "partition": state.encode_blob(p.to_dict())})
+    assert_no_exception(at)
+    before = _metrics(at)
+    assert before == _expected(_library("maxk", p))
+    at.file_uploader(key="_scrub_upload").set_value(("x.json", content, "application/json"))
+    at.run()
+    assert_no_exception(at)
+    assert any(needle in e.value for e in at.error), [e.value for e in at.error]
+    assert _metrics(at) == before
+    assert _url_partition(at).hash == p.hash
+
+
+def test_upload_of_a_downloaded_explanation_applies_it():
+    _needs("maxk")
+    at = open_page(PAGE, query={"model": "maxk"})
+    p = PathPartition(("*>a0.0:v>logits",), name="ov only")
+    data = glue.download_bytes(p, {"model": "maxk"})
+    at.file_uploader(key="_scrub_upload").set_value(("e.json", data, "application/json")).run()
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert _url_partition(at).hash == p.hash
+    assert _metrics(at) == _expected(_library("maxk", p))
+
+
+def test_malformed_link_is_reported_and_page_still_works():
+    _needs("maxk")
+    at = open_page(PAGE, query={"model": "maxk", "partition": "not-a-blob!"})
+    assert_no_exception(at)
+    assert any("link" in e.value for e in at.error)
+    assert _metrics(at)["Loss recovered"] in ("0.00%", "-0.00%")
+
+
+def test_table_rows_and_click_toggles():
+    g = PathGraph(n_layers=2, n_heads=2, attn_only=True)
+    p = PathPartition(("embed>logits",), (glue.Block(("embed>a1.*:v>logits",),
+                                                     "match:token_at:-1"),))
+    rows = glue.partition_rows(p)
+    assert glue.rows_to_partition(rows) == p
+    with pytest.raises(PathError, match="one rule per block"):
+        glue.rows_to_partition(rows + [{"group": "block 1", "pattern": "embed>a0.0:q>logits",
+                                        "resample": "uniform"}])
+    with pytest.raises(PathError, match="pattern is empty"):
+        glue.rows_to_partition([{"group": "important", "pattern": "", "resample": ""}])
+    q = glue.toggle_pattern(p, "*>a0.0:*>*", "important", "uniform", g)
+    assert q.important == ("embed>logits", "*>a0.0:*>*")
+    assert glue.toggle_pattern(q, "*>a0.0:*>*", "important", "uniform", g) == p
+    with pytest.raises(PathError, match="already in block 1"):
+        glue.toggle_pattern(p, "*>a1.0:*>logits", "important", "uniform", g)
+    # a new block takes the chosen rule; an existing block keeps its own
+    r = glue.toggle_pattern(p, "embed>a0.1:k>logits", "block 2", "match:label", g)
+    assert r.blocks[1].resample == "match:label"
+    r = glue.toggle_pattern(p, "embed>a0.1:k>logits", "block 1", "uniform", g)
+    assert r.blocks[0].resample == "match:token_at:-1"
