@@ -69,8 +69,8 @@ def calls_per_second(model, dist, batch=256, reps=5) -> dict:
             "length": dist.length}
 
 
-def pick_targets(p: np.ndarray, max_targets: int) -> list[int]:
-    ok = np.nonzero((p >= BAND[0]) & (p <= BAND[1]))[0]
+def pick_targets(p: np.ndarray, max_targets: int, band=BAND) -> list[int]:
+    ok = np.nonzero((p >= band[0]) & (p <= band[1]))[0]
     ok = ok[np.argsort(p[ok])]
     if len(ok) > max_targets:
         ok = ok[np.linspace(0, len(ok) - 1, max_targets).round().astype(int)]
@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=2 ** 11)
     ap.add_argument("--max-targets", type=int, default=24)
     ap.add_argument("--quick", action="store_true", help="fewer targets, shorter inputs")
+    ap.add_argument("--band", type=float, nargs=2, default=BAND,
+                    help="true-probability band of the targets (default 1e-9 1e-4)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -92,7 +94,7 @@ def main() -> None:
     model, entry = lm.model, lm.zoo_entry
     vocab = entry.token_labels()
     results = {"machine": machine(), "model": args.model, "budget": args.budget,
-               "floor": DEFAULT_FLOOR, "band": BAND, "temperature_grid": GRID,
+               "floor": DEFAULT_FLOOR, "band": list(args.band), "temperature_grid": GRID,
                "distributions": {}}
     t_start = time.perf_counter()
     for name, table in entry.input_distributions().items():
@@ -103,7 +105,7 @@ def main() -> None:
         gt = ground_truth_vector(model, dist, Argmax(0))
         truth = np.array(gt["values"])
         t_truth = time.perf_counter() - t0
-        targets = pick_targets(truth, args.max_targets)
+        targets = pick_targets(truth, args.max_targets, tuple(args.band))
         if len(targets) < 4:
             print(f"{name}: only {len(targets)} targets in the band; skipped")
             continue
