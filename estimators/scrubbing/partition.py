@@ -20,7 +20,9 @@ A pattern that matches no path, a path claimed by two blocks, or a malformed fil
 Description length S(π), a two-part code over the model's P paths (documented in the README):
   1. which paths are named (important or in a block): `subset_bits(P, k)` (0 when k = 0);
   2. how the k named paths are grouped, when k > 0: log2(k + 1) bits for the number of blocks B
-     (0 ≤ B ≤ k), then log2(B + 1) bits per named path for its group (important or block j);
+     (0 ≤ B ≤ k), log2(k + 1) bits for each block's size (the important block gets the rest),
+     then log2 of the multinomial k! / (k_important! · k_1! ⋯ k_B!) for which paths go where
+     (so "all named paths in one block" costs no per-path bits);
   3. each block's resampling rule: 1 bit (uniform or matched), plus for a matched block
      log2(#feature kinds) bits for the kind and the bits of its argument (a position:
      log2(n_ctx); a set of positions: n_ctx bits).
@@ -186,7 +188,12 @@ class PathPartition:
         k = int((assignment != REST).sum())
         n_blocks = len(self.blocks)
         which = subset_bits(graph.n_paths, k)
-        grouping = 0.0 if k == 0 else math.log2(k + 1) + k * math.log2(n_blocks + 1)
+        grouping = 0.0
+        if k:
+            sizes = [int((assignment == g).sum()) for g in range(n_blocks + 1)]
+            log2_fact = lambda m: math.lgamma(m + 1) / math.log(2)  # noqa: E731
+            grouping = (1 + n_blocks) * math.log2(k + 1) + log2_fact(k) - sum(
+                log2_fact(m) for m in sizes)
         rules = sum(resample_rule_bits(b.feature, graph.n_ctx) for b in self.blocks)
         return {"which paths": which, "grouping": grouping, "resample rules": rules}
 

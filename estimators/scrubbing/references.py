@@ -125,7 +125,7 @@ def parens_hypotheses(model) -> list[PathPartition]:
     cfg = model.cfg
     last = cfg.n_layers - 1
     return [
-        PathPartition(("embed>logits",) + tuple(f"*>a{last}.*:*>logits",) +
+        PathPartition(("embed>logits", f"*>a{last}.*:*>logits") +
                       ((f"*>m{last}>logits",) if not cfg.attn_only else ()),
                       name="last layer reads everything",
                       description="Paths through the last layer (and the direct path) keep "
@@ -135,10 +135,12 @@ def parens_hypotheses(model) -> list[PathPartition]:
                       description="Every path shares one input with the same label (balanced "
                                   "or not): the claim that the output depends on the input "
                                   "only through its label."),
-        PathPartition((f"*>a0.*:*>*",), blocks=(Block(("embed>*",), "match:label"),),
-                      name="layer-0 heads real, the rest same-label",
-                      description="Paths through a layer-0 head keep the real input; every "
-                                  "other path sees an input with the same label."),
+        PathPartition(((f"*>m{last}>logits",) if not cfg.attn_only else
+                       (f"*>a{last}.*:*>logits",)),
+                      name="the last MLP reads everything" if not cfg.attn_only else
+                      "the last layer's heads read everything",
+                      description="Only the paths that end through the last MLP keep the real "
+                                  "input: the claim that the answer is assembled there."),
     ]
 
 

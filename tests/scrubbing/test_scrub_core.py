@@ -103,11 +103,16 @@ def test_description_bits_code():
     P = g.n_paths
     assert PathPartition().description_bits(g) == 0.0
     one = PathPartition(important=("embed>logits",))
-    # which: log2(P+1) + log2 C(P,1); grouping: log2(2) + 1·log2(1)
+    # which: log2(P+1) + log2 C(P,1); grouping: log2(1+1) for B = 0, no arrangement bits
     assert one.description_bits(g) == pytest.approx(math.log2(P + 1) + math.log2(P) + 1.0)
     two = PathPartition(important=("embed>logits",), blocks=(Block(("embed>a0.0:q>logits",)),))
-    want = (math.log2(P + 1) + log2_binomial(P, 2)) + (math.log2(3) + 2 * 1.0) + 1.0
+    # grouping: B (log2 3) + block size (log2 3) + which of the 2 goes where (log2 2!/1!1!)
+    want = (math.log2(P + 1) + log2_binomial(P, 2)) + (2 * math.log2(3) + 1.0) + 1.0
     assert two.description_bits(g) == pytest.approx(want)
+    # every path in one matched block: which (all P) + B + size, no per-path bits
+    every = PathPartition(blocks=(Block(("*",), "match:label"),))
+    rule = 1.0 + math.log2(3)
+    assert every.description_bits(g) == pytest.approx(3 * math.log2(P + 1) + rule)
 
 
 # ----------------------------------------------------------------------------- sampling
