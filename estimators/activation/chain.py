@@ -10,7 +10,10 @@ Transitions (`Step`), each from one parent site to its child sites:
     mean + z·Lᵀ), write them into a residual tensor [K, ctx, d_model] at the site's positions
     and units, run the actual TransformerLens blocks (`model.blocks[l]`), read the children
     (residual, SAE latents via `sae.encode`, logits via `ln_final` + `unembed`, MLP hidden via a
-    hook) and fit mean and covariance.
+    hook) and fit mean and covariance. Only the covariance entries the child's mask tracks are
+    formed from the samples (variances always; a block per connected component of the mask),
+    and sampled off-diagonal covariances are shrunk toward the diagonal by a Ledoit–Wolf-type
+    factor (`gaussian.Moments.shrinkage`), which keeps them well conditioned when K ≲ d.
 Positions and units a site does not model are held at the *real* activations of K real inputs
 (input k of the empirical batch for sample k): the estimate presumes the modelled coordinates
 independent of the rest of the context, which is the heuristic presumption of independence.

@@ -1,0 +1,119 @@
+"""Benchmark 1: latency of re-propagating after a one-entry mask change (activation model).
+
+Default zoo model (`induction`; a random model of the same config if its weights are not
+shipped), the library's default settings (512 real inputs, K = 512 samples, all positions).
+For each chain site, toggle one off-diagonal entry (a different one each time, alternating on
+and off) and time `Propagator.toggle` (re-propagation from that site on, plus the surprise);
+distance refresh (KL, W2 at every changed site) is timed separately. Target: < 150 ms.
+
+    /work/venv/bin/python benchmarks/bench_activation_latency.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine_info(device: str = "cpu") -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "device": device,
+            "python": platform.python_version()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def main(repeats: int = 9) -> dict:
+    torch.set_num_threads(1)
+    from estimators import zoo
+    from estimators.activation import Propagator, chain_for_zoo, transformer_chain
+
+    entry = zoo.get(zoo.DEFAULT_MODEL)
+    shipped = (entry.weights_dir / "model.safetensors").exists()
+    t0 = time.perf_counter()
+    if shipped:
+        chain = chain_for_zoo(zoo.DEFAULT_MODEL)
+    else:
+        from transformer_lens import HookedTransformer
+        cfg = entry.model_config()
+        cfg.seed = 0
+        model = HookedTransformer(cfg)
+        model.eval()
+        chain = transformer_chain(model, entry.sample(512, 0).tokens)
+    t_chain = time.perf_counter() - t0
+    prop = Propagator(chain, distances=False)
+    t0 = time.perf_counter()
+    prop.run()
+    t_first = time.perf_counter() - t0
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for site in chain.sites:
+        if site.dim < 2:
+            continue
+        times, dist_times, recomputed = [], [], None
+        for r in range(repeats):
+            i, j = sorted(torch.randperm(site.dim, generator=g)[:2].tolist())
+            t0 = time.perf_counter()
+            res = prop.toggle(site.name, i, j)
+            times.append(time.perf_counter() - t0)
+            recomputed = res.recomputed
+            t0 = time.perf_counter()
+            for s in [site.name] + res.recomputed:
+                prop.distance(s)
+            dist_times.append(time.perf_counter() - t0)
+            prop.toggle(site.name, i, j)  # back to naive, so every toggle starts the same
+        rows.append({"site": site.name, "dim": site.dim, "recomputed": recomputed,
+                     "toggle_ms_median": 1000 * statistics.median(times),
+                     "toggle_ms_max": 1000 * max(times),
+                     "distances_ms_median": 1000 * statistics.median(dist_times)})
+    out = {"benchmark": "activation re-propagation latency after a one-entry toggle",
+           "model": zoo.DEFAULT_MODEL if shipped else f"{zoo.DEFAULT_MODEL} config, random "
+           f"weights (zoo weights not shipped at run time)",
+           "settings": {"n_inputs": chain.n_inputs, "samples": chain.info.get("samples"),
+                        "positions": chain.info.get("positions"), "repeats": repeats,
+                        "sites": [s.name for s in chain.sites]},
+           "target_ms": 150, "chain_build_s": t_chain, "first_propagation_s": t_first,
+           "rows": rows, "machine": machine_info("cpu")}
+    print(f"machine: {out['machine']['cpu']} · {out['machine']['cores']} cores · torch "
+          f"{out['machine']['torch']} · 1 thread")
+    print(f"model: {out['model']}; chain build {t_chain:.2f} s, first propagation "
+          f"{t_first:.2f} s")
+    print(f"{'toggled site':32} {'dim':>5} {'toggle ms (median/max)':>24} "
+          f"{'distances ms':>13}  recomputed")
+    for r in rows:
+        print(f"{r['site']:32} {r['dim']:5d} {r['toggle_ms_median']:12.1f} / "
+              f"{r['toggle_ms_max']:8.1f}  {r['distances_ms_median']:13.1f}  "
+              f"{', '.join(r['recomputed'])}")
+    print(f"wrote {write_result('activation_latency', out)}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
