@@ -222,7 +222,7 @@ def test_link_and_upload_set_the_argument_and_bad_files_keep_it():
     assert any("other.json" in e.value for e in at.error)
     assert_surprise(at, res)
     # a good file (the library's own argument): applied, with its bits per parameter
-    topk = CovarianceMask.preset("topk", chain.layouts, k=8)
+    topk = CovarianceMask.preset("topk", chain.layouts, k=16)  # breaks PSD at the input site
     data = state.explanation_bytes("covariance-mask", topk.to_dict(),
                                    {"bits_per_parameter": 2.0})
     at.file_uploader(key="_act_upload").set_value(("good.json", data, "application/json"))
@@ -238,3 +238,42 @@ def test_link_and_upload_set_the_argument_and_bad_files_keep_it():
         assert warned and all(f"`{s}`" in warned[0] for s in res2.repaired_sites)
     else:
         assert not warned
+
+
+def test_greedy_search_shows_the_library_path_and_keeps_its_argument():
+    from estimators.activation import greedy_search
+
+    _, _, chain = library()
+    at = open_page("activation.py")
+    at.number_input(key="_act_search_steps").set_value(1)
+    at.number_input(key="_act_search_cands").set_value(2)
+    at.button[[b.label for b in at.button].index("Find a better argument")].click().run()
+    assert_no_exception(at)
+    prop = Propagator(chain)
+    out = greedy_search(prop, max_steps=1, candidates_per_site=2)
+    frame = at.dataframe[-1].value
+    assert list(frame["step"]) == [p["step"] for p in out.path]
+    assert list(frame["total_bits"]) == pytest.approx([p["total_bits"] for p in out.path],
+                                                      rel=1e-12)
+    assert list(frame["added"].fillna("")) == [p["added"] or "" for p in out.path]
+    # the page now holds the argument the search found
+    assert_surprise(at, prop.run())
+    assert (url_mask(at) or {"format": "covariance-mask/1", "sites": {}}) == out.mask.to_dict()
+
+
+def test_sae_site_shows_reconstruction_error_and_library_numbers():
+    from estimators.loading import load_sae
+
+    lm, positions, _ = library()
+    sae = load_sae("zoo", lm, "cpu")
+    chain = chain_for_zoo(lm, sae=sae, n_inputs=N_INPUTS, samples=SAMPLES, seed=SEED,
+                          positions=positions)
+    at = open_page("activation.py", query={"sae": "zoo"})
+    assert_no_exception(at)
+    info = chain.info["sae"]
+    panel = next(i.value for i in at.info if "reconstruction error" in i.value)
+    assert f"{info['fraction_variance_unexplained']:.4f}" in panel
+    assert f"{info['reconstruction_mse']:.4g}" in panel
+    assert f"sae:{info['hook']}" in panel
+    assert any(o.startswith(f"sae:{info['hook']} (") for o in at.selectbox(key="_act_site").options)
+    assert_surprise(at, Propagator(chain).run())
