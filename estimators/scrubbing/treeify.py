@@ -190,6 +190,20 @@ def compile_plan(graph: PathGraph, plan: TreePlan) -> dict:
     return plan._compiled
 
 
+def _norm(module, x: torch.Tensor) -> torch.Tensor:
+    """The model's normalisation on x; TransformerLens' LayerNorm/LayerNormPre (float32/64)
+    through the fused F.layer_norm, which computes the same biased-variance formula."""
+    from transformer_lens.components import LayerNorm, LayerNormPre
+
+    if x.dtype in (torch.float32, torch.float64):
+        if type(module) is LayerNorm:
+            return torch.nn.functional.layer_norm(x, (x.shape[-1],), module.w, module.b,
+                                                  module.eps)
+        if type(module) is LayerNormPre:
+            return torch.nn.functional.layer_norm(x, (x.shape[-1],), None, None, module.eps)
+    return module(x)
+
+
 def _routed_sum(store: dict[str, torch.Tensor], sources: list[str], rows: torch.Tensor,
                 base: torch.Tensor) -> torch.Tensor:
     """base + Σ_j store[sources[j]][rows[:, j]]: one gather per source node, summed in place."""
@@ -236,7 +250,7 @@ def treeified_logits(model, graph: PathGraph, plan: TreePlan,
                 for h in names:
                     store[h] = torch.zeros((0, n, ctx, cfg.d_model), device=dev, dtype=dtype)
             else:
-                x = block.ln1(_routed_sum(store, spec.sources, as_t(spec.input_rows), bias))
+                x = _norm(block.ln1, _routed_sum(store, spec.sources, as_t(spec.input_rows), bias))
                 proj = {}
                 for c, (w, b) in (("q", (attn.W_Q, attn.b_Q)), ("k", (attn.W_K, attn.b_K)),
                                   ("v", (attn.W_V, attn.b_V))):
@@ -263,14 +277,14 @@ def treeified_logits(model, graph: PathGraph, plan: TreePlan,
             if spec.version_input.size == 0:
                 store[name] = torch.zeros((0, n, ctx, cfg.d_model), device=dev, dtype=dtype)
                 continue
-            x = block.ln2(_routed_sum(store, spec.sources, as_t(spec.input_rows), bias))
+            x = _norm(block.ln2, _routed_sum(store, spec.sources, as_t(spec.input_rows), bias))
             u = x.shape[0]
             out = block.mlp(x.reshape(u * n, ctx, -1)).reshape(u, n, ctx, -1)
             store[name] = out.index_select(0, as_t(spec.version_input))
 
     x = _routed_sum(store, compiled["logit_sources"], as_t(compiled["logit_rows"]), bias)
     if cfg.normalization_type is not None:
-        x = model.ln_final(x)
+        x = _norm(model.ln_final, x)
     n_part = x.shape[0]
     logits = model.unembed(x.reshape(n_part * n, ctx, -1))
     return logits.reshape(n_part, n, ctx, -1)

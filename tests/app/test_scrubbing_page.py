@@ -138,3 +138,29 @@ def test_table_rows_and_click_toggles():
     assert r.blocks[1].resample == "match:label"
     r = glue.toggle_pattern(p, "embed>a0.1:k>logits", "block 1", "uniform", g)
     assert r.blocks[0].resample == "match:token_at:-1"
+
+
+def test_search_and_anomaly_on_the_default_model():
+    _needs(zoo.DEFAULT_MODEL)
+    at = open_page(PAGE)
+    at.number_input(key="_scrub_n").set_value(64).run()
+    at.number_input(key="_scrub_steps").set_value(2).run()
+    at.button(key="_scrub_search").click().run()
+    assert_no_exception(at)
+    at.button(key="_scrub_apply_best").click().run()
+    assert_no_exception(at)
+    best = _url_partition(at)
+    from estimators.scrubbing.search import greedy_search
+
+    model = zoo.get(zoo.DEFAULT_MODEL).load_model("cpu")
+    s = Scrubber(model, ScrubData.from_zoo(zoo.DEFAULT_MODEL, n=64, seed=0), seed=0)
+    steps = greedy_search(s, unit="node", max_steps=2)
+    assert best.hash == steps[-1].result.partition.hash
+    assert _metrics(at) == _expected(steps[-1].result)
+    # the anomaly demo's AUC is the library's
+    at.checkbox(key="_scrub_anomaly").check().run()
+    assert_no_exception(at)
+    from estimators.scrubbing.anomaly import anomaly_demo
+
+    demo = anomaly_demo(s, best, ScrubData.from_zoo(zoo.DEFAULT_MODEL, n=64, seed=1), seed=0)
+    assert _metrics(at)["ROC AUC (scrubbed)"] == f"{demo['scrubbed']['auc']:.3f}"
