@@ -137,3 +137,30 @@ def test_anomaly_scores_are_per_input_scrubbed_losses(model, data):
     one = ScrubData(odd.batch, odd.loss_fn)
     sc_again = anomaly_scores(s, p, one, "scrubbed")
     torch.testing.assert_close(sc, sc_again)
+
+
+def test_cli_on_the_induction_zoo_model_with_a_reference_and_anomaly(capsys):
+    from estimators import zoo
+    from estimators.scrubbing import references
+    from estimators.scrubbing.anomaly import anomaly_demo
+
+    try:
+        model = zoo.get("induction").load_model("cpu")
+    except Exception as e:
+        pytest.skip(f"induction does not load here ({e})")
+    name = "all three, refined"
+    code, out, err = run_cli(capsys, ["scrub", "--model", "induction", "--reference", name,
+                                      "--n", "48", "--seed", "2", "--anomaly", "--json"])
+    assert code == 0, err
+    d = json.loads(out)
+    data = ScrubData.from_zoo("induction", n=48, seed=2)
+    s = Scrubber(model, data, seed=2)
+    ref = references.get("induction", name).partition
+    [r] = s.evaluate([ref])
+    assert d["loss_recovered"] == pytest.approx(r.loss_recovered, rel=1e-6)
+    assert d["surprise"]["total_bits"] == pytest.approx(r.surprise.total_bits, rel=1e-6)
+    demo = anomaly_demo(s, ref, ScrubData.from_zoo("induction", n=48, seed=3), seed=2)
+    assert d["anomaly"]["auc_scrubbed"] == pytest.approx(demo["scrubbed"]["auc"])
+    assert d["anomaly"]["auc_excess"] == pytest.approx(demo["excess"]["auc"])
+    code, _, err = run_cli(capsys, ["scrub", "--model", "induction", "--reference", "nope"])
+    assert code == 2 and "all three" in err
