@@ -179,6 +179,18 @@ def test_toggling_one_entry_gives_the_library_surprise():
     at.text_input(key="_act_entries").set_value("1,0").run()
     assert_surprise(at, Propagator(chain).run())
     assert url_mask(at) is None
+    # another model starts from the naive argument, with that model's library numbers
+    at.text_input(key="_act_entries").set_value("0,1").run()
+    at.sidebar.selectbox(key="_model_choice").set_value("maxk").run()
+    assert_no_exception(at)
+    maxk = load_model("maxk", "cpu")
+    ctx = maxk.zoo_entry.sample(1, seed=0).tokens.shape[1]
+    positions = list(range(max(0, ctx - 128 // maxk.model.cfg.d_model), ctx))
+    assert at.multiselect(key="_act_positions").value == positions
+    other = chain_for_zoo(maxk, n_inputs=N_INPUTS, samples=SAMPLES, seed=SEED,
+                          positions=positions)
+    assert_surprise(at, Propagator(other).run())
+    assert url_mask(at) is None
 
 
 def test_malformed_mask_in_link_is_reported_and_naive_kept():
