@@ -12,9 +12,9 @@ form and description length), `sampling` (uniform and feature-matched resampling
 previous-token and induction heads), `references` (shipped reference hypotheses), `cli`.
 """
 
-from estimators.scrubbing.evaluate import ScrubData, ScrubResult, Scrubber
+from estimators.scrubbing.evaluate import ScrubConfig, ScrubData, ScrubResult, Scrubber
 from estimators.scrubbing.partition import Block, PathPartition
 from estimators.scrubbing.paths import PathError, PathGraph
 
-__all__ = ["Block", "PathError", "PathGraph", "PathPartition", "ScrubData", "ScrubResult",
+__all__ = ["Block", "PathError", "PathGraph", "PathPartition", "ScrubConfig", "ScrubData", "ScrubResult",
            "Scrubber"]

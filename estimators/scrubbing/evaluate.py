@@ -22,7 +22,7 @@ positions averaged: next-token loss, or the label's cross-entropy):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import numpy as np
@@ -112,6 +112,17 @@ class ScrubResult:
     def loss_recovered(self) -> float:
         return loss_recovered(self.loss_original, self.loss_scrubbed, self.loss_random)
 
+    def to_estimate(self):
+        """The common result type: value = scrubbed loss, with losses and recovery attached."""
+        from estimators.estimate import Cost, Estimate
+
+        d = self.diagnostics
+        return Estimate(value=self.loss_scrubbed, cost=Cost(seconds=float(d.get("seconds", 0))),
+                        diagnostics={"loss_original": self.loss_original,
+                                     "loss_random": self.loss_random,
+                                     "loss_recovered": self.loss_recovered, **d},
+                        surprise=self.surprise)
+
     def to_dict(self, per_example: bool = False) -> dict:
         d = {"name": self.partition.name, "partition_hash": self.partition.hash,
              "loss_original": self.loss_original, "loss_scrubbed": self.loss_scrubbed,
@@ -134,22 +145,55 @@ def stream_key(block_id: int, partition: PathPartition) -> str:
     return f"block{block_id}|{partition.blocks[block_id - 1].resample}"
 
 
+@dataclass
+class ScrubConfig:
+    """Settings of a Scrubber: the resampling seed, examples and partitions per treeified
+    pass, and the device (None: the model's)."""
+
+    seed: int = 0
+    batch_size: int = 128
+    max_partitions: int = 32
+    device: str | None = None
+
+    def __post_init__(self):
+        for name in ("seed", "batch_size", "max_partitions"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an integer, not {v!r}")
+        if self.seed < 0:
+            raise ValueError("seed must be ≥ 0")
+        if self.batch_size < 1 or self.max_partitions < 1:
+            raise ValueError("batch_size and max_partitions must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScrubConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown scrubbing settings {sorted(unknown)}")
+        return cls(**d)
+
+
 class Scrubber:
     """Evaluates batches of partitions of one model on one data pool.
 
     The pool is both where resampled inputs come from and (by default) the reference set.
-    `batch_size` examples and `max_partitions` partitions go through one treeified pass."""
+    `batch_size` examples and `max_partitions` partitions go through one treeified pass.
+    Settings come from `config` (a ScrubConfig), or as keyword arguments."""
 
-    def __init__(self, model, data: ScrubData, *, seed: int = 0, batch_size: int = 128,
-                 max_partitions: int = 32, device: str | torch.device | None = None,
-                 graph: PathGraph | None = None):
+    def __init__(self, model, data: ScrubData, config: ScrubConfig | None = None, *,
+                 graph: PathGraph | None = None, **settings):
+        config = config or ScrubConfig(**{k: (str(v) if k == "device" and v is not None
+                                              else v) for k, v in settings.items()})
+        self.config = config
         self.model = model
         self.data = data
-        self.seed = int(seed)
-        if batch_size < 1 or max_partitions < 1:
-            raise ValueError("batch_size and max_partitions must be positive")
-        self.batch_size = int(batch_size)
-        self.max_partitions = int(max_partitions)
+        self.seed = config.seed
+        self.batch_size = config.batch_size
+        self.max_partitions = config.max_partitions
+        device = config.device
         self.device = resolve_device(device) if device is not None else torch.device(
             str(model.cfg.device))
         self.graph = graph or PathGraph.from_model(model)

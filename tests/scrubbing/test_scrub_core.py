@@ -263,3 +263,24 @@ def test_unsupported_model_and_bad_data_are_refused():
         ScrubData.from_sequences({"a": 1}, 11, 8)
     with pytest.raises(PathError, match="more than"):
         PathGraph(n_layers=6, n_heads=8, attn_only=False)
+
+
+def test_config_validation_round_trip_and_estimate(attn_model):
+    from estimators.scrubbing import ScrubConfig
+
+    c = ScrubConfig(seed=3, batch_size=7, max_partitions=2)
+    assert ScrubConfig.from_dict(c.to_dict()) == c
+    for bad in ({"batch_size": 0}, {"seed": -1}, {"max_partitions": 1.5}, {"seed": True}):
+        with pytest.raises(ValueError):
+            ScrubConfig(**bad)
+    with pytest.raises(ValueError, match="unknown"):
+        ScrubConfig.from_dict({"sead": 1})
+    data = data_for(attn_model, n=10)
+    s = Scrubber(attn_model, data, c)
+    [r] = s.evaluate([PathPartition(("embed>logits",))])
+    # kwargs and config give the same scores
+    [r2] = Scrubber(attn_model, data, seed=3, batch_size=7).evaluate([PathPartition(("embed>logits",))])
+    assert r.loss_scrubbed == r2.loss_scrubbed
+    e = r.to_estimate()
+    assert e.value == r.loss_scrubbed and e.surprise is r.surprise
+    assert e.diagnostics["loss_recovered"] == r.loss_recovered
