@@ -279,7 +279,7 @@ with st.expander("Greedy search over partitions", expanded=False):
         with store.model_lock():
             try:
                 found = greedy_search(scrubber, unit=unit, max_steps=steps,
-                                      start=part if not part.blocks else None,
+                                      start=part,
                                       progress=lambda i, k, s: bar.progress(
                                           min(1.0, i / max(k, 1)), text=f"step {i}/{k}: "
                                           f"{s.result.surprise.total_bits:,.1f} bits"))
