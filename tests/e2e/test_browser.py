@@ -80,25 +80,31 @@ def browser():
 
 
 def _wait_until_idle(page) -> None:
-    """Streamlit shows a 'running' status widget while the script runs."""
+    """Streamlit marks its app element with the script's state; wait for a finished run."""
     page.wait_for_selector("[data-testid='stApp']", timeout=PAGE_LOAD_MS)
-    page.wait_for_timeout(1000)
+    # ... and for the lazily loaded widgets (tables, inputs) to replace their skeletons.
     page.wait_for_function(
-        "() => !document.querySelector(\"[data-testid='stStatusWidget']\")",
+        "() => document.querySelector(\"[data-testid='stApp']\")"
+        "?.getAttribute('data-test-script-state') === 'notRunning'"
+        " && !document.querySelector(\"[data-testid='stSkeleton']\")",
         timeout=PAGE_LOAD_MS)
+    page.wait_for_timeout(1000)  # let plots and tables paint before the screenshot
 
 
 # Deep links first, the default page last: the fresh server's first request is a deep link.
-ORDER = sorted(PAGES, key=lambda p: p[2] == "model")
+# The default page is served at "/" (Streamlit gives the default page no path of its own).
+ORDER = sorted(PAGES, key=lambda p: p == PAGES[0])
 
 
 @pytest.mark.parametrize("file,title,url", ORDER, ids=[p[2] for p in ORDER])
 def test_page_renders_without_exception(server, browser, file, title, url):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(f"{server}/{url}", timeout=PAGE_LOAD_MS)
+        page.goto(f"{server}/{'' if (file, title, url) == PAGES[0] else url}",
+                  timeout=PAGE_LOAD_MS)
         _wait_until_idle(page)
         page.get_by_role("heading", name=title).first.wait_for(timeout=PAGE_LOAD_MS)
+        assert "Page not found" not in page.inner_text("body")
         exceptions = page.locator("[data-testid='stException']")
         assert exceptions.count() == 0, exceptions.first.inner_text()
         page.screenshot(path=str(ARTIFACTS / f"{url}.png"), full_page=True)
