@@ -154,16 +154,18 @@ class ScrubConfig:
     batch_size: int = 128
     max_partitions: int = 32
     device: str | None = None
+    memory_budget_mib: int = 1024  # the data batch shrinks so one pass stays under this
 
     def __post_init__(self):
-        for name in ("seed", "batch_size", "max_partitions"):
+        for name in ("seed", "batch_size", "max_partitions", "memory_budget_mib"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"{name} must be an integer, not {v!r}")
         if self.seed < 0:
             raise ValueError("seed must be ≥ 0")
-        if self.batch_size < 1 or self.max_partitions < 1:
-            raise ValueError("batch_size and max_partitions must be positive")
+        if self.batch_size < 1 or self.max_partitions < 1 or self.memory_budget_mib < 1:
+            raise ValueError("batch_size, max_partitions and memory_budget_mib must be "
+                             "positive")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -287,10 +289,12 @@ class Scrubber:
                 labels.append(lab)
             plan = plan_versions(self.graph, labels)
             diag["plan_width"].append(plan.width)
-            for a in range(0, len(reference), self.batch_size):
+            step = self.examples_per_pass(plan.width)
+            diag.setdefault("examples_per_pass", []).append(step)
+            for a in range(0, len(reference), step):
                 if should_stop is not None and should_stop():
                     raise InterruptedError("stopped")
-                sl = slice(a, a + self.batch_size)
+                sl = slice(a, a + step)
                 ref = take(reference.batch, sl)
                 streams = [ref.tokens] + [self.data.batch.tokens[draws[k][sl]]
                                           for k in list(keys)[1:]]
@@ -301,6 +305,17 @@ class Scrubber:
                                       range(len(group))]).float().cpu()
                 out[g0:g0 + len(group), sl] = losses
         return out, diag
+
+    def examples_per_pass(self, width: int) -> int:
+        """Examples per treeified pass: batch_size, fewer when `width` node copies of one
+        example (activations of ~8 d_model-wide tensors each, plus the logits) would pass
+        the memory budget."""
+        cfg = self.model.cfg
+        ctx = self.data.batch.tokens.shape[1]
+        per_example = (width * 8 * cfg.d_model + self.max_partitions * 2 * cfg.d_vocab_out) \
+            * ctx * 4
+        fits = (self.config.memory_budget_mib * 2**20) // max(per_example, 1)
+        return int(max(1, min(self.batch_size, fits)))
 
     def evaluate(self, partitions: list[PathPartition], reference: ScrubData | None = None,
                  should_stop: Callable[[], bool] | None = None) -> list[ScrubResult]:

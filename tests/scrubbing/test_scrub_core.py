@@ -284,3 +284,15 @@ def test_config_validation_round_trip_and_estimate(attn_model):
     e = r.to_estimate()
     assert e.value == r.loss_scrubbed and e.surprise is r.surprise
     assert e.diagnostics["loss_recovered"] == r.loss_recovered
+
+
+def test_memory_budget_shrinks_the_data_batch_not_the_result(mlp_model):
+    data = data_for(mlp_model, n=12)
+    rng = np.random.default_rng(5)
+    big = Scrubber(mlp_model, data, batch_size=12)
+    parts = [random_partition(big.graph, rng) for _ in range(2)]
+    a, da = big.scrubbed_losses(parts)
+    small = Scrubber(mlp_model, data, batch_size=12, memory_budget_mib=1)
+    b, db = small.scrubbed_losses(parts)
+    assert da["examples_per_pass"] == [12] and db["examples_per_pass"][0] < 12
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
