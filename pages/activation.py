@@ -127,9 +127,10 @@ if pending is not None:
 
 sae_info = chain.info.get("sae")
 if sae_info is not None:
-    st.info(f"Estimates at `sae:{sae_info['hook']}` are made in the SAE's basis "
-            f"({len(sae_info['units'])} of {sae_info['firing_features']} firing features of "
-            f"{sae_info['d_sae']} modelled). The SAE's own reconstruction error on these inputs: "
+    st.info(f"Estimates at `sae:{sae_info['hook']}` are made in the SAE's basis: "
+            f"{len(sae_info['units'])} latents modelled (the most frequent of the "
+            f"{sae_info['firing_features']} that fire on these inputs; d_sae "
+            f"{sae_info['d_sae']}). The SAE's own reconstruction error on these inputs: "
             f"fraction of variance unexplained **{sae_info['fraction_variance_unexplained']:.4f}**, "
             f"MSE **{sae_info['reconstruction_mse']:.4g}**; it abstracts away what it cannot "
             f"reconstruct, so read the estimates at and after this site with that in mind.")
@@ -335,11 +336,13 @@ def argument_and_results():
     chosen = st.multiselect("Units", idx, key=hist_key, format_func=site.label,
                             max_selections=4)
     emp = prop.empirical(site.name)
+    bins = int(min(60, max(10, 2 * emp.shape[0] ** 0.5)))  # ~2·√N: not spiky for small N
     cols = st.columns(max(1, len(chosen)))
     for col, i in zip(cols, chosen):
         col.plotly_chart(histogram_with_gaussian(
             emp[:, i].cpu().numpy(), float(est.mean[i]), float(est.var[i]),
-            title=f"{site.label(i)} (index {i})"), config=PNG_CONFIG, key=f"_act_h_{i}")
+            title=f"{site.label(i)} (index {i})", bins=bins), config=PNG_CONFIG,
+            key=f"_act_h_{i}")
 
     # -- distances
     st.subheader("Distance by site")

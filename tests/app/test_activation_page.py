@@ -289,3 +289,30 @@ def test_sae_site_shows_reconstruction_error_and_library_numbers():
     assert f"sae:{info['hook']}" in panel
     assert any(o.startswith(f"sae:{info['hook']} (") for o in at.selectbox(key="_act_site").options)
     assert_surprise(at, Propagator(chain).run())
+
+
+def test_settings_apply_and_round_trip_through_the_link():
+    lm, _, _ = library()
+    at = open_page("activation.py")
+    at.multiselect(key="_act_positions").set_value([])
+    at.button[[b.label for b in at.button].index("Apply")].click().run()
+    assert any("at least one position" in e.value for e in at.error)  # bad input: kept
+    at.multiselect(key="_act_positions").set_value([30, 31])
+    at.number_input(key="_act_k").set_value(64)
+    at.button[[b.label for b in at.button].index("Apply")].click().run()
+    assert_no_exception(at)
+    chain = chain_for_zoo(lm, n_inputs=N_INPUTS, samples=64, seed=SEED, positions=[30, 31])
+    prop = Propagator(chain)
+    prop.run()
+    res = prop.toggle(EDIT_SITE, 1, 40)
+    at.text_input(key="_act_entries").set_value("1,40").run()
+    assert_surprise(at, res)
+    act = at.query_params["act"]
+    mask = at.query_params["mask"]
+    act, mask = (act[0] if isinstance(act, list) else act), (mask[0] if isinstance(mask, list)
+                                                            else mask)
+    assert state.decode_blob(act)["positions"] == [30, 31]
+    again = open_page("activation.py", query={"act": act, "mask": mask})  # the shared link
+    assert_no_exception(again)
+    assert_surprise(again, res)
+    assert again.multiselect(key="_act_positions").value == [30, 31]
