@@ -8,8 +8,8 @@ import streamlit as st
 from app import scrubbing as glue
 from app import state, store
 from app.plots.common import PNG_CONFIG, surprise_waterfall
-from app.plots.scrubbing import (NODE_TRACE, anomaly_histogram, component_graph, graph_points,
-                                 loss_bars, search_path)
+from app.plots.scrubbing import (anomaly_histogram, component_graph, graph_points, loss_bars,
+                                 search_path)
 from estimators.scrubbing import PathError, PathGraph, PathPartition
 from estimators.surprise import SurpriseBreakdown
 
@@ -107,8 +107,7 @@ def _on_upload():
 def _on_click():
     sel = ss.get("_scrub_graph")
     pts = (sel or {}).get("selection", {}).get("points", []) if sel else []
-    ids = [p["customdata"][0] for p in pts if p.get("curve_number") == NODE_TRACE
-           and p.get("customdata")]
+    ids = [p["customdata"][0] for p in pts if p.get("customdata")]  # only markers carry it
     if not ids:
         return
     by_id = {p["id"]: p for p in graph_points(graph)}

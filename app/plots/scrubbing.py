@@ -10,7 +10,6 @@ from estimators.scrubbing.paths import PathGraph
 
 GROUP_COLOURS = ["#b2182b", "#2166ac", "#1b7837", "#762a83", "#e08214", "#35978f", "#8c510a"]
 REST_COLOUR = "#bdbdbd"
-NODE_TRACE = 1  # the curve number of the clickable markers (trace 0 draws the edges)
 CHANNEL_DY = {"q": 0.22, "k": 0.0, "v": -0.22}
 
 
@@ -48,48 +47,77 @@ def graph_points(graph: PathGraph) -> list[dict]:
     return pts
 
 
-def _shares(graph: PathGraph, assignment: np.ndarray, pattern: str) -> tuple[int, float]:
-    """The most common group among the pattern's paths and the share that is important."""
+def _named_group(graph: PathGraph, assignment: np.ndarray, pattern: str) -> tuple[int, float]:
+    """The most common named group (important or a block) among the pattern's paths, and the
+    share of its paths that are named at all; (REST, 0) when none is."""
     idx = graph.match(pattern)
     if idx.size == 0:
         return REST, 0.0
-    groups, counts = np.unique(assignment[idx], return_counts=True)
-    return int(groups[np.argmax(counts)]), float((assignment[idx] == IMPORTANT).mean())
+    named = assignment[idx][assignment[idx] != REST]
+    if named.size == 0:
+        return REST, 0.0
+    groups, counts = np.unique(named, return_counts=True)
+    return int(groups[np.argmax(counts)]), named.size / idx.size
+
+
+def _edges(graph: PathGraph, pos: dict) -> list[tuple[str, str, str]]:
+    """(source point, destination point, pattern of the paths through that edge)."""
+    out = []
+    for n in graph.nodes[1:] + [None]:
+        for c in (n.channels if n is not None else (None,)):
+            d = n.hop(c) if n is not None else "logits"
+            for s in graph.sources_of(n):
+                left = "embed" if s.kind == "embed" else (
+                    f"*>{s.name}:*" if s.kind == "attn" else f"*>{s.name}")
+                pattern = f"{left}>{d}" + ("" if n is None else ">*")
+                if s.name in pos and d in pos:
+                    out.append((s.name, d, pattern))
+    return out
 
 
 def component_graph(graph: PathGraph, assignment: np.ndarray, pending: str | None = None,
                     title: str = "Components (click to assign paths)") -> go.Figure:
-    """Scatter nodes laid out layer × head; colour = the group most of their paths are in."""
+    """Scatter nodes laid out layer × head. A point (or edge) takes the colour of the named
+    group most of its named paths are in, more opaque the larger the share of its paths that
+    are named; grey when all its paths are in the random rest."""
     pts = graph_points(graph)
-    ex, ey = [], []
     pos = {p["id"]: (p["x"], p["y"]) for p in pts}
-    for n in graph.nodes[1:] + [None]:
-        dests = ([f"{n.name}:{c}" for c in n.channels] if n is not None and n.kind == "attn"
-                 else [n.name if n is not None else "logits"])
-        for d in dests:
-            for s in graph.sources_of(n):
-                if s.name in pos and d in pos:
-                    ex += [pos[s.name][0], pos[d][0], None]
-                    ey += [pos[s.name][1], pos[d][1], None]
-    colours, sizes, texts, lines = [], [], [], []
-    for p in pts:
-        gid, share = _shares(graph, assignment, p["through"])
-        colours.append(group_colour(gid))
-        sizes.append(14 if p["dest"] and ":" in (p["dest"] or "") else 24)
-        texts.append(f"{p['label']}<br>paths through it: mostly {group_name(gid)}"
-                     f"<br>important share {share:.0%}")
-        lines.append(4 if p["id"] == pending else 1)
+    by_group: dict[int, tuple[list, list]] = {}
+    for src, dst, pattern in _edges(graph, pos):
+        gid, _ = _named_group(graph, assignment, pattern)
+        xs, ys = by_group.setdefault(gid, ([], []))
+        xs += [pos[src][0], pos[dst][0], None]
+        ys += [pos[src][1], pos[dst][1], None]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines", hoverinfo="skip",
-                             line={"color": "rgba(120,120,120,0.25)", "width": 1},
-                             showlegend=False))
+    # Edges first, one trace per group; the clickable markers are the last trace.
+    for gid in sorted(by_group, key=lambda g: (g != REST, g)):
+        xs, ys = by_group[gid]
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+            line={"color": "rgba(120,120,120,0.25)" if gid == REST else group_colour(gid),
+                  "width": 1 if gid == REST else 2.5}))
+    colours, sizes, texts, lines, opac = [], [], [], [], []
+    for p in pts:
+        gid, share = _named_group(graph, assignment, p["through"])
+        colours.append(group_colour(gid))
+        opac.append(1.0 if gid == REST else 0.35 + 0.65 * share)
+        sizes.append(14 if p["dest"] and ":" in (p["dest"] or "") else 24)
+        texts.append(f"{p['label']}<br>{share:.0%} of the paths through it are named"
+                     + ("" if gid == REST else f", mostly {group_name(gid)}"))
+        lines.append(4 if p["id"] == pending else 1)
     fig.add_trace(go.Scatter(
         x=[p["x"] for p in pts], y=[p["y"] for p in pts], mode="markers+text",
         text=[p["label"] for p in pts], textposition="top center", hovertext=texts,
         hoverinfo="text", customdata=[[p["id"]] for p in pts], showlegend=False,
-        marker={"size": sizes, "color": colours, "line": {"width": lines, "color": "black"}}))
+        marker={"size": sizes, "color": colours, "opacity": opac,
+                "line": {"width": lines, "color": "black"}}))
+    for gid in sorted(set(np.unique(assignment).tolist())):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=group_name(gid),
+                                 marker={"size": 10, "color": group_colour(gid)},
+                                 hoverinfo="skip"))
     fig.update_layout(
-        title=title, clickmode="event+select", height=380, margin=dict(t=50, l=20, r=20, b=30),
+        title=title, clickmode="event+select", height=400, margin=dict(t=50, l=20, r=20, b=30),
+        legend={"orientation": "h", "y": -0.18},
         xaxis={"title": "layer", "tickvals": list(range(-1, graph.n_layers + 1)),
                "ticktext": ["embed"] + [str(i) for i in range(graph.n_layers)] + ["logits"],
                "zeroline": False},
