@@ -65,6 +65,16 @@ def test_default_model_reference_hypothesis_shows_the_librarys_numbers():
     assert not at.error, [e.value for e in at.error]
     assert _metrics(at) == _expected(_library(zoo.DEFAULT_MODEL, ref.partition))
     assert _url_partition(at).hash == ref.partition.hash
+    # the comparison table shows every shipped reference with the numbers recorded for it
+    # (recorded at the page's default N = 256, seed 0)
+    [table] = [d.value for d in at.dataframe if "loss recovered %" in d.value.columns]
+    shown = table[table["kind"] == "reference"].set_index("name")
+    assert list(shown.index) == [r.name for r in refs]
+    for r in refs:
+        row = shown.loc[r.name]
+        assert row["loss recovered %"] == pytest.approx(100 * r.recorded["loss_recovered"],
+                                                        rel=1e-4, abs=1e-3)
+        assert row["total bits"] == pytest.approx(r.recorded["total_bits"], rel=1e-4, abs=0.05)
     # a malformed upload: one clear error, the applied reference is kept
     before = _metrics(at)
     at.file_uploader(key="_scrub_upload").set_value(
