@@ -43,6 +43,7 @@ HEATMAP_MAX = 256
 MAX_N_INPUTS = 8192
 MAX_SAMPLES = 8192
 MAX_SITE_DIM = 2048  # a covariance of this dimension is ~32 MiB in float64 per matrix
+MAX_BYTES = 4 * 2 ** 30  # rough working-memory ceiling for building a chain
 
 ss = st.session_state
 
@@ -214,25 +215,42 @@ def _cached_chain(key: tuple, settings_key: str, _lm, _sae) -> Chain:
 
 
 def build_chain(lm, sae, s: Settings) -> Chain:
-    """The chain for these settings (plain function: tests call it to get the page's numbers)."""
-    ctx = _context_length(lm)
+    """The chain for these settings (plain function: tests call it to get the page's numbers).
+    Sizes that would not fit (a site's covariance, the sampled activations) are refused with a
+    ValueError before anything runs."""
+    cfg = lm.model.cfg
+    tokens = None
+    if lm.zoo_entry is None and s.tokens.strip():
+        tokens = parse_tokens(s.tokens, cfg.d_vocab)
+        ctx = int(tokens.shape[1])
+        if ctx > cfg.n_ctx:
+            raise ValueError(f"token sequences have {ctx} tokens; the model's context is "
+                             f"{cfg.n_ctx}")
+    else:
+        ctx = _context_length(lm)
     bad = [p for p in s.positions if p >= ctx]
     if bad:
         raise ValueError(f"position {bad[0]} is outside the context 0..{ctx - 1}")
     sites = list(s.sites) if s.sites is not None else default_sites(lm, sae)
-    dims = len(s.positions) * lm.model.cfg.d_model
+    widths = [cfg.d_model] + ([cfg.d_mlp or 0] if any(".mlp." in n for n in sites) else [])
+    dims = len(s.positions) * max(widths)
     if dims > MAX_SITE_DIM:
-        raise ValueError(f"{len(s.positions)} positions × d_model {lm.model.cfg.d_model} = "
-                         f"{dims} units per residual site; choose fewer positions (at most "
-                         f"{MAX_SITE_DIM} units)")
+        raise ValueError(f"{len(s.positions)} positions × {max(widths)} units = {dims} "
+                         f"variables per site; choose fewer positions (at most {MAX_SITE_DIM})")
+    # Sampled transitions run K inputs through whole blocks (residual, MLP and attention
+    # scores); ground truth runs batches of 128 real inputs.
+    per_input = 4 * ctx * (6 * cfg.d_model + 2 * (cfg.d_mlp or 0) + cfg.n_heads * ctx)
+    need = max(s.samples, 128) * per_input + 8 * s.n_inputs * dims * (len(sites) + 1)
+    if need > MAX_BYTES:
+        raise ValueError(f"these settings need about {need / 2 ** 30:.1f} GiB (K={s.samples} "
+                         f"samples, N={s.n_inputs} inputs, context {ctx}); lower K, N or the "
+                         f"positions (limit {MAX_BYTES / 2 ** 30:.0f} GiB)")
     if lm.zoo_entry is not None:
         return chain_for_zoo(lm, sae=sae, n_inputs=s.n_inputs, samples=s.samples, seed=s.seed,
                              sites=sites, positions=list(s.positions))
-    if s.tokens.strip():
-        tokens = parse_tokens(s.tokens, lm.model.cfg.d_vocab)
-    else:
+    if tokens is None:
         g = torch.Generator().manual_seed(s.seed)
-        tokens = torch.randint(0, lm.model.cfg.d_vocab, (s.n_inputs, ctx), generator=g)
+        tokens = torch.randint(0, cfg.d_vocab, (s.n_inputs, ctx), generator=g)
     return transformer_chain(lm.model, tokens, sites=sites, positions=list(s.positions),
                              sae=sae, samples=s.samples, seed=s.seed, logits_position=-1)
 

@@ -54,6 +54,7 @@ if ss.get("act_model_key") != mk:
         bpp = url_bpp
         ss.act_pending_mask = url_mask
     ss.act_model_key = mk
+    ss.act_good_settings = None
     ss.act_settings = settings
     ss.act_bpp = bpp
     _seed_widgets(settings, bpp)
@@ -68,7 +69,9 @@ with st.form("act_settings_form"):
                        help="The chain always starts at blocks.0.hook_resid_pre. The last site "
                             "is the output S(Y|π) scores (the logits: the model's argmax "
                             "tokens).")
-        st.multiselect("Positions modelled", list(range(ctx)), key="_act_positions",
+        st.multiselect("Positions modelled",
+                       list(range(ctx if lm.zoo_entry is not None else lm.model.cfg.n_ctx)),
+                       key="_act_positions",
                        help="Residual, MLP and SAE sites model these positions; other positions "
                             "stay at their real values. Dimension = positions × units.")
         if lm.zoo_entry is None:
@@ -104,13 +107,20 @@ settings: glue.Settings = ss.act_settings
 try:
     chain = glue.get_chain(lm, sae, settings)
 except ValueError as e:
-    st.error(f"Could not build the activation model: {e}")
-    if settings != defaults:
-        st.info("Resetting the settings to the defaults for this model.")
-        ss.act_settings = defaults
-        _seed_widgets(defaults, ss.act_bpp)
-        st.button("Retry")
-    st.stop()
+    # keep the last settings that worked (else this model's defaults); the form keeps what the
+    # user typed so it can be corrected
+    fallback = ss.get("act_good_settings") or defaults
+    st.error(f"Could not build the activation model: {e}" + (
+        "" if fallback == settings else " (showing the last settings that worked)"))
+    if fallback == settings:
+        st.stop()
+    settings = ss.act_settings = fallback
+    try:
+        chain = glue.get_chain(lm, sae, settings)
+    except ValueError as e2:
+        st.error(f"Could not build the activation model: {e2}")
+        st.stop()
+ss.act_good_settings = settings
 chain_key = repr((mk, settings.key()))
 prop, note = glue.get_propagator(chain, chain_key)
 if note:

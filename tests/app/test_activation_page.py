@@ -316,3 +316,47 @@ def test_settings_apply_and_round_trip_through_the_link():
     assert_no_exception(again)
     assert_surprise(again, res)
     assert again.multiselect(key="_act_positions").value == [30, 31]
+
+
+def test_build_chain_refuses_sizes_that_do_not_fit(monkeypatch):
+    lm, _, _ = library()
+    with pytest.raises(ValueError, match="outside the context"):
+        glue.build_chain(lm, None, glue.Settings((99,)))
+    monkeypatch.setattr(glue, "MAX_SITE_DIM", 512)  # 32 positions × d_model 32 = 1024
+    with pytest.raises(ValueError, match="variables per site"):
+        glue.build_chain(lm, None, glue.Settings(tuple(range(32))))
+    monkeypatch.setattr(glue, "MAX_BYTES", 2 ** 20)
+    with pytest.raises(ValueError, match="GiB"):
+        glue.build_chain(lm, None, glue.Settings((31,)))
+
+
+def test_checkpoint_model_with_a_users_token_list(tmp_path):
+    """A model outside the zoo (a saved checkpoint with MLPs): the user's token ids are the
+    input distribution; MLP hidden sites can be added; numbers equal the library's."""
+    from estimators.loading import load_checkpoint, save_checkpoint
+    from tests.test_loading import tiny_model
+
+    folder = save_checkpoint(tiny_model(), tmp_path / "ckpt")
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 11, (20, 6), generator=g)
+    text = "\n".join(" ".join(str(int(t)) for t in row) for row in tokens)
+    at = open_page("activation.py", query={"model": str(folder)})
+    assert_no_exception(at)
+    at.text_area(key="_act_tokens").set_value(text)
+    at.multiselect(key="_act_positions").set_value([4, 5])
+    sites = ["blocks.0.hook_resid_pre", "blocks.0.mlp.hook_post", "blocks.1.hook_resid_post",
+             "logits@-1"]
+    at.multiselect(key="_act_sites").set_value(sites)
+    at.button[[b.label for b in at.button].index("Apply")].click().run()
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    model = load_checkpoint(folder, "cpu")
+    chain = transformer_chain(model, tokens, sites=sites, positions=[4, 5], samples=SAMPLES,
+                              seed=SEED, logits_position=-1)
+    assert_surprise(at, Propagator(chain).run())
+    # a malformed token list is reported and the working chain kept
+    at.text_area(key="_act_tokens").set_value("1 2 3\n4 x 6")
+    at.button[[b.label for b in at.button].index("Apply")].click().run()
+    assert_no_exception(at)
+    assert any("integers" in e.value for e in at.error)
+    assert_surprise(at, Propagator(chain).run())
