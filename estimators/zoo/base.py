@@ -68,7 +68,7 @@ class TrainSpec:
     sae_expansion: int = 4
     sae_steps: int = 3000
     sae_batch_size: int = 1024
-    sae_lr: float = 1e-3
+    sae_lr: float = 3e-3
     sae_l1: float = 1.0
     sae_quick_steps: int = 5
     # evaluation recorded on the card

@@ -103,7 +103,7 @@ class CharLM(ZooEntry):
         f"(sorted by name; every {HOLDOUT_EVERY}th file held out for evaluation); next-char "
         "targets at every position")
     train_spec = TrainSpec(seed=0, steps=3000, batch_size=32, lr=3e-3, weight_decay=0.01,
-                           warmup_steps=200, sae_steps=2000, sae_l1=1.0, eval_n=4096)
+                           warmup_steps=200, sae_steps=2000, eval_n=4096)
 
     def model_config(self):
         from transformer_lens import HookedTransformerConfig

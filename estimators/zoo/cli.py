@@ -2,7 +2,7 @@
 
     python -m estimators zoo list [--json]
     python -m estimators zoo card NAME [--json]
-    python -m estimators zoo train NAME [--quick] [--out DIR] [--json]
+    python -m estimators zoo train NAME [--quick] [--out DIR] [--sae-only] [--json]
 
 Unknown names raise ValueError, which `estimators.cli.main` turns into one line on stderr and
 exit code 2.
@@ -39,6 +39,8 @@ def register(subparsers) -> None:
                    help="a few steps only (to check reproducibility; not for shipping)")
     q.add_argument("--out", default=None, metavar="DIR",
                    help="write here instead of overwriting the shipped weights")
+    q.add_argument("--sae-only", action="store_true",
+                   help="retrain only the SAE on the model already in the folder")
     add_common_json(q)
     q.set_defaults(func=cmd_train)
 
@@ -108,5 +110,9 @@ def cmd_card(args: argparse.Namespace) -> dict | str:
 def cmd_train(args: argparse.Namespace) -> dict:
     from estimators import zoo
 
-    zoo.get(args.name)  # unknown names fail before anything heavy is imported
+    entry = zoo.get(args.name)  # unknown names fail before anything heavy is imported
+    if args.sae_only:
+        from estimators.zoo.training import retrain_sae
+
+        return retrain_sae(entry, out_dir=args.out)
     return zoo.train(args.name, out_dir=args.out, quick=args.quick)

@@ -39,7 +39,7 @@ class Induction(ZooEntry):
         "targets are next tokens; the loss mask covers every prediction whose answer is "
         "determined by an earlier occurrence (positions >= L+1)")
     train_spec = TrainSpec(seed=0, steps=1200, batch_size=128, lr=1e-3, weight_decay=0.01,
-                           warmup_steps=200, sae_steps=2000, sae_l1=1.0, eval_n=8192)
+                           warmup_steps=200, sae_steps=2000, eval_n=8192)
 
     def model_config(self):
         from transformer_lens import HookedTransformerConfig

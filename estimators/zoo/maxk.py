@@ -33,7 +33,7 @@ class MaxK(ZooEntry):
     data_description = (f"{K} tokens i.i.d. uniform over 0..{D_VOCAB - 1} (torch.Generator "
                         f"seeded per batch); label = max; loss/accuracy at the last position")
     train_spec = TrainSpec(seed=0, steps=3000, batch_size=512, lr=3e-3, weight_decay=0.01,
-                           warmup_steps=200, sae_steps=2000, sae_l1=1.0, eval_n=20_000)
+                           warmup_steps=200, sae_steps=2000, sae_l1=2.0, eval_n=20_000)
 
     def model_config(self):
         from transformer_lens import HookedTransformerConfig

@@ -139,7 +139,9 @@ def train_sae(entry: ZooEntry, model, quick: bool = False):
     sae_cfg = StandardTrainingSAEConfig(
         d_in=d_in, d_sae=spec.sae_expansion * d_in, l1_coefficient=spec.sae_l1,
         l1_warm_up_steps=steps // 10, apply_b_dec_to_input=True, device="cpu",
-        normalize_activations="none",
+        # Scale inputs to norm sqrt(d_in) while training, so one L1 coefficient means the same
+        # thing on every model; sae_lens folds the factor back into the weights at the end.
+        normalize_activations="expected_average_only_in",
     )
     sae_cfg.metadata.hook_name = entry.sae_hook
     sae_cfg.metadata.model_name = f"zoo:{entry.name}"
@@ -154,6 +156,7 @@ def train_sae(entry: ZooEntry, model, quick: bool = False):
         lr_warm_up_steps=max(1, steps // 20), device="cpu",
         dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 2),
         n_checkpoints=0, logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=2 if quick else 20,
     )
     t0 = time.perf_counter()
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae,
@@ -207,6 +210,18 @@ def train(entry: ZooEntry, out_dir: str | Path | None = None, quick: bool = Fals
         "sae_l0": sae_eval["l0"], "sae_seconds": sae_log["seconds"]}
 
 
+def sae_card(entry: ZooEntry, model, sae_eval: dict, sae_log: dict) -> dict[str, Any]:
+    spec = entry.train_spec
+    return {
+        "hook": entry.sae_hook, "architecture": "standard (ReLU, L1)",
+        "d_in": model.cfg.d_model, "d_sae": spec.sae_expansion * model.cfg.d_model,
+        "l1_coefficient": spec.sae_l1, "lr": spec.sae_lr, "steps": sae_log["steps"],
+        "batch_size": sae_log["batch_size"], "seconds": sae_log["seconds"],
+        "normalization": "expected_average_only_in while training, folded into the weights",
+        "positions": entry.sae_positions_description(), **sae_eval,
+    }
+
+
 def build_card(entry: ZooEntry, model, metrics: dict, log: dict, sae_eval: dict, sae_log: dict,
                quick: bool) -> dict[str, Any]:
     spec = entry.train_spec
@@ -240,13 +255,38 @@ def build_card(entry: ZooEntry, model, metrics: dict, log: dict, sae_eval: dict,
             "threads": 1, "command": f"python -m estimators zoo train {entry.name}",
             **entry.extra_training_info(),
         },
-        "sae": {
-            "hook": entry.sae_hook, "architecture": "standard (ReLU, L1)",
-            "d_in": model.cfg.d_model, "d_sae": spec.sae_expansion * model.cfg.d_model,
-            "l1_coefficient": spec.sae_l1, "lr": spec.sae_lr, "steps": sae_log["steps"],
-            "batch_size": sae_log["batch_size"], "seconds": sae_log["seconds"],
-            "positions": entry.sae_positions_description(), **sae_eval,
-        },
+        "sae": sae_card(entry, model, sae_eval, sae_log),
         "input_distributions": sorted(entry.input_distributions()),
         "reference_hypotheses": entry.reference_hypotheses(),
     }
+
+
+def retrain_sae(entry: ZooEntry, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Retrain only the SAE on the model already in `out_dir` (default: the shipped folder)
+    and update its card. Gives the same SAE as a full `train` run, since SAE training depends
+    only on the model's weights and fixed seeds; used to tune SAEs without retraining models."""
+    from sae_lens import SAE
+
+    from estimators.loading import load_checkpoint, read_json
+
+    out = Path(out_dir) if out_dir is not None else entry.weights_dir
+    model = load_checkpoint(out, "cpu")
+    card = read_json(out / CARD_FILE)
+    threads_before = torch.get_num_threads()
+    det_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        sae, sae_log = train_sae(entry, model, quick=bool(card.get("quick")))
+        sae_dir = out / SAE_DIR
+        sae.save_model(sae_dir)
+        reloaded = SAE.load_from_disk(str(sae_dir), device="cpu")
+        sae_eval = sae_metrics(entry, model, reloaded, n=64 if card.get("quick") else 512)
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(det_before)
+    card["sae"] = sae_card(entry, model, sae_eval, sae_log)
+    card.setdefault("files", {})["sae/sae_weights.safetensors"] = _file_sha256(
+        sae_dir / "sae_weights.safetensors")
+    write_json(out / CARD_FILE, card)
+    return {"name": entry.name, "out_dir": str(out), "sae_explained_variance":
+            sae_eval["explained_variance"], "sae_l0": sae_eval["l0"],
+            "sae_seconds": sae_log["seconds"]}
