@@ -187,8 +187,7 @@ def _sae_hook(sae) -> str:
 # ============================================================================ the chain
 def model_key() -> tuple[str, str, str]:
     """(model source, SAE source, device) of the sidebar's choice."""
-    return (str(ss.get("model_source", "")), str(ss.get("sae_source", store.NO_SAE)),
-            store.current_device())
+    return store.current_model_source(), store.current_sae_source(), store.current_device()
 
 
 def parse_tokens(text: str, d_vocab: int) -> torch.Tensor:

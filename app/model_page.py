@@ -6,6 +6,7 @@ import pandas as pd
 import torch
 import streamlit as st
 
+from app import store
 from estimators import model_info
 from estimators.loading import LoadedModel
 
@@ -65,5 +66,4 @@ def _sae_report(model_name: str, sae_key: str, device: str, _lm: LoadedModel, _s
 
 
 def sae_report(lm: LoadedModel, sae) -> tuple[dict, list[dict]]:
-    sae_key = st.session_state.get("sae_source", "")
-    return _sae_report(lm.name, sae_key, str(lm.model.cfg.device), lm, sae)
+    return _sae_report(lm.name, store.current_sae_source(), str(lm.model.cfg.device), lm, sae)

@@ -41,9 +41,19 @@ def _cached_sae(sae_source: str, model_source: str, device: str):
 
 def model_lock(source: str | None = None) -> threading.Lock:
     """The lock to hold around forward passes through the current (or named) model."""
-    key = source or st.session_state.get("model_source", zoo.DEFAULT_MODEL)
+    key = source or current_model_source()
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(key, threading.Lock())
+
+
+def current_model_source() -> str:
+    """What the sidebar's model was loaded from (a zoo name, folder or hub name): a cache key."""
+    return st.session_state.get("model_source", zoo.DEFAULT_MODEL)
+
+
+def current_sae_source() -> str:
+    """What the sidebar's SAE was loaded from, or NO_SAE: a cache key."""
+    return st.session_state.get("sae_source", NO_SAE)
 
 
 def current_device() -> str:
@@ -53,8 +63,7 @@ def current_device() -> str:
 def current_model() -> LoadedModel:
     """The sidebar's model; a page that needs one stops here, with the reason, if none loads."""
     try:
-        return _cached_model(st.session_state.get("model_source", zoo.DEFAULT_MODEL),
-                             current_device())
+        return _cached_model(current_model_source(), current_device())
     except (LoadError, ValueError, OSError, RuntimeError) as e:
         st.error(f"This page needs a model, and none could be loaded: {e}")
         st.stop()
@@ -62,11 +71,10 @@ def current_model() -> LoadedModel:
 
 def current_sae():
     """The SAE chosen in the sidebar, or None."""
-    sae_source = st.session_state.get("sae_source", NO_SAE)
+    sae_source = current_sae_source()
     if sae_source == NO_SAE:
         return None
-    return _cached_sae(sae_source, st.session_state.get("model_source", zoo.DEFAULT_MODEL),
-                       current_device())
+    return _cached_sae(sae_source, current_model_source(), current_device())
 
 
 def _try(load, what: str) -> bool:
