@@ -122,26 +122,38 @@ def refined_induction(heads: dict, share: float = 0.5) -> PathPartition:
 
 
 def parens_hypotheses(model) -> list[PathPartition]:
+    """Hypotheses for the balanced-parentheses classifier (answer read at position 0)."""
     cfg = model.cfg
     last = cfg.n_layers - 1
-    return [
+    hyps = [
+        PathPartition(blocks=(Block(("*",), "match:label"),), name="only the label matters",
+                      description="Every path shares one input with the same label (balanced "
+                                  "or not): the claim that the output depends on the input "
+                                  "only through its label."),
+        PathPartition(blocks=(Block(("*",), "match:token_at:1"),),
+                      name="only the first character matters",
+                      description="Every path shares one input with the same first character "
+                                  "(position 1, after BOS): the shallow cue \"a string that "
+                                  "opens with ')' is unbalanced\" taken as the whole story."),
         PathPartition(("embed>logits", f"*>a{last}.*:*>logits") +
                       ((f"*>m{last}>logits",) if not cfg.attn_only else ()),
                       name="last layer reads everything",
                       description="Paths through the last layer (and the direct path) keep "
                                   "the real input; paths that skip it to the logits from "
                                   "earlier layers are resampled."),
-        PathPartition(blocks=(Block(("*",), "match:label"),), name="only the label matters",
-                      description="Every path shares one input with the same label (balanced "
-                                  "or not): the claim that the output depends on the input "
-                                  "only through its label."),
-        PathPartition(((f"*>m{last}>logits",) if not cfg.attn_only else
-                       (f"*>a{last}.*:*>logits",)),
-                      name="the last MLP reads everything" if not cfg.attn_only else
-                      "the last layer's heads read everything",
-                      description="Only the paths that end through the last MLP keep the real "
-                                  "input: the claim that the answer is assembled there."),
     ]
+    if not cfg.attn_only:
+        hyps += [
+            PathPartition((f"*>m{last}>logits",), name="the last MLP reads everything",
+                          description="Only the paths that end through the last MLP keep the "
+                                      "real input: the claim that the answer is assembled "
+                                      "there."),
+            PathPartition(tuple(f"*>m{l}>*" for l in range(cfg.n_layers)),
+                          name="every path through an MLP",
+                          description="Paths through any MLP keep the real input; attention-"
+                                      "only paths to the logits are resampled."),
+        ]
+    return hyps
 
 
 def build(model_name: str, n: int = EVAL["n"], seed: int = EVAL["seed"]) -> dict:
