@@ -92,7 +92,7 @@ class Parens(ZooEntry):
         + ", ".join(f"{k} {v:.0%}" for k, v in FAMILIES.items())
         + f"; BOS at position 0, characters at 1..{MAX_LEN}, PAD after the string")
     train_spec = TrainSpec(seed=0, steps=1000, batch_size=256, lr=2e-3, weight_decay=0.01,
-                           warmup_steps=200, sae_steps=2000, eval_n=20_000)
+                           warmup_steps=200, sae_steps=2000, sae_l1=2.0, eval_n=20_000)
 
     def model_config(self):
         from transformer_lens import HookedTransformerConfig
