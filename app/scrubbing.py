@@ -72,6 +72,13 @@ def anomaly(_scrubber: Scrubber, model_key: str, partition_hash: str, partition_
         return anomaly_demo(_scrubber, PathPartition.from_json(partition_json), normal, seed)
 
 
+def fmt_percent(x: float) -> str:
+    """A ratio as a percentage with 2 decimals; −0.00 % (float noise around 0) shows as 0.00 %."""
+    if x != x:
+        return "n/a"
+    return f"{round(100 * x, 2) + 0.0:.2f}%"
+
+
 # ------------------------------------------------------------------------------ state
 def partition_from_url() -> tuple[PathPartition | None, str | None]:
     """The partition in the URL (None if absent) or an error message."""

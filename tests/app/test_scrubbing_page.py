@@ -32,7 +32,7 @@ def _expected(r) -> dict[str, str]:
     s = r.surprise
     return {"Loss original": f"{r.loss_original:.4f}", "Loss scrubbed": f"{r.loss_scrubbed:.4f}",
             "Loss all resampled": f"{r.loss_random:.4f}",
-            "Loss recovered": f"{100 * r.loss_recovered:.2f}%",
+            "Loss recovered": glue.fmt_percent(r.loss_recovered),
             "S(π) argument": f"{s.argument_bits:,.1f} bits",
             "S(Y|π) data": f"{s.data_bits:,.1f} bits", "Total": f"{s.total_bits:,.1f} bits"}
 
@@ -57,7 +57,7 @@ def test_default_model_reference_hypothesis_shows_the_librarys_numbers():
     assert_no_exception(at)
     assert "Causal scrubbing" in [t.value for t in at.title]
     # the empty partition: loss recovered 0 %
-    assert _metrics(at)["Loss recovered"] in ("0.00%", "-0.00%")
+    assert _metrics(at)["Loss recovered"] == "0.00%"
     ref = refs[-1]
     at.selectbox(key="_scrub_ref").set_value(ref.name).run()
     at.button(key="_scrub_apply_ref").click().run()
@@ -124,7 +124,14 @@ def test_malformed_link_is_reported_and_page_still_works():
     at = open_page(PAGE, query={"model": "maxk", "partition": "not-a-blob!"})
     assert_no_exception(at)
     assert any("link" in e.value for e in at.error)
-    assert _metrics(at)["Loss recovered"] in ("0.00%", "-0.00%")
+    assert _metrics(at)["Loss recovered"] == "0.00%"
+
+
+def test_percent_format():
+    assert glue.fmt_percent(-1e-9) == "0.00%"
+    assert glue.fmt_percent(0.68391) == "68.39%"
+    assert glue.fmt_percent(-0.5) == "-50.00%"
+    assert glue.fmt_percent(float("nan")) == "n/a"
 
 
 def test_table_rows_and_click_toggles():
@@ -174,3 +181,13 @@ def test_search_and_anomaly_on_the_default_model():
 
     demo = anomaly_demo(s, best, ScrubData.from_zoo(zoo.DEFAULT_MODEL, n=64, seed=1), seed=0)
     assert _metrics(at)["ROC AUC (scrubbed)"] == f"{demo['scrubbed']['auc']:.3f}"
+
+
+def test_parens_matched_reference_through_the_page():
+    _needs("parens")
+    ref = references.get("parens", "only the first character matters")
+    at = open_page(PAGE, query={"model": "parens"})
+    at.selectbox(key="_scrub_ref").set_value(ref.name).run()
+    at.button(key="_scrub_apply_ref").click().run()
+    assert_no_exception(at)
+    assert _metrics(at) == _expected(_library("parens", ref.partition))
