@@ -210,6 +210,7 @@ class ZooEntry:
         out["sae_hook"] = self.sae_hook
         out["sae_width"] = sae.get("d_sae")
         out["sae_explained_variance"] = sae.get("explained_variance")
+        out["sae_l0"] = sae.get("l0")
         return out
 
     # ------------------------------------------------------------------ scoring

@@ -59,10 +59,12 @@ def cmd_list(args: argparse.Namespace) -> dict | str:
     rows = [zoo.get(n).summary() for n in zoo.names()]
     if args.json:
         return {"default": zoo.DEFAULT_MODEL, "models": rows}
-    header = ["name", "title", "held-out metric", "SAE hook", "SAE width", "SAE expl. var."]
+    header = ["name", "title", "held-out metric", "SAE hook", "SAE width", "SAE expl. var.",
+              "SAE L0"]
     table = [[r["name"] + (" (default)" if r["name"] == zoo.DEFAULT_MODEL else ""), r["title"],
               f"{r['metric']} {_fmt(r['value'])} (n={_fmt(r['eval_examples'])})",
-              r["sae_hook"], _fmt(r["sae_width"]), _fmt(r["sae_explained_variance"])]
+              r["sae_hook"], _fmt(r["sae_width"]), _fmt(r["sae_explained_variance"]),
+              _fmt(r["sae_l0"])]
              for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731

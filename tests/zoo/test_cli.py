@@ -23,7 +23,7 @@ def test_list_json(capsys):
     assert [m["name"] for m in data["models"]] == zoo.names()
     for m in data["models"]:
         for key in ("name", "title", "metric", "value", "eval_examples", "sae_hook", "sae_width",
-                    "sae_explained_variance"):
+                    "sae_explained_variance", "sae_l0"):
             assert key in m
         assert m["value"] is not None and m["sae_width"] is not None
 
