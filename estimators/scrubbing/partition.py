@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -213,22 +213,3 @@ def resample_rule_bits(feature: str | None, n_ctx: int | None) -> float:
     elif kind == "tokens_at":
         bits += ctx
     return bits
-
-
-EMPTY = PathPartition(name="all independent")
-
-
-def all_important(graph: PathGraph | None = None) -> PathPartition:
-    return PathPartition(important=("*",), name="all paths important")
-
-
-@dataclass
-class ResolvedBatch:
-    """Partitions resolved against a graph: per-partition block ids and rules."""
-
-    partitions: list[PathPartition]
-    assignments: list[np.ndarray] = field(default_factory=list)
-
-    @classmethod
-    def resolve(cls, graph: PathGraph, partitions: list[PathPartition]) -> "ResolvedBatch":
-        return cls(list(partitions), [p.assign(graph) for p in partitions])

@@ -1,8 +1,6 @@
 """Shipped reference hypotheses: their recorded numbers match a fresh evaluation, the induction
 heads they name are the ones the trained model's attention shows, and the anomaly demo."""
 
-import json
-
 import pytest
 
 from estimators import zoo
