@@ -44,7 +44,7 @@ ESTIMATORS: dict[str, EstimatorSpec] = {s.name: s for s in [
     EstimatorSpec("gld", "GLD", GLDConfig, estimate_gld, True, False, False,
                   "normal fit to logit_t − max other logit; Φ(μ/σ)"),
     EstimatorSpec("activation", "Activation model", ActivationConfig, estimate_activation, True,
-                  False, False, "Gaussian at the unembedding input; exact polytope probability"),
+                  False, False, "§2 Gaussian propagated through the blocks (naive mask), read at the logits"),
 ]}
 
 
