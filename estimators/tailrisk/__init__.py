@@ -16,7 +16,8 @@ backward = 2 calls.
 from estimators.tailrisk.behaviours import (Argmax, Behaviour, BehaviourError,
                                             DirectionThreshold, LogitThreshold,
                                             SampledProbability, behaviour_from_dict,
-                                            parse_target, sae_feature)
+                                            parse_direction, parse_target, probe_direction,
+                                            residual_hooks, sae_feature)
 from estimators.tailrisk.distributions import (DistributionError, InputDistribution, from_json,
                                                parse_file, resolve_distribution, uniform)
 from estimators.tailrisk.ground_truth import GroundTruth, ground_truth, ground_truth_vector
@@ -25,6 +26,7 @@ from estimators.tailrisk.scoring import itakura_saito, log_squared_error, score
 
 __all__ = ["Argmax", "Behaviour", "BehaviourError", "DirectionThreshold", "LogitThreshold",
            "SampledProbability", "behaviour_from_dict", "parse_target", "sae_feature",
+           "parse_direction", "probe_direction", "residual_hooks",
            "DistributionError", "InputDistribution", "from_json", "parse_file",
            "resolve_distribution", "uniform", "GroundTruth", "ground_truth",
            "ground_truth_vector", "ESTIMATORS", "make_config", "run_estimator",

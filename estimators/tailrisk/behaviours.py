@@ -314,6 +314,87 @@ def sae_feature(sae, feature: int, threshold: float = 0.0, hook: str | None = No
                               name=f"SAE feature {feature}")
 
 
+def parse_direction(text: str | bytes) -> list[float]:
+    """A probe direction from a file's text: a JSON list of numbers, a JSON object
+    {"direction": [...]} (other keys ignored), or CSV / whitespace-separated numbers (one row,
+    or one per line). Raises BehaviourError on anything else, an empty vector or a non-finite
+    entry."""
+    import json
+    import math
+    import re
+
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BehaviourError("the direction file is not UTF-8 text") from e
+    text = text.strip()
+    if not text:
+        raise BehaviourError("the direction file is empty")
+    if text[0] in "[{":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BehaviourError(f"the direction file is not valid JSON: {e.msg} (line "
+                                 f"{e.lineno})") from e
+        if isinstance(obj, dict):
+            if "direction" not in obj:
+                raise BehaviourError('a JSON object direction file needs a "direction" list')
+            obj = obj["direction"]
+        if not isinstance(obj, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj):
+            raise BehaviourError("the direction must be a flat list of numbers")
+        vals = [float(v) for v in obj]
+    else:
+        parts = [p for p in re.split(r"[,;\s]+", text) if p]
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError as e:
+            raise BehaviourError(f"the direction file holds a non-number: {e}") from e
+    if not vals:
+        raise BehaviourError("the direction has no entries")
+    if not all(math.isfinite(v) for v in vals):
+        raise BehaviourError("the direction holds NaN or infinite values")
+    return vals
+
+
+def residual_hooks(model) -> list[str]:
+    """The residual-stream hook points of the model, in order (all of width d_model)."""
+    L = int(model.cfg.n_layers)
+    return [h for l in range(L) for h in (f"blocks.{l}.hook_resid_pre",
+                                           f"blocks.{l}.hook_resid_mid",
+                                           f"blocks.{l}.hook_resid_post")
+            if h in model.hook_dict]
+
+
+def probe_direction(model, hook: str, direction: list[float] | None = None,
+                    unit: int | None = None, threshold: float = 0.0,
+                    bias: float = 0.0) -> DirectionThreshold:
+    """A probe behaviour at a residual hook: a given direction, or one unit of the stream
+    (direction = e_unit). Checks the hook and the width (d_model) up front."""
+    if hook not in residual_hooks(model):
+        raise BehaviourError(f"{hook!r} is not a residual-stream hook of this model; choose "
+                             f"one of {', '.join(residual_hooks(model))}")
+    d = int(model.cfg.d_model)
+    if (direction is None) == (unit is None):
+        raise BehaviourError("give either a direction vector or a unit of the residual stream")
+    if unit is not None:
+        if isinstance(unit, bool) or not isinstance(unit, int) or not 0 <= unit < d:
+            raise BehaviourError(f"unit {unit!r} is outside the residual stream (0..{d - 1})")
+        direction = [0.0] * d
+        direction[unit] = 1.0
+        name = f"{hook}[{unit}]"
+    else:
+        if len(direction) != d:
+            raise BehaviourError(f"the direction has {len(direction)} entries; the residual "
+                                 f"stream has d_model = {d}")
+        name = f"probe@{hook}"
+    b = DirectionThreshold(hook=hook, direction=[float(v) for v in direction], bias=bias,
+                           threshold=float(threshold), name=name)
+    b.validate(model)
+    return b
+
+
 BEHAVIOURS: dict[str, type[Behaviour]] = {
     c.kind: c for c in (Argmax, SampledProbability, LogitThreshold, DirectionThreshold)}
 
@@ -350,5 +431,5 @@ def parse_target(spec: Any, model, vocab: list[str] | None = None) -> int:
 
 
 __all__ = ["Behaviour", "Argmax", "SampledProbability", "LogitThreshold", "DirectionThreshold",
-           "sae_feature", "BEHAVIOURS", "behaviour_from_dict", "parse_target", "BehaviourError",
+           "sae_feature", "parse_direction", "probe_direction", "residual_hooks", "BEHAVIOURS", "behaviour_from_dict", "parse_target", "BehaviourError",
            "UNEMBED_IN", "site_activations", "model_device", "vocab_out"]

@@ -15,19 +15,32 @@ import argparse
 
 from estimators.cli import UserError, add_common_json
 
-BEHAVIOUR_KINDS = ("argmax", "sampled", "logit")
+BEHAVIOUR_KINDS = ("argmax", "sampled", "logit", "sae", "direction")
 
 
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="zoo name, checkpoint folder or HF folder")
     p.add_argument("--distribution", required=True,
                    help="built-in distribution of the zoo model, or a JSON file")
-    p.add_argument("--target", required=True, help="target token (string, or id as id:N)")
+    p.add_argument("--target", default=None,
+                   help="target token (string, or id as id:N); argmax, sampled and logit")
     p.add_argument("--behaviour", choices=BEHAVIOUR_KINDS, default="argmax",
                    help="argmax: t is the argmax (default); sampled: probability of sampling t "
-                        "at --sampling-temperature; logit: logit_t > --threshold")
+                        "at --sampling-temperature; logit: logit_t > --threshold; sae: SAE "
+                        "latent --feature of --sae > --threshold; direction: a probe "
+                        "(--direction FILE or --unit U) at residual --hook > --threshold")
     p.add_argument("--sampling-temperature", type=float, default=1.0)
     p.add_argument("--threshold", type=float, default=0.0)
+    p.add_argument("--sae", default="zoo",
+                   help="SAE for --behaviour sae: 'zoo' (the zoo model's own) or a folder")
+    p.add_argument("--feature", type=int, default=None, help="SAE latent index (sae)")
+    p.add_argument("--hook", default=None,
+                   help="residual hook of the probe (direction), e.g. blocks.0.hook_resid_post")
+    p.add_argument("--direction", default=None,
+                   help="probe direction file: JSON list / {\"direction\": [...]} / CSV")
+    p.add_argument("--unit", type=int, default=None,
+                   help="probe = one unit of the residual stream at --hook")
+    p.add_argument("--bias", type=float, default=0.0, help="probe bias: w·a + bias > threshold")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
 
 
@@ -73,6 +86,11 @@ def _problem(args):
     entry = lm.zoo_entry
     vocab = entry.token_labels() if entry is not None else None
     dist = resolve_distribution(args.distribution, lm.model, entry, vocab)
+    if args.behaviour in ("sae", "direction"):
+        b = _feature_behaviour(args, lm)
+        return lm, dist, b, b.name
+    if args.target is None:
+        raise UserError(f"--behaviour {args.behaviour} needs --target")
     target = parse_target(args.target, lm.model, vocab)
     if args.behaviour == "argmax":
         b = Argmax(target)
@@ -83,6 +101,36 @@ def _problem(args):
     b.validate(lm.model)
     label = vocab[target] if vocab is not None and target < len(vocab) else str(target)
     return lm, dist, b, label
+
+
+def _feature_behaviour(args, lm):
+    """SAE latent or probe direction (DirectionThreshold) from the arguments."""
+    from pathlib import Path
+
+    from estimators.loading import load_sae
+    from estimators.tailrisk.behaviours import parse_direction, probe_direction, sae_feature
+
+    if args.behaviour == "sae":
+        if args.feature is None:
+            raise UserError("--behaviour sae needs --feature J")
+        sae = load_sae(args.sae, lm, args.device)
+        return sae_feature(sae, args.feature, args.threshold)
+    if args.hook is None:
+        raise UserError("--behaviour direction needs --hook (a residual-stream hook)")
+    if (args.direction is None) == (args.unit is None):
+        raise UserError("--behaviour direction needs exactly one of --direction FILE, --unit U")
+    direction = None
+    if args.direction is not None:
+        path = Path(args.direction).expanduser()
+        if not path.is_file():
+            raise UserError(f"direction file {args.direction} does not exist")
+        direction = parse_direction(path.read_bytes())
+    return probe_direction(lm.model, args.hook, direction, args.unit, args.threshold, args.bias)
+
+
+def _target_fields(b, label) -> dict:
+    t = getattr(b, "target", None)
+    return {"target": t, "target_token": label if t is not None else None}
 
 
 def run_tail_risk(args) -> dict:
@@ -100,7 +148,7 @@ def run_tail_risk(args) -> dict:
            "interval": list(est.interval) if est.interval is not None else None,
            "calls": est.cost.calls, "seconds": est.cost.seconds, "method": args.method,
            "budget": args.budget, "seed": args.seed, "behaviour": b.label(),
-           "target": b.target, "target_token": label, "distribution": dist.name,
+           **_target_fields(b, label), "distribution": dist.name,
            "n_inputs": dist.n_inputs(), "diagnostics": est.diagnostics}
     if args.with_truth:
         out["truth"] = ground_truth(lm.model, dist, b).to_dict()
@@ -118,5 +166,4 @@ def run_ground_truth(args) -> dict:
     return {"probability": g.probability, "method": g.method,
             "interval": list(g.interval) if g.interval is not None else None,
             "n_inputs": g.n_inputs, "seconds": g.seconds, "cached": g.cached,
-            "behaviour": b.label(), "target": b.target, "target_token": label,
-            "distribution": dist.name}
+            "behaviour": b.label(), **_target_fields(b, label), "distribution": dist.name}

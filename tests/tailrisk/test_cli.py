@@ -80,3 +80,92 @@ def test_bad_input_is_one_clear_line(files, capsys, dist_file, target, message):
                          "--budget", "100", "--json")
     assert code == 2 and out == ""
     assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ SAE feature, probe direction
+
+def test_probe_unit_and_direction_file_match_the_library(files, capsys):
+    from estimators.tailrisk import probe_direction
+
+    root, model = files
+    hook = "blocks.1.hook_resid_post"
+    b = probe_direction(model, hook, unit=3, threshold=0.5)
+    dist = from_json(DIST, 5)
+    code, out, _ = run(capsys, "tail-risk", "--model", str(root / "model"), "--distribution",
+                       str(root / "dist.json"), "--behaviour", "direction", "--hook", hook,
+                       "--unit", "3", "--threshold", "0.5", "--method", "mc", "--budget",
+                       "400", "--seed", "1", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["estimate"] == run_estimator("mc", model, dist, b, 400, seed=1).value
+    assert d["target"] is None and d["behaviour"] == f"{hook}[3] > 0.5"
+    code, out, _ = run(capsys, "ground-truth", "--model", str(root / "model"), "--distribution",
+                       str(root / "dist.json"), "--behaviour", "direction", "--hook", hook,
+                       "--unit", "3", "--threshold", "0.5", "--json")
+    g = json.loads(out)
+    assert code == 0 and g["method"] == "exact"
+    assert g["probability"] == ground_truth(model, dist, b).probability
+    assert 0 < g["probability"] < 1  # the threshold cuts the support: a non-trivial check
+    # the same probe as a JSON file and as CSV; a bias shifts it
+    w = [0.1 * i - 1 for i in range(32)]
+    (root / "w.json").write_text(json.dumps({"direction": w, "note": "probe"}))
+    (root / "w.csv").write_text(",".join(str(v) for v in w) + "\n")
+    lib = run_estimator("qld", model, dist,
+                        probe_direction(model, hook, direction=w, threshold=1.0, bias=0.2),
+                        256, seed=0).value
+    for f in ("w.json", "w.csv"):
+        code, out, _ = run(capsys, "tail-risk", "--model", str(root / "model"),
+                           "--distribution", str(root / "dist.json"), "--behaviour",
+                           "direction", "--hook", hook, "--direction", str(root / f),
+                           "--bias", "0.2", "--threshold", "1.0", "--method", "qld",
+                           "--budget", "256", "--json")
+        assert code == 0 and json.loads(out)["estimate"] == lib, f
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--hook", "blocks.1.hook_resid_post", "--direction", "short.json"],
+     "the direction has 3 entries; the residual stream has d_model = 32"),
+    (["--hook", "blocks.1.hook_resid_post", "--direction", "nan.csv"], "NaN or infinite"),
+    (["--hook", "blocks.1.attn.hook_z", "--unit", "0"], "not a residual-stream hook"),
+    (["--hook", "blocks.1.hook_resid_post", "--unit", "32"], "outside the residual stream"),
+    (["--hook", "blocks.1.hook_resid_post"], "exactly one of --direction FILE, --unit U"),
+])
+def test_bad_probe_is_one_clear_line(files, capsys, extra, message):
+    root, _ = files
+    (root / "short.json").write_text("[1, 2, 3]")
+    (root / "nan.csv").write_text("1, nan, 3")
+    extra = [str(root / e) if e.endswith((".json", ".csv")) else e for e in extra]
+    code, out, err = run(capsys, "tail-risk", "--model", str(root / "model"), "--distribution",
+                         str(root / "dist.json"), "--behaviour", "direction", *extra,
+                         "--method", "mc", "--budget", "100", "--json")
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1, err
+
+
+def test_sae_feature_on_the_zoo_charlm_matches_the_library(tmp_path, capsys):
+    from estimators.loading import load_model, load_sae
+    from estimators.tailrisk import sae_feature
+
+    lm = load_model("charlm", "cpu")
+    sae = load_sae("zoo", lm, "cpu")
+    dist_obj = [{"uniform": ["id:10", "id:20", "id:30", "id:40"]}] * 3
+    (tmp_path / "d.json").write_text(json.dumps(dist_obj))
+    dist = from_json(dist_obj, int(lm.model.cfg.d_vocab), int(lm.model.cfg.n_ctx))
+    base = ["--model", "charlm", "--distribution", str(tmp_path / "d.json"), "--behaviour",
+            "sae", "--sae", "zoo", "--json"]
+    # a feature that fires on some but not all of the 64 inputs
+    from estimators.tailrisk.ground_truth import exact
+    feature, p = None, None
+    for j in range(int(sae.cfg.d_sae)):
+        q = float(exact(lm.model, dist, sae_feature(sae, j, 0.0)))
+        if 0 < q < 0.5:
+            feature, p = j, q
+            break
+    assert feature is not None
+    code, out, _ = run(capsys, "ground-truth", *base, "--feature", str(feature))
+    assert code == 0 and json.loads(out)["probability"] == pytest.approx(p, rel=1e-12)
+    code, out, _ = run(capsys, "tail-risk", *base, "--feature", str(feature), "--method",
+                       "gld", "--budget", "256")
+    lib = run_estimator("gld", lm.model, dist, sae_feature(sae, feature, 0.0), 256, seed=0)
+    assert code == 0 and json.loads(out)["estimate"] == lib.value
+    code, _, err = run(capsys, "tail-risk", *base, "--feature", "100000", "--method", "mc")
+    assert code == 2 and "out of range" in err
