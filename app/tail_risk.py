@@ -10,8 +10,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from estimators.tailrisk import (ESTIMATORS, Argmax, LogitThreshold, SampledProbability,
-                                 ground_truth_vector, run_estimator)
+from estimators.tailrisk import (ESTIMATORS, Argmax, BehaviourError, LogitThreshold,
+                                 SampledProbability, ground_truth_vector, probe_direction,
+                                 run_estimator, sae_feature)
 from estimators.tailrisk.distributions import (DistributionError, InputDistribution, from_json,
                                                from_table)
 from estimators.tailrisk.scoring import optimal_constant_scores, score
@@ -21,7 +22,11 @@ URL_KEY = "tr"
 UPLOADED = "uploaded file"
 BEHAVIOURS = {"argmax": "t is the argmax (temperature 0)",
               "sampled": "probability of sampling t at temperature τ",
-              "logit": "logit of t above a threshold"}
+              "logit": "logit of t above a threshold",
+              "sae": "SAE latent above a threshold (the sidebar's SAE)",
+              "probe": "probe direction above a threshold (residual stream)"}
+FEATURE_BEHAVIOURS = ("sae", "probe")  # one behaviour, no target token
+PROBE_SOURCES = ("unit", "upload")
 DEFAULT_MAX_INPUTS = 2 ** 16
 
 
@@ -43,17 +48,35 @@ class Settings:
     seed: int = 0
     itgis_temperature: float = 1.0
     mhis_temperature: float = 1.0
+    sae_feature: int = 0  # behaviour "sae": latent index of the sidebar's SAE
+    probe_hook: str = ""  # behaviour "probe": a residual-stream hook ("" = the last one)
+    probe_source: str = "unit"  # "unit": e_unit; "upload": probe_vector
+    probe_unit: int = 0
+    probe_vector: list[float] | None = None
+    probe_bias: float = 0.0
 
     def __post_init__(self):
         if self.behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {self.behaviour!r}")
+        if self.probe_source not in PROBE_SOURCES:
+            raise ValueError(f"probe source must be 'unit' or 'upload', not "
+                             f"{self.probe_source!r}")
+        if self.sae_feature < 0 or self.probe_unit < 0:
+            raise ValueError("SAE feature and probe unit must be ≥ 0")
+        if self.behaviour == "sae" and self.threshold < 0:
+            raise ValueError("an SAE latent threshold must be ≥ 0 (the latent is a ReLU)")
+        if self.probe_vector is not None and not (
+                isinstance(self.probe_vector, list) and self.probe_vector and all(
+                    isinstance(v, (int, float)) and math.isfinite(v)
+                    for v in self.probe_vector)):
+            raise ValueError("the probe vector must be a non-empty list of finite numbers")
         if self.target_mode not in ("one", "band"):
             raise ValueError(f"target mode must be 'one' or 'band', not {self.target_mode!r}")
         unknown = [m for m in self.methods if m not in ESTIMATORS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}")
         for name in ("sampling_temperature", "threshold", "band_low", "band_high",
-                     "itgis_temperature", "mhis_temperature"):
+                     "itgis_temperature", "mhis_temperature", "probe_bias"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number")
@@ -79,12 +102,46 @@ class Settings:
             raise ValueError(f"bad tail-risk settings: {e}") from e
 
 
-def make_behaviour(s: Settings, target: int):
+def make_behaviour(s: Settings, target: int, model=None, sae=None):
+    """The library behaviour for a target token (feature behaviours ignore `target`)."""
+    if s.behaviour == "sae":
+        if sae is None:
+            raise BehaviourError("the SAE-latent behaviour needs an SAE: pick one in the sidebar")
+        return sae_feature(sae, s.sae_feature, s.threshold)
+    if s.behaviour == "probe":
+        if model is None:
+            raise BehaviourError("the probe behaviour needs the model")
+        hook = s.probe_hook or default_probe_hook(model)
+        if s.probe_source == "upload":
+            if s.probe_vector is None:
+                raise BehaviourError("no probe vector uploaded yet")
+            return probe_direction(model, hook, direction=s.probe_vector,
+                                   threshold=s.threshold, bias=s.probe_bias)
+        return probe_direction(model, hook, unit=s.probe_unit, threshold=s.threshold,
+                               bias=s.probe_bias)
     if s.behaviour == "argmax":
         return Argmax(target)
     if s.behaviour == "sampled":
         return SampledProbability(target, s.sampling_temperature)
     return LogitThreshold(target, s.threshold)
+
+
+def default_probe_hook(model) -> str:
+    from estimators.tailrisk import residual_hooks
+
+    return residual_hooks(model)[-1]
+
+
+def feature_key(s: Settings) -> int:
+    """The "target" column of a feature behaviour: the SAE latent, or 0 for a probe."""
+    return s.sae_feature if s.behaviour == "sae" else 0
+
+
+def feature_label(s: Settings, model=None, sae=None) -> str:
+    try:
+        return make_behaviour(s, 0, model, sae).label()
+    except ValueError:
+        return s.behaviour
 
 
 def default_length(full: InputDistribution, max_inputs: int = DEFAULT_MAX_INPUTS) -> int:
@@ -120,7 +177,7 @@ def seed_for(s: Settings, index: int) -> int:
     return s.seed + index
 
 
-def truths(s: Settings, model, dist, targets: list[int] | None, progress=None
+def truths(s: Settings, model, dist, targets: list[int] | None, progress=None, sae=None
            ) -> tuple[dict[int, float], str, np.ndarray | None]:
     """True probabilities (exact when the support is small, else sampled; cached on disk).
     Argmax and sampled behaviours get every target in one pass (the vector is returned too);
@@ -131,6 +188,9 @@ def truths(s: Settings, model, dist, targets: list[int] | None, progress=None
         vec = ground_truth_vector(model, dist, make_behaviour(s, 0), progress=progress)
         values = np.array(vec["values"])
         return {i: float(v) for i, v in enumerate(values)}, vec["method"], values
+    if s.behaviour in FEATURE_BEHAVIOURS:
+        g = ground_truth(model, dist, make_behaviour(s, 0, model, sae), progress=progress)
+        return {feature_key(s): g.probability}, g.method, None
     if targets is None:
         raise ValueError("a band of targets needs the argmax or sampled behaviour; pick one "
                          "target for a logit threshold")
@@ -142,6 +202,8 @@ def truths(s: Settings, model, dist, targets: list[int] | None, progress=None
 
 
 def choose_targets(s: Settings, truth: np.ndarray | None) -> list[int]:
+    if s.behaviour in FEATURE_BEHAVIOURS:
+        return [feature_key(s)]
     if s.target_mode == "one":
         return [s.target]
     assert truth is not None
@@ -156,7 +218,7 @@ def choose_targets(s: Settings, truth: np.ndarray | None) -> list[int]:
 
 def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, float],
                 labels: Callable[[int], str], progress: Callable[[float, str], None],
-                budgets: list[int] | None = None) -> pd.DataFrame:
+                budgets: list[int] | None = None, sae=None) -> pd.DataFrame:
     """One row per (budget, target, method): estimate, interval, calls, seconds, seed."""
     budgets = budgets or [s.budget]
     rows = []
@@ -170,7 +232,8 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
         seed = seed_for(s, i)
         progress(k / len(jobs), f"{ESTIMATORS[m].title} on target {labels(t)} "
                                 f"({budget} calls)")
-        e = run_estimator(m, model, dist, make_behaviour(s, t), budget, seed, **extra)
+        e = run_estimator(m, model, dist, make_behaviour(s, t, model, sae), budget, seed,
+                          **extra)
         lo, hi = e.interval if e.interval is not None else (None, None)
         rows.append({"target": t, "token": labels(t), "truth": truth.get(t), "method": m,
                      "budget": budget, "estimate": e.value, "low": lo, "high": hi,

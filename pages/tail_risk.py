@@ -11,7 +11,7 @@ from app import state, store
 from app import tail_risk as tr
 from app.plots import tail_risk as plots
 from app.plots.common import PNG_CONFIG
-from estimators.tailrisk import ESTIMATORS
+from estimators.tailrisk import ESTIMATORS, BehaviourError, parse_direction, residual_hooks
 from estimators.tailrisk.distributions import DistributionError, from_json
 
 st.title("Tail risk")
@@ -22,6 +22,7 @@ st.caption("Estimate P(behaviour) under an input distribution with independent p
 
 lm = store.current_model()
 model, entry = lm.model, lm.zoo_entry
+sae = store.current_sae()
 vocab = entry.token_labels() if entry is not None else None
 V_out = int(getattr(model.cfg, "d_vocab_out", model.cfg.d_vocab) or model.cfg.d_vocab)
 
@@ -80,8 +81,49 @@ with c1:
     sampling_t = st.number_input("Sampling temperature τ", 0.01, 100.0,
                                  float(s.sampling_temperature), key=WIDGETS + "tau",
                                  disabled=behaviour != "sampled")
-    threshold = st.number_input("Logit threshold", value=float(s.threshold),
-                                key=WIDGETS + "thr", disabled=behaviour != "logit")
+    threshold = st.number_input("Threshold (logit, SAE latent or probe)",
+                                value=float(s.threshold), key=WIDGETS + "thr",
+                                disabled=behaviour not in ("logit", "sae", "probe"))
+    sae_feat, probe_hook, probe_source = s.sae_feature, s.probe_hook, s.probe_source
+    probe_unit, probe_vector, probe_bias = s.probe_unit, s.probe_vector, s.probe_bias
+    if behaviour == "sae":
+        if sae is None:
+            st.warning("Pick an SAE in the sidebar: this behaviour reads one of its latents.")
+        else:
+            d_sae = int(sae.cfg.d_sae)
+            sae_feat = st.number_input(f"SAE latent (0…{d_sae - 1})", 0, d_sae - 1,
+                                       min(int(s.sae_feature), d_sae - 1), key=WIDGETS + "feat")
+    if behaviour == "probe":
+        hooks = residual_hooks(model)
+        probe_hook = st.selectbox("Probe hook (residual stream, last position)", hooks,
+                                  index=hooks.index(s.probe_hook) if s.probe_hook in hooks
+                                  else len(hooks) - 1, key=WIDGETS + "phook")
+        probe_source = st.radio("Probe direction", list(tr.PROBE_SOURCES),
+                                index=list(tr.PROBE_SOURCES).index(s.probe_source),
+                                format_func={"unit": "one unit of the residual stream",
+                                             "upload": "a vector file (JSON or CSV)"}.get,
+                                key=WIDGETS + "psrc")
+        if probe_source == "unit":
+            probe_unit = st.number_input(f"Unit (0…{model.cfg.d_model - 1})", 0,
+                                         int(model.cfg.d_model) - 1,
+                                         min(int(s.probe_unit), int(model.cfg.d_model) - 1),
+                                         key=WIDGETS + "punit")
+        else:
+            pf = st.file_uploader(f"Probe vector: {model.cfg.d_model} numbers, a JSON list, "
+                                  '{"direction": [...]} or CSV', type=["json", "csv", "txt"],
+                                  key=WIDGETS + "pfile")
+            if pf is not None:
+                try:
+                    vec = parse_direction(pf.getvalue())
+                    if len(vec) != int(model.cfg.d_model):
+                        raise BehaviourError(f"the vector has {len(vec)} entries; the "
+                                             f"residual stream has d_model = "
+                                             f"{model.cfg.d_model}")
+                    probe_vector = vec
+                except ValueError as e:
+                    st.error(f"Probe vector not used: {e}")
+        probe_bias = st.number_input("Probe bias (w·a + bias > threshold)",
+                                     value=float(s.probe_bias), key=WIDGETS + "pbias")
 with c2:
     distribution = st.selectbox("Input distribution", dist_options,
                                 index=dist_options.index(s.distribution),
@@ -99,11 +141,18 @@ with c2:
                 st.error(f"Distribution file not used: {e}")
     length = st.number_input("Keep the last N positions (0: longest with ≤ 2^16 inputs)", 0,
                              int(model.cfg.n_ctx), int(s.length), key=WIDGETS + "len")
+feature = behaviour in tr.FEATURE_BEHAVIOURS
 with c3:
+    if feature:
+        st.caption("One behaviour (no target token): the results table has one row per "
+                   "method.")
     mode = st.radio("Targets", ["band", "one"], index=["band", "one"].index(s.target_mode),
                     format_func={"band": "random targets in a band of true probability",
-                                 "one": "one token"}.get, key=WIDGETS + "mode")
-    if mode == "one":
+                                 "one": "one token"}.get, key=WIDGETS + "mode",
+                    disabled=feature)
+    if feature:
+        target, band_low, band_high, n_targets = s.target, s.band_low, s.band_high, s.n_targets
+    elif mode == "one":
         target = st.selectbox("Target token", list(range(V_out)), index=min(s.target, V_out - 1),
                               format_func=lambda t: f"{label(t)} (id {t})",
                               key=WIDGETS + "target")
@@ -143,7 +192,10 @@ try:
                       band_low=float(band_low), band_high=float(band_high),
                       n_targets=int(n_targets), budget=int(budget), methods=list(methods),
                       seed=int(seed), itgis_temperature=float(itgis_t),
-                      mhis_temperature=float(mhis_t))
+                      mhis_temperature=float(mhis_t), sae_feature=int(sae_feat),
+                      probe_hook=probe_hook, probe_source=probe_source,
+                      probe_unit=int(probe_unit), probe_vector=probe_vector,
+                      probe_bias=float(probe_bias))
     st.session_state["tr_settings"] = s = new
 except ValueError as e:
     st.error(f"Settings not applied: {e}")
@@ -155,8 +207,22 @@ except (DistributionError, ValueError) as e:
     st.error(str(e))
     dist = None
 
+problem_ok = True
+if s.behaviour in tr.FEATURE_BEHAVIOURS:
+    try:
+        st.caption(f"Behaviour: {tr.make_behaviour(s, 0, model, sae).label()} at the last "
+                   f"position")
+    except ValueError as e:
+        st.error(str(e))
+        problem_ok = False
+
+
+def row_label(t: int) -> str:
+    return tr.feature_label(s, model, sae) if s.behaviour in tr.FEATURE_BEHAVIOURS else label(t)
+
+
 b1, b2 = st.columns([1, 6])
-run = b1.button("Run", type="primary", disabled=dist is None or not s.methods)
+run = b1.button("Run", type="primary", disabled=dist is None or not s.methods or not problem_ok)
 b2.button("Stop", help="Stops a running job (any click reruns the page; so does leaving it)")
 
 if run and dist is not None:
@@ -165,16 +231,17 @@ if run and dist is not None:
     try:
         with store.model_lock():
             truth, truth_method, _ = tr.truths(
-                s, model, dist, [s.target] if s.target_mode == "one" else None,
+                s, model, dist, [s.target] if s.target_mode == "one" else None, sae=sae,
                 progress=lambda f: bar.progress(0.2 * f, text="ground truth (cached after "
                                                               "the first time)…"))
             targets = tr.choose_targets(s, np.array([truth.get(i, 0.0) for i in range(V_out)])
-                                       if s.target_mode == "band" else None)
+                                       if s.target_mode == "band"
+                                       and s.behaviour not in tr.FEATURE_BEHAVIOURS else None)
             budgets_run = sorted({max(s.budget // 8, 8), max(s.budget // 4, 8),
                                   max(s.budget // 2, 8), s.budget}) if show_conv else [s.budget]
-            results = tr.run_methods(s, model, dist, targets, truth, label,
+            results = tr.run_methods(s, model, dist, targets, truth, row_label,
                                      lambda f, msg: bar.progress(0.2 + 0.8 * f, text=msg),
-                                     budgets_run)
+                                     budgets_run, sae=sae)
         st.session_state["tr_results"] = {"results": results, "truth_method": truth_method,
                                           "settings": s.to_dict()}
     except (ValueError, RuntimeError) as e:

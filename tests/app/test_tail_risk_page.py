@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from app import tail_risk as tr
 from app.state import encode_blob
 from estimators.loading import load_model
-from estimators.tailrisk import Argmax, ground_truth, run_estimator
+from estimators.tailrisk import (Argmax, ground_truth, probe_direction, run_estimator,
+                                 sae_feature)
+from estimators.tailrisk.scoring import optimal_constant_scores, score
 from tests.app.conftest import assert_no_exception, open_page
 
 MODEL = "maxk"  # a zoo model with shipped weights and built-in distributions
@@ -47,8 +50,21 @@ def test_default_run_shows_the_library_numbers():
         assert settings.band_low <= row.truth <= settings.band_high
         if row.method == "mc":
             assert (row.low, row.high) == pytest.approx(lib.interval)
-    # the loss table and the URL carry the run
-    assert len(at.dataframe) >= 2
+    # the loss table is estimators.tailrisk.scoring on the same estimates and truths
+    losses = at.dataframe[1].value.set_index("method")
+    assert sorted(losses.index) == ["gld", "mc", "optimal constant"]
+    cols = ["itakura_saito", "itakura_saito_fitted", "log_squared_error",
+            "log_squared_error_fitted", "zero_estimates"]
+    for m in ("mc", "gld"):
+        rows = shown[shown["method"] == m]
+        ref = score(rows["truth"].to_numpy(), rows["estimate"].to_numpy())
+        for c in cols:
+            assert losses.loc[m, c] == pytest.approx(ref[c], rel=1e-9), (m, c)
+    const = optimal_constant_scores(shown[shown["method"] == "mc"]["truth"].to_numpy())
+    for c in cols:
+        assert losses.loc["optimal constant", c] == pytest.approx(const[c], rel=1e-9), c
+    assert losses.loc["gld", "itakura_saito"] != losses.loc["mc", "itakura_saito"]
+    # the URL carries the run
     assert "tr" in at.query_params
 
 
@@ -66,3 +82,105 @@ def test_malformed_link_keeps_defaults():
     assert_no_exception(at)
     assert any("link" in e.value for e in at.error)
     assert not _button(at, "Run").disabled
+
+
+# ------------------------------------------------------------------ SAE latent, probe direction
+# charlm ships an SAE (blocks.0.hook_resid_post); a 3-position distribution of 4 characters
+# (64 inputs) keeps the exact truth instant.
+SMALL = [{"uniform": ["id:10", "id:20", "id:30", "id:40"]}] * 3
+
+
+def _small_dist(lm):
+    from estimators.tailrisk.distributions import from_json
+    return from_json(SMALL, int(lm.model.cfg.d_vocab), int(lm.model.cfg.n_ctx))
+
+
+def _firing_feature(lm, sae, dist):
+    from estimators.tailrisk.ground_truth import exact
+    for j in range(int(sae.cfg.d_sae)):
+        q = float(exact(lm.model, dist, sae_feature(sae, j, 0.0)))
+        if 0 < q < 0.5:
+            return j, q
+    raise AssertionError("no SAE latent fires on part of the inputs")
+
+
+def test_sae_latent_behaviour_shows_the_library_numbers():
+    from estimators.loading import load_sae
+    lm = load_model("charlm", "cpu")
+    sae = load_sae("zoo", lm, "cpu")
+    dist = _small_dist(lm)
+    j, p = _firing_feature(lm, sae, dist)
+    settings = {"behaviour": "sae", "sae_feature": j, "threshold": 0.0,
+                "distribution": tr.UPLOADED, "uploaded": SMALL, "methods": ["mc", "qld"],
+                "budget": 256}
+    at = open_page("tail_risk.py", query={"model": "charlm", "sae": "zoo",
+                                          "tr": encode_blob(settings)})
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    _button(at, "Run").click().run()
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    shown = at.dataframe[0].value
+    assert sorted(shown["method"]) == ["mc", "qld"] and (shown["target"] == j).all()
+    b = sae_feature(sae, j, 0.0)
+    for row in shown.itertuples():
+        assert row.truth == pytest.approx(p, rel=1e-12)
+        lib = run_estimator(row.method, lm.model, dist, b, 256, int(row.seed))
+        assert row.estimate == pytest.approx(lib.value, rel=1e-9, abs=1e-15), row
+        assert row.token == b.label()
+
+
+def test_sae_latent_without_an_sae_is_a_clear_error():
+    settings = {"behaviour": "sae", "distribution": tr.UPLOADED, "uploaded": SMALL}
+    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    assert_no_exception(at)
+    assert any("needs an SAE" in e.value for e in at.error)
+    assert _button(at, "Run").disabled
+
+
+@pytest.mark.parametrize("source", ["unit", "upload"])
+def test_probe_behaviour_shows_the_library_numbers(source):
+    lm = load_model("charlm", "cpu")
+    dist = _small_dist(lm)
+    hook = "blocks.1.hook_resid_post"
+    d = int(lm.model.cfg.d_model)
+    vec = [((i * 7) % 5 - 2) / 3 for i in range(d)]
+    kw = {"unit": 5} if source == "unit" else {"direction": vec}
+    # a threshold at the median of the 64 exact projections: a non-trivial probability
+    from estimators.tailrisk.behaviours import site_activations
+    from estimators.tailrisk.ground_truth import enumerate_inputs
+    b0 = probe_direction(lm.model, hook, threshold=0.0, **kw)
+    x, _ = enumerate_inputs(dist, 0, dist.n_inputs())
+    proj = site_activations(lm.model, x, hook).double() @ torch.tensor(b0.direction).double()
+    thr = float(proj.median())
+    settings = {"behaviour": "probe", "probe_hook": hook, "probe_source": source,
+                "probe_unit": 5, "probe_vector": vec, "threshold": thr,
+                "distribution": tr.UPLOADED, "uploaded": SMALL, "methods": ["mc", "gld"],
+                "budget": 256}
+    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    _button(at, "Run").click().run()
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    shown = at.dataframe[0].value
+    b = probe_direction(lm.model, hook, threshold=thr, **kw)
+    truth = ground_truth(lm.model, dist, b).probability
+    assert 0.2 < truth < 0.8
+    for row in shown.itertuples():
+        assert row.truth == pytest.approx(truth, rel=1e-12)
+        lib = run_estimator(row.method, lm.model, dist, b, 256, int(row.seed))
+        assert row.estimate == pytest.approx(lib.value, rel=1e-9, abs=1e-15), row
+
+
+def test_bad_probe_vector_is_a_clear_error_and_keeps_defaults():
+    settings = {"behaviour": "probe", "probe_source": "upload", "probe_vector": [1.0, None]}
+    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    assert_no_exception(at)
+    assert any("probe vector" in e.value for e in at.error)
+    settings = {"behaviour": "probe", "probe_source": "upload", "probe_vector": [1.0, 2.0],
+                "probe_hook": "blocks.1.hook_resid_post"}
+    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    assert_no_exception(at)
+    assert any("d_model = 64" in e.value for e in at.error)
+    assert _button(at, "Run").disabled
