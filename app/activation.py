@@ -28,6 +28,7 @@ from estimators.activation import (Chain, CovarianceMask, MaskRule, Propagator, 
                                    chain_for_zoo, gradient_search, greedy_search,
                                    transformer_chain)
 from estimators.activation.sites import resid_site_name
+from estimators.activation.chain import default_positions as chain_positions
 
 EXPLANATION_KIND = "covariance-mask"
 URL_MASK = "mask"
@@ -133,16 +134,9 @@ def label_position(lm) -> int | None:
 def default_positions(lm) -> tuple[int, ...]:
     """The last ⌊128 / d_model⌋ positions (at least 1), always including the position the
     logits site reads (the zoo entry's label position, else the last)."""
-    cfg = lm.model.cfg
-    ctx = _context_length(lm)
-    k = max(1, min(ctx, DEFAULT_MAX_DIM // cfg.d_model))
-    pos = list(range(ctx - k, ctx))
     lp = label_position(lm)
-    if lp is not None:
-        lp = lp + ctx if lp < 0 else lp
-        if lp not in pos:
-            pos = sorted([lp] + pos[1:])
-    return tuple(pos)
+    return tuple(chain_positions(_context_length(lm), lm.model.cfg.d_model, DEFAULT_MAX_DIM,
+                                 -1 if lp is None else lp))
 
 
 def _context_length(lm) -> int:

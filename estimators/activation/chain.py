@@ -169,12 +169,20 @@ def mlp_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, n_empirica
 
 # =========================================================================== transformers
 
-def default_positions(n_ctx: int, d_model: int, max_dim: int = 1024) -> list[int]:
-    """All positions when ctx·d_model ≤ max_dim, else the last ⌊max_dim/d_model⌋ (≥ 1)."""
+def default_positions(n_ctx: int, d_model: int, max_dim: int = 1024,
+                      read_position: int = -1) -> list[int]:
+    """All positions when ctx·d_model ≤ max_dim, else the last ⌊max_dim/d_model⌋ (≥ 1),
+    always including `read_position`, the position the logits site reads (a classifier may
+    read position 0): it replaces the earliest of the last positions when it is not among them.
+    """
     if n_ctx * d_model <= max_dim:
         return list(range(n_ctx))
     k = max(1, max_dim // d_model)
-    return list(range(n_ctx - k, n_ctx))
+    pos = list(range(n_ctx - k, n_ctx))
+    read = _norm_pos(read_position, n_ctx)
+    if read not in pos:
+        pos = sorted([read] + pos[1:])
+    return pos
 
 
 def _norm_pos(p: int, ctx: int) -> int:
@@ -234,7 +242,8 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
     L = cfg.n_layers
     d_model = cfg.d_model
     pos = [_norm_pos(p, ctx) for p in (positions if positions is not None
-                                        else default_positions(ctx, d_model, max_dim))]
+                                        else default_positions(ctx, d_model, max_dim,
+                                                               logits_position))]
     if len(set(pos)) != len(pos):
         raise ValueError("positions repeat")
     lpos = _norm_pos(logits_position, ctx)
