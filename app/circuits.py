@@ -95,12 +95,9 @@ def explanation(view: View, config: CircuitConfig) -> bytes:
 def view_from_upload(data: bytes, name: str) -> View:
     """A plain circuit JSON file, or an explanation file saved by this page. Raises
     StateError/CircuitError (both ValueError) with a message for st.error."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise state.StateError(f"{name} is not valid JSON: {e}") from None
-    if isinstance(doc, dict) and "format" in doc:
-        payload, _ = state.parse_explanation(data, KIND)
+    doc, context = state.read_argument_file(data, KIND)
+    if context is not None:
+        payload = doc
         preset = payload.get("preset")
         circuit = Circuit.from_dict(payload.get("circuit"), name=preset or name)
         cfg = CircuitConfig.from_dict({**payload.get("config", {}), "device": "cpu"})

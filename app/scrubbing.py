@@ -100,14 +100,7 @@ def download_bytes(p: PathPartition, context: dict) -> bytes:
 def parse_upload(data: bytes, graph) -> PathPartition:
     """An explanation file from this page, or a bare partition JSON; checked against the
     model's paths. Raises ValueError (StateError / PathError) with the reason."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise state.StateError(f"the file is not JSON: {e}") from e
-    if isinstance(doc, dict) and "format" in doc:
-        payload, _ = state.parse_explanation(data, KIND)
-    else:
-        payload = doc
+    payload, _ = state.read_argument_file(data, KIND)
     p = PathPartition.from_dict(payload)
     p.assign(graph)
     return p

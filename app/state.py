@@ -76,12 +76,14 @@ def explanation_bytes(kind: str, payload: dict, context: dict | None = None) -> 
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
-def parse_explanation(data: bytes | str, kind: str) -> tuple[dict, dict]:
-    """Read an uploaded explanation file; returns (payload, context). Raises StateError."""
+def _load_json(data: bytes | str):
     try:
-        doc = json.loads(data)
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise StateError(f"the file is not JSON: {e}") from e
+        raise StateError(f"the file is not valid JSON: {e}") from e
+
+
+def _check_explanation(doc, kind: str) -> tuple[dict, dict]:
     if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT:
         raise StateError("the file is not a workbench explanation file (no 'format': "
                          f"{FILE_FORMAT!r})")
@@ -91,3 +93,18 @@ def parse_explanation(data: bytes | str, kind: str) -> tuple[dict, dict]:
     if not isinstance(doc.get("payload"), dict):
         raise StateError("the file's 'payload' must be a JSON object")
     return doc["payload"], doc.get("context") or {}
+
+
+def parse_explanation(data: bytes | str, kind: str) -> tuple[dict, dict]:
+    """Read an uploaded explanation file; returns (payload, context). Raises StateError."""
+    return _check_explanation(_load_json(data), kind)
+
+
+def read_argument_file(data: bytes | str, kind: str) -> tuple[Any, dict | None]:
+    """An upload that is either an explanation file of this page's kind, giving
+    (payload, context), or a bare argument file (a circuit, a partition), giving (doc, None).
+    Raises StateError for a file that is not JSON or an explanation file of another kind."""
+    doc = _load_json(data)
+    if isinstance(doc, dict) and "format" in doc:
+        return _check_explanation(doc, kind)
+    return doc, None

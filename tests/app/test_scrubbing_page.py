@@ -87,7 +87,7 @@ def test_default_model_reference_hypothesis_shows_the_librarys_numbers():
 
 
 @pytest.mark.parametrize("content,needle", [
-    (b"{not json", "not JSON"),
+    (b"{not json", "not valid JSON"),
     (b'{"format": "heuristic-estimation-workbench/explanation", "version": 1, '
      b'"kind": "circuit", "payload": {}}', "needs a 'scrubbing'"),
     (b'{"important": ["*"], "blocks": [{"paths": ["embed>logits"]}]}', "must not overlap"),
