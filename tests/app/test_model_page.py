@@ -80,3 +80,28 @@ def test_checkpoint_folder_from_link(tmp_path):
     assert fields["d_model"] == "16" and fields["n_params"] == str(
         sum(p.numel() for p in tiny_model().parameters()))
     assert torch.cuda.is_available() or at.sidebar.selectbox(key="_device_choice").value == "cpu"
+
+
+def test_truncated_weights_in_link_are_reported_not_raised(tmp_path):
+    from tests.test_loading import tiny_model
+    from estimators.loading import save_checkpoint
+
+    folder = save_checkpoint(tiny_model(), tmp_path / "ckpt")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    at = open_page(query={"model": str(folder)})
+    assert_no_exception(at)
+    assert any("not a readable safetensors file" in e.value for e in at.sidebar.error)
+    assert at.title[0].value == "Model & SAE"
+    assert at.sidebar.selectbox(key="_model_choice").value == zoo.DEFAULT_MODEL
+
+
+def test_mismatched_sae_folder_is_reported_and_model_kept(tmp_path):
+    from tests.test_loading import tiny_sae
+
+    tiny_sae("blocks.0.hook_resid_post", 20).save_model(tmp_path / "sae")  # induction: width 32
+    at = open_page(query={"sae": str(tmp_path / "sae")})
+    assert_no_exception(at)
+    assert any("width 32" in e.value for e in at.sidebar.error)
+    assert at.sidebar.selectbox(key="_sae_choice").value == "none"
+    assert at.title[0].value == "Model & SAE"
