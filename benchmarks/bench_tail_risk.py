@@ -41,9 +41,11 @@ from estimators.tailrisk.scoring import (DEFAULT_FLOOR, itakura_saito,  # noqa: 
 
 # how many trailing positions of each built-in to keep (support sizes: hex 16, words 27,
 # code 39 then the fixed "(")
-LENGTHS = {"hex": 5, "words": 4, "code-then-delimiter": 4}
+LENGTHS = {"hex": 5, "words": 4, "code-then-delimiter": 5}
 BAND = (1e-9, 1e-4)
-GRID = (0.3, 1.0, 3.0)
+GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+# extra rows: (method, overrides) beside each method at its defaults
+VARIANTS = {"activation (full mask)": ("activation", {"mask": "full"})}
 
 
 def machine() -> dict:
@@ -121,8 +123,9 @@ def main() -> None:
         p_eval = truth[evaluate]
         rows = {"optimal constant": optimal_constant_scores(p_eval)}
         per_target = {}
-        for method in ESTIMATORS:
-            extra = {"temperature": temps[method]} if method in temps else {}
+        runs = [(m, m, {"temperature": temps[m]} if m in temps else {}) for m in ESTIMATORS]
+        runs += [(name, m, dict(o)) for name, (m, o) in VARIANTS.items()]
+        for row_name, method, extra in runs:
             ests, secs, calls = [], 0.0, 0
             for t in evaluate:
                 e = run_estimator(method, model, dist, Argmax(t), args.budget, seed=t, **extra)
@@ -130,10 +133,10 @@ def main() -> None:
                 secs += e.cost.seconds
                 calls += e.cost.calls
             s = score(p_eval, ests)
-            s.update(seconds=secs, calls=calls, **({"temperature": temps[method]} if extra
-                                                   else {}))
-            rows[method] = s
-            per_target[method] = ests
+            s.update(seconds=secs, calls=calls, **({"temperature": temps[method]}
+                                                   if method in temps else {}))
+            rows[row_name] = s
+            per_target[row_name] = ests
         rows["naive sampling (mc)"] = rows["mc"]
         cps = calls_per_second(model, dist)
         results["distributions"][name] = {
@@ -147,13 +150,13 @@ def main() -> None:
         print(f"\n{dist.describe()}  [{len(evaluate)} eval targets, p {p_eval.min():.1e}…"
               f"{p_eval.max():.1e}; truth {gt['method']} in {t_truth:.1f}s; "
               f"T: {temps}]")
-        print(f"{'method':20s} {'IS':>10s} {'IS fitted':>10s} {'vs const':>9s} "
+        print(f"{'method':22s} {'IS':>10s} {'IS fitted':>10s} {'vs const':>9s} "
               f"{'logSE':>8s} {'logSE fit':>9s} {'zeros':>5s} {'sec':>6s}")
         for m, s in rows.items():
             if m == "naive sampling (mc)":
                 continue
             label = "mc (naive sampling)" if m == "mc" else m
-            print(f"{label:20s} {s['itakura_saito']:10.3g} {s['itakura_saito_fitted']:10.3g} "
+            print(f"{label:22s} {s['itakura_saito']:10.3g} {s['itakura_saito_fitted']:10.3g} "
                   f"{100 * (s['itakura_saito_fitted'] / base - 1):+8.0f}% "
                   f"{s['log_squared_error']:8.3g} {s['log_squared_error_fitted']:9.3g} "
                   f"{s['zero_estimates']:5d} {s.get('seconds', 0):6.1f}")
