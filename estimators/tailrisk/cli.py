@@ -57,6 +57,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=None,
                    help="ITGIS/MHIS proposal temperature (default: the method's default)")
+    p.add_argument("--mask", default=None,
+                   choices=("naive", "position-blocks", "topk", "full"),
+                   help="activation: the covariance-mask argument (default naive)")
     p.add_argument("--with-truth", action="store_true",
                    help="also compute the ground truth (exact when small; cached)")
     add_common_json(p)
@@ -143,6 +146,10 @@ def run_tail_risk(args) -> dict:
         if not ESTIMATORS[args.method].has_temperature:
             raise UserError(f"--temperature applies to itgis and mhis, not {args.method}")
         extra["temperature"] = args.temperature
+    if args.mask is not None:
+        if args.method != "activation":
+            raise UserError(f"--mask applies to the activation method, not {args.method}")
+        extra["mask"] = args.mask
     est = run_estimator(args.method, lm.model, dist, b, args.budget, args.seed, **extra)
     out = {"estimate": est.value,
            "interval": list(est.interval) if est.interval is not None else None,

@@ -169,3 +169,19 @@ def test_sae_feature_on_the_zoo_charlm_matches_the_library(tmp_path, capsys):
     assert code == 0 and json.loads(out)["estimate"] == lib.value
     code, _, err = run(capsys, "tail-risk", *base, "--feature", "100000", "--method", "mc")
     assert code == 2 and "out of range" in err
+
+
+def test_activation_mask_option_matches_the_library(files, capsys):
+    root, model = files
+    dist = from_json(DIST, 5)
+    code, out, _ = run(capsys, "tail-risk", "--model", str(root / "model"), "--distribution",
+                       str(root / "dist.json"), "--target", "id:2", "--method", "activation",
+                       "--mask", "full", "--budget", "300", "--json")
+    d = json.loads(out)
+    lib = run_estimator("activation", model, dist, Argmax(2), 300, seed=0, mask="full")
+    assert code == 0 and d["estimate"] == lib.value and d["diagnostics"]["mask"] == "full"
+    assert d["diagnostics"]["engine"] == "activation" and d["calls"] == lib.cost.calls
+    code, _, err = run(capsys, "tail-risk", "--model", str(root / "model"), "--distribution",
+                       str(root / "dist.json"), "--target", "id:2", "--method", "mc",
+                       "--mask", "full", "--json")
+    assert code == 2 and "--mask applies to the activation method" in err
