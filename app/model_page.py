@@ -14,6 +14,22 @@ SAE_EVAL_SEQUENCES = 256
 SAE_EVAL_SEED = 1
 
 
+def card_headline(card: dict) -> list[tuple[str, str]]:
+    """The card's held-out numbers, as (label, value) pairs for st.metric."""
+    ev, sae = card.get("eval", {}), card.get("sae", {})
+    out = []
+    if "loss_nats_per_char" in ev:
+        out.append(("Held-out loss (nats/char)", f"{ev['loss_nats_per_char']:.3f}"))
+    elif "accuracy" in ev:
+        out.append((f"Held-out accuracy ({ev.get('n_predictions', ev.get('n_examples', 0)):,} "
+                    f"predictions)", f"{ev['accuracy']:.4%}"))
+    if "explained_variance" in sae:
+        out.append(("SAE explained variance (card)", f"{sae['explained_variance']:.3f}"))
+    if "l0" in sae:
+        out.append(("SAE L0 (card)", f"{sae['l0']:.1f}"))
+    return out
+
+
 def config_frame(model) -> pd.DataFrame:
     summary = model_info.config_summary(model)
     return pd.DataFrame({"field": list(summary), "value": [str(v) for v in summary.values()]})

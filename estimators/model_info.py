@@ -25,6 +25,9 @@ def n_parameters(model) -> int:
 def config_summary(model) -> dict:
     cfg = model.cfg
     out = {k: getattr(cfg, k) for k in CONFIG_KEYS if hasattr(cfg, k)}
+    if getattr(cfg, "attn_only", False):
+        out.pop("d_mlp", None)  # TransformerLens fills in a d_mlp even where no MLP exists
+        out.pop("act_fn", None)
     out["n_params"] = n_parameters(model)
     return out
 

@@ -19,8 +19,11 @@ with left:
         st.subheader(lm.name)
         st.caption(f"Loaded from {lm.kind}.")
     if lm.card:
-        st.markdown("**Model card**")
-        st.json(lm.card, expanded=False)
+        headline = model_page.card_headline(lm.card)
+        for col, (label, value) in zip(st.columns(max(len(headline), 1)), headline):
+            col.metric(label, value)
+        with st.expander("Full model card (task, data, training record, SAE, distributions)"):
+            st.json(lm.card, expanded=True)
 with right:
     st.markdown("**Config**")
     st.dataframe(model_page.config_frame(model), hide_index=True, width="stretch")

@@ -105,3 +105,12 @@ def test_mismatched_sae_folder_is_reported_and_model_kept(tmp_path):
     assert any("width 32" in e.value for e in at.sidebar.error)
     assert at.sidebar.selectbox(key="_sae_choice").value == "none"
     assert at.title[0].value == "Model & SAE"
+
+
+def test_card_headline_shows_the_card_numbers():
+    at = open_page()
+    card = zoo.get(zoo.DEFAULT_MODEL).card()
+    assert _metric(at, "Held-out accuracy") == f"{card['eval']['accuracy']:.4%}"
+    assert _metric(at, "SAE explained variance (card)") == f"{card['sae']['explained_variance']:.3f}"
+    fields = dict(zip(at.dataframe[0].value["field"], at.dataframe[0].value["value"]))
+    assert "d_mlp" not in fields  # attention-only: no MLP width to show
