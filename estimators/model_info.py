@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from estimators.loading import LoadedModel, sae_hook_name
+from estimators.loading import sae_hook_name
 
 CONFIG_KEYS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out",
                "n_ctx", "act_fn", "normalization_type", "attn_only", "attention_dir",

@@ -49,7 +49,6 @@ def circuit_graph(circuit: Circuit, tracked=(), pending: str | None = None,
     """`stats[id]` (optional) holds mean_est, mean_true, var_est, var_true for the hover."""
     pos = layout_positions(circuit)
     ids = list(circuit.order)
-    nb = circuit.node_by_id
     hover = []
     for v in ids:
         h = f"<b>{v}</b> ({circuit.kind(v)}): {_label(circuit, v)}"

@@ -21,8 +21,6 @@ independent of the rest of the context, which is the heuristic presumption of in
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -497,7 +495,6 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
 
         def flops(parent_g: MaskedGaussian, blocks=blocks, parent=parent, children=children,
                   child=child):
-            d = parent.dim
             f = 2.0 * K * sum(len(ix) ** 2 for ix, _, _ in parent_g.blocks) \
                 + block_flops(len(blocks))  # sampling z·Lᵀ per block, then the real blocks
             if parent.kind == "sae" or any(site_objs[c].kind == "sae" for c in children):

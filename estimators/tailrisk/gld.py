@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from estimators.estimate import Cost, Estimate
-from estimators.tailrisk.behaviours import Behaviour, BehaviourError
-from estimators.tailrisk.common import Clock, EstimatorConfig, ProgressFn, log_ndtr
+from estimators.estimate import Estimate
+from estimators.tailrisk.behaviours import Behaviour
+from estimators.tailrisk.common import EstimatorConfig, ProgressFn, log_ndtr
 from estimators.tailrisk.distributions import InputDistribution
-from estimators.tailrisk.qld import sample_site
+from estimators.tailrisk.qld import estimate_from_site_samples
 
 
 @dataclass
@@ -37,14 +37,5 @@ def gld_probability(acts: torch.Tensor, G: torch.Tensor, h: torch.Tensor) -> tup
 
 def estimate_gld(model, dist: InputDistribution, behaviour: Behaviour, config: GLDConfig,
                  progress: ProgressFn | None = None) -> Estimate:
-    if not behaviour.is_indicator:
-        raise BehaviourError("GLD needs an indicator behaviour given by linear inequalities "
-                             "(argmax, logit or direction threshold)")
-    clock = Clock()
-    G, h = behaviour.constraints(model)
-    acts = sample_site(model, dist, behaviour, config.budget, config.seed, config.batch_size,
-                       progress)
-    p, info = gld_probability(acts, G, h)
-    info["samples"] = config.budget
-    return Estimate(value=p, interval=None, cost=Cost(calls=config.budget, seconds=clock.seconds),
-                    diagnostics=info)
+    return estimate_from_site_samples("GLD", gld_probability, model, dist, behaviour, config,
+                                      progress)

@@ -162,18 +162,31 @@ def qld_probability(acts: torch.Tensor, G: torch.Tensor, h: torch.Tensor,
     return count / (n * n), info
 
 
-def estimate_qld(model, dist: InputDistribution, behaviour: Behaviour, config: QLDConfig,
-                 progress: ProgressFn | None = None) -> Estimate:
+def estimate_from_site_samples(name: str, probability, model, dist: InputDistribution,
+                               behaviour: Behaviour, config: EstimatorConfig,
+                               progress: ProgressFn | None = None) -> Estimate:
+    """The shared shape of QLD and GLD: `config.budget` activations at the behaviour's site
+    (one forward call each), then `probability(acts, G, h) -> (p, info)` for the region
+    G·a ≥ h (strictly) that the behaviour's linear inequalities define. No interval."""
     if not behaviour.is_indicator:
-        raise BehaviourError("QLD needs an indicator behaviour given by linear inequalities "
+        raise BehaviourError(f"{name} needs an indicator behaviour given by linear inequalities "
                              "(argmax, logit or direction threshold)")
     clock = Clock()
     G, h = behaviour.constraints(model)
     acts = sample_site(model, dist, behaviour, config.budget, config.seed, config.batch_size,
                        progress)
-    p, info = qld_probability(acts, G, h, config.dual_iters, config.max_constraints)
+    p, info = probability(acts, G, h)
+    info["samples"] = config.budget
     return Estimate(value=p, interval=None,
                     cost=Cost(calls=config.budget, seconds=clock.seconds), diagnostics=info)
+
+
+def estimate_qld(model, dist: InputDistribution, behaviour: Behaviour, config: QLDConfig,
+                 progress: ProgressFn | None = None) -> Estimate:
+    return estimate_from_site_samples(
+        "QLD", lambda acts, G, h: qld_probability(acts, G, h, config.dual_iters,
+                                                  config.max_constraints),
+        model, dist, behaviour, config, progress)
 
 
 def sample_site(model, dist: InputDistribution, behaviour: Behaviour, n: int, seed: int,

@@ -4,7 +4,6 @@ reported while the current partition is kept."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
