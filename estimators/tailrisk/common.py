@@ -113,11 +113,15 @@ def clopper_pearson_interval(hits: int, n: int, confidence: float = 0.95
 
 
 def normal_interval(values: torch.Tensor, confidence: float = 0.95,
-                    upper_clip: float | None = 1.0) -> tuple[float, float]:
+                    upper_clip: float | None = 1.0) -> tuple[float, float] | None:
     """mean ± z·sd/√n, clipped at 0 (and at `upper_clip`): an approximate CI for a mean of
-    independent terms (importance-weighted values, expected probabilities)."""
+    independent terms (importance-weighted values, expected probabilities). None when fewer
+    than two terms are non-zero: the sample spread is then no measure of the uncertainty (an
+    importance sampler with no hits is not certain that p = 0)."""
     from scipy.stats import norm
 
+    if int((values != 0).sum()) < 2:
+        return None
     z = float(norm.ppf(0.5 + confidence / 2))
     n = values.numel()
     mean = float(values.mean())

@@ -138,3 +138,14 @@ def test_tune_temperature_picks_the_lowest_loss(tiny_case):
     res = tune_temperature("itgis", model, dist, [Argmax(target)], [p], 64, grid=(0.1, 1.0))
     assert res["temperature"] == min(res["losses"], key=res["losses"].get)
     assert set(res["losses"]) == {0.1, 1.0}
+
+
+def test_normal_interval_is_undefined_without_hits():
+    import torch
+
+    from estimators.tailrisk.common import normal_interval
+
+    assert normal_interval(torch.zeros(1000)) is None  # zero hits: no claim of certainty
+    assert normal_interval(torch.tensor([0.0] * 999 + [0.5])) is None
+    lo, hi = normal_interval(torch.tensor([0.0] * 998 + [0.5, 0.5]))
+    assert lo == 0.0 and 0.001 < hi < 0.01
