@@ -446,11 +446,14 @@ class SearchRecord:
 def run_search(prop: Propagator, method: str, params: dict, progress, record: SearchRecord,
                should_stop=lambda: False):
     """Run greedy or gradient search under the model lock. `progress(frac, text)` is called on
-    every evaluation; if the run is interrupted (Stop / navigation raise out of it) the starting
-    argument is restored and `record` keeps the path so far."""
-    start = prop.mask
+    every evaluation; if the run is interrupted (Stop / navigation raise out of it) the best
+    argument found so far is kept (the starting one if nothing better was found) and `record`
+    keeps the path so far."""
+    best_so_far = [prop.mask]
 
     def on_step(i, total, info):
+        best_so_far[0] = info.get("best_mask", best_so_far[0])
+        info = {k: v for k, v in info.items() if k != "best_mask"}
         if method == "greedy":
             if "candidate" not in info:
                 return
@@ -476,6 +479,6 @@ def run_search(prop: Propagator, method: str, params: dict, progress, record: Se
         return out
     finally:
         if not done:
-            prop.set_mask(start)
+            prop.set_mask(best_so_far[0])
             record.cancelled = True
-            record.note = "Stopped: the argument you had is kept."
+            record.note = "Stopped: the best argument found so far is kept."

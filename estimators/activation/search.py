@@ -16,7 +16,9 @@ tracked number plus roughly the bits to name the entry). After every update the 
 (gates > 0.5) is evaluated exactly with the real code; the best hard argument is returned.
 
 Both report `path`: one dict per step with argument_bits, data_bits, total_bits (hard, exact),
-and `on_step(i, total, info)` / `should_stop()` callbacks for progress and cancellation.
+and `on_step(i, total, info)` / `should_stop()` callbacks for progress and cancellation; `info`
+carries `best_total_bits` and `best_mask`, the best argument so far, so a caller that is
+interrupted can keep it.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def greedy_search(prop: Propagator, max_steps: int = 10, candidates_per_site: in
                 t = _totals(prop)
                 evals += 1
                 on_step(evals, total_evals, {"step": step, "candidate": desc, **t,
-                                             "best_total_bits": best["total_bits"]})
+                                             "best_total_bits": best["total_bits"],
+                                             "best_mask": current})
                 if t["total_bits"] < best["total_bits"] - 1e-9 and (
                         choice is None or t["total_bits"] < choice[0]["total_bits"]):
                     choice = (t, s, new_sm, desc)
@@ -185,9 +188,10 @@ def gradient_search(prop: Propagator, steps: int = 30, lr: float = 0.2,
             n_on = sum(int((torch.sigmoid(v) > 0.5).sum()) for v in theta.values())
             rec = {"step": it, **t, "relaxed_loss": float(loss.detach()), "n_gates_on": n_on}
             path.append(rec)
-            on_step(it, steps, rec)
             if t["total_bits"] < best["total_bits"]:
                 best, best_mask = t, hm
+            on_step(it, steps, {**rec, "best_total_bits": best["total_bits"],
+                                "best_mask": best_mask})
         prop.set_mask(best_mask)
         prop.run()
     finally:

@@ -237,3 +237,28 @@ def test_greedy_and_gradient_search_paths():
     assert len(gout.path) == 5
     assert set(gout.path[1]) >= {"argument_bits", "data_bits", "total_bits", "relaxed_loss"}
     assert gout.best_total_bits <= gout.path[0]["total_bits"]
+
+
+def test_search_reports_best_mask_so_far():
+    """on_step carries the best argument found so far, so an interrupted caller can keep it."""
+    D = torch.float64
+    A = torch.randn(6, 6, generator=torch.Generator().manual_seed(3), dtype=D)
+    chain = mlp_chain(random_mlp([6, 8, 4], seed=2), torch.zeros(6, dtype=D),
+                      A @ A.T / 6 + 0.1 * torch.eye(6, dtype=D), n_empirical=2000)
+    seen = []
+    out = greedy_search(Propagator(chain), max_steps=3, candidates_per_site=4,
+                        on_step=lambda i, n, info: seen.append(info))
+    assert seen[0]["best_mask"].hash() == CovarianceMask.naive().hash()
+    assert len(out.path) >= 2
+    # during step k the best argument is the one accepted at step k−1: re-evaluated from the
+    # reported mask alone, it gives that step's total
+    for k in sorted({info["step"] for info in seen}):
+        info = next(i for i in seen if i["step"] == k)
+        assert info["best_total_bits"] == pytest.approx(out.path[k - 1]["total_bits"])
+        again = Propagator(chain, info["best_mask"]).run().surprise.total_bits
+        assert again == pytest.approx(out.path[k - 1]["total_bits"], rel=1e-9)
+    gseen = []
+    gout = gradient_search(Propagator(chain), steps=4, candidates_per_site=6, lr=0.5,
+                           on_step=lambda i, n, info: gseen.append(info))
+    assert gseen[-1]["best_mask"].hash() == gout.mask.hash()
+    assert gseen[-1]["best_total_bits"] == pytest.approx(gout.best_total_bits)
