@@ -16,6 +16,7 @@ from estimators.tailrisk import (ESTIMATORS, Argmax, BehaviourError, LogitThresh
 from estimators.tailrisk.distributions import (DistributionError, InputDistribution, from_json,
                                                from_table)
 from estimators.tailrisk.scoring import optimal_constant_scores, score
+from estimators.tailrisk.actmodel import MASKS as ACTIVATION_MASKS
 
 SETTINGS_KIND = "tail-risk"
 URL_KEY = "tr"
@@ -48,6 +49,7 @@ class Settings:
     seed: int = 0
     itgis_temperature: float = 1.0
     mhis_temperature: float = 1.0
+    activation_mask: str = "naive"  # the activation method's argument (CovarianceMask preset)
     sae_feature: int = 0  # behaviour "sae": latent index of the sidebar's SAE
     probe_hook: str = ""  # behaviour "probe": a residual-stream hook ("" = the last one)
     probe_source: str = "unit"  # "unit": e_unit; "upload": probe_vector
@@ -70,6 +72,9 @@ class Settings:
                     isinstance(v, (int, float)) and math.isfinite(v)
                     for v in self.probe_vector)):
             raise ValueError("the probe vector must be a non-empty list of finite numbers")
+        if self.activation_mask not in ACTIVATION_MASKS:
+            raise ValueError(f"activation mask must be one of {', '.join(ACTIVATION_MASKS)}, "
+                             f"not {self.activation_mask!r}")
         if self.target_mode not in ("one", "band"):
             raise ValueError(f"target mode must be 'one' or 'band', not {self.target_mode!r}")
         unknown = [m for m in self.methods if m not in ESTIMATORS]
@@ -229,6 +234,8 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
             extra["temperature"] = s.itgis_temperature
         if m == "mhis":
             extra["temperature"] = s.mhis_temperature
+        if m == "activation":
+            extra["mask"] = s.activation_mask
         seed = seed_for(s, i)
         progress(k / len(jobs), f"{ESTIMATORS[m].title} on target {labels(t)} "
                                 f"({budget} calls)")

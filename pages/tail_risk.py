@@ -184,6 +184,11 @@ with c6:
                               key=WIDGETS + "itgis_t")
     mhis_t = st.number_input("MHIS temperature", 0.001, 1000.0, float(s.mhis_temperature),
                              key=WIDGETS + "mhis_t")
+    act_mask = st.selectbox("Activation-model argument", tr.ACTIVATION_MASKS,
+                            index=tr.ACTIVATION_MASKS.index(s.activation_mask),
+                            key=WIDGETS + "act_mask",
+                            help="Which covariances the activation model tracks (a "
+                                 "CovarianceMask preset; naive = variances only)")
 
 try:
     new = tr.Settings(behaviour=behaviour, sampling_temperature=float(sampling_t),
@@ -192,7 +197,8 @@ try:
                       band_low=float(band_low), band_high=float(band_high),
                       n_targets=int(n_targets), budget=int(budget), methods=list(methods),
                       seed=int(seed), itgis_temperature=float(itgis_t),
-                      mhis_temperature=float(mhis_t), sae_feature=int(sae_feat),
+                      mhis_temperature=float(mhis_t), activation_mask=act_mask,
+                      sae_feature=int(sae_feat),
                       probe_hook=probe_hook, probe_source=probe_source,
                       probe_unit=int(probe_unit), probe_vector=probe_vector,
                       probe_bias=float(probe_bias))

@@ -184,3 +184,30 @@ def test_bad_probe_vector_is_a_clear_error_and_keeps_defaults():
     assert_no_exception(at)
     assert any("d_model = 64" in e.value for e in at.error)
     assert _button(at, "Run").disabled
+
+
+@pytest.mark.parametrize("mask", ["naive", "full"])
+def test_activation_method_uses_the_chosen_argument(mask):
+    """The activation estimate shown is the library's under the mask chosen on the page."""
+    lm = load_model("charlm", "cpu")
+    dist = _small_dist(lm)
+    settings = {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
+                "target_mode": "one", "target": 30, "methods": ["activation"], "budget": 256,
+                "activation_mask": mask}
+    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    assert_no_exception(at)
+    assert at.selectbox(key="tr_w_act_mask").value == mask
+    _button(at, "Run").click().run()
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    row = next(at.dataframe[0].value.itertuples())
+    lib = run_estimator("activation", lm.model, dist, Argmax(30), 256, int(row.seed), mask=mask)
+    assert lib.diagnostics["config"]["mask"] == mask
+    assert row.estimate == pytest.approx(lib.value, rel=1e-9, abs=1e-300)
+
+
+def test_unknown_activation_mask_in_link_is_an_error():
+    settings = {"distribution": tr.UPLOADED, "uploaded": SMALL, "activation_mask": "everything"}
+    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    assert_no_exception(at)
+    assert any("activation mask must be one of" in e.value for e in at.error)
