@@ -143,11 +143,6 @@ def validate_input_distribution(d, dim: int | None = None, dtype=torch.float64):
 
 
 def load_input_distribution(path: str | Path, dim: int | None = None, dtype=torch.float64):
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"input distribution file {path} does not exist")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    return validate_input_distribution(d, dim, dtype)
+    from estimators.loading import read_json  # missing file / bad JSON → one clear ValueError
+
+    return validate_input_distribution(read_json(Path(path)), dim, dtype)
