@@ -113,13 +113,22 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             f"(corrupted or truncated?): {e}") from e
 
 
-def read_json(path: Path) -> dict:
-    if not path.exists():
-        raise LoadError(f"{path} does not exist")
+def read_json_file(path: str | Path, what: str = "") -> Any:
+    """Any JSON document from a user's file; a missing file or bad JSON is one clear LoadError
+    (a ValueError) naming `what` the file is for."""
+    path = Path(path)
+    label = f"{what} file {path}" if what else str(path)
+    if not path.is_file():
+        raise LoadError(f"{label} does not exist")
     try:
-        d = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{path} is not valid JSON: {e}") from e
+        raise LoadError(f"{label} is not valid JSON: {e}") from e
+
+
+def read_json(path: Path, what: str = "") -> dict:
+    """A JSON object from a file (configs, cards, input distributions)."""
+    d = read_json_file(path, what)
     if not isinstance(d, dict):
         raise LoadError(f"{path} must hold a JSON object")
     return d

@@ -13,11 +13,12 @@ generator). --input-dist: {"mean": [...], "cov": [[...]]} (MLPs; default standar
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
+
+from estimators.loading import read_json_file
 
 
 def register(subparsers) -> None:
@@ -48,16 +49,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_cli)
 
 
-def _read_json_file(path: str, what: str):
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{what} file {path} does not exist")
-    try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from None
-
-
 def parse_mask(spec: str, layouts) -> "CovarianceMask":
     from estimators.activation.masks import CovarianceMask
 
@@ -72,13 +63,13 @@ def parse_mask(spec: str, layouts) -> "CovarianceMask":
     if not spec.endswith(".json") and not Path(spec).exists():
         raise ValueError(f"--mask {spec!r}: give naive, full, topk:K, position-blocks or a "
                          f"JSON file")
-    mask = CovarianceMask.from_dict(_read_json_file(spec, "mask"))
+    mask = CovarianceMask.from_dict(read_json_file(spec, "mask"))
     mask.validate(layouts)
     return mask
 
 
 def _load_tokens(path: str, model) -> torch.Tensor:
-    data = _read_json_file(path, "tokens")
+    data = read_json_file(path, "tokens")
     try:
         t = torch.tensor(data, dtype=torch.long)
     except (TypeError, ValueError):

@@ -145,4 +145,4 @@ def validate_input_distribution(d, dim: int | None = None, dtype=torch.float64):
 def load_input_distribution(path: str | Path, dim: int | None = None, dtype=torch.float64):
     from estimators.loading import read_json  # missing file / bad JSON → one clear ValueError
 
-    return validate_input_distribution(read_json(Path(path)), dim, dtype)
+    return validate_input_distribution(read_json(Path(path), "input distribution"), dim, dtype)

@@ -13,22 +13,15 @@ from the app's Causal scrubbing page.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 from estimators.cli import UserError, add_common_json
+from estimators.loading import read_json_file
 
 
 def _load_partition(path: str):
     from estimators.scrubbing.partition import PathPartition
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"partition file {path} does not exist")
-    try:
-        doc = json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"partition file {path} is not valid JSON: {e}") from e
+    doc = read_json_file(path, "partition")
     if isinstance(doc, dict) and "payload" in doc and "kind" in doc:  # an app explanation file
         doc = doc["payload"]
     return PathPartition.from_dict(doc)
@@ -39,13 +32,7 @@ def _load_data(args, loaded):
 
     cfg = loaded.model.cfg
     if args.data:
-        p = Path(args.data)
-        if not p.is_file():
-            raise UserError(f"data file {args.data} does not exist")
-        try:
-            seqs = json.loads(p.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise UserError(f"data file {args.data} is not valid JSON: {e}") from e
+        seqs = read_json_file(args.data, "data")
         if isinstance(seqs, list) and args.n:
             seqs = seqs[: args.n]
         return ScrubData.from_sequences(seqs, cfg.d_vocab, cfg.n_ctx, f"file:{args.data}")
