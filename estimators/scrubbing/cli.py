@@ -35,7 +35,8 @@ def _load_data(args, loaded):
         seqs = read_json_file(args.data, "data")
         if isinstance(seqs, list) and args.n:
             seqs = seqs[: args.n]
-        return ScrubData.from_sequences(seqs, cfg.d_vocab, cfg.n_ctx, f"file:{args.data}")
+        return ScrubData.from_sequences(seqs, cfg.d_vocab, cfg.n_ctx, f"file:{args.data}",
+                                        d_vocab_out=getattr(cfg, "d_vocab_out", None))
     if loaded.kind != "zoo":
         raise UserError("this model is not a zoo model: give --data (a JSON list of token-id "
                         "sequences)")

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from estimators import conformance
 from estimators.device import resolve_device
 from estimators.scrubbing.partition import IMPORTANT, REST, PathPartition
 from estimators.scrubbing.paths import PathGraph
@@ -69,9 +70,12 @@ class ScrubData:
                    f"zoo:{entry.name} n={n} seed={seed}")
 
     @classmethod
-    def from_sequences(cls, sequences, d_vocab: int, n_ctx: int, source: str = "") -> "ScrubData":
+    def from_sequences(cls, sequences, d_vocab: int, n_ctx: int, source: str = "",
+                       d_vocab_out: int | None = None) -> "ScrubData":
         """Token-id sequences of one length; loss = next-token loss at every position but the
-        last."""
+        last. Ids must lie in 0..d_vocab−1; the next-token targets (every token but the first)
+        also in 0..d_vocab_out−1 when the model's output vocabulary is smaller (`d_vocab_out`),
+        else ValueError naming the first offending sequence and position."""
         if not isinstance(sequences, list) or len(sequences) < 2 or not all(
                 isinstance(s, list) and s and all(isinstance(t, int) and not isinstance(t, bool)
                                                   for t in s) for s in sequences):
@@ -88,6 +92,14 @@ class ScrubData:
         tokens = torch.tensor(sequences, dtype=torch.long)
         if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
             raise ValueError(f"token ids must lie in 0..{d_vocab - 1}")
+        if d_vocab_out is not None and 0 < d_vocab_out < d_vocab:
+            bad = (tokens[:, 1:] >= d_vocab_out).nonzero()
+            if len(bad):
+                i, j = int(bad[0, 0]), int(bad[0, 1]) + 1
+                raise ValueError(
+                    f"next-token target {int(tokens[i, j])} (sequence {i}, position {j}) is "
+                    f"outside the model's output vocabulary 0..{d_vocab_out - 1} (d_vocab_out "
+                    f"= {d_vocab_out} < d_vocab = {d_vocab}); {len(bad)} target(s) do not fit")
         targets = torch.cat([tokens[:, 1:], torch.zeros_like(tokens[:, :1])], dim=1)
         mask = torch.ones_like(tokens, dtype=torch.bool)
         mask[:, -1] = False
@@ -199,6 +211,7 @@ class Scrubber:
         self.device = resolve_device(device) if device is not None else torch.device(
             str(model.cfg.device))
         self.graph = graph or PathGraph.from_model(model)
+        conformance.require(model, "scrubbing")  # no scrubbing number on a model it fails
         if len(data) < 2:
             raise ValueError("causal scrubbing needs at least 2 examples to resample from")
         if data.batch.tokens.shape[1] > model.cfg.n_ctx:

@@ -5,7 +5,8 @@ Sources are the embeddings (`embed`: token + positional embedding), each attenti
 Destinations are each head's query, key and value inputs (`a{l}.{h}:q`, `:k`, `:v`), each MLP's
 input (`m{l}`) and the logits (`logits`). A destination reads every source that comes before
 it in the residual stream: a head in layer l reads `embed` and every node of layers < l; an MLP
-in layer l also reads the heads of layer l; the logits read everything.
+in layer l also reads the heads of layer l (not with `parallel_attn_mlp`, where attention and
+MLP both read the block's input); the logits read everything.
 
 A *path* runs from `embed` through a chain of destinations to `logits`; its text form lists the
 hops joined by `>`, each hop naming the destination entered:
@@ -72,12 +73,14 @@ class PathGraph:
     """
 
     def __init__(self, n_layers: int, n_heads: int, attn_only: bool,
-                 max_paths: int = DEFAULT_MAX_PATHS, n_ctx: int | None = None):
+                 max_paths: int = DEFAULT_MAX_PATHS, n_ctx: int | None = None,
+                 parallel: bool = False):
         if n_layers < 1 or n_heads < 1:
             raise PathError("a path graph needs at least one layer and one head")
         self.n_layers = int(n_layers)
         self.n_heads = int(n_heads)
         self.attn_only = bool(attn_only)
+        self.parallel = bool(parallel) and not self.attn_only  # MLPs read resid_pre
         self.n_ctx = n_ctx
         nodes = [Node("embed", "embed")]
         for layer in range(n_layers):
@@ -99,7 +102,8 @@ class PathGraph:
     def from_model(cls, model, max_paths: int = DEFAULT_MAX_PATHS) -> "PathGraph":
         check_supported(model)
         cfg = model.cfg
-        return cls(cfg.n_layers, cfg.n_heads, cfg.attn_only, max_paths, n_ctx=cfg.n_ctx)
+        return cls(cfg.n_layers, cfg.n_heads, cfg.attn_only, max_paths, n_ctx=cfg.n_ctx,
+                   parallel=bool(getattr(cfg, "parallel_attn_mlp", False)))
 
     # ------------------------------------------------------------------------------ structure
     def node(self, name: str) -> Node:
@@ -113,7 +117,7 @@ class PathGraph:
             return [n for n in self.nodes if n.kind == "embed" or n.layer < dest.layer]
         if dest.kind == "mlp":
             return [n for n in self.nodes if n.kind == "embed" or n.layer < dest.layer
-                    or (n.layer == dest.layer and n.kind == "attn")]
+                    or (n.layer == dest.layer and n.kind == "attn" and not self.parallel)]
         raise PathError("the embeddings read no sources")
 
     def _prefix_counts(self) -> dict[str, int]:
@@ -223,8 +227,11 @@ class PathGraph:
         return [f"*>{n.name}{':*' if n.kind == 'attn' else ''}>*" for n in self.nodes[1:]]
 
     def describe(self) -> dict:
-        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "attn_only": self.attn_only,
-                "n_nodes": len(self.nodes), "n_paths": self.n_paths}
+        out = {"n_layers": self.n_layers, "n_heads": self.n_heads, "attn_only": self.attn_only,
+               "n_nodes": len(self.nodes), "n_paths": self.n_paths}
+        if self.parallel:
+            out["parallel_attn_mlp"] = True
+        return out
 
 
 @lru_cache(maxsize=4096)
@@ -246,31 +253,23 @@ def path_pattern_regex(pattern: str) -> str:
 
 
 def check_supported(model) -> None:
-    """Refuse architectures the treeified evaluation does not model, with the reason."""
+    """Refuse, before anything is enumerated, models whose blocks cannot be split into
+    per-head paths at all (a normalisation applied to a sublayer's summed output). Everything
+    else is decided numerically by the scrubbing engine's conformance check
+    (`estimators.scrubbing.conformance`), which also catches options nobody listed."""
     cfg = model.cfg
+    if not hasattr(model, "blocks") or not hasattr(model, "unembed") \
+            or not hasattr(model, "input_to_embed"):
+        raise PathError("causal scrubbing needs a HookedTransformer (blocks, unembed)")
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
     problems = []
-    if getattr(cfg, "positional_embedding_type", "standard") != "standard":
-        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} "
-                        f"(only 'standard' learned positions)")
-    if getattr(cfg, "parallel_attn_mlp", False):
-        problems.append("parallel attention/MLP blocks")
-    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-        problems.append("grouped-query attention")
-    if getattr(cfg, "attention_dir", "causal") not in ("causal", "bidirectional"):
-        problems.append(f"attention_dir={cfg.attention_dir!r}")
     if getattr(cfg, "use_normalization_before_and_after", False):
-        problems.append("normalization after sublayers")
-    if getattr(cfg, "attn_types", None) and any(t != "global" for t in cfg.attn_types):
-        problems.append("local attention")
-    if getattr(cfg, "use_logn_attn", False):
-        problems.append("log-n attention scaling")
-    if getattr(cfg, "use_attention_sinks", False) or getattr(cfg, "clip_qkv", None) is not None:
-        problems.append("attention sinks / clipped QKV")
-    if getattr(cfg, "original_architecture", None) in ("OlmoeForCausalLM", "Olmo2ForCausalLM",
-                                                       "Olmo3ForCausalLM"):
-        problems.append("QK-norm")
-    if not hasattr(model, "blocks") or not hasattr(model, "unembed"):
-        problems.append("not a HookedTransformer")
+        problems.append("use_normalization_before_and_after (a norm on each sublayer's summed "
+                        "output)")
+    if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
+        problems.append(f"original_architecture={cfg.original_architecture!r} (post-norm "
+                        f"blocks)")
     if problems:
-        raise PathError("causal scrubbing supports HookedTransformers with standard "
-                        "attention; this model has " + ", ".join(problems))
+        raise PathError("causal scrubbing cannot split this model's sublayers into per-head "
+                        "paths: " + ", ".join(problems))

@@ -101,14 +101,6 @@ def plan_versions(graph: PathGraph, labels: list[np.ndarray]) -> TreePlan:
     return plan
 
 
-def _embed(model, tokens: torch.Tensor) -> torch.Tensor:
-    """[..., ctx] tokens -> [..., ctx, d_model] token + positional embeddings."""
-    lead = tokens.shape[:-1]
-    flat = tokens.reshape(-1, tokens.shape[-1])
-    x = model.embed(flat) + model.pos_embed(flat)
-    return x.reshape(*lead, *x.shape[1:])
-
-
 def _unique_rows(keys: list[tuple]) -> tuple[list[tuple], list[int]]:
     """Distinct keys (first-seen order) and each key's index among them."""
     table: dict[tuple, int] = {}
@@ -213,71 +205,132 @@ def _routed_sum(store: dict[str, torch.Tensor], sources: list[str], rows: torch.
     return out.add_(base)
 
 
-@torch.no_grad()
-def treeified_logits(model, graph: PathGraph, plan: TreePlan,
-                     stream_tokens: torch.Tensor) -> torch.Tensor:
-    """Logits [n_partitions, n, ctx, vocab] of every planned partition.
+def _embed_streams(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[S, n, ctx] tokens -> (the model's first residual stream [S, n, ctx, d_model], the
+    shortformer positional embedding [ctx, d_model] or None), by the model's own
+    `input_to_embed` (token + learned positions for 'standard'; tokens only for rotary,
+    shortformer and alibi models)."""
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    residual, _, shortformer, mask = model.input_to_embed(flat)
+    if mask is not None and not bool(mask.all()):
+        raise ValueError("the data holds the tokenizer's padding token, which the model masks "
+                         "out; causal scrubbing needs unpadded sequences")
+    x = residual.reshape(*tokens.shape, residual.shape[-1])
+    return x, (None if shortformer is None else shortformer[0])
 
-    stream_tokens: [n_streams, n, ctx]; stream s of a version label s feeds that leaf."""
+
+def _per_head(attn, fn, x: torch.Tensor) -> torch.Tensor:
+    """Apply a TransformerLens [batch, pos, head, d_head] method to x [R, n, ctx, d_head]."""
+    R, n, ctx, dh = x.shape
+    return fn(x.reshape(R * n, ctx, 1, dh)).reshape(R, n, ctx, dh)
+
+
+def _projections(model, attn, spec: "_AttnLayer", x: torch.Tensor,
+                 shortformer: torch.Tensor | None, as_t) -> dict[str, torch.Tensor]:
+    """q, k, v [P, n, ctx, d_head] of every distinct (head, input) projection, with the
+    model's own post-processing: shortformer positions on q/k inputs, QK-norm (per head),
+    clipped QKV, rotary embeddings, log-n scaling."""
+    cfg = model.cfg
+    proj = {}
+    for c, (w, b) in (("q", (attn.W_Q, attn.b_Q)), ("k", (attn.W_K, attn.b_K)),
+                      ("v", (attn.W_V, attn.b_V))):
+        head, inp = as_t(spec.proj[c][0]), as_t(spec.proj[c][1])
+        xi = x.index_select(0, inp)
+        if shortformer is not None and c != "v":
+            xi = xi + shortformer
+        p = torch.einsum("rnpd,rdk->rnpk", xi, w.index_select(0, head)) + b[head][:, None, None]
+        if getattr(cfg, "use_qk_norm", False) and c != "v":
+            p = attn._apply_qk_norm(p, attn.q_norm if c == "q" else attn.k_norm)
+        if getattr(cfg, "clip_qkv", None) is not None:
+            p = p.clamp(min=-cfg.clip_qkv, max=cfg.clip_qkv)
+        if cfg.positional_embedding_type == "rotary" and c != "v":
+            p = _per_head(attn, lambda t: attn.apply_rotary(t, 0, None), p)
+        if c == "q" and getattr(cfg, "use_logn_attn", False) and not attn.training:
+            p = _per_head(attn, lambda t: attn._apply_logn_scaling(t, 0), p)
+        proj[c] = p
+    return proj
+
+
+def _attention_layer(model, spec: "_AttnLayer", x: torch.Tensor,
+                     shortformer: torch.Tensor | None, as_t) -> torch.Tensor:
+    """Outputs [R, n, ctx, d_model] (without b_O) of every head version of one layer, from
+    the normalised distinct inputs x [U, n, ctx, d_model]."""
+    from transformer_lens.components.abstract_attention import AbstractAttention
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    cfg = model.cfg
+    attn = model.blocks[spec.layer].attn
+    proj = _projections(model, attn, spec, x, shortformer, as_t)
+    pairs = as_t(spec.score_pairs)
+    scores = torch.einsum("rnqd,rnsd->rnqs", proj["q"].index_select(0, pairs[:, 0]),
+                          proj["k"].index_select(0, pairs[:, 1])) / attn.attn_scale
+    scores = apply_softcap(scores, cfg.attn_scores_soft_cap)
+    ctx = scores.shape[-1]
+    if cfg.positional_embedding_type == "alibi":
+        alibi = AbstractAttention.create_alibi_bias(cfg.n_heads, ctx, scores.device)
+        pair_head = as_t(spec.proj["q"][0]).index_select(0, pairs[:, 0])
+        scores = scores + alibi[:, :ctx, :ctx].to(scores.dtype).index_select(0, pair_head)[:, None]
+    if (getattr(attn, "_attention_dir_override", None) or cfg.attention_dir) == "causal":
+        scores = attn.apply_causal_mask(scores, 0, None)
+    pattern = torch.softmax(scores, dim=-1)
+    pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+    v = proj["v"]
+    z = torch.einsum("rnqs,rnsd->rnqd", pattern.index_select(0, as_t(spec.version_score)).to(
+        v.dtype), v.index_select(0, as_t(spec.version_v)))
+    return torch.einsum("rnqd,rdm->rnqm", z, attn.W_O.index_select(0, as_t(spec.version_head)))
+
+
+@torch.no_grad()
+def treeified_logits(model, graph: PathGraph, plan: TreePlan, stream_tokens: torch.Tensor,
+                     return_store: bool = False):
+    """Logits [n_partitions, n, ctx, d_vocab_out] of every planned partition, as the model
+    computes them (final normalisation, unembedding, output soft cap).
+
+    stream_tokens: [n_streams, n, ctx]; stream s of a version label s feeds that leaf.
+    return_store: also return {node: [versions, n, ctx, d_model]} (node outputs, without
+    attention biases b_O) — the conformance check compares them with the model's hooks.
+    Raises ValueError when the tokens hold the padding token of a left-padding tokenizer."""
     from transformer_lens.utilities.activation_functions import apply_softcap
 
     cfg = model.cfg
     dev = stream_tokens.device
-    n, ctx = stream_tokens.shape[1], stream_tokens.shape[2]
-    dtype = model.embed.W_E.dtype
+    n = stream_tokens.shape[1]
     compiled = compile_plan(graph, plan)
     as_t = (lambda a: torch.as_tensor(a, device=dev))  # noqa: E731
     store: dict[str, torch.Tensor] = {}
     stream_ids = as_t(np.array([int(v[0]) for v in plan.versions["embed"]], dtype=np.int64))
-    store["embed"] = _embed(model, stream_tokens.index_select(0, stream_ids))
+    store["embed"], shortformer = _embed_streams(model, stream_tokens.index_select(0, stream_ids))
+    dtype, ctx, d_model = store["embed"].dtype, store["embed"].shape[2], store["embed"].shape[3]
     bias = torch.zeros((), device=dev, dtype=dtype)  # Σ b_O over attention layers passed
-    causal = torch.ones(ctx, ctx, dtype=torch.bool, device=dev)
-    if cfg.attention_dir == "causal":  # bidirectional models (parens) attend everywhere
-        causal = causal.tril()
-    neg_inf = torch.tensor(-torch.inf, device=dev, dtype=dtype)
+    bias_before = bias
+    parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
     heads_of = {}
     for nd in graph.nodes:
         if nd.kind == "attn":
             heads_of.setdefault(nd.layer, []).append(nd.name)
 
     for spec in compiled["layers"]:
+        block = model.blocks[spec.layer]
         if isinstance(spec, _AttnLayer):
-            layer = spec.layer
-            block = model.blocks[layer]
-            attn = block.attn
-            names = heads_of[layer]
+            names = heads_of[spec.layer]
             if spec.version_head.size == 0:
                 for h in names:
-                    store[h] = torch.zeros((0, n, ctx, cfg.d_model), device=dev, dtype=dtype)
+                    store[h] = torch.zeros((0, n, ctx, d_model), device=dev, dtype=dtype)
             else:
-                x = _norm(block.ln1, _routed_sum(store, spec.sources, as_t(spec.input_rows), bias))
-                proj = {}
-                for c, (w, b) in (("q", (attn.W_Q, attn.b_Q)), ("k", (attn.W_K, attn.b_K)),
-                                  ("v", (attn.W_V, attn.b_V))):
-                    head, inp = as_t(spec.proj[c][0]), as_t(spec.proj[c][1])
-                    proj[c] = torch.einsum("rnpd,rdk->rnpk", x.index_select(0, inp),
-                                           w.index_select(0, head)) + b[head][:, None, None]
-                pairs = as_t(spec.score_pairs)
-                scores = torch.einsum("rnqk,rnsk->rnqs", proj["q"].index_select(0, pairs[:, 0]),
-                                      proj["k"].index_select(0, pairs[:, 1])) / attn.attn_scale
-                scores = apply_softcap(scores, cfg.attn_scores_soft_cap)
-                pattern = torch.softmax(torch.where(causal, scores, neg_inf), dim=-1)
-                z = torch.einsum("rnqs,rnsk->rnqk",
-                                 pattern.index_select(0, as_t(spec.version_score)),
-                                 proj["v"].index_select(0, as_t(spec.version_v)))
-                out = torch.einsum("rnqk,rkd->rnqd", z,
-                                   attn.W_O.index_select(0, as_t(spec.version_head)))
+                x = _norm(block.ln1, _routed_sum(store, spec.sources, as_t(spec.input_rows),
+                                                 bias))
+                out = _attention_layer(model, spec, x, shortformer, as_t)
                 for h, chunk in zip(names, torch.split(out, spec.counts)):
                     store[h] = chunk
-            bias = bias + attn.b_O
+            bias_before = bias
+            bias = bias + block.attn.b_O
         else:
-            layer = spec.layer
-            block = model.blocks[layer]
-            name = f"m{layer}"
+            name = f"m{spec.layer}"
             if spec.version_input.size == 0:
-                store[name] = torch.zeros((0, n, ctx, cfg.d_model), device=dev, dtype=dtype)
+                store[name] = torch.zeros((0, n, ctx, d_model), device=dev, dtype=dtype)
                 continue
-            x = _norm(block.ln2, _routed_sum(store, spec.sources, as_t(spec.input_rows), bias))
+            base = bias_before if parallel else bias
+            x = _norm(block.ln2, _routed_sum(store, spec.sources, as_t(spec.input_rows), base))
             u = x.shape[0]
             out = block.mlp(x.reshape(u * n, ctx, -1)).reshape(u, n, ctx, -1)
             store[name] = out.index_select(0, as_t(spec.version_input))
@@ -287,5 +340,5 @@ def treeified_logits(model, graph: PathGraph, plan: TreePlan,
         x = _norm(model.ln_final, x)
     n_part = x.shape[0]
     logits = model.unembed(x.reshape(n_part * n, ctx, -1))
-    return logits.reshape(n_part, n, ctx, -1)
-
+    logits = apply_softcap(logits, cfg.output_logits_soft_cap).reshape(n_part, n, ctx, -1)
+    return (logits, store) if return_store else logits

@@ -250,10 +250,12 @@ def test_other_architectures_match_the_reference(kind):
 def test_unsupported_model_and_bad_data_are_refused():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+    # rotary models are supported now (see test_conformance.py); a norm on each sublayer's
+    # summed output cannot be split into per-head paths at all
     cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, n_heads=2,
-                                  d_vocab=5, attn_only=True, positional_embedding_type="rotary",
-                                  device="cpu", rotary_dim=4)
-    with pytest.raises(PathError, match="rotary"):
+                                  d_vocab=5, attn_only=True, normalization_type="RMS",
+                                  use_normalization_before_and_after=True, device="cpu")
+    with pytest.raises(PathError, match="use_normalization_before_and_after"):
         PathGraph.from_model(HookedTransformer(cfg))
     with pytest.raises(ValueError, match="same length"):
         ScrubData.from_sequences([[1, 2], [1, 2, 3]], 11, 8)
