@@ -50,6 +50,39 @@ def unembed_weights(model) -> tuple[Tensor, Tensor]:
     return W, b
 
 
+def soft_cap(model) -> float | None:
+    """The model's output logit soft cap c (logits = c·tanh(raw/c)), or None when off."""
+    c = getattr(model.cfg, "output_logits_soft_cap", None)
+    return float(c) if c is not None and c > 0 else None
+
+
+def final_logits(model, a: Float[Tensor, "B d"]) -> Float[Tensor, "B V"]:
+    """The model's logits from the unembedding's input a: a @ W_U + b_U, then the output soft
+    cap c·tanh(·/c) where the config sets one (TransformerLens' own `apply_softcap`), so they
+    equal `model(tokens)[:, -1]` up to rounding. Computed in a's dtype."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    W, b = unembed_weights(model)
+    raw = a @ W.to(a.dtype) + b.to(a.dtype)
+    return apply_softcap(raw, soft_cap(model))
+
+
+def raw_threshold(model, threshold: float) -> float:
+    """The raw-logit threshold equivalent to `capped logit > threshold`: c·atanh(θ/c) for
+    |θ| < c (the cap is strictly increasing); +inf when θ ≥ c (never), −inf when θ ≤ −c
+    (always); θ itself without a cap."""
+    import math
+
+    c = soft_cap(model)
+    if c is None:
+        return float(threshold)
+    if threshold >= c:
+        return math.inf
+    if threshold <= -c:
+        return -math.inf
+    return c * math.atanh(threshold / c)
+
+
 # -------------------------------------------------------------------------- running the model
 
 def _site_activation(model, tokens: Int[Tensor, "B k"], site: str,
@@ -171,8 +204,7 @@ class Argmax(Behaviour):
         _check_target(model, self.target)
 
     def readout(self, model, a):
-        W, b = unembed_weights(model)
-        logits = a @ W.float() + b.float()
+        logits = final_logits(model, a)
         t = self.target
         lt = logits[:, t]
         others = logits.clone()
@@ -212,8 +244,7 @@ class SampledProbability(Behaviour):
         _check_target(model, self.target)
 
     def readout(self, model, a):
-        W, b = unembed_weights(model)
-        logits = a @ W.float() + b.float()
+        logits = final_logits(model, a)
         value = torch.softmax(logits / self.temperature, -1)[:, self.target]
         return value, logits[:, self.target]
 
@@ -233,14 +264,25 @@ class LogitThreshold(Behaviour):
         _check_target(model, self.target)
 
     def readout(self, model, a):
+        """value: the model's (soft-capped) logit_t > θ; score: the raw logit a·W_U[:, t] +
+        b_U[t], which the cap maps monotonically (so it ranks inputs the same way and keeps
+        its gradient where the cap saturates)."""
         W, b = unembed_weights(model)
-        lt = a @ W[:, self.target].float() + b[self.target].float()
-        return (lt > self.threshold).to(a.dtype), lt
+        raw = a @ W[:, self.target].to(a.dtype) + b[self.target].to(a.dtype)
+        lt = final_logits(model, a)[:, self.target] if soft_cap(model) is not None else raw
+        return (lt > self.threshold).to(a.dtype), raw
 
     def constraints(self, model):
+        """One inequality a·W_U[:, t] + b_U[t] − θ' > 0 with θ' = `raw_threshold(θ)` (the
+        cap undone); a threshold at or above the cap is the empty set (0·a − 1 > 0), at or
+        below −cap the whole space (0·a + 1 > 0)."""
         W, b = unembed_weights(model)
         G = W[:, self.target:self.target + 1].detach().double()
-        h = (b[self.target].detach().double() - self.threshold).reshape(1)
+        theta = raw_threshold(model, self.threshold)
+        if theta in (float("inf"), float("-inf")):
+            return torch.zeros_like(G), torch.tensor([-1.0 if theta > 0 else 1.0],
+                                                     dtype=torch.float64, device=G.device)
+        h = (b[self.target].detach().double() - theta).reshape(1)
         return G, h
 
     def label(self) -> str:
@@ -432,4 +474,5 @@ def parse_target(spec: Any, model, vocab: list[str] | None = None) -> int:
 
 __all__ = ["Behaviour", "Argmax", "SampledProbability", "LogitThreshold", "DirectionThreshold",
            "sae_feature", "parse_direction", "probe_direction", "residual_hooks", "BEHAVIOURS", "behaviour_from_dict", "parse_target", "BehaviourError",
-           "UNEMBED_IN", "site_activations", "model_device", "vocab_out"]
+           "UNEMBED_IN", "site_activations", "model_device", "vocab_out", "final_logits",
+           "raw_threshold", "soft_cap"]

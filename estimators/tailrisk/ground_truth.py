@@ -8,7 +8,8 @@ argmax, or the weighted mean softmax), so those are computed and cached for the 
 vocabulary.
 
 Cache: JSON files under `$HEW_CACHE_DIR` (default `~/.cache/heuristic-workbench/`)/tailrisk/,
-named by a hash of (model weights, distribution table, behaviour); safe JSON, never pickle.
+named by a hash of (`conformance.model_fingerprint`: whole config + weights + code version;
+distribution table; behaviour); safe JSON, never pickle.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from estimators import conformance
 from estimators.tailrisk.behaviours import (Argmax, Behaviour, SampledProbability,
-                                            _site_activation, model_device, unembed_weights)
+                                            _site_activation, final_logits, model_device)
 from estimators.tailrisk.common import (Clock, ProgressFn, batches, generator, report,
                                         wilson_interval)
 from estimators.tailrisk.distributions import InputDistribution
@@ -31,7 +33,7 @@ from estimators.tailrisk.distributions import InputDistribution
 MAX_EXACT_INPUTS = 2 ** 24
 DEFAULT_SAMPLES = 2 ** 22
 CACHE_ENV = "HEW_CACHE_DIR"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed by conformance.model_fingerprint (whole config)
 
 
 @dataclass
@@ -67,8 +69,7 @@ def _per_input_vector(model, behaviour: Behaviour, tokens: torch.Tensor) -> torc
     """[n, V] per-input value for every target at once (argmax one-hot, or softmax row)."""
     with torch.no_grad():
         a = _site_activation(model, tokens, behaviour.site()).float()
-        W, b = unembed_weights(model)
-        logits = a @ W.float() + b.float()
+        logits = final_logits(model, a)  # the model's own logits (soft cap included)
     if isinstance(behaviour, SampledProbability):
         return torch.softmax(logits / behaviour.temperature, -1).double()
     top = logits.topk(2, dim=-1)
@@ -132,19 +133,9 @@ def cache_dir() -> Path:
 
 
 def model_fingerprint(model) -> str:
-    """Hash of the architecture and every parameter's bytes (cheap for zoo-sized models)."""
-    h = hashlib.sha256()
-    cfg = model.cfg
-    for key in ("n_layers", "d_model", "d_vocab", "d_vocab_out", "n_ctx", "act_fn",
-                "normalization_type", "attn_only", "positional_embedding_type"):
-        h.update(f"{key}={getattr(cfg, key, None)};".encode())
-    for name, p in model.state_dict().items():
-        h.update(name.encode())
-        t = p.detach().to("cpu").contiguous()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
+    """The cache key of the model: `estimators.conformance.model_fingerprint` (the whole config,
+    every parameter's bytes and the code version), never a hand-picked subset of fields."""
+    return conformance.model_fingerprint(model)
 
 
 def _key(model_fp: str, dist: InputDistribution, behaviour: Behaviour, mode: str) -> str:
@@ -186,6 +177,7 @@ def ground_truth_vector(model, dist: InputDistribution, behaviour: Behaviour,
     """The full answer: {"values": [V] or [1], "counts": ... (sampled), "method", "n_inputs",
     "seconds", "cached"}."""
     behaviour.validate(model)
+    conformance.require(model, "tailrisk")
     n_inputs = dist.n_inputs()
     mode = "exact" if n_inputs <= max_exact else f"sampled:{n_samples}:{seed}"
     path = cache_dir() / f"{_key(model_fingerprint(model), dist, behaviour, mode)}.json"

@@ -54,6 +54,16 @@ def make_config(method: str, budget: int, seed: int = 0, **overrides) -> Estimat
     return ESTIMATORS[method].config_cls.from_dict({"budget": budget, "seed": seed, **overrides})
 
 
+def require_engines(model, method: str) -> None:
+    """Refuse (EngineUnsupported, one line) a model on which the tail-risk readouts — or, for
+    the activation method, the activation chain — fail their conformance check."""
+    from estimators import conformance
+
+    conformance.require(model, "tailrisk")
+    if method == "activation" and "activation" in conformance.engines():
+        conformance.require(model, "activation")
+
+
 def run_estimator(method: str, model, dist, behaviour, budget: int, seed: int = 0,
                   progress: ProgressFn | None = None, **overrides) -> Estimate:
     """Validate the behaviour against the model, then run one estimator."""
@@ -65,6 +75,7 @@ def run_estimator(method: str, model, dist, behaviour, budget: int, seed: int = 
     if dist.length > int(model.cfg.n_ctx):
         raise ValueError(f"the distribution has {dist.length} positions; the model's context is "
                          f"{model.cfg.n_ctx}")
+    require_engines(model, method)
     est = ESTIMATORS[method].run(model, dist, behaviour, config, progress=progress)
     est.diagnostics.setdefault("method", method)
     est.diagnostics.setdefault("config", config.to_dict())

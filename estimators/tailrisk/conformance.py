@@ -1,0 +1,172 @@
+"""Conformance check of the tail-risk engine's own computations against the model's forward pass.
+
+The tail-risk estimators never run a re-implementation of the model; what they compute by their
+own code is the *readout*: the site activation at the last position (a forward pre-hook on the
+unembedding, or a hook point with an early stop), the logits from the unembedding's input
+(`behaviours.final_logits`: a·W_U + b_U, then the output soft cap), the per-target vectors of
+the ground truth (argmax one-hot, softmax), the linear inequalities (G, h) that QLD, GLD and the
+activation model read behaviours through, and the activation model's Gaussian readers. On
+`N_SEQUENCES` random inputs (fixed seed, min(n_ctx, 6) tokens) the check compares
+
+  1. `final_logits(site activation)` with `model(tokens)[:, -1]`;
+  2. the site activation at the first, a middle and the last residual hook with
+     `run_with_cache` (the early-stopped pass must not change it);
+  3. the ground truth's per-input vectors with the argmax / softmax of the model's own logits;
+  4. the indicator of every linear-inequality form with the behaviour on the model's own
+     logits — argmax of each input's top token, and `logit_t > θ` for thresholds inside, at
+     and beyond the soft cap — wherever the margin exceeds the tolerance;
+  5. the activation model's readers on point masses at the model's own logits (σ → 0 must
+     give the indicator).
+
+Tolerances: `conformance.tolerance_for(dtype, scale)` with the model's dtype and the largest
+|logit| (or |activation|). A failure refuses the engine with the comparison that failed and
+the config fields that change the forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from estimators import conformance
+from estimators.conformance import EngineVerdict
+
+ENGINE = "tailrisk"
+N_SEQUENCES = 6
+MAX_LEN = 6
+SEED = 4321
+
+
+def _tokens(model) -> torch.Tensor:
+    g = torch.Generator().manual_seed(SEED)
+    length = max(1, min(int(model.cfg.n_ctx), MAX_LEN))
+    toks = torch.randint(0, int(model.cfg.d_vocab), (N_SEQUENCES, length), generator=g)
+    return toks.to(next(model.parameters()).device)
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def _indicator_mismatch(ind: torch.Tensor, truth: torch.Tensor, margin: torch.Tensor,
+                        tol: float) -> bool:
+    """True when the indicator differs from the truth where the margin is clear of tol."""
+    clear = margin.abs() > tol
+    return bool(((ind.bool() != truth.bool()) & clear).any())
+
+
+def _logit_checks(model, tokens, own: torch.Tensor, tol: float) -> list[tuple[str, float]]:
+    """Failures [(what, error)] of comparisons 1, 3, 4, 5 on the last-position logits."""
+    from estimators.tailrisk.actmodel import independent_argmax_probability, normal_tail
+    from estimators.tailrisk.behaviours import (UNEMBED_IN, Argmax, LogitThreshold,
+                                                SampledProbability, _site_activation,
+                                                final_logits, soft_cap)
+    from estimators.tailrisk.ground_truth import _per_input_vector
+
+    fails = []
+    with torch.no_grad():
+        a = _site_activation(model, tokens, UNEMBED_IN).float()
+        mine = final_logits(model, a)
+    e = _err(mine, own)
+    if e > tol:
+        fails.append(("logits read at the unembedding's input (final_logits)", e))
+        return fails
+    soft = _per_input_vector(model, SampledProbability(0, 1.0), tokens)
+    e = _err(soft, torch.softmax(own.double(), -1))
+    if e > tol:
+        fails.append(("ground-truth softmax vector", e))
+    top2 = own.double().topk(min(2, own.shape[-1]), -1)
+    gap = top2.values[:, 0] - top2.values[:, -1]
+    onehot = _per_input_vector(model, Argmax(0), tokens)
+    hit = onehot.gather(1, top2.indices[:, :1]).squeeze(1)
+    if _indicator_mismatch(hit, torch.ones_like(hit), gap, tol):
+        fails.append(("ground-truth argmax vector", float(gap.abs().max())))
+    for i in range(own.shape[0]):
+        t = int(top2.indices[i, 0])
+        G, h = Argmax(t).constraints(model)
+        m = (a.double() @ G.to(a.device) + h.to(a.device)).min(-1).values
+        truth = own.double().argmax(-1) == t
+        others = own.double().clone()
+        others[:, t] = -torch.inf
+        margin = own.double()[:, t] - others.max(-1).values
+        if _indicator_mismatch(m > 0, truth, margin, tol):
+            fails.append((f"argmax={t} linear inequalities", float(margin.abs().min())))
+            break
+        # actmodel readers at a point mass on the model's own logits (input i)
+        p, _ = independent_argmax_probability(own[i].double(), torch.zeros_like(own[i]).double(),
+                                              t)
+        if margin[i] > tol and p != 1.0:
+            fails.append(("activation-model argmax reader at a point mass", abs(1 - p)))
+            break
+    c = soft_cap(model)
+    lt = own.double()[:, 0]
+    thetas = [float(lt.median())] + ([c - 1e-3 * c, c, c + 0.5, -c - 0.5] if c else [])
+    for theta in thetas:
+        b = LogitThreshold(0, theta)
+        G, h = b.constraints(model)
+        ind = ((a.double() @ G.to(a.device) + h.to(a.device)).min(-1).values > 0)
+        truth = lt > theta
+        v, _ = b.evaluate(model, tokens)
+        if _indicator_mismatch(ind, truth, lt - theta, tol) or \
+                _indicator_mismatch(v.to(truth.device), truth, lt - theta, tol):
+            fails.append((f"logit[0] > {theta:g} (value or linear inequality)",
+                          float((lt - theta).abs().min())))
+            break
+        reader = torch.tensor([normal_tail(float(x), 0.0, theta) for x in lt])
+        if _indicator_mismatch(reader, truth.cpu(), (lt - theta).cpu(), tol):
+            fails.append(("activation-model normal-tail reader at a point mass", 1.0))
+            break
+    return fails
+
+
+def _site_checks(model, tokens, dtype) -> tuple[list[tuple[str, float]], float, float]:
+    """Comparison 2: the early-stopped hook reader against run_with_cache."""
+    from estimators.tailrisk.behaviours import _site_activation, residual_hooks
+
+    hooks = residual_hooks(model)
+    pick = sorted({0, len(hooks) // 2, len(hooks) - 1}) if hooks else []
+    names = [hooks[i] for i in pick]
+    fails, worst, worst_tol = [], 0.0, 0.0
+    if not names:
+        return fails, worst, worst_tol
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        for name in names:
+            ref = cache[name][:, -1].reshape(tokens.shape[0], -1)
+            mine = _site_activation(model, tokens, name)
+            tol = conformance.tolerance_for(dtype, float(ref.abs().max()))
+            e = _err(mine, ref)
+            worst, worst_tol = max(worst, e), max(worst_tol, tol)
+            if e > tol:
+                fails.append((f"activation read at {name}", e))
+    return fails, worst, worst_tol
+
+
+@conformance.register_engine(ENGINE)
+def check_tailrisk(model) -> EngineVerdict:
+    """Run comparisons 1–5 (module docstring); ok when none fails."""
+    from estimators.scrubbing.conformance import forward_fields
+
+    tokens = _tokens(model)
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        own = model(tokens, return_type="logits")[:, -1].float()
+    tol = conformance.tolerance_for(dtype, float(own.abs().max()))
+    fails = _logit_checks(model, tokens, own, tol)
+    site_fails, site_err, _ = _site_checks(model, tokens, dtype)
+    fails += site_fails
+    if not fails:
+        with torch.no_grad():
+            from estimators.tailrisk.behaviours import UNEMBED_IN, _site_activation, final_logits
+            err = _err(final_logits(model, _site_activation(model, tokens, UNEMBED_IN).float()),
+                       own)
+        return EngineVerdict(ENGINE, True, max(err, 0.0), tol, dtype=str(dtype))
+    fields = forward_fields(model)
+    what, err = fails[0]
+    blame = f"; config fields that change the forward pass here: {', '.join(fields)}" \
+        if fields else ""
+    return EngineVerdict(ENGINE, False, err, tol,
+                         reason=f"{what} disagrees with the model's own forward pass "
+                                f"(error {err:.3g}, tolerance {tol:.1g}){blame}",
+                         config_fields=[f.split("=")[0] for f in fields], dtype=str(dtype))
