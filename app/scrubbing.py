@@ -1,6 +1,7 @@
 """Streamlit glue of the Causal scrubbing page: cached evaluations, URL/file state, table edits.
 
-Heavy results are cached by (model key, partition hash, settings): the scrubber (data pool,
+Heavy results are cached by (model fingerprint — whole config + weights + code version —,
+model key, partition hash, settings): the scrubber (data pool,
 resampling draws and baseline losses) with `st.cache_resource`, each partition's scores and
 anomaly demo with `st.cache_data`. Forward passes run under the model store's lock.
 """
@@ -13,6 +14,7 @@ import numpy as np
 import streamlit as st
 
 from app import state
+from estimators import conformance
 from estimators.scrubbing import Block, PathError, PathPartition, ScrubData, Scrubber
 from estimators.scrubbing import references
 from estimators.scrubbing.partition import IMPORTANT, REST, UNIFORM
@@ -33,8 +35,16 @@ def scrub_data(lm, n: int, seed: int) -> ScrubData:
     return ScrubData.from_zoo(lm.name, n=n, seed=seed)
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
 def get_scrubber(_lm, model_key: str, n: int, seed: int, device: str) -> Scrubber:
+    """The Scrubber of (model, N, seed, device), cached by the model's fingerprint (whole
+    config + weights + code version, `estimators.conformance.model_fingerprint`)."""
+    return _get_scrubber(_lm, conformance.model_fingerprint(_lm.model), model_key, n, seed,
+                         device)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _get_scrubber(_lm, fingerprint: str, model_key: str, n: int, seed: int,
+                  device: str) -> Scrubber:
     return Scrubber(_lm.model, scrub_data(_lm, n, seed), seed=seed, device=device)
 
 
@@ -43,10 +53,17 @@ def _lock():
     return store.model_lock()
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
 def evaluate(_scrubber: Scrubber, model_key: str, partition_hash: str, partition_json: str,
              n: int, seed: int, device: str) -> dict:
-    """Scores of one partition (plain data, cached by model, partition hash and settings)."""
+    """Scores of one partition (plain data, cached by the model's fingerprint, partition hash
+    and settings)."""
+    return _evaluate(_scrubber, conformance.model_fingerprint(_scrubber.model), model_key,
+                     partition_hash, partition_json, n, seed, device)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _evaluate(_scrubber: Scrubber, fingerprint: str, model_key: str, partition_hash: str,
+              partition_json: str, n: int, seed: int, device: str) -> dict:
     p = PathPartition.from_json(partition_json)
     with _lock():
         [r] = _scrubber.evaluate([p])
@@ -61,9 +78,15 @@ def evaluate_many(scrubber: Scrubber, model_key: str, parts: list[PathPartition]
             for p in parts]
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
 def anomaly(_scrubber: Scrubber, model_key: str, partition_hash: str, partition_json: str,
             n: int, seed: int, device: str) -> dict:
+    return _anomaly(_scrubber, conformance.model_fingerprint(_scrubber.model), model_key,
+                    partition_hash, partition_json, n, seed, device)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _anomaly(_scrubber: Scrubber, fingerprint: str, model_key: str, partition_hash: str,
+             partition_json: str, n: int, seed: int, device: str) -> dict:
     from estimators.scrubbing.anomaly import anomaly_demo
 
     model_name = model_key.split(":", 1)[1]

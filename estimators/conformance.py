@@ -161,3 +161,17 @@ def tolerance_for(dtype: torch.dtype, scale: float = 1.0) -> float:
     base = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2,
             torch.bfloat16: 5e-2}.get(dtype, 1e-4)
     return base * max(1.0, float(scale))
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    import math
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def summary(model) -> dict[str, dict]:
+    """{engine: {ok, max_abs_error, tolerance, reason}} for every registered engine — what
+    `python -m estimators info` prints and the Model page shows. JSON-safe: a non-finite
+    error is null (the reason says why)."""
+    return {e: {"ok": v.ok, "max_abs_error": _finite_or_none(v.max_abs_error),
+                "tolerance": _finite_or_none(v.tolerance), "reason": v.reason}
+            for e, v in verdicts(model).items()}

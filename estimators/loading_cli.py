@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from estimators import model_info
+from estimators import conformance, model_info
 from estimators.cli import add_common_json
 from estimators.loading import load_model, load_sae
 
@@ -20,6 +20,7 @@ def register(sub) -> None:
 def run_info(args) -> dict:
     lm = load_model(args.model, args.device)
     out = {"model": lm.name, "kind": lm.kind, "config": model_info.config_summary(lm.model)}
+    out["conformance"] = conformance.summary(lm.model)  # which engines this model supports
     if lm.card:
         out["card"] = lm.card
     if args.hooks:

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from app import model_page, store
+from app import conformance_view, model_page, store
 
 lm = store.current_model()
 model = lm.model
@@ -27,6 +27,8 @@ with left:
 with right:
     st.markdown("**Config**")
     st.dataframe(model_page.config_frame(model), hide_index=True, width="stretch")
+    with store.model_lock():
+        conformance_view.render(model)
 
 with st.expander("Hook points", expanded=False):
     st.dataframe(model_page.hooks_frame(model), hide_index=True, width="stretch")
