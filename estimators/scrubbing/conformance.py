@@ -76,7 +76,16 @@ def check_tokens(model) -> torch.Tensor:
     g = torch.Generator().manual_seed(SEED)
     length = max(2, min(int(model.cfg.n_ctx), MAX_LEN))
     toks = torch.randint(0, int(model.cfg.d_vocab), (N_SEQUENCES, length), generator=g)
-    return toks.to(next(model.parameters()).device)
+    return avoid_padding(model, toks).to(next(model.parameters()).device)
+
+
+def avoid_padding(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Replace a left-padding tokenizer's pad id (the model would mask it out) by another id."""
+    tok = getattr(model, "tokenizer", None)
+    pad = getattr(tok, "pad_token_id", None) if tok is not None else None
+    if pad is None or getattr(tok, "padding_side", "right") != "left":
+        return tokens
+    return torch.where(tokens == pad, (tokens + 1) % int(model.cfg.d_vocab), tokens)
 
 
 def _labels(graph, resampled: bool) -> np.ndarray:

@@ -132,6 +132,20 @@ def independent_argmax_probability(mu: torch.Tensor, sd: torch.Tensor, t: int,
                             "log10_probability": logp / math.log(10)}
 
 
+def logit_tail(model, mean: float, sd: float, threshold: float) -> tuple[float, dict]:
+    """P(logit_t > θ) for the logits site's Gaussian N(mean, sd²): Φ((μ − θ)/σ), except that
+    on a model with an output soft cap c (logits = c·tanh(raw/c), so |logit| < c) a threshold
+    θ ≥ c is never exceeded (0) and θ ≤ −c always is (1), whatever the Gaussian says."""
+    from estimators.tailrisk.behaviours import soft_cap
+
+    c = soft_cap(model)
+    if c is not None and threshold >= c:
+        return 0.0, {"reader": f"threshold at or above the soft cap {c:g}: never exceeded"}
+    if c is not None and threshold <= -c:
+        return 1.0, {"reader": f"threshold at or below −(soft cap {c:g}): always exceeded"}
+    return normal_tail(mean, sd, threshold), {"reader": "exact normal tail Φ((μ_t − θ)/σ_t)"}
+
+
 def covariance_factor(cov: torch.Tensor, tol: float = EIG_TOL) -> torch.Tensor:
     """A [d, r] with A Aᵀ = cov on its support (eigenvalues > tol·λ_max)."""
     lam, U = torch.linalg.eigh(cov.double())
@@ -265,9 +279,8 @@ def estimate_activation(model, dist: InputDistribution, behaviour: Behaviour,
             p, more = argmax_probability(mean, cov, t, config.n_draws, config.grid,
                                          config.seed + 1)
         else:
-            p = normal_tail(float(mean[t]), float(cov[t, t].clamp_min(0).sqrt()),
-                            behaviour.threshold)
-            more = {"reader": "exact normal tail Φ((μ_t − θ)/σ_t)"}
+            p, more = logit_tail(model, float(mean[t]), float(cov[t, t].clamp_min(0).sqrt()),
+                                 behaviour.threshold)
         info["logit_mean_target"] = float(mean[t])
         info["logit_sd_target"] = float(cov[t, t].clamp_min(0).sqrt())
     else:

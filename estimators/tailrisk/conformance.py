@@ -40,7 +40,8 @@ def _tokens(model) -> torch.Tensor:
     g = torch.Generator().manual_seed(SEED)
     length = max(1, min(int(model.cfg.n_ctx), MAX_LEN))
     toks = torch.randint(0, int(model.cfg.d_vocab), (N_SEQUENCES, length), generator=g)
-    return toks.to(next(model.parameters()).device)
+    from estimators.scrubbing.conformance import avoid_padding
+    return avoid_padding(model, toks).to(next(model.parameters()).device)
 
 
 def _err(a: torch.Tensor, b: torch.Tensor) -> float:
