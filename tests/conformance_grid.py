@@ -30,9 +30,21 @@ OPTIONS = {
     "gated_mlp": dict(gated_mlp=True),
     "local attention (window 2)": dict(use_local_attn=True, attn_types=["local", "global"],
                                        window_size=2),
+    "OLMo joint QK-norm (OlmoeForCausalLM)": dict(original_architecture="OlmoeForCausalLM",
+                                                  normalization_type="RMS"),
+    "mixture of experts (4 experts, top 2)": dict(num_experts=4, experts_per_token=2,
+                                                  gated_mlp=True),
     "use_normalization_before_and_after (RMS)": dict(normalization_type="RMS",
                                                      use_normalization_before_and_after=True),
+    "use_attention_sinks": dict(use_attention_sinks=True),
 }
+
+# Options the scrubbing engine refuses, and the config field its one-line reason names:
+# post-norm by structure (before anything runs), attention sinks by the numbers alone (no list
+# in the engine mentions them: the check catches what nobody listed).
+SCRUBBING_REFUSES = {"use_normalization_before_and_after (RMS)":
+                     "use_normalization_before_and_after",
+                     "use_attention_sinks": "use_attention_sinks"}
 
 
 def grid_model(option: str, dtype: str):
@@ -54,3 +66,14 @@ def grid_model(option: str, dtype: str):
 def output_vocab(model) -> int:
     d = getattr(model.cfg, "d_vocab_out", -1)
     return int(d) if d and d > 0 else int(model.cfg.d_vocab)
+
+
+def tl_runs(model) -> bool:
+    """Whether TransformerLens itself runs the model (its MoE layers, for one, cannot run in
+    float16/bfloat16 on CPU); such grid cells are skipped, and refused by every engine."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, dtype=torch.long, device=next(model.parameters()).device))
+        return True
+    except RuntimeError:
+        return False

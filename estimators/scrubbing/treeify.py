@@ -30,6 +30,18 @@ the per-copy sum (each treeified copy of a head normalises its own routed residu
 Attention-layer biases b_O and MLP biases are input-independent, so they do not belong to any
 path; b_O is added to every destination downstream of its layer, the MLP's biases travel with
 the MLP's output.
+
+Everything but the routing is the model's own code, so the pass follows the config: the first
+residual stream comes from `model.input_to_embed` (learned positions for 'standard'; tokens only
+for rotary, shortformer and alibi); shortformer positions are added to the query/key inputs
+after ln1; per-head QK-norm (`use_qk_norm`), OLMo-style joint QK-norm, `clip_qkv`, rotary
+(`attn.apply_rotary`), log-n scaling, the attention-score soft cap, alibi biases, causal and
+local-window masks (`attn.apply_causal_mask`) and bidirectional attention follow TransformerLens;
+grouped-query heads use the expanded W_K/W_V (each query head reads its key/value group); with
+`parallel_attn_mlp` an MLP reads the block's input (the graph has no head→MLP edge within a
+layer, and the layer's b_O is not in it); the MLP, the norms and the unembedding are the model's
+modules, followed by the output logit soft cap. Whether this equals the model's forward pass on
+a given model is decided numerically by `estimators.scrubbing.conformance`, not by this list.
 """
 
 from __future__ import annotations
@@ -225,12 +237,30 @@ def _per_head(attn, fn, x: torch.Tensor) -> torch.Tensor:
     return fn(x.reshape(R * n, ctx, 1, dh)).reshape(R, n, ctx, dh)
 
 
+# Architectures whose QK-norm normalises the projections of all heads together (OLMo family).
+JOINT_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+
+
+def _joint_norm_projection(attn, c: str, xi: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                           head: torch.Tensor) -> torch.Tensor:
+    """OLMo-style QK-norm: every head's projection of the copy's own input xi [P, n, ctx, d],
+    normalised together over (head, d_head) by the model's q_norm/k_norm, then each row's own
+    head [P, n, ctx, d_head] (the copy normalises as if all heads read its input, as a
+    treeified copy recomputes LayerNorm on its own routed stream)."""
+    full = torch.einsum("rnpd,hdk->rnphk", xi, w) + b
+    P, n, ctx, H, dh = full.shape
+    norm = attn.q_norm if c == "q" else attn.k_norm
+    full = norm(full.reshape(P, n, ctx, H * dh)).reshape(P, n, ctx, H, dh)
+    return full.permute(0, 3, 1, 2, 4)[torch.arange(P, device=full.device), head]
+
+
 def _projections(model, attn, spec: "_AttnLayer", x: torch.Tensor,
                  shortformer: torch.Tensor | None, as_t) -> dict[str, torch.Tensor]:
     """q, k, v [P, n, ctx, d_head] of every distinct (head, input) projection, with the
     model's own post-processing: shortformer positions on q/k inputs, QK-norm (per head),
     clipped QKV, rotary embeddings, log-n scaling."""
     cfg = model.cfg
+    joint = getattr(cfg, "original_architecture", None) in JOINT_QK_NORM
     proj = {}
     for c, (w, b) in (("q", (attn.W_Q, attn.b_Q)), ("k", (attn.W_K, attn.b_K)),
                       ("v", (attn.W_V, attn.b_V))):
@@ -238,7 +268,11 @@ def _projections(model, attn, spec: "_AttnLayer", x: torch.Tensor,
         xi = x.index_select(0, inp)
         if shortformer is not None and c != "v":
             xi = xi + shortformer
-        p = torch.einsum("rnpd,rdk->rnpk", xi, w.index_select(0, head)) + b[head][:, None, None]
+        if c != "v" and joint and (c == "q" or cfg.n_key_value_heads is None):
+            p = _joint_norm_projection(attn, c, xi, w, b, head)
+        else:
+            p = torch.einsum("rnpd,rdk->rnpk", xi, w.index_select(0, head)) + \
+                b[head][:, None, None]
         if getattr(cfg, "use_qk_norm", False) and c != "v":
             p = attn._apply_qk_norm(p, attn.q_norm if c == "q" else attn.k_norm)
         if getattr(cfg, "clip_qkv", None) is not None:

@@ -59,7 +59,7 @@ def _indicator_mismatch(ind: torch.Tensor, truth: torch.Tensor, margin: torch.Te
 
 def _logit_checks(model, tokens, own: torch.Tensor, tol: float) -> list[tuple[str, float]]:
     """Failures [(what, error)] of comparisons 1, 3, 4, 5 on the last-position logits."""
-    from estimators.tailrisk.actmodel import independent_argmax_probability, normal_tail
+    from estimators.tailrisk.actmodel import independent_argmax_probability, logit_tail
     from estimators.tailrisk.behaviours import (UNEMBED_IN, Argmax, LogitThreshold,
                                                 SampledProbability, _site_activation,
                                                 final_logits, soft_cap)
@@ -114,7 +114,7 @@ def _logit_checks(model, tokens, own: torch.Tensor, tol: float) -> list[tuple[st
             fails.append((f"logit[0] > {theta:g} (value or linear inequality)",
                           float((lt - theta).abs().min())))
             break
-        reader = torch.tensor([normal_tail(float(x), 0.0, theta) for x in lt])
+        reader = torch.tensor([logit_tail(model, float(x), 0.0, theta)[0] for x in lt])
         if _indicator_mismatch(reader, truth.cpu(), (lt - theta).cpu(), tol):
             fails.append(("activation-model normal-tail reader at a point mass", 1.0))
             break

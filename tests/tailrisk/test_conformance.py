@@ -13,7 +13,7 @@ from estimators.tailrisk import Argmax, LogitThreshold
 from estimators.tailrisk.behaviours import final_logits, raw_threshold
 from estimators.tailrisk.distributions import from_table
 from estimators.tailrisk.ground_truth import exact
-from tests.conformance_grid import DTYPES, OPTIONS, grid_model, output_vocab
+from tests.conformance_grid import DTYPES, OPTIONS, grid_model, output_vocab, tl_runs
 
 GRID = [(o, d) for o in OPTIONS for d in DTYPES]
 
@@ -41,6 +41,8 @@ def _brute_argmax(model, dist) -> torch.Tensor:
 @pytest.mark.parametrize("option,dtype", GRID, ids=[f"{o}-{d}" for o, d in GRID])
 def test_grid_check_passes_and_ground_truth_is_the_models(option, dtype):
     model = grid_model(option, dtype)
+    if not tl_runs(model):
+        pytest.skip("TransformerLens itself cannot run this option in this dtype on CPU")
     v = conformance.verdict(model, "tailrisk")
     assert v.ok, v.reason  # every option of the grid is supported by the readouts
     assert v.max_abs_error <= v.tolerance
