@@ -19,7 +19,8 @@ activation model read behaviours through, and the activation model's Gaussian re
      give the indicator).
 
 Tolerances: `conformance.tolerance_for(dtype, scale)` with the model's dtype and the largest
-|logit| (or |activation|). A failure refuses the engine with the comparison that failed and
+|logit| (or |activation|); comparison 1 is repeated on a float64 copy of the model (up to
+`FLOAT64_MAX_PARAMS` parameters) with the float64 tolerance. A failure refuses the engine with the comparison that failed and
 the config fields that change the forward pass.
 """
 
@@ -34,6 +35,7 @@ ENGINE = "tailrisk"
 N_SEQUENCES = 6
 MAX_LEN = 6
 SEED = 4321
+FLOAT64_MAX_PARAMS = 50_000_000
 
 
 def _tokens(model) -> torch.Tensor:
@@ -144,6 +146,23 @@ def _site_checks(model, tokens, dtype) -> tuple[list[tuple[str, float]], float, 
     return fails, worst, worst_tol
 
 
+def _float64_logits(model, tokens) -> list[tuple[str, float]]:
+    """Comparison 1 again on a float64 copy, with the float64 tolerance: a readout formula
+    that is slightly wrong (a missing bias, a misplaced cap) cannot hide in a bfloat16
+    tolerance."""
+    from estimators.scrubbing.conformance import _float64_copy
+    from estimators.tailrisk.behaviours import UNEMBED_IN, _site_activation, final_logits
+
+    m64 = _float64_copy(model)
+    with torch.no_grad():
+        own = m64(tokens, return_type="logits")[:, -1]
+        mine = final_logits(m64, _site_activation(m64, tokens, UNEMBED_IN))
+    tol = conformance.tolerance_for(torch.float64, float(own.abs().max()))
+    e = _err(mine, own)
+    return [("logits read at the unembedding's input (final_logits), in float64", e)] \
+        if e > tol else []
+
+
 @conformance.register_engine(ENGINE)
 def check_tailrisk(model) -> EngineVerdict:
     """Run comparisons 1–5 (module docstring); ok when none fails."""
@@ -157,6 +176,9 @@ def check_tailrisk(model) -> EngineVerdict:
     fails = _logit_checks(model, tokens, own, tol)
     site_fails, site_err, _ = _site_checks(model, tokens, dtype)
     fails += site_fails
+    if not fails and dtype != torch.float64 and \
+            sum(p.numel() for p in model.parameters()) <= FLOAT64_MAX_PARAMS:
+        fails += _float64_logits(model, tokens)
     if not fails:
         with torch.no_grad():
             from estimators.tailrisk.behaviours import UNEMBED_IN, _site_activation, final_logits

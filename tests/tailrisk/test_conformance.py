@@ -97,3 +97,14 @@ def test_entry_points_refuse_a_failing_model(monkeypatch):
         ground_truth(model, _dist(model), Argmax(0), use_cache=False)
     with pytest.raises(conformance.EngineUnsupported, match="tailrisk: not supported"):
         run_estimator("mc", model, _dist(model), Argmax(0), budget=16)
+
+
+def test_float64_copy_catches_an_error_that_bfloat16_tolerance_hides(monkeypatch):
+    import estimators.tailrisk.behaviours as B
+
+    model = grid_model("baseline (LN, learned positions)", "bfloat16")
+    real = B.final_logits
+    monkeypatch.setattr(B, "final_logits", lambda m, a: real(m, a) + 1e-3)  # a tiny bias
+    monkeypatch.setattr(conformance, "_VERDICTS", {})
+    v = conformance.verdict(model, "tailrisk")
+    assert not v.ok and "float64" in v.reason
