@@ -37,7 +37,7 @@ ENGINE = "scrubbing"
 N_SEQUENCES = 3
 MAX_LEN = 6
 SEED = 1234
-FLOAT64_MAX_PARAMS = 50_000_000
+FLOAT64_MAX_PARAMS = 20_000_000
 
 # Config fields that change a HookedTransformer's forward pass, with their neutral values: a
 # failing check names the ones set on the model (suspects, not the test itself).

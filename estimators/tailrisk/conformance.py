@@ -35,7 +35,7 @@ ENGINE = "tailrisk"
 N_SEQUENCES = 6
 MAX_LEN = 6
 SEED = 4321
-FLOAT64_MAX_PARAMS = 50_000_000
+FLOAT64_MAX_PARAMS = 20_000_000
 
 
 def _tokens(model) -> torch.Tensor:
