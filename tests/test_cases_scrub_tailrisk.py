@@ -89,3 +89,23 @@ def test_info_reports_every_engine_verdict(capsys):
         v = d["conformance"][engine]
         assert v["ok"] is True and v["reason"] is None
         assert 0 <= v["max_abs_error"] <= v["tolerance"]
+
+
+def test_a_refused_model_is_one_line_and_exit_2(capsys, tmp_path):
+    """A model the scrubbing check refuses (attention sinks: in no list, refused by the
+    numbers) gets the verdict's one line from `scrub`, never a number."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from estimators.loading import save_checkpoint
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=6, d_head=4, n_heads=2,
+                                  d_vocab=8, attn_only=True, use_attention_sinks=True,
+                                  device="cpu")
+    save_checkpoint(HookedTransformer(cfg), tmp_path / "sinks")
+    (tmp_path / "d.json").write_text("[[1, 2, 3], [3, 2, 1], [4, 5, 6]]")
+    (tmp_path / "p.json").write_text('{"important": ["*"]}')
+    code, d, err = cli(capsys, "scrub", "--model", tmp_path / "sinks", "--partition",
+                       tmp_path / "p.json", "--data", tmp_path / "d.json", "--json")
+    assert code == 2 and d is None
+    assert err.strip().count("\n") == 0
+    assert "scrubbing: not supported" in err and "use_attention_sinks" in err
