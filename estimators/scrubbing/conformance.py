@@ -141,7 +141,8 @@ def _first_bad(model, graph, store: dict, cache, tol: float) -> str | None:
     return None
 
 
-def _compare(model, graph, tokens: torch.Tensor, other: torch.Tensor) -> tuple[float, float, str | None]:
+def _compare(model, graph, tokens: torch.Tensor, other: torch.Tensor
+             ) -> tuple[float, float, str | None]:
     """(max |error| over both partitions, tolerance, where) in the model's current dtype."""
     from estimators.scrubbing.treeify import plan_versions, treeified_logits
 

@@ -231,7 +231,7 @@ def _embed_streams(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return x, (None if shortformer is None else shortformer[0])
 
 
-def _per_head(attn, fn, x: torch.Tensor) -> torch.Tensor:
+def _per_head(fn, x: torch.Tensor) -> torch.Tensor:
     """Apply a TransformerLens [batch, pos, head, d_head] method to x [R, n, ctx, d_head]."""
     R, n, ctx, dh = x.shape
     return fn(x.reshape(R * n, ctx, 1, dh)).reshape(R, n, ctx, dh)
@@ -278,9 +278,9 @@ def _projections(model, attn, spec: "_AttnLayer", x: torch.Tensor,
         if getattr(cfg, "clip_qkv", None) is not None:
             p = p.clamp(min=-cfg.clip_qkv, max=cfg.clip_qkv)
         if cfg.positional_embedding_type == "rotary" and c != "v":
-            p = _per_head(attn, lambda t: attn.apply_rotary(t, 0, None), p)
+            p = _per_head(lambda t: attn.apply_rotary(t, 0, None), p)
         if c == "q" and getattr(cfg, "use_logn_attn", False) and not attn.training:
-            p = _per_head(attn, lambda t: attn._apply_logn_scaling(t, 0), p)
+            p = _per_head(lambda t: attn._apply_logn_scaling(t, 0), p)
         proj[c] = p
     return proj
 

@@ -20,8 +20,8 @@ activation model read behaviours through, and the activation model's Gaussian re
 
 Tolerances: `conformance.tolerance_for(dtype, scale)` with the model's dtype and the largest
 |logit| (or |activation|); comparison 1 is repeated on a float64 copy of the model (up to
-`FLOAT64_MAX_PARAMS` parameters) with the float64 tolerance. A failure refuses the engine with the comparison that failed and
-the config fields that change the forward pass.
+`FLOAT64_MAX_PARAMS` parameters) with the float64 tolerance. A failure refuses the engine with
+the comparison that failed and the config fields that change the forward pass.
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ def _indicator_mismatch(ind: torch.Tensor, truth: torch.Tensor, margin: torch.Te
     return bool(((ind.bool() != truth.bool()) & clear).any())
 
 
-def _logit_checks(model, tokens, own: torch.Tensor, tol: float) -> list[tuple[str, float]]:
-    """Failures [(what, error)] of comparisons 1, 3, 4, 5 on the last-position logits."""
+def _logit_checks(model, tokens, own: torch.Tensor, tol: float
+                  ) -> tuple[list[tuple[str, float]], float]:
+    """(failures [(what, error)] of comparisons 1, 3, 4, 5 on the last-position logits, the
+    logits error of comparison 1)."""
     from estimators.tailrisk.actmodel import independent_argmax_probability, logit_tail
     from estimators.tailrisk.behaviours import (UNEMBED_IN, Argmax, LogitThreshold,
                                                 SampledProbability, _site_activation,
@@ -71,10 +73,10 @@ def _logit_checks(model, tokens, own: torch.Tensor, tol: float) -> list[tuple[st
     with torch.no_grad():
         a = _site_activation(model, tokens, UNEMBED_IN).float()
         mine = final_logits(model, a)
-    e = _err(mine, own)
-    if e > tol:
-        fails.append(("logits read at the unembedding's input (final_logits)", e))
-        return fails
+    logits_err = _err(mine, own)
+    if logits_err > tol:
+        fails.append(("logits read at the unembedding's input (final_logits)", logits_err))
+        return fails, logits_err
     soft = _per_input_vector(model, SampledProbability(0, 1.0), tokens)
     e = _err(soft, torch.softmax(own.double(), -1))
     if e > tol:
@@ -120,19 +122,19 @@ def _logit_checks(model, tokens, own: torch.Tensor, tol: float) -> list[tuple[st
         if _indicator_mismatch(reader, truth.cpu(), (lt - theta).cpu(), tol):
             fails.append(("activation-model normal-tail reader at a point mass", 1.0))
             break
-    return fails
+    return fails, logits_err
 
 
-def _site_checks(model, tokens, dtype) -> tuple[list[tuple[str, float]], float, float]:
+def _site_checks(model, tokens, dtype) -> list[tuple[str, float]]:
     """Comparison 2: the early-stopped hook reader against run_with_cache."""
     from estimators.tailrisk.behaviours import _site_activation, residual_hooks
 
     hooks = residual_hooks(model)
     pick = sorted({0, len(hooks) // 2, len(hooks) - 1}) if hooks else []
     names = [hooks[i] for i in pick]
-    fails, worst, worst_tol = [], 0.0, 0.0
+    fails = []
     if not names:
-        return fails, worst, worst_tol
+        return fails
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         for name in names:
@@ -140,10 +142,9 @@ def _site_checks(model, tokens, dtype) -> tuple[list[tuple[str, float]], float, 
             mine = _site_activation(model, tokens, name)
             tol = conformance.tolerance_for(dtype, float(ref.abs().max()))
             e = _err(mine, ref)
-            worst, worst_tol = max(worst, e), max(worst_tol, tol)
             if e > tol:
                 fails.append((f"activation read at {name}", e))
-    return fails, worst, worst_tol
+    return fails
 
 
 def _float64_logits(model, tokens) -> list[tuple[str, float]]:
@@ -173,18 +174,13 @@ def check_tailrisk(model) -> EngineVerdict:
     with torch.no_grad():
         own = model(tokens, return_type="logits")[:, -1].float()
     tol = conformance.tolerance_for(dtype, float(own.abs().max()))
-    fails = _logit_checks(model, tokens, own, tol)
-    site_fails, site_err, _ = _site_checks(model, tokens, dtype)
-    fails += site_fails
+    fails, logits_err = _logit_checks(model, tokens, own, tol)
+    fails += _site_checks(model, tokens, dtype)
     if not fails and dtype != torch.float64 and \
             sum(p.numel() for p in model.parameters()) <= FLOAT64_MAX_PARAMS:
         fails += _float64_logits(model, tokens)
     if not fails:
-        with torch.no_grad():
-            from estimators.tailrisk.behaviours import UNEMBED_IN, _site_activation, final_logits
-            err = _err(final_logits(model, _site_activation(model, tokens, UNEMBED_IN).float()),
-                       own)
-        return EngineVerdict(ENGINE, True, max(err, 0.0), tol, dtype=str(dtype))
+        return EngineVerdict(ENGINE, True, logits_err, tol, dtype=str(dtype))
     fields = forward_fields(model)
     what, err = fails[0]
     blame = f"; config fields that change the forward pass here: {', '.join(fields)}" \
