@@ -9,8 +9,9 @@ activation model read behaviours through, and the activation model's Gaussian re
 `N_SEQUENCES` random inputs (fixed seed, min(n_ctx, 6) tokens) the check compares
 
   1. `final_logits(site activation)` with `model(tokens)[:, -1]`;
-  2. the site activation at the first, a middle and the last residual hook with
-     `run_with_cache` (the early-stopped pass must not change it);
+  2. the site activation at the first, a middle and the last residual hook, and at
+     `blocks.0.attn.hook_z` and the last MLP's `hook_post` (SAE sites), with `run_with_cache`
+     (the early-stopped pass must not change it);
   3. the ground truth's per-input vectors with the argmax / softmax of the model's own logits;
   4. the indicator of every linear-inequality form with the behaviour on the model's own
      logits — argmax of each input's top token, and `logit_t > θ` for thresholds inside, at
@@ -131,7 +132,11 @@ def _site_checks(model, tokens, dtype) -> list[tuple[str, float]]:
 
     hooks = residual_hooks(model)
     pick = sorted({0, len(hooks) // 2, len(hooks) - 1}) if hooks else []
-    names = [hooks[i] for i in pick]
+    L = int(model.cfg.n_layers)
+    # plus hooks an SAE behaviour may read inside a block (attention z, MLP hidden)
+    names = [hooks[i] for i in pick] + [h for h in ("blocks.0.attn.hook_z",
+                                                    f"blocks.{L - 1}.mlp.hook_post")
+                                        if h in model.hook_dict]
     fails = []
     if not names:
         return fails
