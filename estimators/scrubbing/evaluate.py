@@ -195,7 +195,11 @@ class Scrubber:
 
     The pool is both where resampled inputs come from and (by default) the reference set.
     `batch_size` examples and `max_partitions` partitions go through one treeified pass.
-    Settings come from `config` (a ScrubConfig), or as keyword arguments."""
+    Settings come from `config` (a ScrubConfig), or as keyword arguments.
+
+    Raises PathError for a model without per-head paths (or too many of them) and
+    `conformance.EngineUnsupported` (a ValueError, one line) when the treeified pass fails the
+    scrubbing conformance check on this model (`estimators.scrubbing.conformance`)."""
 
     def __init__(self, model, data: ScrubData, config: ScrubConfig | None = None, *,
                  graph: PathGraph | None = None, **settings):
