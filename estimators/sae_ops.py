@@ -260,6 +260,12 @@ def require_linear_latent(sae, feature: int, threshold: float, model=None,
     real activations at the SAE's hook (random token inputs), or on Gaussian activations around
     b_dec when no model is given. Raises SAEMismatch (one line) when they disagree anywhere."""
     w, b = latent_linear_form(sae, feature, threshold)
+    key = (int(feature), float(threshold), int(seed), _model_key(model))
+    memo = sae.__dict__.setdefault("_hew_latent_checks", {})
+    if key in memo:  # the verdict for this (SAE object, latent, threshold, model)
+        if isinstance(memo[key], str):
+            raise SAEMismatch(memo[key])
+        return w, b
     if model is not None:
         acts = real_activations(model, hook_name(sae), n_inputs=32, seed=seed)
         acts = acts.reshape((-1,) + tuple(acts.shape[2:]))
@@ -276,10 +282,19 @@ def require_linear_latent(sae, feature: int, threshold: float, model=None,
             x = x.reshape(x.shape[0], d_in // int(d_head), int(d_head))
         acts = x.to(torch.float32)
     bad, total = check_latent_form(sae, feature, threshold, w, b, acts)
+    memo[key] = True
     if bad:
-        raise SAEMismatch(
+        memo[key] = (
             f"latent {feature} of this {describe(sae)} is not one linear threshold at its hook: "
             f"x·w + b > {threshold:g} disagrees with sae.encode on {bad} of {total} test points "
             f"(real activations and points at the boundary); the tail-risk engines need a "
             f"linear form, so this SAE's latents are refused there")
+        raise SAEMismatch(memo[key])
     return w, b
+
+
+def _model_key(model) -> str | None:
+    if model is None:
+        return None
+    from estimators.conformance import model_fingerprint
+    return model_fingerprint(model)
