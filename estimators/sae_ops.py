@@ -223,16 +223,21 @@ def check_latent_form(sae, feature: int, threshold: float, w: Tensor, b: float,
                       acts: Tensor, n_boundary: int = 64) -> tuple[int, int]:
     """Compare "x_flat·w + b > threshold" with sae.encode(x)[..., feature] > threshold on
     activations `acts` [n, *site_shape] (the hook's own shape) and on points moved along w to
-    just above and just below the claimed boundary (margin δ = 16·eps(SAE dtype)·(‖x‖‖w‖ + |b|
-    + thr + 1), so rounding in the SAE's dtype cannot flip them). Returns (disagreements,
+    just above and just below the claimed boundary, by 2δ with δ = 16·eps(SAE dtype)·(‖x⊙w‖ +
+    ‖b_dec⊙w‖ + |x·w + b| + |b| + thr): rounding the input and the sums in the SAE's dtype moves
+    the pre-activation by about eps·‖x⊙w‖, so it cannot flip them. Returns (disagreements,
     comparisons); rows within δ of the boundary are not compared."""
     site = tuple(acts.shape[1:])
     x = acts.reshape(acts.shape[0], -1).double().cpu()
     w = w.double().cpu()
     thr = float(threshold)
     eps = _EPS.get(sae_dtype(sae), 1.2e-7)
-    delta = 16 * eps * (x.norm(dim=-1) * w.norm() + abs(b) + thr + 1.0)
     s = x @ w + b
+    # rounding of the SAE's input and sums in its dtype: ~eps·‖x ⊙ w‖ per row (random signs),
+    # with a 16× safety factor, plus the rounding of the pre-activation itself
+    b_dec = sae.b_dec.detach().double().cpu().reshape(-1)
+    spread = (x * w).norm(dim=-1) + float((b_dec * w).norm())
+    delta = 16 * eps * (spread + s.abs() + abs(b) + thr) + 1e-12
 
     def fires(points: Tensor) -> Tensor:
         with torch.no_grad():
