@@ -41,6 +41,8 @@ class SAEMismatch(ValueError):
 
 
 def hook_name(sae) -> str:
+    """The TransformerLens hook the SAE reads (cfg.metadata.hook_name, or the older
+    cfg.hook_name). Raises SAEMismatch when the config names none."""
     meta = getattr(sae.cfg, "metadata", None)
     name = getattr(meta, "hook_name", None) if meta is not None else None
     if not name:
@@ -51,6 +53,7 @@ def hook_name(sae) -> str:
 
 
 def sae_dtype(sae) -> torch.dtype:
+    """The dtype sae_lens computes in (that of its weights)."""
     return sae.W_dec.dtype
 
 
