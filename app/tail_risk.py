@@ -112,7 +112,7 @@ def make_behaviour(s: Settings, target: int, model=None, sae=None):
     if s.behaviour == "sae":
         if sae is None:
             raise BehaviourError("the SAE-latent behaviour needs an SAE: pick one in the sidebar")
-        return sae_feature(sae, s.sae_feature, s.threshold)
+        return sae_feature(sae, s.sae_feature, s.threshold, model=model)
     if s.behaviour == "probe":
         if model is None:
             raise BehaviourError("the probe behaviour needs the model")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 import warnings
 from typing import Any
@@ -30,20 +31,41 @@ class UserError(Exception):
     """A mistake in the user's input: reported as one line, never a traceback."""
 
 
-def _jsonable(obj: Any) -> Any:
-    try:
-        import torch
-        if isinstance(obj, torch.Tensor):
-            return obj.detach().cpu().tolist()
-    except ImportError:  # pragma: no cover
-        pass
+def _jsonable(obj: Any, notes: list | None = None, path: str = "") -> Any:
+    """JSON-ready copy of a result: tensors and numpy arrays/scalars become lists/numbers, and
+    every non-finite float (NaN, ±inf; also numpy/torch scalars) becomes null. Where a dict value
+    becomes null, a sibling "<key>_note" says why (unless one exists); a null inside a list is
+    noted in `notes` (see `jsonable_result`)."""
+    notes = [] if notes is None else notes
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch.Tensor
+        obj = obj.detach().cpu().tolist()
+    elif type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):  # ndarray, np.float64…
+        obj = obj.tolist()
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        out = {}
+        for k, v in obj.items():
+            key = str(k)
+            before = len(notes)
+            out[key] = _jsonable(v, notes, f"{path}.{key}" if path else key)
+            if out[key] is None and len(notes) > before and notes[-1][0] == (
+                    f"{path}.{key}" if path else key) and f"{key}_note" not in obj:
+                out[f"{key}_note"] = notes.pop()[1]
+        return out
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:
+        return [_jsonable(v, notes, f"{path}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        notes.append((path, f"not a finite number ({obj}); printed as null"))
         return None
     return obj
+
+
+def jsonable_result(result: Any) -> Any:
+    """`_jsonable`, plus a top-level "null_notes" list ("path: why") for nulls inside lists."""
+    notes: list = []
+    out = _jsonable(result, notes)
+    if notes and isinstance(out, dict):
+        out.setdefault("null_notes", [f"{p}: {why}" for p, why in notes])
+    return out
 
 
 def format_text(result: Any, indent: int = 0) -> str:
@@ -112,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    if getattr(args, "json", False):
-        print(json.dumps(_jsonable(result), indent=2))
+    if getattr(args, "json", False):  # allow_nan=False: a NaN that slipped through fails loudly
+        print(json.dumps(jsonable_result(result), indent=2, allow_nan=False))
     else:
-        print(format_text(_jsonable(result)))
+        print(format_text(jsonable_result(result)))
     return 0

@@ -242,24 +242,29 @@ def hook_width(model, hook_name: str) -> int:
 
 
 def sae_hook_name(sae) -> str:
-    meta = getattr(sae.cfg, "metadata", None)
-    name = getattr(meta, "hook_name", None) if meta is not None else None
-    if not name:
-        name = getattr(sae.cfg, "hook_name", None)
-    if not name:
-        raise LoadError("the SAE's config names no hook (cfg.metadata.hook_name)")
-    return name
+    from estimators import sae_ops
+    try:
+        return sae_ops.hook_name(sae)
+    except sae_ops.SAEMismatch as e:
+        raise LoadError(str(e)) from e
 
 
 def validate_sae(sae, model) -> None:
-    """Fail clearly if the SAE cannot be applied to this model: unknown hook or wrong width."""
-    hook = sae_hook_name(sae)
-    if hook not in model.hook_dict:
-        raise LoadError(f"the SAE reads hook {hook!r}, which this model does not have")
-    width = hook_width(model, hook)
-    if int(sae.cfg.d_in) != width:
-        raise LoadError(f"the SAE expects d_in={sae.cfg.d_in} at {hook!r}, but the model's "
-                        f"activations there have width {width}")
+    """Fail clearly (LoadError, one line) if the SAE cannot be applied to this model: weights
+    that are NaN/inf, a hook the model lacks, or a trial encode + decode through sae_lens' own
+    methods on the model's real activations at the hook (a few random token inputs) that fails
+    or does not give one d_sae-wide latent vector per position and the hook's shape back
+    (`estimators.sae_ops.trial_check`). Width is thus judged the way sae_lens applies the SAE:
+    a hook_z SAE with d_in = n_heads·d_head and reshape_activations "hook_z" is accepted."""
+    from estimators import sae_ops
+    try:
+        sae_ops.check_finite_weights(sae)
+        hook = sae_ops.hook_name(sae)
+        if hook not in model.hook_dict:
+            raise LoadError(f"the SAE reads hook {hook!r}, which this model does not have")
+        sae_ops.trial_check(sae, model)
+    except sae_ops.SAEMismatch as e:
+        raise LoadError(str(e)) from e
 
 
 def load_sae(source: str, model: LoadedModel | None = None, device="cpu"):

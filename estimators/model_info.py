@@ -5,12 +5,14 @@ Every number here is computed from the real model on real inputs; tests recomput
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from estimators import sae_ops
 from estimators.loading import sae_hook_name
 
 CONFIG_KEYS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out",
@@ -76,33 +78,51 @@ def token_predictions(model, tokens: Int[Tensor, "pos"], labels: list[str],
 def sae_activations(model, sae, tokens: Int[Tensor, "batch pos"]
                     ) -> tuple[Float[Tensor, "n d_in"], Float[Tensor, "n d_sae"],
                                Float[Tensor, "n d_in"]]:
-    """(activations at the SAE's hook, SAE latents, reconstructions), flattened over positions."""
+    """(activations at the SAE's hook, SAE latents, reconstructions), one row per position
+    (batch·pos rows). The activations keep the model's dtype; latents and reconstructions are
+    sae_lens' own `encode` then `decode` on the same batch (in the SAE's dtype), applied in the
+    hook's own shape (hook_z SAEs see [n_heads, d_head] per position) and flattened per
+    position to d_in afterwards."""
     hook = sae_hook_name(sae)
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=[hook])
-        x = cache[hook].reshape(-1, cache[hook].shape[-1]).to(sae.W_dec.device, sae.W_dec.dtype)
-        z = sae.encode(x)
-        x_hat = sae.decode(z)
-    return x, z, x_hat
+        acts = cache[hook]
+        rows = acts.reshape((-1,) + tuple(acts.shape[2:]))  # [n, *site_shape]
+        z, x_hat = sae_ops.encode_decode_rows(sae, rows)
+    n = rows.shape[0]
+    return rows.reshape(n, -1), z.reshape(n, -1), x_hat.reshape(n, -1)
 
 
 def sae_quality(model, sae, tokens: Int[Tensor, "batch pos"]) -> dict:
-    """Reconstruction quality on the model's data: explained variance
-    1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², MSE per element, mean L0 and the dead-latent fraction."""
+    """Reconstruction quality on the model's data, every sum accumulated in float64 (so float16
+    and bfloat16 SAEs cannot overflow it): explained variance 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²
+    (x̄ the mean activation), MSE = Σ‖x − x̂‖² / (n·d_in) per element, L0 = mean number of
+    non-zero latents per position, dead fraction = share of latents zero on every position.
+    x̂ = decode(encode(x)) through sae_lens' own methods (`sae_activations`). Where explained
+    variance is undefined (activations with zero variance) it is None with a note."""
     x, z, x_hat = sae_activations(model, sae, tokens)
-    resid = ((x - x_hat) ** 2).sum()
-    total = ((x - x.mean(0)) ** 2).sum()
-    active = z > 0
-    return {
+    x64, x_hat64 = x.double(), x_hat.double()
+    resid = float(((x64 - x_hat64) ** 2).sum())
+    total = float(((x64 - x64.mean(0)) ** 2).sum())
+    active = z != 0
+    out = {
         "hook": sae_hook_name(sae),
         "d_in": int(x.shape[-1]),
         "d_sae": int(z.shape[-1]),
+        "sae_dtype": str(z.dtype).replace("torch.", ""),
         "n_activations": int(x.shape[0]),
-        "explained_variance": float(1 - resid / total),
-        "mse": float(resid / x.numel()),
-        "l0": float(active.sum(-1).float().mean()),
-        "dead_fraction": float((~active.any(0)).float().mean()),
+        "explained_variance": 1 - resid / total if total > 0 else None,
+        "mse": resid / x.numel(),
+        "l0": float(active.sum(-1, dtype=torch.float64).mean()),
+        "dead_fraction": float((~active.any(0)).double().mean()),
     }
+    if total <= 0:
+        out["explained_variance_note"] = ("undefined: the activations at the hook do not vary "
+                                          "over these inputs (zero total variance)")
+    if not all(math.isfinite(out[k]) for k in ("mse", "l0")) or (
+            out["explained_variance"] is not None and not math.isfinite(out["explained_variance"])):
+        out["note"] = "the SAE's reconstructions are not finite on these inputs"
+    return out
 
 
 def top_features(model, sae, tokens: Int[Tensor, "batch pos"], labels: list[str],
@@ -110,15 +130,15 @@ def top_features(model, sae, tokens: Int[Tensor, "batch pos"], labels: list[str]
     """The k latents that fire most often, with their mean activation when firing and the
     input tokens (with position) where they fire most strongly."""
     x, z, _ = sae_activations(model, sae, tokens)
-    freq = (z > 0).float().mean(0)
+    freq = (z != 0).double().mean(0)
     order = freq.argsort(descending=True)[:k]
     flat_tokens = tokens.reshape(-1)
     n_pos = tokens.shape[-1]
     rows = []
     for f in order.tolist():
         acts = z[:, f]
-        firing = acts > 0
-        mean_act = float(acts[firing].mean()) if firing.any() else 0.0
+        firing = acts != 0
+        mean_act = float(acts[firing].double().mean()) if firing.any() else 0.0
         top = acts.topk(min(examples, acts.numel()))
         ex = [f"{labels[int(flat_tokens[i])]}@{int(i) % n_pos}" for i, a in
               zip(top.indices.tolist(), top.values.tolist()) if a > 0]

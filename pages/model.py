@@ -54,7 +54,9 @@ else:
     with store.model_lock():
         quality, features = model_page.sae_report(lm, sae)
     cols = st.columns(4)
-    cols[0].metric("Explained variance", f"{quality['explained_variance']:.3f}")
+    ev = quality["explained_variance"]  # None where undefined (zero variance), with a note
+    cols[0].metric("Explained variance", "n/a" if ev is None else f"{ev:.3f}",
+                   help=quality.get("explained_variance_note"))
     cols[1].metric("L0 (mean active latents)", f"{quality['l0']:.2f}")
     cols[2].metric("MSE per element", f"{quality['mse']:.3g}")
     cols[3].metric("Dead latents", f"{quality['dead_fraction']:.1%}")

@@ -223,6 +223,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
     samples: K, samples per sampled transition. output_observations: [N] tokens to score instead
       of the model's own argmax (e.g. the task's labels).
     """
+    from estimators import sae_ops
     from estimators.loading import sae_hook_name
 
     cfg = model.cfg
@@ -340,16 +341,13 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
     sae_units = None
     sae_info = None
     if sae_site is not None:
-        with torch.no_grad():
-            x = real_t[sae_hook].to(sae.W_dec.dtype)
-            if x.dim() == 4:
-                x = x.flatten(-2)
-            xs = x[:, pos_t]
-            lat = sae.encode(xs)
-            recon = sae.decode(lat)
+        with torch.no_grad():  # sae_lens' encode + decode as a pair, in the hook's shape
+            xs = real_t[sae_hook][:, pos_t]
+            lat, recon = sae_ops.encode_decode(sae, xs)
+            xs, recon = xs.flatten(2).double(), recon.flatten(2).double()
             err = ((recon - xs) ** 2).sum(-1)
             tot = ((xs - xs.mean(0, keepdim=True)) ** 2).sum(-1)
-            fire = (lat > 0).float().mean((0, 1))
+            fire = (lat != 0).double().mean((0, 1))
         order_ = torch.argsort(fire, descending=True)
         k = max(1, min(sae_max_units, int((fire > 0).sum())))
         sae_units = tuple(sorted(int(i) for i in order_[:k]))
@@ -369,7 +367,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
         chain_idx.append(len(site_objs) - 1)
         if sae_site is not None and sae_boundary == b:
             with torch.no_grad():
-                lat = sae.encode(real_t[sae_hook].to(sae.W_dec.dtype))
+                lat = sae_ops.encode(sae, real_t[sae_hook])
             add_site(Site(sae_site, "sae", sae_hook, tuple(pos), sae_units, int(sae.cfg.d_sae)),
                      take(lat, pos_t, sae_u_t))
             chain_idx.append(len(site_objs) - 1)
@@ -388,8 +386,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
         if l is None:
             raise ValueError(f"cannot place an SAE at {sae_hook!r}: not inside a block")
         with torch.no_grad():
-            x = real_t[sae_hook]
-            lat = sae.encode((x.flatten(-2) if x.dim() == 4 else x).to(sae.W_dec.dtype))
+            lat = sae_ops.encode(sae, real_t[sae_hook])
         readouts_for_block.setdefault(l, []).append(len(site_objs))
         add_site(Site(sae_site, "sae", sae_hook, tuple(pos), sae_units, int(sae.cfg.d_sae),
                       role="readout"), take(lat, pos_t, sae_u_t))
@@ -409,7 +406,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
     base_lat = None
     if sae_site is not None and sae_boundary is not None:
         with torch.no_grad():
-            base_lat = sae.encode(real_t[sae_hook][base_rows].to(sae.W_dec.dtype))
+            base_lat = sae_ops.encode(sae, real_t[sae_hook][base_rows])
 
     def boundary_of(site: Site) -> int:
         if site.kind == "resid":
@@ -452,7 +449,9 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                 lat = lat.clone()
                 lat[:, pos_t] = sub
                 resid = base_resid[b0][:kx].clone()
-                resid[:, pos_t] = sae.decode(lat[:, pos_t]).to(mdtype)
+                # decoded with the normalisation statistics of the real activations replaced
+                resid[:, pos_t] = sae_ops.decode_with_statistics_of(
+                    sae, real_t[sae_hook][base_rows[:kx]][:, pos_t], lat[:, pos_t]).to(mdtype)
             captured: dict[str, torch.Tensor] = {}
             fwd_hooks = []
             for r in children[1:]:
@@ -471,7 +470,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                 if s.kind == "resid":
                     outs.append(take(resid, pos_t, u_model))
                 elif s.kind == "sae" and s.role == "chain":
-                    lat = sae.encode(resid.to(sae.W_dec.dtype))
+                    lat = sae_ops.encode(sae, resid)
                     outs.append(take(lat, pos_t, sae_u_t))
                 elif s.kind == "logits":
                     r = resid[:, lpos:lpos + 1]
@@ -481,9 +480,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                     lg = model.unembed(r)[:, 0]
                     outs.append(lg[:, list(s.units)])
                 elif s.kind == "sae":  # read-out SAE at a hook inside a block
-                    a = captured[s.hook]
-                    a = a.flatten(-2) if a.dim() == 4 else a
-                    outs.append(take(sae.encode(a.to(sae.W_dec.dtype)), pos_t, sae_u_t))
+                    outs.append(take(sae_ops.encode(sae, captured[s.hook]), pos_t, sae_u_t))
                 else:  # MLP hidden read-out
                     outs.append(take(captured[s.hook], pos_t,
                                      torch.arange(s.width, device=dev)))

@@ -335,23 +335,23 @@ class DirectionThreshold(Behaviour):
         return f"{self.name} > {self.threshold:g}"
 
 
-def sae_feature(sae, feature: int, threshold: float = 0.0, hook: str | None = None
-                ) -> DirectionThreshold:
-    """"SAE latent j fires above `threshold`" for a standard ReLU SAE: with
-    pre_j = (a − b_dec) · W_enc[:, j] + b_enc[j], relu(pre_j) > thr ⟺ pre_j > thr for thr ≥ 0,
-    a linear inequality in a. (JumpReLU/top-k SAEs are not linear in this sense.)"""
-    if threshold < 0:
-        raise BehaviourError("an SAE feature threshold must be ≥ 0")
-    W_enc = sae.W_enc.detach().double()
-    if not 0 <= feature < W_enc.shape[1]:
-        raise BehaviourError(f"SAE feature {feature} out of range (0..{W_enc.shape[1] - 1})")
-    b_dec = sae.b_dec.detach().double()
-    b_enc = sae.b_enc.detach().double()
-    w = W_enc[:, feature]
-    bias = float(b_enc[feature] - b_dec @ w)
-    if hook is None:
-        from estimators.loading import sae_hook_name
-        hook = sae_hook_name(sae)
+def sae_feature(sae, feature: int, threshold: float = 0.0, hook: str | None = None,
+                model=None) -> DirectionThreshold:
+    """"SAE latent j > `threshold`" (threshold ≥ 0) as one linear inequality w·a + b > threshold
+    at the SAE's hook (a flattened per position, as sae_lens flattens hook_z): the candidate
+    form comes from sae_lens' encoder math (ReLU, JumpReLU threshold, gated gate/magnitude,
+    apply_b_dec_to_input, rescale_acts_by_decoder_norm; `sae_ops.latent_linear_form`) and is
+    then checked numerically against `sae.encode` on the model's real activations (Gaussian
+    activations when `model` is None) and on points at the claimed boundary. Raises
+    BehaviourError (one line) where they disagree — TopK ranks and layer_norm /
+    constant_norm_rescale normalisation are not one linear threshold."""
+    from estimators import sae_ops
+    try:
+        w, bias = sae_ops.require_linear_latent(sae, feature, threshold, model)
+        if hook is None:
+            hook = sae_ops.hook_name(sae)
+    except sae_ops.SAEMismatch as e:
+        raise BehaviourError(str(e)) from e
     return DirectionThreshold(hook=hook, direction=w.tolist(), bias=bias, threshold=threshold,
                               name=f"SAE feature {feature}")
 

@@ -117,7 +117,7 @@ def _feature_behaviour(args, lm):
         if args.feature is None:
             raise UserError("--behaviour sae needs --feature J")
         sae = load_sae(args.sae, lm, args.device)
-        return sae_feature(sae, args.feature, args.threshold)
+        return sae_feature(sae, args.feature, args.threshold, model=lm.model)
     if args.hook is None:
         raise UserError("--behaviour direction needs --hook (a residual-stream hook)")
     if (args.direction is None) == (args.unit is None):
