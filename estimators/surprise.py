@@ -35,7 +35,10 @@ n·bits_per_parameter, the price of stating one number per candidate. The three 
     important" costs at least P·bits_per_parameter for P paths: one number per path of the
     model's computation, the price the activation model pays per tracked covariance;
   * circuits (`estimators.circuits.accounting`): a candidate is an argument pair of a node;
-    part 1 prices which pairs are tracked.
+    part 1 prices which pairs are tracked. Part 2 is empty: a tracked covariance there is an
+    exact deterministic function of the circuit and the argument (no number is fitted from
+    samples, unlike the activation model's moment-matched covariances), so there is no number
+    to state; the Monte Carlo estimator, which fits two numbers, pays for them.
 
 S(Y | π) is −log2 of the probability the estimate assigns to what happened, summed over the data;
 for continuous observations a quantisation ε is stated and bits = −log2(pdf(y)·ε).
