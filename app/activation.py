@@ -476,6 +476,7 @@ def run_search(prop: Propagator, method: str, params: dict, progress, record: Se
         record.path = list(out.path)
         record.cancelled = out.cancelled
         record.finished = True
+        record.note = f"Stopped: {out.stop_reason}." if out.stop_reason else ""
         return out
     finally:
         if not done:

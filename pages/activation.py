@@ -392,8 +392,9 @@ st.subheader("Find a better argument")
 f1, f2, f3, f4 = st.columns(4)
 f1.selectbox("Method", ["greedy", "gradient"], key="_act_search_method",
              help="Greedy: add the candidate pair (or position block) that lowers the total most, "
-                  "until none does. Gradient: Adam on sigmoid gates over candidate pairs, with a "
-                  "bit price per gate.")
+                  "until none does, and say why it stopped. Gradient: straight-through gates over "
+                  "candidate pairs (temperature 1 → 0.05), the bit price per gate switched on "
+                  "over the second half of the steps; the best hard mask is re-evaluated exactly.")
 f2.number_input("Steps", 1, 200, value=3, key="_act_search_steps")
 f3.number_input("Candidates per site", 1, 256, value=8, key="_act_search_cands")
 f4.button("Find a better argument", on_click=_on_search)
