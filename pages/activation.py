@@ -408,6 +408,9 @@ if req is not None:
         params = ({"max_steps": req["steps"], "candidates_per_site": req["candidates"]}
                   if req["method"] == "greedy" else
                   {"steps": req["steps"], "candidates_per_site": req["candidates"]})
+        if req["method"] == "greedy" and lm.zoo_entry is not None:  # mixture variables
+            _b = lm.zoo_entry.sample(settings.n_inputs, seed=settings.seed)
+            params.update(tokens=_b.tokens, labels=_b.labels, n_ctx=int(_b.tokens.shape[1]))
         glue.run_search(prop, req["method"], params, lambda f, t: bar.progress(f, text=t), rec)
         best = min((p["total_bits"] for p in rec.path), default=float("nan"))
         status.update(label=f"Search ({req['method']}) done: best total {best:,.1f} bits"
