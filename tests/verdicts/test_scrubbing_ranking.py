@@ -61,3 +61,22 @@ def test_claiming_everything_costs_at_least_one_parameter_per_path():
     assert naive.surprise.argument_bits == 0.0
     assert every.surprise.argument_bits >= s.graph.n_paths * 2.5
     assert every.surprise.data_bits == pytest.approx(0.0, abs=1e-3)
+
+
+def test_scrub_cli_bits_per_parameter(capsys):
+    import json
+
+    from estimators.cli import main
+
+    args = ["scrub", "--model", "induction", "--n", "16", "--reference", "all three, refined",
+            "--json"]
+    assert main(args + ["--bits-per-parameter", "2"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    model = zoo.get("induction").load_model("cpu")
+    s = Scrubber(model, ScrubData.from_zoo("induction", n=16, seed=0), seed=0,
+                 bits_per_parameter=2.0)
+    [r] = s.evaluate([references.get("induction", "all three, refined").partition])
+    assert d["surprise"]["argument_bits"] == pytest.approx(r.surprise.argument_bits)
+    assert any(k.startswith("argument:important") for k in d["surprise"]["parts"])
+    assert main(args + ["--bits-per-parameter", "-1"]) == 2
+    assert "--bits-per-parameter" in capsys.readouterr().err
