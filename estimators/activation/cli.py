@@ -143,8 +143,6 @@ def _search_inputs(args):
 def _search(args, prop) -> dict:
     from estimators.activation.search import gradient_search, greedy_search
 
-    if args.search_steps < 1:
-        raise ValueError("--search-steps must be at least 1")
     if args.search == "greedy":
         tokens, labels, n_ctx = _search_inputs(args)
         res = greedy_search(prop, max_steps=args.search_steps, tokens=tokens, labels=labels,
@@ -161,6 +159,8 @@ def run_cli(args) -> dict:
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     t0 = time.perf_counter()
+    if args.search is not None and args.search_steps < 1:
+        raise ValueError("--search-steps must be at least 1")
     chain = build_chain(args)
     mask = parse_mask(args.mask, chain.layouts)
     prop = Propagator(chain, mask, bits_per_parameter=args.bits_per_parameter)
