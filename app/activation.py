@@ -476,6 +476,13 @@ def run_search(prop: Propagator, method: str, params: dict, progress, record: Se
         record.path = list(out.path)
         record.cancelled = out.cancelled
         record.finished = True
+        record.note = f"Stopped: {out.stop_reason}." if out.stop_reason else ""
+        if getattr(out, "mixture", None) is not None:
+            record.note += (f" The best argument adds a mixture on {out.mixture.variable} at "
+                            f"{out.mixture.site} (total {out.best_total_bits:,.1f} bits); this "
+                            f"page holds covariance masks only, so the mask shown is the "
+                            f"search's mask without it (`python -m estimators propagate ... "
+                            f"--search greedy` reports it).")
         return out
     finally:
         if not done:

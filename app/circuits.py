@@ -144,7 +144,8 @@ def tables(a: CircuitAnalysis) -> tuple[pd.DataFrame, pd.DataFrame]:
     errors = pd.DataFrame([{"node": r["id"], "mean error": r["mean_err"],
                             "mean rel. error": rel(r["mean_err"], r["mean_true"]),
                             "var error": r["var_err"],
-                            "var rel. error": rel(r["var_err"], r["var_true"])} for r in rows])
+                            "var rel. error": rel(r["var_err"], r["var_true"]),
+                            "warning": r["warning"]} for r in rows])
     return values, errors
 
 

@@ -392,8 +392,9 @@ st.subheader("Find a better argument")
 f1, f2, f3, f4 = st.columns(4)
 f1.selectbox("Method", ["greedy", "gradient"], key="_act_search_method",
              help="Greedy: add the candidate pair (or position block) that lowers the total most, "
-                  "until none does. Gradient: Adam on sigmoid gates over candidate pairs, with a "
-                  "bit price per gate.")
+                  "until none does, and say why it stopped. Gradient: straight-through gates over "
+                  "candidate pairs (temperature 1 → 0.05), the bit price per gate switched on "
+                  "over the second half of the steps; the best hard mask is re-evaluated exactly.")
 f2.number_input("Steps", 1, 200, value=3, key="_act_search_steps")
 f3.number_input("Candidates per site", 1, 256, value=8, key="_act_search_cands")
 f4.button("Find a better argument", on_click=_on_search)
@@ -407,6 +408,9 @@ if req is not None:
         params = ({"max_steps": req["steps"], "candidates_per_site": req["candidates"]}
                   if req["method"] == "greedy" else
                   {"steps": req["steps"], "candidates_per_site": req["candidates"]})
+        if req["method"] == "greedy" and lm.zoo_entry is not None:  # mixture variables
+            _b = lm.zoo_entry.sample(settings.n_inputs, seed=settings.seed)
+            params.update(tokens=_b.tokens, labels=_b.labels, n_ctx=int(_b.tokens.shape[1]))
         glue.run_search(prop, req["method"], params, lambda f, t: bar.progress(f, text=t), rec)
         best = min((p["total_bits"] for p in rec.path), default=float("nan"))
         status.update(label=f"Search ({req['method']}) done: best total {best:,.1f} bits"

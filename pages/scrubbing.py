@@ -228,6 +228,11 @@ f1, f2 = st.columns(2)
 f1.plotly_chart(surprise_waterfall(sur), config=PNG_CONFIG, key="_scrub_waterfall")
 f2.plotly_chart(loss_bars(res["loss_original"], res["loss_scrubbed"], res["loss_random"]),
                 config=PNG_CONFIG, key="_scrub_losses")
+with st.expander("S(π) per block"):
+    st.dataframe(pd.DataFrame([{"part": k.removeprefix("argument:"), "bits": v}
+                               for k, v in sur.parts.items() if k.startswith("argument:")]),
+                 hide_index=True)
+    st.caption(sur.notes)
 
 # ---- saved hypotheses -------------------------------------------------------------------------
 st.subheader("Hypotheses compared")

@@ -45,6 +45,11 @@ def register(subparsers) -> None:
                    help="S(π) bits per tracked covariance (default ½·log2 N)")
     p.add_argument("--epsilon", type=float, default=1e-2,
                    help="quantisation ε for continuous outputs (MLPs)")
+    p.add_argument("--search", choices=["greedy", "gradient"], default=None,
+                   help="search for a better argument from --mask; adds search.path to the "
+                        "output (steps with argument_bits, data_bits, total_bits, switched_on)")
+    p.add_argument("--search-steps", type=int, default=5,
+                   help="greedy steps or gradient updates (default 5)")
     add_common_json(p)
     p.set_defaults(func=run_cli)
 
@@ -119,16 +124,52 @@ def build_chain(args):
                          seed=args.seed, sites=args.sites, positions=args.positions)
 
 
+def _search_inputs(args):
+    """(tokens, labels, n_ctx) of the chain's real inputs, for mixture variables."""
+    from estimators import zoo
+    from estimators.activation.mlp import is_mlp_folder
+
+    if is_mlp_folder(args.model):
+        return None, None, None
+    if args.tokens:
+        t = torch.tensor(read_json_file(args.tokens, "tokens"), dtype=torch.long)
+        return t, None, int(t.shape[1])
+    if args.model in zoo.names():
+        b = zoo.get(args.model).sample(int(args.n_inputs), seed=int(args.seed))
+        return b.tokens, b.labels, int(b.tokens.shape[1])
+    return None, None, None
+
+
+def _search(args, prop) -> dict:
+    from estimators.activation.search import gradient_search, greedy_search
+
+    if args.search == "greedy":
+        tokens, labels, n_ctx = _search_inputs(args)
+        res = greedy_search(prop, max_steps=args.search_steps, tokens=tokens, labels=labels,
+                            n_ctx=n_ctx)
+    else:
+        res = gradient_search(prop, steps=args.search_steps)
+    d = res.to_dict()
+    d["method"] = args.search
+    return d
+
+
 def run_cli(args) -> dict:
     from estimators.activation.engine import Propagator
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     t0 = time.perf_counter()
+    if args.search is not None and args.search_steps < 1:
+        raise ValueError("--search-steps must be at least 1")
     chain = build_chain(args)
     mask = parse_mask(args.mask, chain.layouts)
     prop = Propagator(chain, mask, bits_per_parameter=args.bits_per_parameter)
+    if args.search is not None:
+        search = _search(args, prop)
     res = prop.run()
     out = res.to_dict()
+    if args.search is not None:
+        out["search"] = search
     out["mask"] = mask.to_dict()
     out["mask_hash"] = mask.hash()
     out["chain"] = chain.to_dict()

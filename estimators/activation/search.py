@@ -1,24 +1,39 @@
 """Argument search: greedy forward selection and gradient descent on relaxed masks.
 
-Candidates (both searches): per site, the `candidates_per_site` off-diagonal pairs with the
-largest |empirical correlation| that the current mask does not track; greedy search also
-offers, at multi-position sites, each within-position block not yet tracked. Limiting
-candidates this way keeps a step at (#sites × candidates) re-propagations, each of which only
-recomputes from the changed site on.
+Both score an argument by its exact total surprise S(π) + S(Y|π) in bits (the code of
+`estimators.surprise`, the data code of `accounting.py` / `mixture.py`), start from the
+propagator's current argument (the naive one by default) and report `path`: one dict per
+accepted step with `argument_bits`, `data_bits`, `total_bits` (exact) and `switched_on` (the
+entries, blocks or mixture the step switched on). The returned argument is verified: it is
+re-evaluated from scratch (a fresh `Propagator` on the reported mask, plus the mixture) and
+`verified_total_bits` must equal the last step's total.
 
-Greedy: at each step evaluate every candidate added to the current mask, keep the one with the
-lowest S_total = S(π) + S(Y|π); stop when none lowers it, after max_steps, or on should_stop().
+Candidates. Per site, the `candidates_per_site` off-diagonal pairs with the largest |empirical
+correlation| that the current mask does not track; at multi-position sites each
+within-position block not yet tracked; and, while no mixture is set, each mixture argument
+(`mixture.py`) over `variables` at the chain's input site and at its output site. A pair or block
+candidate is evaluated exactly by re-propagating from its site on (the engine's cache keeps
+everything upstream, so candidates at one site share their upstream work); a mixture candidate
+by propagating each of its components.
 
-Gradient: a gate g_c = sigmoid(θ_c) per candidate pair (θ starts at `init_logit`), the site's
-mask entry (c) set to g_c, and the loss  S(Y|π)(relaxed) + Σ_c g_c · bits_per_gate  minimised
-by Adam, where bits_per_gate = bits_per_parameter + log2(n_pairs of the site) (the price of a
-tracked number plus roughly the bits to name the entry). After every update the hard argument
-(gates > 0.5) is evaluated exactly with the real code; the best hard argument is returned.
+Greedy: at each step evaluate every candidate, keep the one with the lowest total if it lowers
+the current total; otherwise stop and say why: "no candidate lowers total bits; the best one
+(NAME) would cost X bits and save Y" (X = its change in S(π), Y = its fall in S(Y|π)).
 
-Both report `path`: one dict per step with argument_bits, data_bits, total_bits (hard, exact),
-and `on_step(i, total, info)` / `should_stop()` callbacks for progress and cancellation; `info`
-carries `best_total_bits` and `best_mask`, the best argument so far, so a caller that is
-interrupted can keep it.
+Gradient (covariance gates only): a logit θ_c per candidate pair, initialised at `init_logit`
+(gates off). Straight-through relaxation: the forward pass uses the hard gate 1[θ_c > 0], the
+backward pass the gradient of sigmoid(θ_c / T); the temperature follows the stated geometric
+schedule T_t = T_0·(T_1/T_0)^{t/(steps−1)} (T_0 = `temperature_start`, T_1 = `temperature_end`).
+The loss is S(Y|π)(gates) + λ_t·Σ_c gate_c·bits_per_gate, with bits_per_gate =
+bits_per_parameter + 2·log2(n_pairs of the site) (one tracked number plus about the bits to
+name the entry) and a continuation on the price (`price_weight`): λ_t = 0 over the first half
+of the steps, then rising linearly to 1 at the last step, so gates whose entries lower S(Y|π)
+switch on first and the rising price then switches off those that do not pay. Adam on θ. (An off gate's forward value is OFF_GATE =
+1e-9 rather than 0, so that its entry stays in the masked covariance and receives a gradient.) After every update the hard argument is
+evaluated exactly; the best one is returned.
+
+`on_step(i, total, info)` / `should_stop()` report progress and cancel; `info` carries
+`best_total_bits` and `best_mask`, the best argument so far, so an interrupted caller can keep it.
 """
 
 from __future__ import annotations
@@ -31,6 +46,10 @@ import torch
 
 from estimators.activation.engine import Propagator
 from estimators.activation.masks import CovarianceMask, MaskRule, SiteMask, topk_pairs_mask
+from estimators.activation.mixture import MixtureArgument, mixture_surprise, variable_values
+
+
+OFF_GATE = 1e-9  # the forward value of an off gate in the gradient search (module docstring)
 
 
 @dataclass
@@ -39,10 +58,16 @@ class SearchResult:
     path: list[dict] = field(default_factory=list)
     cancelled: bool = False
     best_total_bits: float = math.inf
+    mixture: MixtureArgument | None = None
+    stop_reason: str = ""
+    verified_total_bits: float | None = None
 
     def to_dict(self) -> dict:
         return {"mask": self.mask.to_dict(), "path": self.path, "cancelled": self.cancelled,
-                "best_total_bits": self.best_total_bits}
+                "best_total_bits": self.best_total_bits,
+                "mixture": None if self.mixture is None else self.mixture.to_dict(),
+                "stop_reason": self.stop_reason,
+                "verified_total_bits": self.verified_total_bits}
 
 
 def _noop(*_a, **_k):
@@ -61,79 +86,185 @@ def _sites(prop: Propagator, sites: list[str] | None) -> list[str]:
     return [prop.chain.site(s).name for s in names if prop.chain.site(s).dim > 1]
 
 
-def _totals(prop: Propagator) -> dict:
-    s = prop.surprise()
-    return {"argument_bits": s.argument_bits, "data_bits": s.data_bits,
-            "total_bits": s.total_bits}
+class _Scorer:
+    """Exact totals of (mask, mixture) arguments; variable values computed once."""
+
+    def __init__(self, prop: Propagator, tokens, labels, n_ctx):
+        self.prop, self.tokens, self.labels, self.n_ctx = prop, tokens, labels, n_ctx
+        self._values: dict[str, torch.Tensor] = {}
+
+    def values(self, variable: str) -> torch.Tensor:
+        if variable not in self._values:
+            self._values[variable] = variable_values(variable, self.prop.chain, self.tokens,
+                                                     self.labels)
+        return self._values[variable]
+
+    def totals(self, mixture: MixtureArgument | None) -> dict:
+        if mixture is None:
+            s = self.prop.surprise()
+        else:
+            s = mixture_surprise(self.prop, mixture, self.values(mixture.variable),
+                                 self.n_ctx).surprise
+        return {"argument_bits": s.argument_bits, "data_bits": s.data_bits,
+                "total_bits": s.total_bits}
+
+
+def default_variables(tokens, labels) -> list[str]:
+    """Mixture variables the search tries by default: the label (when the data has labels)
+    and the token at the last position (when the tokens are known)."""
+    return (["label"] if labels is not None else []) + (
+        ["token_at:-1"] if tokens is not None else [])
+
+
+def _mask_candidates(prop: Propagator, current: CovarianceMask, names: list[str],
+                     k: int, include_blocks: bool) -> list[tuple[str, SiteMask, str]]:
+    cands = []
+    for s in names:
+        sm = current.get(s, prop.chain.layouts[s])
+        for i, j in _candidate_pairs(prop, s, k):
+            cands.append((s, sm.toggled(i, j, False), f"{s}[{i},{j}]"))
+        lay = prop.chain.layouts[s]
+        if include_blocks and lay.n_positions > 1:
+            dense = prop.dense_mask(s)
+            for g in range(lay.n_positions):
+                blk = slice(g * lay.n_units, (g + 1) * lay.n_units)
+                if not bool(dense[blk, blk].all()):
+                    rule = MaskRule("blocks", by="position", pairs=((g, g),))
+                    cands.append((s, SiteMask(lay, sm.rules + (rule,), sm.on, sm.off),
+                                  f"{s}[position block {g}]"))
+    return cands
+
+
+def _mixture_candidates(prop: Propagator, variables: list[str]) -> list[MixtureArgument]:
+    ch = prop.chain
+    sites = [ch.sites[0].name, ch.output.site]
+    return [MixtureArgument(s, v) for v in variables for s in dict.fromkeys(sites)]
+
+
+def _why_stop(best: dict, choice) -> str:
+    if choice is None:
+        return "no candidates left to try"
+    t, desc = choice[0], choice[-1]
+    cost = t["argument_bits"] - best["argument_bits"]
+    save = best["data_bits"] - t["data_bits"]
+    return (f"no candidate lowers total bits; the best one ({desc}) would cost {cost:,.1f} "
+            f"bits and save {save:,.1f}")
+
+
+def verify(prop: Propagator, mask: CovarianceMask, mixture: MixtureArgument | None,
+           tokens=None, labels=None, n_ctx=None) -> float:
+    """Total bits of (mask, mixture) re-evaluated from scratch on a fresh Propagator."""
+    fresh = Propagator(prop.chain, mask, bits_per_parameter=prop.bits_per_parameter,
+                       data_code=prop.data_code, distances=False)
+    fresh.run()
+    return _Scorer(fresh, tokens, labels, n_ctx).totals(mixture)["total_bits"]
 
 
 def greedy_search(prop: Propagator, max_steps: int = 10, candidates_per_site: int = 16,
                   sites: list[str] | None = None, include_blocks: bool = True,
                   on_step: Callable[[int, int, dict], None] = _noop,
-                  should_stop: Callable[[], bool] = lambda: False) -> SearchResult:
+                  should_stop: Callable[[], bool] = lambda: False,
+                  variables: list[str] | None = None, tokens=None, labels=None,
+                  n_ctx: int | None = None) -> SearchResult:
     """Greedy forward selection from prop's current mask (module docstring). The propagator is
-    left holding the best mask found."""
+    left holding the best mask found.
+
+    variables: mixture variables to try (None: `default_variables(tokens, labels)`); tokens
+    [N, ctx] / labels [N]: the chain's real inputs, needed by label / token_at variables.
+    Raises ValueError for a negative max_steps or an unknown site."""
+    if max_steps < 0:
+        raise ValueError("max_steps must be ≥ 0")
     names = _sites(prop, sites)
+    variables = default_variables(tokens, labels) if variables is None else list(variables)
+    scorer = _Scorer(prop, tokens, labels, n_ctx)
     saved_dist = prop.want_distances
     prop.want_distances = False
+    mixture = None
+    reason = f"reached the step limit ({max_steps})"
     try:
         prop.run()
-        best = _totals(prop)
-        path = [{"step": 0, **best, "added": None}]
+        best = scorer.totals(None)
+        path = [{"step": 0, **best, "added": None, "switched_on": []}]
         current = prop.mask
         cancelled = False
         evals = 0
         for step in range(1, max_steps + 1):
-            cands: list[tuple[str, SiteMask, str]] = []
-            for s in names:
-                sm = current.get(s, prop.chain.layouts[s])
-                for i, j in _candidate_pairs(prop, s, candidates_per_site):
-                    cands.append((s, sm.toggled(i, j, False), f"{s}[{i},{j}]"))
-                lay = prop.chain.layouts[s]
-                if include_blocks and lay.n_positions > 1:
-                    dense = prop.dense_mask(s)
-                    for g in range(lay.n_positions):
-                        blk = slice(g * lay.n_units, (g + 1) * lay.n_units)
-                        if not bool(dense[blk, blk].all()):
-                            rule = MaskRule("blocks", by="position", pairs=((g, g),))
-                            cands.append((s, SiteMask(lay, sm.rules + (rule,), sm.on, sm.off),
-                                          f"{s}[position block {g}]"))
+            cands = [("mask", s, sm, d) for s, sm, d in
+                     _mask_candidates(prop, current, names, candidates_per_site, include_blocks)]
+            if mixture is None:
+                cands += [("mixture", m, None, f"mixture on {m.variable} at {m.site}")
+                          for m in _mixture_candidates(prop, variables)]
             total_evals = evals + len(cands) * (max_steps - step + 1)
             choice = None
-            for s, new_sm, desc in cands:
+            for kind, a, b, desc in cands:
                 if should_stop():
                     cancelled = True
                     break
-                prop.set_mask(current.with_site(s, new_sm))
-                prop.run()
-                t = _totals(prop)
+                if kind == "mask":
+                    prop.set_mask(current.with_site(a, b))
+                    prop.run()
+                    t = scorer.totals(mixture)
+                else:
+                    prop.set_mask(current)
+                    try:
+                        t = scorer.totals(a)
+                    except ValueError:  # e.g. a variable the data cannot give
+                        continue
                 evals += 1
                 on_step(evals, total_evals, {"step": step, "candidate": desc, **t,
                                              "best_total_bits": best["total_bits"],
                                              "best_mask": current})
-                if t["total_bits"] < best["total_bits"] - 1e-9 and (
-                        choice is None or t["total_bits"] < choice[0]["total_bits"]):
-                    choice = (t, s, new_sm, desc)
-            if cancelled or choice is None:
+                if choice is None or t["total_bits"] < choice[0]["total_bits"]:
+                    choice = (t, kind, a, b, desc)
+            if cancelled:
+                reason = "cancelled"
                 break
-            t, s, new_sm, desc = choice
-            current = current.with_site(s, new_sm)
+            if choice is None or choice[0]["total_bits"] >= best["total_bits"] - 1e-9:
+                reason = _why_stop(best, choice)
+                break
+            t, kind, a, b, desc = choice
+            if kind == "mask":
+                current = current.with_site(a, b)
+            else:
+                mixture = a
             best = t
-            path.append({"step": step, **t, "added": desc})
+            path.append({"step": step, **t, "added": desc, "switched_on": [desc]})
         prop.set_mask(current)
         prop.run()
     finally:
         prop.want_distances = saved_dist
-    return SearchResult(current, path, cancelled, best["total_bits"])
+    out = SearchResult(current, path, cancelled, best["total_bits"], mixture, reason)
+    out.verified_total_bits = verify(prop, current, mixture, tokens, labels, n_ctx)
+    return out
+
+
+def temperature(step: int, steps: int, start: float, end: float) -> float:
+    """The straight-through temperature at update `step` (0-based) of `steps`: geometric from
+    `start` to `end`."""
+    if steps <= 1:
+        return float(end)
+    return float(start * (end / start) ** (step / (steps - 1)))
+
+
+def price_weight(step: int, steps: int) -> float:
+    """λ at update `step` (0-based) of `steps`: 0 for the first half, then linear up to 1."""
+    half = steps / 2
+    if step < half or steps <= 1:
+        return 0.0 if steps > 1 else 1.0
+    return float(min(1.0, (step - half + 1) / max(steps - half, 1)))
 
 
 def gradient_search(prop: Propagator, steps: int = 30, lr: float = 0.2,
                     candidates_per_site: int = 32, sites: list[str] | None = None,
-                    init_logit: float = -2.0,
+                    init_logit: float = -0.5, temperature_start: float = 1.0,
+                    temperature_end: float = 0.05,
                     on_step: Callable[[int, int, dict], None] = _noop,
                     should_stop: Callable[[], bool] = lambda: False) -> SearchResult:
-    """Adam on sigmoid gates over candidate pairs (module docstring). The propagator is left
-    holding the best hard mask found."""
+    """Straight-through gradient search over candidate pairs (module docstring). The propagator
+    is left holding the best hard mask found. Raises ValueError for non-positive
+    temperatures."""
+    if not (temperature_start > 0 and temperature_end > 0):
+        raise ValueError("temperatures must be > 0")
     names = _sites(prop, sites)
     start = prop.mask
     prop.run()
@@ -144,14 +275,14 @@ def gradient_search(prop: Propagator, steps: int = 30, lr: float = 0.2,
                            requires_grad=True) for s, c in cand.items()}
     base = {s: prop.dense_mask(s).to(torch.float64) for s in cand}
     idx = {s: torch.tensor(c, device=dev) for s, c in cand.items()}
-    bits_per_gate = {s: prop.bits_per_parameter + math.log2(max(prop.chain.layouts[s].n_pairs, 2))
-                     for s in cand}
+    bits_per_gate = {s: prop.bits_per_parameter +
+                     2 * math.log2(max(prop.chain.layouts[s].n_pairs, 2)) for s in cand}
     opt = torch.optim.Adam(list(theta.values()), lr=lr) if theta else None
 
     def hard_mask() -> CovarianceMask:
         m = start
         for s, c in cand.items():
-            on = (torch.sigmoid(theta[s]) > 0.5).tolist()
+            on = (theta[s] > 0).tolist()
             sm = start.get(s, prop.chain.layouts[s])
             chosen = frozenset(p for p, o in zip(c, on) if o)
             m = m.with_site(s, SiteMask(sm.layout, sm.rules, sm.on | chosen, sm.off))
@@ -159,34 +290,54 @@ def gradient_search(prop: Propagator, steps: int = 30, lr: float = 0.2,
 
     saved_dist = prop.want_distances
     prop.want_distances = False
-    best_mask, best = start, _totals(prop)
-    path = [{"step": 0, **best, "relaxed_loss": None, "n_gates_on": 0}]
+    t0 = prop.surprise()
+    best_mask = start
+    best = {"argument_bits": t0.argument_bits, "data_bits": t0.data_bits,
+            "total_bits": t0.total_bits}
+    path = [{"step": 0, **best, "relaxed_loss": None, "n_gates_on": 0, "switched_on": [],
+             "temperature": None}]
     cancelled = False
+    on_before: dict[str, set] = {s: set() for s in cand}
     try:
         for it in range(1, steps + 1):
             if should_stop() or opt is None:
                 cancelled = should_stop()
                 break
+            temp = temperature(it - 1, steps, temperature_start, temperature_end)
+            lam = price_weight(it - 1, steps)
             gates = {}
             penalty = torch.zeros((), dtype=torch.float64, device=dev)
             for s in cand:
-                g = torch.sigmoid(theta[s])
+                soft = torch.sigmoid(theta[s] / temp)
+                # straight-through: the hard gate forward, sigmoid(θ/T)'s gradient backward; an
+                # off gate carries OFF_GATE (not 0) so its entry stays in the mask's graph and
+                # gets a gradient
+                hard = (theta[s] > 0).to(soft.dtype).clamp_min(OFF_GATE)
+                g = hard + soft - soft.detach()
                 m = base[s].clone()
                 m = m.index_put((idx[s][:, 0], idx[s][:, 1]), g)
                 m = m.index_put((idx[s][:, 1], idx[s][:, 0]), g)
                 gates[s] = m
                 penalty = penalty + g.sum() * bits_per_gate[s]
             data, _ = prop.relaxed(gates)
-            loss = data + penalty
+            loss = data + lam * penalty
             opt.zero_grad()
             loss.backward()
             opt.step()
             hm = hard_mask()
             prop.set_mask(hm)
             prop.run()
-            t = _totals(prop)
-            n_on = sum(int((torch.sigmoid(v) > 0.5).sum()) for v in theta.values())
-            rec = {"step": it, **t, "relaxed_loss": float(loss.detach()), "n_gates_on": n_on}
+            s_ = prop.surprise()
+            t = {"argument_bits": s_.argument_bits, "data_bits": s_.data_bits,
+                 "total_bits": s_.total_bits}
+            switched = []
+            for s, c in cand.items():
+                now = {p for p, o in zip(c, (theta[s] > 0).tolist()) if o}
+                switched += [f"{s}[{i},{j}]" for i, j in sorted(now - on_before[s])]
+                on_before[s] = now
+            n_on = sum(len(v) for v in on_before.values())
+            rec = {"step": it, **t, "relaxed_loss": float(loss.detach()), "n_gates_on": n_on,
+                   "switched_on": switched, "temperature": temp, "price_weight": lam}
             path.append(rec)
             if t["total_bits"] < best["total_bits"]:
                 best, best_mask = t, hm
@@ -196,4 +347,9 @@ def gradient_search(prop: Propagator, steps: int = 30, lr: float = 0.2,
         prop.run()
     finally:
         prop.want_distances = saved_dist
-    return SearchResult(best_mask, path, cancelled, best["total_bits"])
+    reason = "cancelled" if cancelled else (
+        "the best hard argument seen lowers total bits" if best_mask is not start else
+        "no hard argument seen lowers total bits")
+    out = SearchResult(best_mask, path, cancelled, best["total_bits"], None, reason)
+    out.verified_total_bits = verify(prop, best_mask, None)
+    return out

@@ -109,14 +109,17 @@ class CircuitAnalysis:
     notes: list[str] = field(default_factory=list)
 
     def rows(self) -> list[dict]:
-        """One row per variable in topological order (inputs first)."""
+        """One row per variable in topological order (inputs first); "warning" is the
+        estimator's note for that node ("" when none), e.g. a Gaussian closure applied to
+        non-Gaussian variables."""
         out = []
         for i, v in enumerate(self.circuit.order):
             me, ve = float(self.estimate.mean[i]), float(self.estimate.cov[i, i])
             mt, vt = float(self.truth.mean[i]), float(self.truth.cov[i, i])
             out.append({"id": v, "kind": self.circuit.kind(v), "mean_est": me, "var_est": ve,
                         "mean_true": mt, "var_true": vt, "mean_err": me - mt,
-                        "var_err": ve - vt})
+                        "var_err": ve - vt,
+                        "warning": self.estimate.node_warnings.get(v, "")})
         return out
 
     def to_estimate(self) -> Estimate:

@@ -58,7 +58,8 @@ def _text(r: dict) -> str:
              + f" (of {len(r['candidates'])} candidate pairs)", "", head]
     for n in r["nodes"]:
         lines.append(f"{n['id']:<12}{n['kind']:<7}{n['mean_est']:>12.6g}{n['mean_true']:>12.6g}"
-                     f"{n['var_est']:>12.6g}{n['var_true']:>12.6g}")
+                     f"{n['var_est']:>12.6g}{n['var_true']:>12.6g}"
+                     + ("  ! see notes" if n.get("warning") else ""))
     s = r["surprise"]
     lines += ["", f"S(π) = {s['argument_bits']:.2f} bits, S(Y|π) = {s['data_bits']:.2f} bits, "
                   f"total = {s['total_bits']:.2f} bits", s["notes"]] + r["notes"]

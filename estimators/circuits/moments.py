@@ -22,6 +22,8 @@ class Moments:
     notes: list[str] = field(default_factory=list)
     mean_se: torch.Tensor | None = None  # standard errors (Monte Carlo only)
     var_se: torch.Tensor | None = None
+    node_warnings: dict[str, str] = field(default_factory=dict)  # id -> why a node's
+    # estimate may be unreliable (e.g. a Gaussian closure applied to non-Gaussian variables)
 
     @property
     def var(self) -> torch.Tensor:

@@ -33,6 +33,17 @@ What is approximate, exactly:
   4. each step uses the *estimated* means and variances of its arguments, so errors compound.
 A variance that comes out negative (possible when approximate covariances exceed what a valid
 joint law allows) is clipped to 0 and reported in `notes`.
+
+Where approximation 3 is not needed or not justified (`Moments.node_warnings`, shown in the
+error table):
+  * x·x with x an input: the moments are exact from the input law's central moments
+    (E[x²] = μ² + σ², Var(x²) = 4μ²σ² + 4μ·m3 + m4 − σ⁴), so finite inputs get no closure;
+  * a tracked product of two variables that are not both linear in Gaussian inputs (a
+    non-Gaussian input, or a product, upstream) and not two distinct (independent) inputs: the
+    Gaussian fourth-moment closure is applied to non-Gaussian variables, and the node carries a
+    warning saying so (tracking the pair can then make its variance worse than independence);
+    every node computed from a warned node carries a warning naming where the closure was
+    applied.
 Means are exact when all candidate pairs are tracked and the circuit has degree ≤ 2 in Gaussian
 inputs (each product then multiplies two linear nodes, whose covariances bilinearity gets exactly).
 """
@@ -107,6 +118,9 @@ def propagate(circuit: Circuit, tracked: Iterable[Sequence[str]] = (),
     mu = torch.zeros(n, dtype=torch.float64, device=device)
     C = torch.zeros(n, n, dtype=torch.float64, device=device)
     notes: list[str] = []
+    warnings: dict[str, str] = {}
+    origin: dict[str, str] = {}  # node -> the node whose closure its estimate inherits
+    linear = [False] * n  # linear (affine) in Gaussian inputs: the Isserlis closure is exact
     for v in ids:
         k = idx[v]
         node = nb.get(v)
@@ -114,9 +128,11 @@ def propagate(circuit: Circuit, tracked: Iterable[Sequence[str]] = (),
             d = circuit.inputs[v]
             C[k, k] = float(d.central_moments(2)[2])
             mu[k] = d.expectation
+            linear[k] = d.dist == "normal"
             continue
         if node.op == "const":
             mu[k] = node.value
+            linear[k] = True
             continue
         i, j = idx[node.args[0]], idx[node.args[1]]
         t = normalize_pair(circuit, node.args) in pairs
@@ -134,6 +150,30 @@ def propagate(circuit: Circuit, tracked: Iterable[Sequence[str]] = (),
             row = mi * C[j, :k] + mj * C[i, :k]
             m = mi * mj + ci
             var = vi * vj + vi * mj ** 2 + vj * mi ** 2 + (2 * mi * mj * ci + ci ** 2 if t else 0)
+            a, b = node.args
+            if t and i == j and a in circuit.inputs:
+                m, var = _square_of_input(circuit.inputs[a])
+            elif t and not (linear[i] and linear[j]) and not (
+                    a in circuit.inputs and b in circuit.inputs and i != j):
+                what = f"{a} is not Gaussian" if a == b else \
+                    f"{a} and {b} are not jointly Gaussian"
+                warnings[v] = (f"Var({a}·{b}) uses the joint-Gaussian fourth-moment closure, "
+                               f"but {what} (non-Gaussian inputs or products upstream): with "
+                               f"this pair tracked the variance can be worse than under "
+                               f"independence")
+        if v not in warnings:
+            src = sorted({origin[a] for a in node.args if a in origin})
+            if src:
+                origin[v] = src[0]
+                warnings[v] = (f"depends on {', '.join(src)}, where the joint-Gaussian "
+                               f"fourth-moment closure was applied to non-Gaussian variables")
+        else:
+            origin[v] = v
+        if node.op in ("add", "sub"):
+            linear[k] = linear[i] and linear[j]
+        else:
+            linear[k] = (circuit.kind(node.args[0]) == "const" and linear[j]) or (
+                circuit.kind(node.args[1]) == "const" and linear[i])
         if var < 0:
             notes.append(f"variance of {v} came out {var:.4g} < 0 and was clipped to 0")
             var = 0.0
@@ -142,4 +182,13 @@ def propagate(circuit: Circuit, tracked: Iterable[Sequence[str]] = (),
         C[k, k] = var
         mu[k] = m
     method = "sparse covariance" if pairs else "independence"
-    return Moments(ids=ids, mean=mu, cov=C, method=method, notes=notes)
+    notes += [f"{v}: {w}" for v, w in warnings.items()]
+    return Moments(ids=ids, mean=mu, cov=C, method=method, notes=notes,
+                   node_warnings=warnings)
+
+
+def _square_of_input(d) -> tuple[float, float]:
+    """Exact (E[x²], Var(x²)) of an input x from its law's central moments."""
+    m = d.expectation
+    _, _, m2, m3, m4 = d.central_moments(4)
+    return m * m + m2, 4 * m * m * m2 + 4 * m * m3 + m4 - m2 * m2

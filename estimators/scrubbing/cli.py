@@ -54,8 +54,11 @@ def _setup(args):
     torch.set_num_threads(max(1, args.threads))
     loaded = load_model(args.model, args.device)
     data = _load_data(args, loaded)
+    bpp = args.bits_per_parameter
+    if bpp is not None and not (bpp >= 0 and bpp != float("inf")):
+        raise UserError("--bits-per-parameter must be a number ≥ 0")
     scrubber = Scrubber(loaded.model, data, seed=args.seed, batch_size=args.batch_size,
-                        device=args.device)
+                        device=args.device, bits_per_parameter=bpp)
     return loaded, data, scrubber
 
 
@@ -106,6 +109,8 @@ def _common(p):
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     p.add_argument("--batch-size", type=int, default=128, help="examples per pass")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--bits-per-parameter", type=float, default=None,
+                   help="S(π) bits per kept path (default ½·log2 N for N examples)")
     add_common_json(p)
 
 

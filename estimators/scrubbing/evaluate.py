@@ -16,7 +16,9 @@ positions averaged: next-token loss, or the label's cross-entropy):
   * S(Y | π) = Σ_i (ℓ_scrubbed(x_i) − ℓ_original(x_i)) / ln 2 = N·(L_scrubbed − L_original)/ln 2
     bits: the extra code length of the observed targets when coded with the scrubbed model
     instead of the model itself (it can be negative when the scrubbed model predicts better);
-  * S(π) = `PathPartition.description_bits` (see partition.py for the code).
+  * S(π) = `PathPartition.description_bits` (see partition.py for the code) at
+    `ScrubConfig.bits_per_parameter` bits per parameter (None: ½·log2 N for N reference
+    examples, the MDL price), with n = the data's sequence length.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from estimators.scrubbing.partition import IMPORTANT, REST, PathPartition
 from estimators.scrubbing.paths import PathGraph
 from estimators.scrubbing.sampling import draw_matched, draw_uniform, feature_values
 from estimators.scrubbing.treeify import plan_versions, treeified_logits
-from estimators.surprise import LN2, SurpriseBreakdown
+from estimators.surprise import LN2, SurpriseBreakdown, mdl_bits_per_parameter
 from estimators.zoo.base import ZooBatch, ZooEntry
 
 LossFn = Callable[[torch.Tensor, ZooBatch], torch.Tensor]
@@ -167,6 +169,7 @@ class ScrubConfig:
     max_partitions: int = 32
     device: str | None = None
     memory_budget_mib: int = 1024  # the data batch shrinks so one pass stays under this
+    bits_per_parameter: float | None = None  # S(π) part 4 price; None: ½·log2 N
 
     def __post_init__(self):
         for name in ("seed", "batch_size", "max_partitions", "memory_budget_mib"):
@@ -175,6 +178,10 @@ class ScrubConfig:
                 raise ValueError(f"{name} must be an integer, not {v!r}")
         if self.seed < 0:
             raise ValueError("seed must be ≥ 0")
+        bpp = self.bits_per_parameter
+        if bpp is not None and (isinstance(bpp, bool) or not isinstance(bpp, (int, float))
+                                or not 0 <= bpp < float("inf")):
+            raise ValueError(f"bits_per_parameter must be a number ≥ 0, not {bpp!r}")
         if self.batch_size < 1 or self.max_partitions < 1 or self.memory_budget_mib < 1:
             raise ValueError("batch_size, max_partitions and memory_budget_mib must be "
                              "positive")
@@ -350,13 +357,17 @@ class Scrubber:
 
     def surprise(self, partition: PathPartition, orig: torch.Tensor,
                  scrubbed: torch.Tensor) -> SurpriseBreakdown:
-        parts = {f"argument:{k}": v for k, v in partition.description_parts(self.graph).items()}
+        bpp = self.config.bits_per_parameter
+        bpp = mdl_bits_per_parameter(orig.numel()) if bpp is None else float(bpp)
+        parts = {f"argument:{k}": v for k, v in partition.description_parts(
+            self.graph, bpp, self.data.batch.tokens.shape[1]).items()}
         data_bits = float((scrubbed.double() - orig.double()).sum() / LN2)
         parts["data:excess loss"] = data_bits
         arg = sum(v for k, v in parts.items() if k.startswith("argument:"))
         return SurpriseBreakdown(
             argument_bits=float(arg), data_bits=data_bits, parts=parts,
-            notes=f"S(π): two-part code over {self.graph.n_paths} paths; S(Y|π) = "
+            notes=f"S(π): two-part code over {self.graph.n_paths} paths, {bpp:.3g} bits per "
+                  f"kept path; S(Y|π) = "
                   f"N·(L_scrubbed − L_original)/ln 2 with N = {orig.numel()} examples")
 
     def _result(self, p, orig, scrubbed, rand, diag) -> ScrubResult:

@@ -17,17 +17,23 @@ JSON form (every key but "important"/"blocks" optional):
 A pattern that matches no path, a path claimed by two blocks, or a malformed file is a
 `PathError` (a ValueError) with a message that names the culprit.
 
-Description length S(π), a two-part code over the model's P paths (documented in the README):
+Description length S(π), the code of `estimators.surprise` (derivation there) over the model's
+P treeified paths, with n = the number of input positions and b = bits_per_parameter:
   1. which paths are named (important or in a block): `subset_bits(P, k)` (0 when k = 0);
   2. how the k named paths are grouped, when k > 0: log2(k + 1) bits for the number of blocks B
      (0 ≤ B ≤ k), log2(k + 1) bits for each block's size (the important block gets the rest),
-     then log2 of the multinomial k! / (k_important! · k_1! ⋯ k_B!) for which paths go where
-     (so "all named paths in one block" costs no per-path bits);
+     then log2 of the multinomial k! / (k_important! · k_1! ⋯ k_B!) for which paths go where;
   3. each block's resampling rule: 1 bit (uniform or matched), plus for a matched block
      log2(#feature kinds) bits for the kind and the bits of its argument (a position:
-     log2(n_ctx); a set of positions: n_ctx bits).
-The empty partition (everything independent) costs 0 bits. The code counts paths, not pattern
-characters, so two spellings of the same partition cost the same.
+     log2(2·n_ctx); a set of positions: n_ctx bits);
+  4. the dependences on the real input, one parameter per path at b bits: a path that keeps the
+     real input states 1 parameter; a path in a block matched on a feature states the share of
+     the input the feature pins (label or token_at: 1/n; tokens_at S: |S|/n); a path in a
+     uniform block states none. So the important block costs k_important·b and "every path
+     important" costs P·b on top of parts 1–2.
+The empty partition (everything independent) costs 0 bits, and S(π) grows with what π claims.
+`description_parts` returns the parts, part 4 (with part 3) per block, for display. The code
+counts paths, not pattern characters, so two spellings of the same partition cost the same.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import numpy as np
 
 from estimators.scrubbing.paths import PathError, PathGraph
 from estimators.scrubbing.sampling import FEATURE_KINDS, parse_feature
-from estimators.surprise import subset_bits
+from estimators.surprise import parameter_bits, subset_bits
 
 UNIFORM = "uniform"
 REST = -1  # block id of paths outside every named block
@@ -182,23 +188,54 @@ class PathPartition:
             out[mine] = gid
         return out
 
-    def description_parts(self, graph: PathGraph) -> dict[str, float]:
-        """S(π) term by term, in bits (see the module docstring for the code)."""
+    def description_parts(self, graph: PathGraph, bits_per_parameter: float,
+                          n_positions: int | None = None) -> dict[str, float]:
+        """S(π) term by term, in bits (module docstring): "which paths", "grouping", then one
+        entry per group: "important (k paths)" and "blocks[j] <rule> (m paths)", each the
+        group's rule bits plus its parameter bits.
+
+        `bits_per_parameter` ≥ 0 (b); `n_positions`: the input length n (default the model's
+        n_ctx). Raises PathError as `assign` does, ValueError for a negative price."""
+        if not bits_per_parameter >= 0:
+            raise ValueError("bits_per_parameter must be ≥ 0")
         assignment = self.assign(graph)
         k = int((assignment != REST).sum())
         n_blocks = len(self.blocks)
-        which = subset_bits(graph.n_paths, k)
-        grouping = 0.0
-        if k:
-            sizes = [int((assignment == g).sum()) for g in range(n_blocks + 1)]
-            log2_fact = lambda m: math.lgamma(m + 1) / math.log(2)  # noqa: E731
-            grouping = (1 + n_blocks) * math.log2(k + 1) + log2_fact(k) - sum(
-                log2_fact(m) for m in sizes)
-        rules = sum(resample_rule_bits(b.feature, graph.n_ctx) for b in self.blocks)
-        return {"which paths": which, "grouping": grouping, "resample rules": rules}
+        parts = {"which paths": subset_bits(graph.n_paths, k), "grouping": 0.0}
+        if not k:
+            return parts
+        sizes = [int((assignment == g).sum()) for g in range(n_blocks + 1)]
+        log2_fact = lambda m: math.lgamma(m + 1) / math.log(2)  # noqa: E731
+        parts["grouping"] = (1 + n_blocks) * math.log2(k + 1) + log2_fact(k) - sum(
+            log2_fact(m) for m in sizes)
+        n = max(int(n_positions or graph.n_ctx or 1), 1)
+        if sizes[0]:
+            parts[f"important ({sizes[0]} paths)"] = parameter_bits(sizes[0], bits_per_parameter)
+        for j, b in enumerate(self.blocks):
+            share = kept_share(b.feature, n)
+            parts[f"blocks[{j}] {b.resample} ({sizes[j + 1]} paths)"] = \
+                resample_rule_bits(b.feature, graph.n_ctx) + parameter_bits(
+                    sizes[j + 1] * share, bits_per_parameter)
+        return parts
 
-    def description_bits(self, graph: PathGraph) -> float:
-        return float(sum(self.description_parts(graph).values()))
+    def description_bits(self, graph: PathGraph, bits_per_parameter: float,
+                         n_positions: int | None = None) -> float:
+        """S(π) in bits: the sum of `description_parts`."""
+        return float(sum(self.description_parts(graph, bits_per_parameter,
+                                                n_positions).values()))
+
+
+def kept_share(feature: str | None, n_positions: int) -> float:
+    """The share of a path's real-input dependence a block's resampling keeps (part 4 of the
+    code): 0 for a uniform draw; 1/n for the label or one position; |S|/n for a set S of
+    positions (at most 1: matching every position keeps the real input)."""
+    if feature is None:
+        return 0.0
+    kind, arg = parse_feature(feature)
+    n = max(int(n_positions), 1)
+    if kind == "tokens_at":
+        return min(len({p % n for p in arg}), n) / n
+    return 1.0 / n
 
 
 def resample_rule_bits(feature: str | None, n_ctx: int | None) -> float:

@@ -77,21 +77,31 @@ def test_full_beats_naive_on_zoo_model(name):
     assert full.surprise.argument_bits > 0
 
 
-# On parens every Gaussian-sampled residual stream is read as "unbalanced" (P ≈ 0.9995 under both
-# arguments, against 51% real): a Gaussian over the residual stream misses the discrete balance
-# structure, so tracking covariances cannot lower S(Y|π) there. Strict: it must be revisited if
-# the engine learns to (e.g. a mixture per label).
-PARENS_GAUSSIAN_LIMIT = pytest.mark.xfail(
-    strict=True, reason="a single Gaussian over parens' residual stream ignores balance")
-
-
-@pytest.mark.parametrize("name", [n if n != "parens" else pytest.param(n, marks=PARENS_GAUSSIAN_LIMIT)
-                                  for n in (ZOO or ["maxk"])])
+@pytest.mark.parametrize("name", [n for n in (ZOO or ["maxk"]) if n != "parens"])
 def test_full_lowers_data_surprise_on_zoo_model(name):
     if not _zoo_ready(name):
         pytest.skip(f"{name} weights not shipped yet")
     _, naive, full = _zoo_naive_full(name)
     assert full.surprise.data_bits < naive.surprise.data_bits
+
+
+def test_mixture_argument_beats_naive_on_parens():
+    """On parens every Gaussian-sampled residual stream reads as "unbalanced", so no covariance
+    mask lowers S(Y|π) there (formerly a strict xfail); the mixture argument conditioned on the
+    label (estimators.activation.mixture) has total bits below the naive argument's."""
+    from estimators import zoo
+    from estimators.activation.mixture import MixtureArgument, mixture_surprise, \
+        variable_values
+
+    if not _zoo_ready("parens"):
+        pytest.skip("parens weights not shipped yet")
+    chain, naive, _ = _zoo_naive_full("parens")
+    labels = zoo.get("parens").sample(512, seed=0).labels
+    prop = Propagator(chain, distances=False)
+    mix = mixture_surprise(prop, MixtureArgument(chain.output.site, "label"),
+                           variable_values("label", chain, labels=labels))
+    assert mix.surprise.total_bits < naive.surprise.total_bits
+    assert mix.surprise.argument_bits > 0
 
 
 def test_sae_site_and_reconstruction_error(maxk_chain):

@@ -99,20 +99,30 @@ def test_partition_json_round_trip_hash_and_errors():
 
 
 def test_description_bits_code():
-    g = PathGraph(n_layers=2, n_heads=2, attn_only=True)
-    P = g.n_paths
-    assert PathPartition().description_bits(g) == 0.0
+    g = PathGraph(n_layers=2, n_heads=2, attn_only=True, n_ctx=8)
+    P, b = g.n_paths, 3.0
+    assert PathPartition().description_bits(g, b) == 0.0
     one = PathPartition(important=("embed>logits",))
-    # which: log2(P+1) + log2 C(P,1); grouping: log2(1+1) for B = 0, no arrangement bits
-    assert one.description_bits(g) == pytest.approx(math.log2(P + 1) + math.log2(P) + 1.0)
+    # which: log2(P+1) + log2 C(P,1); grouping: log2(1+1) for B = 0; one kept path: b bits
+    assert one.description_bits(g, b) == pytest.approx(math.log2(P + 1) + math.log2(P) + 1.0 + b)
     two = PathPartition(important=("embed>logits",), blocks=(Block(("embed>a0.0:q>logits",)),))
-    # grouping: B (log2 3) + block size (log2 3) + which of the 2 goes where (log2 2!/1!1!)
-    want = (math.log2(P + 1) + log2_binomial(P, 2)) + (2 * math.log2(3) + 1.0) + 1.0
-    assert two.description_bits(g) == pytest.approx(want)
-    # every path in one matched block: which (all P) + B + size, no per-path bits
+    # grouping: B (log2 3) + block size (log2 3) + which of the 2 goes where (log2 2!/1!1!);
+    # uniform block: 1 rule bit, no parameter
+    want = (math.log2(P + 1) + log2_binomial(P, 2)) + (2 * math.log2(3) + 1.0) + 1.0 + b
+    assert two.description_bits(g, b) == pytest.approx(want)
+    # every path in one label-matched block: each path keeps 1/n of the input
     every = PathPartition(blocks=(Block(("*",), "match:label"),))
     rule = 1.0 + math.log2(3)
-    assert every.description_bits(g) == pytest.approx(3 * math.log2(P + 1) + rule)
+    assert every.description_bits(g, b) == pytest.approx(3 * math.log2(P + 1) + rule + P * b / 8)
+    # not symmetric in k <-> P - k: claiming everything costs at least P·b
+    everything = PathPartition(important=("*",))
+    assert everything.description_bits(g, b) >= P * b
+    # matching on every position is keeping the real input: the same parameter bits
+    allpos = PathPartition(blocks=(Block(("*",), "match:tokens_at:" + ",".join(
+        str(i) for i in range(8))),))
+    parts = allpos.description_parts(g, b)
+    assert parts[f"blocks[0] {allpos.blocks[0].resample} ({P} paths)"] == pytest.approx(
+        1.0 + math.log2(3) + 8 + P * b)
 
 
 # ----------------------------------------------------------------------------- sampling
