@@ -235,7 +235,7 @@ def mask_covariance(moments: "Moments | tuple", mask: torch.Tensor | None) -> Ma
         flops += b ** 3 / 3
         if int(info) != 0:  # not PSD: nearest PSD block in Frobenius norm
             evals, evecs = torch.linalg.eigh(blk)
-            e_min = float(evals.min())
+            e_min = float(evals.min().detach())
             min_eig = e_min if min_eig is None else min(min_eig, e_min)
             evals = evals.clamp_min(0)
             blk = (evecs * evals) @ evecs.T
