@@ -85,3 +85,15 @@ def test_interrupted_sweep_resumes_without_recomputing(cluster, tmp_path):
     local = run_sweep(dict(SPEC_BASE), tmp_path / "local.jsonl")
     est = {r["method"]: r["itakura_saito"] for r in second["scores"]}
     assert est == {r["method"]: r["itakura_saito"] for r in local["scores"]}
+
+
+def test_mlp_monte_carlo_truth_on_ray_equals_local(cluster):
+    from estimators.activation.mlp import monte_carlo_moments, random_mlp
+
+    mlp = random_mlp([16] * 4, "relu", seed=0)
+    kw = dict(n=30_000, seed=7, shard_samples=8_000)
+    local = monte_carlo_moments(mlp, **kw)
+    two = monte_carlo_moments(mlp, backend=cluster, **kw)
+    one = monte_carlo_moments(mlp, backend=cluster.with_workers(1), **kw)
+    for a, b in ((local, two), (local, one)):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -105,3 +105,25 @@ def test_sweep_cli_table_and_bad_spec(tmp_path, capsys):
     code = main(["sweep", "--spec", str(spec), "--out", str(tmp_path / "r.jsonl")])
     out, err = capsys.readouterr()
     assert code == 2 and "unknown method 'nope'" in err and err.count("\n") == 1
+
+
+def test_mlp_monte_carlo_moments_sharded_and_right():
+    from estimators.activation.mlp import mc_moments_task, mlp_payload, monte_carlo_moments, \
+        random_mlp
+
+    lin = random_mlp([4, 3], "relu", seed=1, bias_std=0.5)  # one layer: no activation
+    mean = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=torch.float64)
+    a = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cov = a @ a.T
+    m, v = monte_carlo_moments(lin, 40_000, seed=2, shard_samples=15_000, mean=mean, cov=cov)
+    W, b = lin.layers[0].weight, lin.layers[0].bias
+    want_m, want_v = (W @ mean + b).detach(), torch.diagonal(W @ cov @ W.T).detach()
+    assert torch.allclose(m, want_m, atol=6 * float((want_v / 40_000).sqrt().max()))
+    assert torch.allclose(v, want_v, rtol=0.05)
+    # the driver's sum is the shards' sums with seeds shard_seed(2, i), in index order
+    mlp = random_mlp([5, 6, 2], "gelu", seed=3)
+    m, v = monte_carlo_moments(mlp, 2500, seed=4, shard_samples=1000)
+    parts = [mc_moments_task({"mlp": mlp_payload(mlp), "n": k, "seed": shard_seed(4, i)})
+             for i, k in enumerate(shard_sizes(2500, 1000))]
+    s = parts[0][0] + parts[1][0] + parts[2][0]
+    assert torch.equal(m, torch.from_numpy(s / 2500))
