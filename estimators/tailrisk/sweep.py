@@ -290,7 +290,8 @@ def run_sweep(spec: dict, out: str | Path, backend=None, source_ref: bool = True
               max_cells: int | None = None, on_cell: CellHook | None = None,
               progress=None) -> dict:
     """Run (or resume) a sweep; results stream to `out` (JSONL). Returns {"out", "cells",
-    "computed", "skipped", "remaining", "complete", "targets", "truth", "scores", "backend"}.
+    "computed", "skipped" (found in the file), "remaining", "complete", "targets", "truth",
+    "scores" (`score_cells`), "backend", "workers", "records" (the grid's finished cells)}.
 
     `max_cells` stops after that many new cells (the rest wait for a re-run); `on_cell(record)`
     is called after each record is written (an exception there stops the sweep, as a crash
@@ -321,6 +322,7 @@ def run_sweep(spec: dict, out: str | Path, backend=None, source_ref: bool = True
     targets = [int(t) for t in truth_rec["targets"]]
     cells = make_cells(problem, targets)
     done = {r["key"]: r for r in records if r.get("kind") == "cell"}
+    skipped = sum(1 for c in cells if c["key"] in done)
     todo = [c for c in cells if c["key"] not in done]
     if max_cells is not None:
         todo = todo[:max(0, int(max_cells))]
@@ -344,9 +346,11 @@ def run_sweep(spec: dict, out: str | Path, backend=None, source_ref: bool = True
             on_cell(rec)
     remaining = sum(1 for c in cells if c["key"] not in done)
     return {"out": str(path), "cells": len(cells), "computed": computed,
-            "skipped": len(cells) - len(todo), "remaining": remaining,
+            "skipped": skipped, "remaining": remaining,
             "complete": remaining == 0, "targets": targets, "truth": truth_rec["truth"],
-            "scores": score_cells(cells, done, truth_rec["truth"]), **backend.describe()}
+            "scores": score_cells(cells, done, truth_rec["truth"]), **backend.describe(),
+            "records": [{**done[c["key"]], "label": c["label"]} for c in cells
+                        if c["key"] in done]}
 
 
 def score_cells(cells: list[dict], done: dict, truth: dict) -> list[dict]:
@@ -424,4 +428,5 @@ def run_sweep_cli(args):
     spec = read_spec(args.spec)
     with backend_from_args(args) as backend:
         summary = run_sweep(spec, args.out, backend, max_cells=args.max_cells)
+    summary.pop("records")
     return summary if args.json else format_table(summary)
