@@ -82,6 +82,8 @@ def register(subparsers) -> None:
                    help="sample N inputs even when D is small enough to enumerate")
     g.add_argument("--shard-samples", type=int, default=2 ** 20,
                    help="samples per task (fixed, so results do not depend on --workers)")
+    g.add_argument("--chunk", type=int, default=8192,
+                   help="inputs per forward pass (default 8192; larger suits a GPU)")
     g.add_argument("--interval", choices=("wilson", "clopper-pearson"), default="wilson",
                    help="95%% interval of a sampled indicator (default wilson)")
     g.add_argument("--seed", type=int, default=0)
@@ -178,16 +180,17 @@ def run_ground_truth(args) -> dict:
     from estimators.distributed import backend_from_args, model_ref
     from estimators.tailrisk.distributed import sharded_ground_truth_vector, target_truth
 
-    if min(args.max_exact, args.samples, args.shard_samples) < 1 or \
+    if min(args.max_exact, args.samples, args.shard_samples, args.chunk) < 1 or \
             (args.sampled is not None and args.sampled < 1):
-        raise UserError("--max-exact, --samples, --sampled and --shard-samples must be positive")
+        raise UserError("--max-exact, --samples, --sampled, --shard-samples and --chunk must "
+                        "be positive")
     lm, dist, b, label = _problem(args)
     with backend_from_args(args) as backend:
         ref = model_ref(args.model, lm.model, args.device) if backend.name == "ray" else None
         vec = sharded_ground_truth_vector(
             lm.model, dist, b, backend, ref, max_exact=args.max_exact, n_samples=args.samples,
             seed=args.seed, force_samples=args.sampled, shard_samples=args.shard_samples,
-            use_cache=not args.no_cache)
+            chunk=args.chunk, use_cache=not args.no_cache)
         where = backend.describe()
     g = target_truth(vec, b, args.interval)
     return {**{k: g[k] for k in ("probability", "method", "interval", "interval_method",
