@@ -26,8 +26,10 @@ transport carries the payloads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -156,6 +158,46 @@ def _import_ray():
     return ray
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@contextlib.contextmanager
+def _loopback():
+    """While starting or joining a node on this machine: make Ray use 127.0.0.1 (it otherwise
+    swaps a loopback address for the machine's routable one)."""
+    import ray._private.ray_constants as rc
+
+    old_env, old_const = os.environ.get(_LOOPBACK_ENV), rc.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_ENV], rc.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        rc.ENABLE_RAY_CLUSTER = old_const
+        if old_env is None:
+            os.environ.pop(_LOOPBACK_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ENV] = old_env
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> str | None:
+    """For a host:port address, open (and close) one TCP connection first, so that a wrong
+    address is one line at once rather than Ray's minutes of retries. Returns the host."""
+    if "://" in address or ":" not in address:
+        return None  # "auto", "ray://…": left to Ray
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        raise BackendError(f"--ray-address {address!r} is not host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise BackendError(f"cannot reach the Ray cluster at {address} "
+                           f"({e.strerror or type(e).__name__}); start it with "
+                           f"`ray start --head --port {port}`") from None
+    return host
+
+
 class RayBackend:
     """Runs tasks on a Ray cluster, at most `workers` in flight at a time (results are yielded
     as they finish; callers combine them by index, so order never matters)."""
@@ -184,32 +226,32 @@ class RayBackend:
 
     @staticmethod
     def _start_local(ray, workers: int) -> None:
-        old = os.environ.get(_LOOPBACK_ENV)
-        os.environ[_LOOPBACK_ENV] = "0"
-        import ray._private.ray_constants as rc
-        old_const, rc.ENABLE_RAY_CLUSTER = rc.ENABLE_RAY_CLUSTER, False
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-        try:
-            ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1",
+        with _loopback():
+            ray.init(address="local", num_cpus=workers, include_dashboard=False,
+                     _node_ip_address="127.0.0.1",
                      log_to_driver=False, logging_level="ERROR",
                      runtime_env={"env_vars": {"PYTHONPATH": path, _LOOPBACK_ENV: "0"}})
-        finally:
-            rc.ENABLE_RAY_CLUSTER = old_const
-            if old is None:
-                os.environ.pop(_LOOPBACK_ENV, None)
-            else:
-                os.environ[_LOOPBACK_ENV] = old
 
     @staticmethod
     def _connect(ray, address: str) -> None:
+        host = _check_reachable(address)
         # the package travels with the job, so workers run the driver's code version
+        env = {"py_modules": [str(REPO_ROOT / "estimators")]}
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR",
-                     runtime_env={"py_modules": [str(REPO_ROOT / "estimators")]})
+            if host in _LOOPBACK_HOSTS:  # a cluster on this machine's loopback: stay on it
+                with _loopback():
+                    ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                             runtime_env=env, _node_ip_address="127.0.0.1")
+            else:
+                ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                         runtime_env=env)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BackendError(f"cannot connect to the Ray cluster at {address}: {first}") \
-                from None
+            auth = "" if os.environ.get("RAY_AUTH_MODE") else \
+                " (a cluster with token authentication also needs RAY_AUTH_MODE=token here)"
+            raise BackendError(f"cannot connect to the Ray cluster at {address}: "
+                               f"{first}{auth}") from None
 
     def _remote_fn(self, fn):
         r = self._remote.get(fn)

@@ -127,3 +127,12 @@ def test_mlp_monte_carlo_moments_sharded_and_right():
              for i, k in enumerate(shard_sizes(2500, 1000))]
     s = parts[0][0] + parts[1][0] + parts[2][0]
     assert torch.equal(m, torch.from_numpy(s / 2500))
+
+
+def test_unreachable_ray_address_is_one_line(capsys):
+    pytest.importorskip("ray")
+    code = main(["ground-truth", "--model", "charlm", "--distribution", "hex", "--target", "q",
+                 "--backend", "ray", "--ray-address", "127.0.0.1:1"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in err
