@@ -100,12 +100,16 @@ def sampled_payloads(base: dict, n: int, seed: int, shard: int, chunk: int) -> l
             for i, m in enumerate(shard_sizes(n, shard))]
 
 
-def _collect(backend, fn, payloads, progress) -> list:
-    out = [None] * len(payloads)
+def _fold_in_order(backend, fn, payloads: list[dict], fold, progress) -> None:
+    """Run the tasks on `backend` and pass each result to `fold` in index order, as soon as
+    every earlier one has arrived (only results that finished early are held in memory)."""
+    held, nxt = {}, 0
     for k, (i, r) in enumerate(backend.run(fn, payloads)):
-        out[i] = r
+        held[i] = r
+        while nxt in held:
+            fold(held.pop(nxt))
+            nxt += 1
         report(progress, (k + 1) / len(payloads))
-    return out
 
 
 def _key(model, dist, behaviour, mode: str) -> str:
@@ -157,11 +161,15 @@ def sharded_ground_truth_vector(model, dist: InputDistribution, behaviour, backe
     base = _base_payload(backend, model, ref, dist, behaviour)
     if use_sampling:
         payloads = sampled_payloads(base, n, seed, shard_samples, chunk)
-        out = _combine_sampled(_collect(backend, sampled_shard_task, payloads, progress),
-                               behaviour.is_indicator, n)
+        acc = SampledSum(behaviour.is_indicator)
+        _fold_in_order(backend, sampled_shard_task, payloads, acc.add, progress)
+        out = acc.result(n)
     else:
         payloads = exact_payloads(base, n_inputs, chunk)
-        out = _combine_exact(_collect(backend, exact_shard_task, payloads, progress), n_inputs)
+        acc = ExactSum()
+        _fold_in_order(backend, exact_shard_task, payloads, acc.add, progress)
+        out = {"values": acc.total.reshape(-1).tolist(), "method": "exact",
+               "n_inputs": n_inputs}
     out.update(version=CACHE_VERSION, seconds=clock.seconds, distribution=dist.name,
                indicator=behaviour.is_indicator, shards=len(payloads),
                shard_samples=shard_samples if use_sampling else None, seed=seed)
@@ -170,26 +178,34 @@ def sharded_ground_truth_vector(model, dist: InputDistribution, behaviour, backe
     return {**out, "cached": False}
 
 
-def _combine_exact(results: list[np.ndarray], n_inputs: int) -> dict:
-    acc = None
-    for rows in results:  # index order, one chunk term at a time: as `exact` adds them
+class ExactSum:
+    """Adds the shards' per-chunk terms one at a time, in index order, as `exact` does."""
+
+    def __init__(self):
+        self.total = None
+
+    def add(self, rows) -> None:
         for row in torch.from_numpy(np.array(rows)):
-            acc = row if acc is None else acc + row
-    return {"values": acc.reshape(-1).tolist(), "method": "exact", "n_inputs": n_inputs}
+            self.total = row if self.total is None else self.total + row
 
 
-def _combine_sampled(results: list[np.ndarray], indicator: bool, n: int) -> dict:
-    if indicator:  # 0/1 sums are exact integers in float64 within a shard: add them as int64
-        total = sum(np.rint(np.asarray(r)).astype(np.int64) for r in results)
-        counts = [int(c) for c in total]
-        values = [c / n for c in counts]
-    else:
-        acc = np.zeros_like(np.asarray(results[0], dtype=np.float64))
-        for r in results:  # shard order: deterministic whatever the workers
-            acc = acc + np.asarray(r, dtype=np.float64)
-        counts = acc.tolist()
-        values = (acc / n).tolist()
-    return {"values": values, "counts": counts, "method": "sampled", "n_inputs": n}
+class SampledSum:
+    """Adds the shards' sums: as int64 for an indicator (0/1 sums within a shard are exact
+    integers in float64), else in float64 in shard order (deterministic whatever the workers)."""
+
+    def __init__(self, indicator: bool):
+        self.indicator = indicator
+        self.total = None
+
+    def add(self, sums) -> None:
+        a = np.asarray(sums, dtype=np.float64)
+        a = np.rint(a).astype(np.int64) if self.indicator else a
+        self.total = a if self.total is None else self.total + a
+
+    def result(self, n: int) -> dict:
+        counts = [int(c) for c in self.total] if self.indicator else self.total.tolist()
+        values = (self.total / n).tolist() if not self.indicator else [c / n for c in counts]
+        return {"values": values, "counts": counts, "method": "sampled", "n_inputs": n}
 
 
 def target_truth(vec: dict, behaviour, interval: str = "wilson",
