@@ -38,7 +38,8 @@ BACKENDS = ("local", "ray")
 INSTALL_HINT = ("--backend ray needs Ray, which is not installed: run "
                 "`.venv/bin/python -m pip install -r requirements-ray.txt`")
 # Ray reads this at import and at node start: "0" makes a node use 127.0.0.1, never a routable
-# address (it is how Ray behaves on laptops); we set it only while starting our own local node.
+# address (it is how Ray behaves on laptops); we set it only while starting our own local node
+# or joining a cluster at a loopback address (`_loopback`; relies on ray==2.60's internals).
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
