@@ -9,7 +9,11 @@ counted): full propagation 2w² + 4w³ per layer (Wμ, WΣWᵀ), diagonal-only 4
 (Wμ, (W∘W)σ²), one MC sample 2w² per layer; MC gets K = ⌊FLOPs / per-sample FLOPs⌋ samples
 and its error is averaged over 50 independent runs. Target: full ≥ 30× lower error than MC.
 
-    /work/venv/bin/python benchmarks/bench_activation_mlp.py
+    .venv/bin/python benchmarks/bench_activation_mlp.py [--reference-samples N]
+        [--backend ray [--ray-address HOST:PORT] [--workers N]]
+
+The Monte Carlo truth runs in seeded shards (`activation.mlp.monte_carlo_moments`) here or on a
+Ray cluster (`--backend ray`), with the same answer either way.
 """
 
 from __future__ import annotations
@@ -43,20 +47,13 @@ def propagate(mlp, w, method: str, order: int):
     return mu, flops
 
 
-@torch.no_grad()
-def reference(mlp, w, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    s = torch.zeros(w, dtype=D)
-    s2 = torch.zeros(w, dtype=D)
-    done = 0
-    while done < n:
-        b = min(50_000, n - done)
-        y = mlp(torch.randn(b, w, generator=g, dtype=D))
-        s += y.sum(0)
-        s2 += (y * y).sum(0)
-        done += b
-    mean = s / n
-    return mean, s2 / n - mean ** 2
+def reference(mlp, w, n, seed, backend=None):
+    """Monte Carlo truth (mean, variance) of the output from n samples, in seeded shards on
+    `backend` (None = this process; a Ray backend spreads the shards over its workers; the
+    answer is the same either way)."""
+    from estimators.activation.mlp import monte_carlo_moments
+
+    return monte_carlo_moments(mlp, n, seed, backend)
 
 
 @torch.no_grad()
@@ -69,7 +66,7 @@ def mc_error(mlp, w, k, truth, var, runs, seed):
     return sum(errs) / len(errs)
 
 
-def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50) -> dict:
+def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50, backend=None) -> dict:
     torch.set_num_threads(1)
     from estimators.activation.mlp import random_mlp
 
@@ -79,7 +76,7 @@ def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50) -> dict:
         for seed in seeds:
             mlp = random_mlp([w] * 6, "relu", seed=seed).eval()
             t0 = time.perf_counter()
-            truth, var = reference(mlp, w, nref, seed + 1000)
+            truth, var = reference(mlp, w, nref, seed + 1000, backend)
             t_ref = time.perf_counter() - t0
             per_sample = sum(2.0 * l.weight.shape[0] * l.weight.shape[1] for l in mlp.layers)
             for method, order in (("full", 4), ("full", 1), ("diagonal", 4)):
@@ -108,7 +105,9 @@ def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50) -> dict:
     out = {"benchmark": "ReLU MLP output mean: propagation vs Monte Carlo at equal FLOPs",
            "setup": "widths [w]*6 (4 hidden layers), He init, zero bias, N(0, I) input",
            "target_ratio_full": 30, "summary": summary, "rows": rows,
-           "machine": machine_info("cpu")}
+           "machine": machine_info("cpu"),
+           "reference_backend": (backend.describe() if backend is not None
+                                 else {"backend": "local", "workers": 1})}
     m = out["machine"]
     print(f"machine: {m['cpu']} · {m['cores']} cores · torch {m['torch']} · 1 thread")
     print(f"{'width':>5} {'method':>9} {'order':>5} {'FLOPs':>10} {'MC K':>6} "
@@ -117,10 +116,27 @@ def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50) -> dict:
         print(f"{s['width']:5d} {s['method']:>9} {s['hermite_order']:5d} {s['flops']:10.3g} "
               f"{s['mc_samples']:6d} {s['rel_mse']:10.3g} {s['mc_rel_mse']:11.3g} "
               f"{s['ratio']:10.1f}")
-    print(f"(averages over seeds {list(seeds)}; reference MC noise 1/N_ref ≤ 2.5e-6)")
+    print(f"(averages over seeds {list(seeds)}; reference MC noise 1/N_ref ≤ "
+          f"{max(r['reference_rel_noise'] for r in rows):.1e}; reference on "
+          f"{out['reference_backend']['backend']})")
     print(f"wrote {write_result('activation_mlp', out)}")
     return out
 
 
+def cli() -> None:
+    import argparse
+
+    from estimators.distributed import add_backend_args, backend_from_args
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reference-samples", type=int, default=None,
+                    help="Monte Carlo truth samples per MLP (default 2e6/1e6/4e5 by width)")
+    add_backend_args(ap)  # where the Monte Carlo truth runs
+    args = ap.parse_args()
+    with backend_from_args(args) as backend:
+        main(n_ref=args.reference_samples,
+             backend=None if backend.name == "local" else backend)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

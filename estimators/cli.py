@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = [
     "estimators.activation.cli",
     "estimators.scrubbing.cli",
     "estimators.tailrisk.cli",
+    "estimators.tailrisk.sweep",
     "estimators.circuits.cli",
 ]
 

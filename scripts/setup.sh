@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 req=requirements.txt
 [ $want_test = 1 ] && req=requirements-test.txt
-stamp=".venv/.installed-$(sha1sum requirements.txt requirements-test.txt | sha1sum | cut -c1-12)-$want_test"
+stamp=".venv/.installed-$(sha1sum requirements.txt requirements-test.txt requirements-ray.txt | sha1sum | cut -c1-12)-$want_test"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
   touch "$stamp"

@@ -146,3 +146,102 @@ def load_input_distribution(path: str | Path, dim: int | None = None, dtype=torc
     from estimators.loading import read_json  # missing file / bad JSON → one clear ValueError
 
     return validate_input_distribution(read_json(Path(path), "input distribution"), dim, dtype)
+
+
+# ------------------------------------------------------------------ Monte Carlo truth, sharded
+
+MC_SHARD_SAMPLES = 100_000
+MC_BATCH = 50_000
+
+
+def mlp_payload(mlp: PlainMLP) -> dict:
+    """The MLP as a task payload: its config and its weights as safetensors bytes (a worker
+    rebuilds it with `mlp_from_payload`; nothing is pickled)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in mlp.state_dict().items()}
+    return {"config": mlp.config(), "weights": save(state)}
+
+
+def mlp_from_payload(p: dict, device="cpu") -> PlainMLP:
+    from safetensors.torch import load
+
+    cfg = p["config"]
+    state = load(bytes(p["weights"]))
+    mlp = PlainMLP(list(cfg["widths"]), cfg["activation"])
+    mlp = mlp.to(next(iter(state.values())).dtype)
+    mlp.load_state_dict(state)
+    return mlp.to(device).eval()
+
+
+@torch.no_grad()
+def mc_moments_task(p: dict):
+    """Task: (Σ y, Σ y²) over p["n"] outputs y = mlp(x), x = mean + L z, z ~ N(0, I) drawn on
+    the CPU with seed p["seed"] (so any device gives the same inputs), in batches of
+    MC_BATCH; float64 numpy arrays [d_out]."""
+    from estimators.distributed import task_device
+
+    dev = task_device(p.get("device", "cpu"))
+    mlp = mlp_from_payload(p["mlp"], dev)
+    dtype = next(mlp.parameters()).dtype
+    d_in, d_out = mlp.widths[0], mlp.widths[-1]
+    shift = torch.as_tensor(p["shift"], dtype=dtype) if p.get("shift") is not None else None
+    root = torch.as_tensor(p["root"], dtype=dtype) if p.get("root") is not None else None
+    g = torch.Generator().manual_seed(int(p["seed"]))
+    s = torch.zeros(d_out, dtype=torch.float64, device=dev)
+    s2 = torch.zeros(d_out, dtype=torch.float64, device=dev)
+    done = 0
+    while done < p["n"]:
+        b = min(MC_BATCH, p["n"] - done)
+        x = torch.randn(b, d_in, generator=g, dtype=dtype)
+        if root is not None:
+            x = x @ root.T
+        if shift is not None:
+            x = x + shift
+        y = mlp(x.to(dev)).double()
+        s += y.sum(0)
+        s2 += (y * y).sum(0)
+        done += b
+    return s.cpu().numpy(), s2.cpu().numpy()
+
+
+def monte_carlo_moments(mlp: PlainMLP, n: int, seed: int = 0, backend=None,
+                        shard_samples: int = MC_SHARD_SAMPLES, mean: torch.Tensor | None = None,
+                        cov: torch.Tensor | None = None, progress=None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte Carlo truth of the output moments of `mlp` under x ~ N(mean, cov) (default
+    N(0, I)): (mean [d_out], variance [d_out]) in float64, from n samples.
+
+    The samples are cut into shards of `shard_samples`; shard i uses seed
+    `distributed.shard_seed(seed, i)`, and the driver adds the shards' sums in index order, so
+    the answer depends on (n, seed, shard size) only — not on the backend (`estimators.
+    distributed`: None = this process, or a Ray backend) or its number of workers. Variance is
+    Σy²/n − ȳ² (population form). cov is factored as V·diag(√λ) (eigendecomposition, so a
+    singular PSD cov works). Raises ValueError for n < 1."""
+    import numpy as np
+
+    from estimators.distributed import LocalBackend, shard_seed, shard_sizes
+
+    if n < 1:
+        raise ValueError(f"n must be a positive number of samples, got {n}")
+    backend = backend or LocalBackend()
+    root = None
+    if cov is not None:
+        evals, evecs = torch.linalg.eigh(torch.as_tensor(cov, dtype=torch.float64))
+        root = (evecs * evals.clamp_min(0).sqrt()).numpy()
+    base = {"mlp": mlp_payload(mlp), "device": str(next(mlp.parameters()).device),
+            "shift": None if mean is None else torch.as_tensor(mean, dtype=torch.float64).numpy(),
+            "root": root}
+    sizes = shard_sizes(int(n), int(shard_samples))
+    payloads = [{**base, "n": m, "seed": shard_seed(seed, i)} for i, m in enumerate(sizes)]
+    parts = [None] * len(payloads)
+    for k, (i, r) in enumerate(backend.run(mc_moments_task, payloads)):
+        parts[i] = r
+        if progress is not None:
+            progress((k + 1) / len(payloads))
+    s = np.zeros_like(parts[0][0])
+    s2 = np.zeros_like(parts[0][1])
+    for a, b in parts:  # index order: the same sum whatever the workers
+        s, s2 = s + a, s2 + b
+    m = torch.from_numpy(s / n)
+    return m, torch.from_numpy(s2 / n) - m ** 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from estimators.cli import UserError, add_common_json
+from estimators.distributed import add_backend_args
 
 BEHAVIOUR_KINDS = ("argmax", "sampled", "logit", "sae", "direction")
 
@@ -68,13 +69,26 @@ def register(subparsers) -> None:
     g = subparsers.add_parser(
         "ground-truth", help="true probability of a rare output (exact or sampled)",
         description="Exact enumeration when D has at most --max-exact inputs, else sampling "
-                    "with a Wilson interval; cached under $HEW_CACHE_DIR or "
-                    "~/.cache/heuristic-workbench/.")
+                    "with a Wilson (or Clopper-Pearson) interval; cached under $HEW_CACHE_DIR "
+                    "or ~/.cache/heuristic-workbench/. Runs here or on a Ray cluster "
+                    "(--backend ray): exact enumeration in contiguous index ranges, sampling "
+                    "in seeded shards of --shard-samples, so the answer does not depend on "
+                    "the number of workers.")
     _add_problem_args(g)
     g.add_argument("--max-exact", type=int, default=2 ** 24)
-    g.add_argument("--samples", type=int, default=2 ** 22)
+    g.add_argument("--samples", type=int, default=2 ** 22,
+                   help="samples when D's support exceeds --max-exact (default 2^22)")
+    g.add_argument("--sampled", type=int, default=None, metavar="N",
+                   help="sample N inputs even when D is small enough to enumerate")
+    g.add_argument("--shard-samples", type=int, default=2 ** 20,
+                   help="samples per task (fixed, so results do not depend on --workers)")
+    g.add_argument("--chunk", type=int, default=8192,
+                   help="inputs per forward pass (default 8192; larger suits a GPU)")
+    g.add_argument("--interval", choices=("wilson", "clopper-pearson"), default="wilson",
+                   help="95%% interval of a sampled indicator (default wilson)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-cache", action="store_true")
+    add_backend_args(g)
     add_common_json(g)
     g.set_defaults(func=run_ground_truth)
 
@@ -163,14 +177,24 @@ def run_tail_risk(args) -> dict:
 
 
 def run_ground_truth(args) -> dict:
-    from estimators.tailrisk.ground_truth import ground_truth
+    from estimators.distributed import backend_from_args, model_ref
+    from estimators.tailrisk.distributed import sharded_ground_truth_vector, target_truth
 
+    if min(args.max_exact, args.samples, args.shard_samples, args.chunk) < 1 or \
+            (args.sampled is not None and args.sampled < 1):
+        raise UserError("--max-exact, --samples, --sampled, --shard-samples and --chunk must "
+                        "be positive")
     lm, dist, b, label = _problem(args)
-    if args.max_exact < 1 or args.samples < 1:
-        raise UserError("--max-exact and --samples must be positive")
-    g = ground_truth(lm.model, dist, b, max_exact=args.max_exact, n_samples=args.samples,
-                     seed=args.seed, use_cache=not args.no_cache)
-    return {"probability": g.probability, "method": g.method,
-            "interval": list(g.interval) if g.interval is not None else None,
-            "n_inputs": g.n_inputs, "seconds": g.seconds, "cached": g.cached,
+    with backend_from_args(args) as backend:
+        ref = model_ref(args.model, lm.model, args.device) if backend.name == "ray" else None
+        vec = sharded_ground_truth_vector(
+            lm.model, dist, b, backend, ref, max_exact=args.max_exact, n_samples=args.samples,
+            seed=args.seed, force_samples=args.sampled, shard_samples=args.shard_samples,
+            chunk=args.chunk, use_cache=not args.no_cache)
+        where = backend.describe()
+    g = target_truth(vec, b, args.interval)
+    return {**{k: g[k] for k in ("probability", "method", "interval", "interval_method",
+                                 "n_inputs", "hits", "shards", "shard_samples", "seconds",
+                                 "cached")},
+            "seed": args.seed if g["method"] == "sampled" else None, **where,
             "behaviour": b.label(), **_target_fields(b, label), "distribution": dist.name}

@@ -124,6 +124,28 @@ def sampled(model, dist: InputDistribution, behaviour: Behaviour, n: int, seed: 
     return acc / n, acc
 
 
+def exact_range(model, dist: InputDistribution, behaviour: Behaviour, start: int, stop: int,
+                chunk: int = 8192) -> list[torch.Tensor]:
+    """The per-chunk terms of `exact` for inputs start…stop−1 (mixed-radix order), as a list of
+    float64 tensors ([V] or 0-d) on the CPU, one per chunk of `chunk` inputs. With `start` a
+    multiple of `chunk`, the chunks are those `exact` visits, so adding every range's terms in
+    index order reproduces `exact` bit for bit (the distributed backend relies on this)."""
+    if start % chunk:
+        raise ValueError(f"start {start} is not a multiple of the chunk size {chunk}")
+    dev = model_device(model)
+    parts = []
+    for s, m in batches(stop - start, chunk):
+        tokens, logw = enumerate_inputs(dist, start + s, start + s + m, dev)
+        w = logw.exp()
+        if vector_behaviour(behaviour):
+            part = w @ _per_input_vector(model, behaviour, tokens)
+        else:
+            v, _ = behaviour.evaluate(model, tokens)
+            part = (w * v.to(w.device)).sum()
+        parts.append(part.cpu())
+    return parts
+
+
 # ---------------------------------------------------------------------------------- cache
 
 def cache_dir() -> Path:
