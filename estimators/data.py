@@ -418,9 +418,9 @@ def _windows(docs: Iterator[list[int]], src: DataSource, n_ctx: int, bos: int | 
             docs = list(docs)
             lengths = {len(d) for d in docs}
             if len(lengths) != 1:
-                raise DataError(f"{src.path}: the token lists have different lengths "
-                                f"({min(lengths)}..{max(lengths)}): give len=L to cut them "
-                                f"into windows of L tokens")
+                raise DataError(f"{src.path}: the token lists must have the same length "
+                                f"(got {min(lengths)}..{max(lengths)}), or give len=L to cut "
+                                f"them into windows of L tokens")
             seq_len = lengths.pop()
             if seq_len > n_ctx:
                 raise DataError(f"{src.path}: sequences of {seq_len} tokens are longer than "

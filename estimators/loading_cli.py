@@ -11,6 +11,9 @@ def register(sub) -> None:
     p = sub.add_parser("info", help="describe a model (zoo name, folder or hub name) and its SAE")
     p.add_argument("--model", required=True)
     p.add_argument("--sae", default=None, help="'zoo', an SAE folder, or release/sae_id")
+    p.add_argument("--data", default=None,
+                   help="the model's data for SAE quality: zoo, tokens:FILE.json, text:PATH, "
+                        "hf:FOLDER[:COLUMN], options ,n=256,len=L,seed=1 (see estimators.data)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--hooks", action="store_true", help="list every hook point and its shape")
     add_common_json(p)
@@ -26,8 +29,25 @@ def run_info(args) -> dict:
         out["hooks"] = model_info.hook_shapes(lm.model)
     if args.sae:
         sae = load_sae(args.sae, lm, args.device)
-        if lm.zoo_entry is None:
-            raise ValueError("SAE quality needs the model's data: use a zoo model")
-        tokens = lm.zoo_entry.sample(256, seed=1).tokens
-        out["sae"] = model_info.sae_quality(lm.model, sae, tokens)
+        if args.data:
+            out["data"], out["sae"] = sae_quality_on_data(lm, sae, args.data)
+        elif lm.zoo_entry is None:
+            raise ValueError("SAE quality needs the model's data: give --data (tokens:FILE.json, "
+                             "text:PATH or hf:FOLDER)")
+        else:
+            tokens = lm.zoo_entry.sample(256, seed=1).tokens
+            out["sae"] = model_info.sae_quality(lm.model, sae, tokens)
     return out
+
+
+def sae_quality_on_data(lm, sae, spec: str) -> tuple[dict, dict]:
+    """(the data's description, SAE quality on it): activations at the SAE's hook come from the
+    shared activation cache (computed once per model, data, hook and dtype)."""
+    from estimators.activation_cache import activations
+    from estimators.data import load_data
+    from estimators.loading import sae_hook_name
+
+    data = load_data(spec, lm, n=256, seed=1)
+    hook = sae_hook_name(sae)
+    x = activations(lm.model, data, [hook])[hook]
+    return data.to_dict(), model_info.sae_quality_from_activations(sae, x)

@@ -105,6 +105,36 @@ def sae_quality(model, sae, tokens: Int[Tensor, "batch pos"]) -> dict:
     }
 
 
+def sae_quality_from_activations(sae, x: Float[Tensor, "... d_in"],
+                                 memory_budget: int = 256 * 2 ** 20) -> dict:
+    """`sae_quality`'s statistics from activations already at hand (e.g. the activation cache),
+    in batches of rows so that the latents [rows, d_sae] stay under `memory_budget` bytes;
+    sums accumulate in float64. encode/decode run as a pair on each batch (sae_lens keeps
+    normalisation state between them)."""
+    d = int(x.shape[-1])
+    x = x.reshape(-1, d)
+    n = int(x.shape[0])
+    dev, dt = sae.W_dec.device, sae.W_dec.dtype
+    rows = max(1, memory_budget // (4 * int(sae.cfg.d_sae) * 3))
+    mean = x.double().mean(0)
+    resid = total = l0 = 0.0
+    fired = torch.zeros(int(sae.cfg.d_sae), dtype=torch.bool, device=dev)
+    with torch.no_grad():
+        for start in range(0, n, rows):
+            xb = x[start:start + rows].to(dev, dt)
+            z = sae.encode(xb)
+            x_hat = sae.decode(z)
+            resid += float(((xb - x_hat).double() ** 2).sum())
+            total += float(((xb.double() - mean.to(dev)) ** 2).sum())
+            active = z > 0
+            l0 += float(active.sum())
+            fired |= active.any(0)
+    return {"hook": sae_hook_name(sae), "d_in": d, "d_sae": int(sae.cfg.d_sae),
+            "n_activations": n, "explained_variance": 1 - resid / total,
+            "mse": resid / (n * d), "l0": l0 / n,
+            "dead_fraction": float((~fired).float().mean())}
+
+
 def top_features(model, sae, tokens: Int[Tensor, "batch pos"], labels: list[str],
                  k: int = 10, examples: int = 5) -> list[dict]:
     """The k latents that fire most often, with their mean activation when firing and the

@@ -5,8 +5,9 @@
     python -m estimators scrub --model ./ckpt --partition hyp.json --data seqs.json --json
     python -m estimators scrub-search --model induction --steps 5 --json
 
-`--data` is a JSON list of token-id lists of one length (loss: next-token loss at every
-position but the last); zoo models bring their own data and loss (`ZooEntry.sample/loss`).
+`--data` is a data spec of `estimators.data` (a JSON list of token-id lists of one length, or
+tokens:/text:/hf: with ,n=,len=,seed=; loss: next-token loss at every position but the last);
+zoo models bring their own data and loss (`ZooEntry.sample/loss`).
 `--partition` reads a partition JSON (see partition.py) or an explanation file downloaded
 from the app's Causal scrubbing page.
 """
@@ -31,14 +32,20 @@ def _load_data(args, loaded):
     from estimators.scrubbing.evaluate import ScrubData
 
     cfg = loaded.model.cfg
-    if args.data:
-        seqs = read_json_file(args.data, "data")
-        if isinstance(seqs, list) and args.n:
-            seqs = seqs[: args.n]
-        return ScrubData.from_sequences(seqs, cfg.d_vocab, cfg.n_ctx, f"file:{args.data}")
+    if args.data:  # a data spec (estimators.data); a bare FILE.json is tokens:FILE.json
+        from estimators.data import parse_spec
+
+        src = parse_spec(args.data, n=args.n, seed=args.seed)
+        if src.kind == "zoo":
+            if src.path is None and loaded.kind != "zoo":
+                raise UserError("--data zoo needs a zoo model (or zoo:NAME)")
+            return ScrubData.from_zoo(src.path or loaded.name, n=src.n or 256, seed=src.seed)
+        data = src.with_defaults(n=2 ** 62).load(loaded)  # no n: every sequence
+        return ScrubData.from_sequences(data.tokens.tolist(), cfg.d_vocab, cfg.n_ctx,
+                                        data.source.spec)
     if loaded.kind != "zoo":
-        raise UserError("this model is not a zoo model: give --data (a JSON list of token-id "
-                        "sequences)")
+        raise UserError("this model is not a zoo model: give --data (tokens:FILE.json, "
+                        "text:PATH or hf:FOLDER; see estimators.data)")
     return ScrubData.from_zoo(loaded.name, n=args.n or 256, seed=args.seed)
 
 
@@ -99,7 +106,9 @@ def run_search(args) -> dict:
 
 def _common(p):
     p.add_argument("--model", required=True, help="zoo name or model folder")
-    p.add_argument("--data", help="JSON list of token-id sequences (non-zoo models)")
+    p.add_argument("--data", help="data spec: a JSON file of token-id lists, tokens:FILE, "
+                   "text:PATH, hf:FOLDER[:COLUMN] or zoo, options ,n=,len=,seed= (non-zoo "
+                   "models need it)")
     p.add_argument("--n", type=int, default=None, help="examples (zoo default 256)")
     p.add_argument("--seed", type=int, default=0, help="data and resampling seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")

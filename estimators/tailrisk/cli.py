@@ -21,7 +21,12 @@ BEHAVIOUR_KINDS = ("argmax", "sampled", "logit", "sae", "direction")
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="zoo name, checkpoint folder or HF folder")
     p.add_argument("--distribution", required=True,
-                   help="built-in distribution of the zoo model, or a JSON file")
+                   help="built-in distribution of the zoo model, a JSON file, or with --data: "
+                        "empirical (per-position frequencies) or data-tokens (uniform over the "
+                        "data's tokens)")
+    p.add_argument("--data", default=None,
+                   help="data spec for --distribution empirical/data-tokens: tokens:FILE.json, "
+                        "text:PATH, hf:FOLDER[:COLUMN] or zoo, options ,n=4096,len=L,seed=0")
     p.add_argument("--target", default=None,
                    help="target token (string, or id as id:N); argmax, sampled and logit")
     p.add_argument("--behaviour", choices=BEHAVIOUR_KINDS, default="argmax",
@@ -83,12 +88,10 @@ def _problem(args):
     from estimators.loading import load_model
     from estimators.tailrisk.behaviours import (Argmax, LogitThreshold, SampledProbability,
                                                 parse_target)
-    from estimators.tailrisk.distributions import resolve_distribution
-
     lm = load_model(args.model, args.device)
     entry = lm.zoo_entry
     vocab = entry.token_labels() if entry is not None else None
-    dist = resolve_distribution(args.distribution, lm.model, entry, vocab)
+    dist = _distribution(args, lm, vocab)
     if args.behaviour in ("sae", "direction"):
         b = _feature_behaviour(args, lm)
         return lm, dist, b, b.name
@@ -104,6 +107,27 @@ def _problem(args):
     b.validate(lm.model)
     label = vocab[target] if vocab is not None and target < len(vocab) else str(target)
     return lm, dist, b, label
+
+
+def _distribution(args, lm, vocab):
+    """--distribution, built from --data for empirical / data-tokens."""
+    from estimators.tailrisk.distributions import (DATA_DISTRIBUTIONS, from_tokens,
+                                                   resolve_distribution)
+
+    data_spec = getattr(args, "data", None)
+    if args.distribution in DATA_DISTRIBUTIONS:
+        if not data_spec:
+            raise UserError(f"--distribution {args.distribution} is built from data: give "
+                            f"--data (tokens:FILE.json, text:PATH, hf:FOLDER or zoo)")
+        from estimators.data import load_data
+
+        data = load_data(data_spec, lm, n=4096, seed=0)
+        return from_tokens(data.tokens, int(lm.model.cfg.d_vocab), args.distribution,
+                           name=f"{args.distribution}({data.source.spec})", vocab=vocab)
+    if data_spec:
+        raise UserError(f"--data builds --distribution empirical or data-tokens, not "
+                        f"{args.distribution!r}")
+    return resolve_distribution(args.distribution, lm.model, lm.zoo_entry, vocab)
 
 
 def _feature_behaviour(args, lm):
