@@ -1,0 +1,108 @@
+"""`--data` on the commands: SAE quality for a non-zoo checkpoint, the activation model, causal
+scrubbing and tail-risk distributions built from data — each equal to the library computed
+directly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from estimators.cli import main
+from estimators.data import parse_spec
+from estimators.model_info import sae_quality
+from estimators.tailrisk.distributions import DistributionError, from_tokens
+
+from .conftest import tiny_sae
+
+
+def run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_sae_quality_on_data_equals_direct_recomputation(tmp_path, capsys, ckpt, loaded,
+                                                              corpus):
+    folder, model, _ = ckpt
+    sae = tiny_sae("blocks.1.hook_resid_pre")
+    sae.save_model(str(tmp_path / "sae"))
+    spec = f"text:{corpus},len=8,n=12,seed=2"
+    code, out, err = run(capsys, ["info", "--model", str(folder), "--sae", str(tmp_path / "sae"),
+                                  "--data", spec, "--json"])
+    assert code == 0, err
+    got = json.loads(out)
+    tokens = parse_spec(spec).load(loaded).tokens
+    want = sae_quality(model, sae, tokens)
+    assert got["data"]["n"] == 12 and got["data"]["seq_len"] == 8
+    assert got["sae"]["n_activations"] == want["n_activations"] == 12 * 8
+    for k in ("explained_variance", "mse", "l0", "dead_fraction"):
+        assert got["sae"][k] == pytest.approx(want[k], rel=1e-5, abs=1e-7), k
+    # the second run reads the activation cache (same numbers)
+    code, out2, _ = run(capsys, ["info", "--model", str(folder), "--sae", str(tmp_path / "sae"),
+                                 "--data", spec, "--json"])
+    assert json.loads(out2)["sae"] == got["sae"]
+    code, _, err = run(capsys, ["info", "--model", str(folder), "--sae", str(tmp_path / "sae")])
+    assert code == 2 and "--data" in err and len(err.strip().splitlines()) == 1
+
+
+def test_propagate_data_equals_tokens_alias(tmp_path, capsys, ckpt, loaded, corpus):
+    folder = str(ckpt[0])
+    tokens = parse_spec(f"text:{corpus},len=6,n=24").load(loaded).tokens
+    (tmp_path / "t.json").write_text(json.dumps(tokens.tolist()))
+    common = ["propagate", "--model", folder, "--samples", "32", "--positions", "4", "5",
+              "--json"]
+    code, a, err = run(capsys, common + ["--tokens", str(tmp_path / "t.json")])
+    assert code == 0, err
+    code, b, err = run(capsys, common + ["--data", f"text:{corpus},len=6,n=24"])
+    assert code == 0, err
+    a, b = json.loads(a), json.loads(b)
+    assert a["surprise"] == b["surprise"]
+    code, _, err = run(capsys, ["propagate", "--model", folder, "--json"])
+    assert code == 2 and "--data" in err
+
+
+def test_scrub_with_a_text_spec(tmp_path, capsys, ckpt, loaded, corpus):
+    from estimators.scrubbing.evaluate import ScrubData, Scrubber
+    from estimators.scrubbing.partition import PathPartition
+
+    folder, model, _ = ckpt
+    part = PathPartition(important=("embed>logits",))
+    (tmp_path / "p.json").write_text(part.to_json())
+    spec = f"text:{corpus},len=6,n=16"
+    code, out, err = run(capsys, ["scrub", "--model", str(folder), "--partition",
+                                  str(tmp_path / "p.json"), "--data", spec, "--json"])
+    assert code == 0, err
+    tokens = parse_spec(spec).load(loaded).tokens
+    data = ScrubData.from_sequences(tokens.tolist(), 300, 16)
+    [r] = Scrubber(model, data, seed=0).evaluate([part])
+    assert json.loads(out)["loss_scrubbed"] == pytest.approx(r.loss_scrubbed, rel=1e-6)
+
+
+def test_distributions_from_data():
+    t = torch.tensor([[1, 2], [1, 3], [4, 2], [1, 2]])
+    emp = from_tokens(t, 6)
+    want = torch.zeros(2, 6, dtype=torch.float64)
+    want[0, 1], want[0, 4], want[1, 2], want[1, 3] = 0.75, 0.25, 0.75, 0.25
+    assert torch.equal(emp.probs, want)
+    uni = from_tokens(t, 6, "data-tokens")
+    assert torch.allclose(uni.probs[:, [1, 2, 3, 4]], torch.full((2, 4), 0.25, dtype=torch.float64))
+    assert uni.n_inputs() == 16
+    with pytest.raises(DistributionError, match="outside 0..5"):
+        from_tokens(t + 2, 6)
+
+
+def test_ground_truth_from_data_is_sampled_with_an_interval(capsys, ckpt, corpus):
+    folder = str(ckpt[0])
+    code, out, err = run(capsys, ["ground-truth", "--model", folder, "--distribution",
+                                  "empirical", "--data", f"text:{corpus},len=4", "--target",
+                                  "id:5", "--max-exact", "10", "--samples", "2048", "--json"])
+    assert code == 0, err
+    g = json.loads(out)
+    assert g["method"] == "sampled" and g["n_inputs"] == 2048
+    lo, hi = g["interval"]
+    assert lo <= g["probability"] <= hi and g["distribution"].startswith("empirical(text:")
+    code, _, err = run(capsys, ["ground-truth", "--model", folder, "--distribution",
+                                "empirical", "--target", "id:5"])
+    assert code == 2 and "--data" in err
