@@ -88,11 +88,37 @@ def run_scrub(args) -> dict:
         if loaded.kind == "zoo" and not args.data:
             normal = ScrubData.from_zoo(loaded.name, n=len(data), seed=args.seed + 1)
         else:
-            raise UserError("--anomaly needs a zoo model (fresh normal inputs come from it)")
+            normal = _fresh_normal(args, loaded, data)
         demo = anomaly_demo(scrubber, partition, normal, seed=args.seed)
         out["anomaly"] = {"anomaly": demo["anomaly"], "auc_scrubbed": demo["scrubbed"]["auc"],
                           "auc_excess": demo["excess"]["auc"]}
     return out
+
+
+def _fresh_normal(args, loaded, data):
+    """Normal inputs for --anomaly from --data: as many sequences as scrubbing uses, drawn by
+    seed + 1 from the data's windows that scrubbing does not already resample from."""
+    from estimators.data import parse_spec
+    from estimators.scrubbing.evaluate import ScrubData
+
+    src = parse_spec(args.data, n=args.n, seed=args.seed)
+    if src.kind == "zoo":
+        return ScrubData.from_zoo(src.path or loaded.name, n=len(data), seed=(src.seed or 0) + 1)
+    import dataclasses
+
+    import torch
+
+    pool = dataclasses.replace(src, n=2 ** 62).load(loaded).tokens.tolist()  # every window
+    seen = {tuple(r) for r in data.batch.tokens.tolist()}
+    fresh = [r for r in pool if tuple(r) not in seen]
+    order = torch.randperm(len(fresh), generator=torch.Generator().manual_seed(
+        (src.seed or 0) + 1))
+    fresh = [fresh[i] for i in sorted(order[: len(data)].tolist())]
+    if len(fresh) < 2:
+        raise UserError("--anomaly needs fresh normal inputs: the data holds no sequences "
+                        "beyond those scrubbing uses (ask for fewer with n=)")
+    cfg = loaded.model.cfg
+    return ScrubData.from_sequences(fresh, cfg.d_vocab, cfg.n_ctx, f"{src.spec} (fresh)")
 
 
 def run_search(args) -> dict:

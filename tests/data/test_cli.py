@@ -106,3 +106,21 @@ def test_ground_truth_from_data_is_sampled_with_an_interval(capsys, ckpt, corpus
     code, _, err = run(capsys, ["ground-truth", "--model", folder, "--distribution",
                                 "empirical", "--target", "id:5"])
     assert code == 2 and "--data" in err
+
+
+def test_scrub_anomaly_with_data(tmp_path, capsys, ckpt, corpus):
+    from estimators.scrubbing.partition import PathPartition
+
+    (tmp_path / "p.json").write_text(PathPartition(important=("embed>logits",)).to_json())
+    argv = ["scrub", "--model", str(ckpt[0]), "--partition", str(tmp_path / "p.json"),
+            "--anomaly", "--json", "--data"]
+    words = "the quick brown fox jumps over a lazy dog hello world tiny corpus".split()
+    rng = torch.Generator().manual_seed(0)
+    text = " ".join(words[int(i)] for i in torch.randint(len(words), (400,), generator=rng))
+    (tmp_path / "varied.txt").write_text(text)
+    code, out, err = run(capsys, argv + [f"text:{tmp_path / 'varied.txt'},len=4,n=8"])
+    assert code == 0, err
+    a = json.loads(out)["anomaly"]
+    assert 0 <= a["auc_scrubbed"] <= 1 and 0 <= a["auc_excess"] <= 1
+    code, _, err = run(capsys, argv + [f"text:{corpus},len=4,n=1000"])  # all used: none fresh
+    assert code == 2 and "fresh normal inputs" in err
