@@ -124,3 +124,14 @@ def test_scrub_anomaly_with_data(tmp_path, capsys, ckpt, corpus):
     assert 0 <= a["auc_scrubbed"] <= 1 and 0 <= a["auc_excess"] <= 1
     code, _, err = run(capsys, argv + [f"text:{corpus},len=4,n=1000"])  # all used: none fresh
     assert code == 2 and "fresh normal inputs" in err
+
+
+def test_ground_truth_chunks_are_memory_bounded(loaded):
+    from estimators.tailrisk.distributions import uniform
+    from estimators.tailrisk.ground_truth import bounded_chunk
+
+    dist = uniform(4, 300)
+    per_input = 300 * 16 + 4 * 16 * 4 * 16  # [V] values + logits + softmax, activations
+    assert bounded_chunk(loaded.model, dist, 8192) == 8192
+    assert bounded_chunk(loaded.model, dist, 8192, memory=10 * per_input) == 10
+    assert bounded_chunk(loaded.model, dist, 8192, memory=1) == 1
