@@ -29,14 +29,11 @@ def run_info(args) -> dict:
         out["hooks"] = model_info.hook_shapes(lm.model)
     if args.sae:
         sae = load_sae(args.sae, lm, args.device)
-        if args.data:
-            out["data"], out["sae"] = sae_quality_on_data(lm, sae, args.data)
-        elif lm.zoo_entry is None:
+        if not args.data and lm.zoo_entry is None:
             raise ValueError("SAE quality needs the model's data: give --data (tokens:FILE.json, "
                              "text:PATH or hf:FOLDER)")
-        else:
-            tokens = lm.zoo_entry.sample(256, seed=1).tokens
-            out["sae"] = model_info.sae_quality(lm.model, sae, tokens)
+        # a zoo model's default: its generator, 256 sequences, seed 1
+        out["data"], out["sae"] = sae_quality_on_data(lm, sae, args.data or "zoo")
     return out
 
 

@@ -105,33 +105,42 @@ def sae_quality(model, sae, tokens: Int[Tensor, "batch pos"]) -> dict:
     }
 
 
-def sae_quality_from_activations(sae, x: Float[Tensor, "... d_in"],
+def sae_quality_from_activations(sae, x: Float[Tensor, "batch pos *rest"],
                                  memory_budget: int = 256 * 2 ** 20) -> dict:
-    """`sae_quality`'s statistics from activations already at hand (e.g. the activation cache),
-    in batches of rows so that the latents [rows, d_sae] stay under `memory_budget` bytes;
-    sums accumulate in float64. encode/decode run as a pair on each batch (sae_lens keeps
-    normalisation state between them)."""
-    d = int(x.shape[-1])
-    x = x.reshape(-1, d)
-    n = int(x.shape[0])
+    """`sae_quality`'s statistics from activations already at hand (e.g. the activation cache).
+
+    x: run_with_cache's activations at the SAE's hook, [batch, pos, *rest]; one activation is
+    one (sequence, position), its trailing dims kept as they are (hook_z's [heads, d_head] is
+    flattened by the SAE itself) and their product must equal the SAE's d_in.
+    Rows go through encode/decode as a pair, in batches so that the latents [rows, d_sae] stay
+    under `memory_budget` bytes (sae_lens keeps normalisation state between the two calls);
+    every sum accumulates in float64, so a float16 SAE gives finite statistics.
+    Returns hook, d_in, d_sae, n_activations, explained_variance 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²,
+    mse (per element), l0 (mean active latents), dead_fraction. Raises ValueError."""
+    d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
+    rows = x.reshape(-1, *x.shape[2:]) if x.dim() > 2 else x
+    if rows[0].numel() != d_in:
+        raise ValueError(f"the SAE expects d_in={d_in}, but an activation at its hook has "
+                         f"shape {list(rows.shape[1:])}")
+    n = int(rows.shape[0])
     dev, dt = sae.W_dec.device, sae.W_dec.dtype
-    rows = max(1, memory_budget // (4 * int(sae.cfg.d_sae) * 3))
-    mean = x.double().mean(0)
+    step = max(1, memory_budget // (8 * d_sae * 3))
+    mean = rows.double().mean(0).to(dev)
     resid = total = l0 = 0.0
-    fired = torch.zeros(int(sae.cfg.d_sae), dtype=torch.bool, device=dev)
+    fired = torch.zeros(d_sae, dtype=torch.bool, device=dev)
     with torch.no_grad():
-        for start in range(0, n, rows):
-            xb = x[start:start + rows].to(dev, dt)
-            z = sae.encode(xb)
-            x_hat = sae.decode(z)
-            resid += float(((xb - x_hat).double() ** 2).sum())
-            total += float(((xb.double() - mean.to(dev)) ** 2).sum())
+        for start in range(0, n, step):
+            xb = rows[start:start + step].to(dev)
+            z = sae.encode(xb.to(dt))
+            x_hat = sae.decode(z).double().reshape(xb.shape)
+            resid += float(((xb.double() - x_hat) ** 2).sum())
+            total += float(((xb.double() - mean) ** 2).sum())
             active = z > 0
             l0 += float(active.sum())
             fired |= active.any(0)
-    return {"hook": sae_hook_name(sae), "d_in": d, "d_sae": int(sae.cfg.d_sae),
-            "n_activations": n, "explained_variance": 1 - resid / total,
-            "mse": resid / (n * d), "l0": l0 / n,
+    return {"hook": sae_hook_name(sae), "d_in": d_in, "d_sae": d_sae, "n_activations": n,
+            "explained_variance": 1 - resid / total if total > 0 else None,
+            "mse": resid / (n * d_in), "l0": l0 / n,
             "dead_fraction": float((~fired).float().mean())}
 
 

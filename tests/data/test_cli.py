@@ -135,3 +135,45 @@ def test_ground_truth_chunks_are_memory_bounded(loaded):
     assert bounded_chunk(loaded.model, dist, 8192) == 8192
     assert bounded_chunk(loaded.model, dist, 8192, memory=10 * per_input) == 10
     assert bounded_chunk(loaded.model, dist, 8192, memory=1) == 1
+
+
+CASES = "../shared/cases"
+
+
+def test_info_fp16_sae_is_finite_and_float64(capsys):
+    """../shared/cases/sae-fp16-quality: a float16 SAE's statistics are accumulated in float64
+    (the case's right answer: explained variance ≈ −5.44, MSE ≈ 0.44)."""
+    code, out, err = run(capsys, ["info", "--model", "induction", "--sae",
+                                  f"{CASES}/sae-fp16-quality/sae", "--json"])
+    assert code == 0, err
+    sae = json.loads(out)["sae"]
+    assert sae["explained_variance"] == pytest.approx(-5.44, abs=0.01)
+    assert sae["mse"] == pytest.approx(0.44, abs=0.01)
+    assert json.loads(out)["data"]["spec"] == "zoo,n=256,seed=1"
+
+
+def test_quality_of_a_hook_z_sae_from_cached_activations():
+    """../shared/cases/sae-hook-z/hookz_flat: d_in = n_heads·d_head; the SAE flattens [heads,
+    d_head] itself, so the statistics equal a direct computation on flattened rows."""
+    from sae_lens import SAE
+
+    from estimators.activation_cache import activations
+    from estimators.loading import load_checkpoint
+    from estimators.model_info import sae_quality_from_activations
+
+    model = load_checkpoint(f"{CASES}/sae-hook-z/model")
+    sae = SAE.load_from_disk(f"{CASES}/sae-hook-z/hookz_flat")
+    tokens = torch.tensor(json.loads(open(f"{CASES}/sae-hook-z/data8.json").read()))
+    x = activations(model, tokens, ["blocks.0.attn.hook_z"])["blocks.0.attn.hook_z"]
+    q = sae_quality_from_activations(sae, x, memory_budget=1)  # one row per batch
+    flat = x.reshape(-1, 8).double()
+    with torch.no_grad():
+        z = sae.encode(x.reshape(-1, 2, 4))
+        x_hat = sae.decode(z).reshape(-1, 8).double()
+    ev = 1 - ((flat - x_hat) ** 2).sum() / ((flat - flat.mean(0)) ** 2).sum()
+    assert q["n_activations"] == flat.shape[0] and q["d_in"] == 8
+    assert q["explained_variance"] == pytest.approx(float(ev), rel=1e-6)
+    assert q["l0"] == pytest.approx(float((z > 0).sum(-1).double().mean()))
+    narrow = SAE.load_from_disk(f"{CASES}/sae-hook-z/hookz_dhead")
+    with pytest.raises(ValueError, match="expects d_in=4"):
+        sae_quality_from_activations(narrow, x)
