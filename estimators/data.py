@@ -39,12 +39,16 @@ the model's context n_ctx, no tokenizer for text, no window of `len` tokens.
     data = parse_spec("text:corpus.txt,n=128,len=64").load(loaded_model)
     data.tokens        # [128, 64] int64 (CPU)
     data.fingerprint   # sha256 of the token tensor: the activation cache's data key
+
+Loads are memoised in-process (16 entries) on the spec, the model's vocabulary, context and
+tokenizer source, and the files' sizes and modification times; treat `Data.tokens` as read-only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -110,6 +114,19 @@ class DataSource:
         model, loaded = _split_model(model_or_loaded)
         if self.kind == "zoo":
             return _load_zoo(self, model, loaded)
+        key = None if tokenizer is not None else _memo_key(self, model, loaded)
+        hit = _MEMO.get(key) if key is not None else None
+        if hit is not None:
+            _MEMO.move_to_end(key)
+            return hit
+        data = self._read(model, loaded, tokenizer)
+        if key is not None:
+            _MEMO[key] = data
+            while len(_MEMO) > MEMO_SIZE:
+                _MEMO.popitem(last=False)
+        return data
+
+    def _read(self, model, loaded, tokenizer) -> "Data":
         d_vocab, n_ctx = int(model.cfg.d_vocab), int(model.cfg.n_ctx)
         if self.seq_len is not None and self.seq_len > n_ctx:
             raise DataError(f"len={self.seq_len} is longer than the model's context "
@@ -127,6 +144,32 @@ class DataSource:
         tokens = torch.tensor(_choose(pool, n, self.seed or 0), dtype=torch.long)
         _check_vocab(tokens, d_vocab, self.spec)
         return Data(tokens, self, n_available=len(pool))
+
+
+MEMO_SIZE = 16
+_MEMO: "OrderedDict[tuple, Data]" = OrderedDict()
+
+
+def _memo_key(src: DataSource, model, loaded) -> tuple | None:
+    """What a load depends on: the spec, the model's vocabulary, context and tokenizer source,
+    and the files' sizes and modification times (None: not memoised)."""
+    try:
+        sig = _path_signature(Path(src.path).expanduser())
+        tok_sig = _path_signature(Path(src.tokenizer).expanduser()) if src.tokenizer else None
+    except OSError:
+        return None
+    tok = getattr(model, "tokenizer", None)
+    return (src, int(model.cfg.d_vocab), int(model.cfg.n_ctx),
+            getattr(tok, "name_or_path", None) if tok is not None else None,
+            (loaded.kind, loaded.name) if loaded is not None else None, sig, tok_sig)
+
+
+def _path_signature(path: Path) -> tuple:
+    if path.is_file():
+        st = path.stat()
+        return (str(path), st.st_size, st.st_mtime_ns)
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in sorted(path.rglob("*")) if p.is_file())
 
 
 def parse_spec(text: str, n: int | None = None, seed: int | None = None,

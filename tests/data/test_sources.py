@@ -137,3 +137,16 @@ def test_spec_round_trip_and_defaults(tmp_path):
     assert parse_spec("zoo,n=3", n=5).n == 3  # the spec wins over the command's default
     (tmp_path / "a,b.txt").write_text("x")  # a comma in a path is kept
     assert parse_spec(f"{tmp_path / 'a,b.txt'},n=2").path == str(tmp_path / "a,b.txt")
+
+
+def test_loads_are_memoised_until_the_file_changes(tmp_path, loaded):
+    import os
+
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps([[1, 2], [3, 4]]))
+    a = parse_spec(f"tokens:{path}").load(loaded)
+    assert parse_spec(f"tokens:{path}").load(loaded) is a
+    path.write_text(json.dumps([[5, 6], [7, 8]]))
+    os.utime(path, ns=(1, 1))  # a new modification time even on a coarse clock
+    b = parse_spec(f"tokens:{path}").load(loaded)
+    assert b.tokens.tolist() == [[5, 6], [7, 8]] and b.fingerprint != a.fingerprint
