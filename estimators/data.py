@@ -513,8 +513,8 @@ def model_tokenizer(model, loaded=None, override: str | None = None):
     if override:
         return _load_tokenizer(Path(override).expanduser())
     tok = getattr(model, "tokenizer", None)
-    if tok is not None:
-        return tok
+    if tok is not None and _vocab_size(tok) >= 2:  # a folder without tokenizer files can
+        return tok                                  # boot with an empty one: not usable
     if loaded is not None and loaded.kind in ("checkpoint", "hf-folder"):
         folder = Path(loaded.name).expanduser()
         if any((folder / f).exists() for f in TOKENIZER_FILES):
@@ -551,10 +551,16 @@ def _folder_tokenizer(folder: Path):
     else:
         raise DataError(f"{folder} holds no tokenizer.json, tokenizer_config.json or "
                         f"vocab.json + merges.txt")
-    size = tok.get_vocab_size() if hasattr(tok, "get_vocab_size") else len(tok)
-    if size < 2:
+    if _vocab_size(tok) < 2:
         raise DataError(f"the tokenizer in {folder} has an empty vocabulary")
     return tok
+
+
+def _vocab_size(tok) -> int:
+    try:
+        return int(tok.get_vocab_size()) if hasattr(tok, "get_vocab_size") else len(tok)
+    except TypeError:
+        return 2 ** 31  # no way to tell: trust it
 
 
 class _ZooTokenizer:

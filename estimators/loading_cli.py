@@ -33,18 +33,5 @@ def run_info(args) -> dict:
             raise ValueError("SAE quality needs the model's data: give --data (tokens:FILE.json, "
                              "text:PATH or hf:FOLDER)")
         # a zoo model's default: its generator, 256 sequences, seed 1
-        out["data"], out["sae"] = sae_quality_on_data(lm, sae, args.data or "zoo")
+        out["data"], out["sae"] = model_info.sae_quality_on_data(lm, sae, args.data or "zoo")
     return out
-
-
-def sae_quality_on_data(lm, sae, spec: str) -> tuple[dict, dict]:
-    """(the data's description, SAE quality on it): activations at the SAE's hook come from the
-    shared activation cache (computed once per model, data, hook and dtype)."""
-    from estimators.activation_cache import activations
-    from estimators.data import load_data
-    from estimators.loading import sae_hook_name
-
-    data = load_data(spec, lm, n=256, seed=1)
-    hook = sae_hook_name(sae)
-    x = activations(lm.model, data, [hook])[hook]
-    return data.to_dict(), model_info.sae_quality_from_activations(sae, x)

@@ -144,6 +144,49 @@ def sae_quality_from_activations(sae, x: Float[Tensor, "batch pos *rest"],
             "dead_fraction": float((~fired).float().mean())}
 
 
+_QUALITY_MEMO: dict[tuple, dict] = {}
+
+
+def sae_fingerprint(sae) -> str:
+    """sha256 over the SAE's class, config and every state-dict tensor (24 hex digits)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(type(sae).__name__.encode())
+    cfg = sae.cfg.to_dict() if hasattr(sae.cfg, "to_dict") else dict(vars(sae.cfg))
+    h.update(json.dumps(cfg, sort_keys=True, default=repr).encode())
+    for name, p in sae.state_dict().items():
+        t = p.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{p.dtype}|{tuple(p.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:24]
+
+
+def sae_quality_on_data(loaded, sae, spec: str = "zoo", n: int = 256, seed: int = 1
+                        ) -> tuple[dict, dict]:
+    """(the data's description, SAE quality on it) for any model with data — what `info
+    --data` prints and what the Model page should show.
+
+    loaded: an `estimators.loading.LoadedModel`; spec: a data spec (`estimators.data`), whose
+    unset n / seed default to 256 / 1 (the zoo default of earlier versions). Activations at the
+    SAE's hook come from the shared activation cache; the statistics
+    (`sae_quality_from_activations`) are memoised per (model, data, SAE) in-process.
+    Raises DataError / ValueError (one line)."""
+    from estimators.activation_cache import activations
+    from estimators.conformance import model_fingerprint
+    from estimators.data import load_data
+
+    data = load_data(spec, loaded, n=n, seed=seed)
+    key = (model_fingerprint(loaded.model), data.fingerprint, sae_fingerprint(sae))
+    if key not in _QUALITY_MEMO:
+        hook = sae_hook_name(sae)
+        x = activations(loaded.model, data, [hook])[hook]
+        if len(_QUALITY_MEMO) >= 64:
+            _QUALITY_MEMO.clear()
+        _QUALITY_MEMO[key] = sae_quality_from_activations(sae, x)
+    return data.to_dict(), dict(_QUALITY_MEMO[key])
+
+
 def top_features(model, sae, tokens: Int[Tensor, "batch pos"], labels: list[str],
                  k: int = 10, examples: int = 5) -> list[dict]:
     """The k latents that fire most often, with their mean activation when firing and the

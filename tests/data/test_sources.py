@@ -150,3 +150,28 @@ def test_loads_are_memoised_until_the_file_changes(tmp_path, loaded):
     os.utime(path, ns=(1, 1))  # a new modification time even on a coarse clock
     b = parse_spec(f"tokens:{path}").load(loaded)
     assert b.tokens.tolist() == [[5, 6], [7, 8]] and b.fingerprint != a.fingerprint
+
+
+def test_hugging_face_folder_tokenizer(tmp_path, ckpt, corpus):
+    """A Hugging Face model folder without tokenizer files boots with an empty tokenizer: that
+    is no tokenizer (one clear error), and with tokenizer files saved next to it text works."""
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from estimators import activation_cache
+    from estimators.loading import load_model
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16,
+                                    vocab_size=300, bos_token_id=0, eos_token_id=0)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    with pytest.raises(DataError, match="no tokenizer"):
+        parse_spec(f"text:{corpus},len=8").load(load_model(str(tmp_path / "hf")))
+    tok = ckpt[2]
+    PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer).save_pretrained(tmp_path / "hf")
+    lm = load_model(str(tmp_path / "hf"))
+    d = parse_spec(f"text:{corpus},len=8,n=1000").load(lm)
+    assert d.tokens.tolist() == windows(tok.encode(corpus.read_text()).ids, 8)
+    acts = activation_cache.activations(lm.model, d, ["blocks.0.hook_resid_post"])
+    with torch.no_grad():
+        _, cache = lm.model.run_with_cache(d.tokens)
+    assert torch.equal(acts["blocks.0.hook_resid_post"], cache["blocks.0.hook_resid_post"])
