@@ -85,6 +85,9 @@ def build_chain(args):
     if is_mlp_folder(args.model):
         if args.sae:
             raise ValueError("--sae applies to transformers, not plain MLPs")
+        if args.data or args.tokens:
+            raise ValueError("--data/--tokens apply to transformers; a plain MLP takes "
+                             "--input-dist")
         mlp = load_mlp(args.model, device=device)
         d_in = mlp.widths[0]
         if args.input_dist:
