@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from estimators.cli import UserError, add_common_json
+from estimators.cli import UserError, add_common_json, progress_printer
 
 BEHAVIOUR_KINDS = ("argmax", "sampled", "logit", "sae", "direction")
 
@@ -47,6 +47,8 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
                    help="probe = one unit of the residual stream at --hook")
     p.add_argument("--bias", type=float, default=0.0, help="probe bias: w·a + bias > threshold")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress and time left on stderr (default: when a terminal)")
 
 
 def register(subparsers) -> None:
@@ -174,7 +176,8 @@ def run_tail_risk(args) -> dict:
         if args.method != "activation":
             raise UserError(f"--mask applies to the activation method, not {args.method}")
         extra["mask"] = args.mask
-    est = run_estimator(args.method, lm.model, dist, b, args.budget, args.seed, **extra)
+    est = run_estimator(args.method, lm.model, dist, b, args.budget, args.seed,
+                        progress=progress_printer(args.method, args.progress), **extra)
     out = {"estimate": est.value,
            "interval": list(est.interval) if est.interval is not None else None,
            "calls": est.cost.calls, "seconds": est.cost.seconds, "method": args.method,
@@ -182,7 +185,8 @@ def run_tail_risk(args) -> dict:
            **_target_fields(b, label), "distribution": dist.name,
            "n_inputs": dist.n_inputs(), "diagnostics": est.diagnostics}
     if args.with_truth:
-        out["truth"] = ground_truth(lm.model, dist, b).to_dict()
+        out["truth"] = ground_truth(lm.model, dist, b, progress=progress_printer(
+            "ground truth", args.progress)).to_dict()
     return out
 
 
@@ -193,7 +197,8 @@ def run_ground_truth(args) -> dict:
     if args.max_exact < 1 or args.samples < 1:
         raise UserError("--max-exact and --samples must be positive")
     g = ground_truth(lm.model, dist, b, max_exact=args.max_exact, n_samples=args.samples,
-                     seed=args.seed, use_cache=not args.no_cache)
+                     seed=args.seed, use_cache=not args.no_cache,
+                     progress=progress_printer("ground truth", args.progress))
     return {"probability": g.probability, "method": g.method,
             "interval": list(g.interval) if g.interval is not None else None,
             "n_inputs": g.n_inputs, "seconds": g.seconds, "cached": g.cached,

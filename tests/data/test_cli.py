@@ -177,3 +177,27 @@ def test_quality_of_a_hook_z_sae_from_cached_activations():
     narrow = SAE.load_from_disk(f"{CASES}/sae-hook-z/hookz_dhead")
     with pytest.raises(ValueError, match="expects d_in=4"):
         sae_quality_from_activations(narrow, x)
+
+
+def test_ground_truth_progress_on_stderr_only(capsys, ckpt, corpus):
+    code, out, err = run(capsys, ["ground-truth", "--model", str(ckpt[0]), "--distribution",
+                                  "empirical", "--data", f"text:{corpus},len=4", "--target",
+                                  "id:5", "--max-exact", "10", "--samples", "64", "--json",
+                                  "--progress", "--no-cache"])
+    assert code == 0, err
+    json.loads(out)  # stdout is the JSON alone
+    assert "ground truth: 100.0%" in err and "s elapsed" in err
+
+
+def test_progress_printer_time_left():
+    import io
+
+    from estimators.cli import progress_printer
+
+    buf = io.StringIO()
+    assert progress_printer("x", stream=buf) is None  # not a terminal: off by default
+    show = progress_printer("x", True, stream=buf)
+    show(0.5)
+    show(1.0)
+    assert "x:  50.0%" in buf.getvalue() and "s left" in buf.getvalue()
+    assert buf.getvalue().endswith("\n")
