@@ -64,9 +64,9 @@ def main() -> dict:
     torch.set_num_threads(args.threads)
     os.environ["HEW_CACHE_DIR"] = tempfile.mkdtemp(prefix="hew-bench-")
     from estimators import activation_cache as ac
-    from estimators import model_info
+    from estimators import sae_stats
     from estimators.loading import LoadedModel
-    from estimators.model_info import sae_quality_on_data
+    from estimators.sae_stats import sae_quality_on_data
 
     model, sae = build(args.device)
     lm = LoadedModel(model, "gpt2-small-shaped", "checkpoint")
@@ -92,7 +92,7 @@ def main() -> dict:
     _, q = stage("info_cold", lambda: sae_quality_on_data(lm, sae, spec))
     stage("info_warm", lambda: sae_quality_on_data(lm, sae, spec))
     ac.clear_memory()  # a new process: activations from disk, statistics recomputed
-    model_info._QUALITY_MEMO.clear()
+    sae_stats._QUALITY_MEMO.clear()
     stage("info_from_disk", lambda: sae_quality_on_data(lm, sae, spec))
     with torch.no_grad():
         stage("forward_pass", lambda: model(tokens.to(args.device)).shape)

@@ -33,5 +33,7 @@ def run_info(args) -> dict:
             raise ValueError("SAE quality needs the model's data: give --data (tokens:FILE.json, "
                              "text:PATH or hf:FOLDER)")
         # a zoo model's default: its generator, 256 sequences, seed 1
-        out["data"], out["sae"] = model_info.sae_quality_on_data(lm, sae, args.data or "zoo")
+        from estimators.sae_stats import sae_quality_on_data
+
+        out["data"], out["sae"] = sae_quality_on_data(lm, sae, args.data or "zoo")
     return out

@@ -159,7 +159,7 @@ def test_quality_of_a_hook_z_sae_from_cached_activations():
 
     from estimators.activation_cache import activations
     from estimators.loading import load_checkpoint
-    from estimators.model_info import sae_quality_from_activations
+    from estimators.sae_stats import sae_quality_from_activations
 
     model = load_checkpoint(f"{CASES}/sae-hook-z/model")
     sae = SAE.load_from_disk(f"{CASES}/sae-hook-z/hookz_flat")
