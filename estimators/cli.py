@@ -19,6 +19,7 @@ from typing import Any
 SUBCOMMAND_MODULES = [
     "estimators.zoo.cli",
     "estimators.loading_cli",
+    "estimators.data_cli",
     "estimators.activation.cli",
     "estimators.scrubbing.cli",
     "estimators.tailrisk.cli",

@@ -592,6 +592,23 @@ def _encode(tok, text: str) -> list[int]:
         hf_logging.set_verbosity(level)
 
 
+def decode(model_or_loaded, ids, tokenizer=None) -> str | None:
+    """Token ids as text with the model's tokenizer (or a zoo model's labels, space-separated);
+    None when the model has none."""
+    model, loaded = _split_model(model_or_loaded)
+    try:
+        tok = tokenizer or model_tokenizer(model, loaded)
+    except DataError:
+        return None
+    ids = [int(i) for i in ids]
+    if isinstance(tok, _ZooTokenizer):
+        return tok.entry.decode(ids)
+    try:
+        return tok.decode(ids)
+    except Exception:  # noqa: BLE001 - ids the tokenizer cannot decode: show none
+        return None
+
+
 def bos_id(tok) -> int | None:
     """The tokenizer's BOS id (HF tokenizers; falls back to the EOS id as GPT-2 does)."""
     for attr in ("bos_token_id", "eos_token_id"):
@@ -607,5 +624,5 @@ def bos_id(tok) -> int | None:
 
 
 __all__ = ["DEFAULT_N", "Data", "DataError", "DataSource", "KINDS", "OPTIONS", "bos_id",
-           "load_data", "model_tokenizer", "parse_spec", "tokens_fingerprint"]
+           "decode", "load_data", "model_tokenizer", "parse_spec", "tokens_fingerprint"]
 

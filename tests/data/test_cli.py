@@ -201,3 +201,28 @@ def test_progress_printer_time_left():
     show(1.0)
     assert "x:  50.0%" in buf.getvalue() and "s left" in buf.getvalue()
     assert buf.getvalue().endswith("\n")
+
+
+def test_data_command(capsys, ckpt, loaded, corpus):
+    from estimators import activation_cache
+
+    folder, model, tok = ckpt
+    spec = f"text:{corpus},len=8,n=6"
+    code, out, err = run(capsys, ["data", "--model", str(folder), "--data", spec, "--show", "2",
+                                  "--hooks", "blocks.1.hook_resid_pre", "--json"])
+    assert code == 0, err
+    d = json.loads(out)
+    tokens = parse_spec(spec).load(loaded).tokens
+    assert d["data"]["n"] == 6 and d["examples"][0]["ids"] == tokens[0].tolist()
+    assert d["examples"][1]["text"] == tok.decode(tokens[1].tolist())
+    with torch.no_grad():
+        logits = model(tokens)
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 300).double(),
+                                             tokens[:, 1:].reshape(-1))
+    assert d["loss_nats"] == pytest.approx(float(want), rel=1e-6)
+    assert d["activations"] == {"blocks.1.hook_resid_pre": [6, 8, 16]}
+    passes = activation_cache.stats().forward_passes
+    activation_cache.activations(model, tokens, ["blocks.1.hook_resid_pre"])
+    assert activation_cache.stats().forward_passes == passes  # filled by the command
+    code, _, err = run(capsys, ["data", "--model", str(folder), "--data", "tokens:nope.json"])
+    assert code == 2 and "does not exist" in err
