@@ -9,7 +9,8 @@ MLP folder (config.json {"kind": "mlp", ...} + model.safetensors). --mask: naive
 topk:K, position-blocks, or a JSON file written by CovarianceMask.to_dict().
 --data: real inputs (transformers; default: the zoo model's generator): a data spec of
 `estimators.data` (zoo, tokens:FILE.json, text:PATH, hf:FOLDER; ,n=,len=,seed=); --tokens FILE is
-the same as --data tokens:FILE. --input-dist: {"mean": [...], "cov": [[...]]} (MLPs; default standard normal).
+the same as --data tokens:FILE.
+--input-dist: {"mean": [...], "cov": [[...]]} (MLPs; default standard normal).
 """
 
 from __future__ import annotations
