@@ -36,4 +36,8 @@ def run_info(args) -> dict:
         from estimators.sae_stats import sae_quality_on_data
 
         out["data"], out["sae"] = sae_quality_on_data(lm, sae, args.data or "zoo")
+    elif args.data:  # no SAE: the data is still read and checked against the model
+        from estimators.data import load_data
+
+        out["data"] = load_data(args.data, lm, n=256, seed=1).to_dict()
     return out

@@ -226,3 +226,10 @@ def test_data_command(capsys, ckpt, loaded, corpus):
     assert activation_cache.stats().forward_passes == passes  # filled by the command
     code, _, err = run(capsys, ["data", "--model", str(folder), "--data", "tokens:nope.json"])
     assert code == 2 and "does not exist" in err
+
+
+def test_info_data_without_sae_is_checked(tmp_path, capsys, ckpt):
+    (tmp_path / "t.json").write_text(json.dumps([[1, 2, 999]]))
+    code, _, err = run(capsys, ["info", "--model", str(ckpt[0]), "--data",
+                                f"tokens:{tmp_path / 't.json'}"])
+    assert code == 2 and "outside the model's vocabulary" in err
