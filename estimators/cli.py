@@ -20,6 +20,7 @@ from typing import Any
 SUBCOMMAND_MODULES = [
     "estimators.zoo.cli",
     "estimators.loading_cli",
+    "estimators.data_cli",
     "estimators.activation.cli",
     "estimators.scrubbing.cli",
     "estimators.tailrisk.cli",
@@ -118,6 +119,35 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
+
+
+def progress_printer(label: str, enabled: bool | None = None, stream=None):
+    """A progress callback `fn(fraction in [0, 1])` that writes one updating stderr line,
+    "label:  42.0% · 12 s elapsed · ~17 s left" (time left = elapsed·(1 − f)/f, a linear
+    extrapolation), at most twice a second; None when disabled (default: stderr is a terminal).
+    stdout, where --json goes, is never touched."""
+    import time
+
+    stream = stream or sys.stderr
+    if enabled is None:
+        enabled = bool(getattr(stream, "isatty", lambda: False)())
+    if not enabled:
+        return None
+    t0 = time.perf_counter()
+    last = [-1.0]
+
+    def show(fraction: float) -> None:
+        now = time.perf_counter()
+        if fraction < 1 and now - last[0] < 0.5:
+            return
+        last[0] = now
+        elapsed = now - t0
+        left = f" · ~{elapsed * (1 - fraction) / fraction:.0f} s left" if fraction > 0 else ""
+        stream.write(f"\r{label}: {fraction:6.1%} · {elapsed:.0f} s elapsed{left}   ")
+        if fraction >= 1:
+            stream.write("\n")
+        stream.flush()
+    return show
 
 
 def add_common_json(p: argparse.ArgumentParser) -> None:

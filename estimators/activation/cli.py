@@ -4,11 +4,13 @@ output and cost.
     python -m estimators propagate --model induction --mask full --samples 1024 --json
     python -m estimators propagate --model path/to/mlp_folder --input-dist dist.json --mask full
 
---model: a zoo name, a TransformerLens checkpoint folder (then --tokens is needed), or a plain
+--model: a zoo name, a TransformerLens checkpoint folder (then --data is needed), or a plain
 MLP folder (config.json {"kind": "mlp", ...} + model.safetensors). --mask: naive, full,
 topk:K, position-blocks, or a JSON file written by CovarianceMask.to_dict().
---tokens: a JSON file [[id, ...], ...] of real inputs (transformers; default: the zoo model's
-generator). --input-dist: {"mean": [...], "cov": [[...]]} (MLPs; default standard normal).
+--data: real inputs (transformers; default: the zoo model's generator): a data spec of
+`estimators.data` (zoo, tokens:FILE.json, text:PATH, hf:FOLDER; ,n=,len=,seed=); --tokens FILE is
+the same as --data tokens:FILE.
+--input-dist: {"mean": [...], "cov": [[...]]} (MLPs; default standard normal).
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--input-dist", default=None, help="MLP input distribution JSON")
-    p.add_argument("--tokens", default=None, help="JSON [[token ids]] of real inputs")
+    p.add_argument("--data", default=None,
+                   help="real inputs: zoo, tokens:FILE.json, text:PATH, hf:FOLDER[:COLUMN] "
+                        "with options ,n=,len=,seed= (default: the zoo generator)")
+    p.add_argument("--tokens", default=None,
+                   help="JSON [[token ids]] of real inputs (same as --data tokens:FILE)")
     p.add_argument("--bits-per-parameter", type=float, default=None,
                    help="S(π) bits per tracked covariance (default ½·log2 N)")
     p.add_argument("--epsilon", type=float, default=1e-2,
@@ -73,20 +79,6 @@ def parse_mask(spec: str, layouts) -> "CovarianceMask":
     return mask
 
 
-def _load_tokens(path: str, model) -> torch.Tensor:
-    data = read_json_file(path, "tokens")
-    try:
-        t = torch.tensor(data, dtype=torch.long)
-    except (TypeError, ValueError):
-        raise ValueError("tokens file must hold a list of equal-length lists of token ids") \
-            from None
-    if t.dim() != 2 or t.shape[0] < 2:
-        raise ValueError("tokens file must hold at least 2 equal-length lists of token ids")
-    if t.shape[1] > model.cfg.n_ctx:
-        raise ValueError(f"token lists are longer than the model's context {model.cfg.n_ctx}")
-    return t
-
-
 def build_chain(args):
     from estimators.activation.chain import chain_for_zoo, mlp_chain, transformer_chain
     from estimators.activation.mlp import is_mlp_folder, load_input_distribution, load_mlp
@@ -99,6 +91,9 @@ def build_chain(args):
     if is_mlp_folder(args.model):
         if args.sae:
             raise ValueError("--sae applies to transformers, not plain MLPs")
+        if args.data or args.tokens:
+            raise ValueError("--data/--tokens apply to transformers; a plain MLP takes "
+                             "--input-dist")
         mlp = load_mlp(args.model, device=device)
         d_in = mlp.widths[0]
         if args.input_dist:
@@ -111,15 +106,18 @@ def build_chain(args):
         return mlp_chain(mlp, mean.to(device), cov.to(device), n_empirical=args.n_inputs,
                          seed=args.seed, epsilon=args.epsilon, device=device)
     if args.input_dist:
-        raise ValueError("--input-dist is for plain MLP folders; transformers take --tokens")
+        raise ValueError("--input-dist is for plain MLP folders; transformers take --data")
     lm = load_model(args.model, device)
     sae = load_sae(args.sae, lm, device) if args.sae else None
-    if args.tokens:
-        tokens = _load_tokens(args.tokens, lm.model)
-        return transformer_chain(lm.model, tokens, sites=args.sites, positions=args.positions,
-                                 sae=sae, samples=args.samples, seed=args.seed)
+    data = _data(args, lm)
+    args.data_tokens = None if data is None else data.tokens  # the search's mixture variables
+    if data is not None:
+        return transformer_chain(lm.model, data.tokens, sites=args.sites,
+                                 positions=args.positions, sae=sae, samples=args.samples,
+                                 seed=args.seed)
     if lm.kind != "zoo":
-        raise ValueError("a non-zoo transformer needs real inputs: pass --tokens FILE")
+        raise ValueError("a non-zoo transformer needs real inputs: pass --data (tokens:FILE."
+                         "json, text:PATH or hf:FOLDER)")
     return chain_for_zoo(lm, sae=sae, n_inputs=args.n_inputs, samples=args.samples,
                          seed=args.seed, sites=args.sites, positions=args.positions)
 
@@ -131,8 +129,8 @@ def _search_inputs(args):
 
     if is_mlp_folder(args.model):
         return None, None, None
-    if args.tokens:
-        t = torch.tensor(read_json_file(args.tokens, "tokens"), dtype=torch.long)
+    t = getattr(args, "data_tokens", None)
+    if t is not None:
         return t, None, int(t.shape[1])
     if args.model in zoo.names():
         b = zoo.get(args.model).sample(int(args.n_inputs), seed=int(args.seed))
@@ -152,6 +150,29 @@ def _search(args, prop) -> dict:
     d = res.to_dict()
     d["method"] = args.search
     return d
+
+
+def _data(args, lm):
+    """The inputs of --data / --tokens (None: the zoo generator with --n-inputs and --seed).
+    --tokens FILE keeps its old meaning: every sequence of the file."""
+    from estimators.data import load_data, parse_spec
+
+    if args.tokens and args.data:
+        raise ValueError("give --data or --tokens, not both")
+    if args.tokens:
+        data = load_data(f"tokens:{args.tokens}", lm, n=2 ** 62)
+    elif args.data:
+        src = parse_spec(args.data, n=args.n_inputs, seed=args.seed)
+        if src.kind == "zoo" and src.path in (None, lm.name) and lm.kind == "zoo":
+            src.load(lm)  # validates len=
+            args.n_inputs, args.seed = src.n, src.seed  # the zoo path keeps its label position
+            return None
+        data = src.load(lm)
+    else:
+        return None
+    if len(data) < 2:
+        raise ValueError(f"{data.source.spec}: at least 2 sequences are needed")
+    return data
 
 
 def run_cli(args) -> dict:

@@ -5,8 +5,9 @@
     python -m estimators scrub --model ./ckpt --partition hyp.json --data seqs.json --json
     python -m estimators scrub-search --model induction --steps 5 --json
 
-`--data` is a JSON list of token-id lists of one length (loss: next-token loss at every
-position but the last); zoo models bring their own data and loss (`ZooEntry.sample/loss`).
+`--data` is a data spec of `estimators.data` (a JSON list of token-id lists of one length, or
+tokens:/text:/hf: with ,n=,len=,seed=; loss: next-token loss at every position but the last);
+zoo models bring their own data and loss (`ZooEntry.sample/loss`).
 `--partition` reads a partition JSON (see partition.py) or an explanation file downloaded
 from the app's Causal scrubbing page.
 """
@@ -31,15 +32,21 @@ def _load_data(args, loaded):
     from estimators.scrubbing.evaluate import ScrubData
 
     cfg = loaded.model.cfg
-    if args.data:
-        seqs = read_json_file(args.data, "data")
-        if isinstance(seqs, list) and args.n:
-            seqs = seqs[: args.n]
-        return ScrubData.from_sequences(seqs, cfg.d_vocab, cfg.n_ctx, f"file:{args.data}",
+    if args.data:  # a data spec (estimators.data); a bare FILE.json is tokens:FILE.json
+        from estimators.data import parse_spec
+
+        src = parse_spec(args.data, n=args.n, seed=args.seed)
+        if src.kind == "zoo":
+            if src.path is None and loaded.kind != "zoo":
+                raise UserError("--data zoo needs a zoo model (or zoo:NAME)")
+            return ScrubData.from_zoo(src.path or loaded.name, n=src.n or 256, seed=src.seed)
+        data = src.with_defaults(n=2 ** 62).load(loaded)  # no n: every sequence
+        return ScrubData.from_sequences(data.tokens.tolist(), cfg.d_vocab, cfg.n_ctx,
+                                        data.source.spec,
                                         d_vocab_out=getattr(cfg, "d_vocab_out", None))
     if loaded.kind != "zoo":
-        raise UserError("this model is not a zoo model: give --data (a JSON list of token-id "
-                        "sequences)")
+        raise UserError("this model is not a zoo model: give --data (tokens:FILE.json, "
+                        "text:PATH or hf:FOLDER; see estimators.data)")
     return ScrubData.from_zoo(loaded.name, n=args.n or 256, seed=args.seed)
 
 
@@ -85,11 +92,37 @@ def run_scrub(args) -> dict:
         if loaded.kind == "zoo" and not args.data:
             normal = ScrubData.from_zoo(loaded.name, n=len(data), seed=args.seed + 1)
         else:
-            raise UserError("--anomaly needs a zoo model (fresh normal inputs come from it)")
+            normal = _fresh_normal(args, loaded, data)
         demo = anomaly_demo(scrubber, partition, normal, seed=args.seed)
         out["anomaly"] = {"anomaly": demo["anomaly"], "auc_scrubbed": demo["scrubbed"]["auc"],
                           "auc_excess": demo["excess"]["auc"]}
     return out
+
+
+def _fresh_normal(args, loaded, data):
+    """Normal inputs for --anomaly from --data: as many sequences as scrubbing uses, drawn by
+    seed + 1 from the data's windows that scrubbing does not already resample from."""
+    from estimators.data import parse_spec
+    from estimators.scrubbing.evaluate import ScrubData
+
+    src = parse_spec(args.data, n=args.n, seed=args.seed)
+    if src.kind == "zoo":
+        return ScrubData.from_zoo(src.path or loaded.name, n=len(data), seed=(src.seed or 0) + 1)
+    import dataclasses
+
+    import torch
+
+    pool = dataclasses.replace(src, n=2 ** 62).load(loaded).tokens.tolist()  # every window
+    seen = {tuple(r) for r in data.batch.tokens.tolist()}
+    fresh = [r for r in pool if tuple(r) not in seen]
+    order = torch.randperm(len(fresh), generator=torch.Generator().manual_seed(
+        (src.seed or 0) + 1))
+    fresh = [fresh[i] for i in sorted(order[: len(data)].tolist())]
+    if len(fresh) < 2:
+        raise UserError("--anomaly needs fresh normal inputs: the data holds no sequences "
+                        "beyond those scrubbing uses (ask for fewer with n=)")
+    cfg = loaded.model.cfg
+    return ScrubData.from_sequences(fresh, cfg.d_vocab, cfg.n_ctx, f"{src.spec} (fresh)")
 
 
 def run_search(args) -> dict:
@@ -103,7 +136,9 @@ def run_search(args) -> dict:
 
 def _common(p):
     p.add_argument("--model", required=True, help="zoo name or model folder")
-    p.add_argument("--data", help="JSON list of token-id sequences (non-zoo models)")
+    p.add_argument("--data", help="data spec: a JSON file of token-id lists, tokens:FILE, "
+                   "text:PATH, hf:FOLDER[:COLUMN] or zoo, options ,n=,len=,seed= (non-zoo "
+                   "models need it)")
     p.add_argument("--n", type=int, default=None, help="examples (zoo default 256)")
     p.add_argument("--seed", type=int, default=0, help="data and resampling seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")

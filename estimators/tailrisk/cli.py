@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from estimators.cli import UserError, add_common_json
+from estimators.cli import UserError, add_common_json, progress_printer
 from estimators.distributed import add_backend_args
 
 BEHAVIOUR_KINDS = ("argmax", "sampled", "logit", "sae", "direction")
@@ -22,7 +22,12 @@ BEHAVIOUR_KINDS = ("argmax", "sampled", "logit", "sae", "direction")
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="zoo name, checkpoint folder or HF folder")
     p.add_argument("--distribution", required=True,
-                   help="built-in distribution of the zoo model, or a JSON file")
+                   help="built-in distribution of the zoo model, a JSON file, or with --data: "
+                        "empirical (per-position frequencies) or data-tokens (uniform over the "
+                        "data's tokens)")
+    p.add_argument("--data", default=None,
+                   help="data spec for --distribution empirical/data-tokens: tokens:FILE.json, "
+                        "text:PATH, hf:FOLDER[:COLUMN] or zoo, options ,n=4096,len=L,seed=0")
     p.add_argument("--target", default=None,
                    help="target token (string, or id as id:N); argmax, sampled and logit")
     p.add_argument("--behaviour", choices=BEHAVIOUR_KINDS, default="argmax",
@@ -43,6 +48,8 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
                    help="probe = one unit of the residual stream at --hook")
     p.add_argument("--bias", type=float, default=0.0, help="probe bias: w·a + bias > threshold")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress and time left on stderr (default: when a terminal)")
 
 
 def register(subparsers) -> None:
@@ -97,12 +104,10 @@ def _problem(args):
     from estimators.loading import load_model
     from estimators.tailrisk.behaviours import (Argmax, LogitThreshold, SampledProbability,
                                                 parse_target)
-    from estimators.tailrisk.distributions import resolve_distribution
-
     lm = load_model(args.model, args.device)
     entry = lm.zoo_entry
     vocab = entry.token_labels() if entry is not None else None
-    dist = resolve_distribution(args.distribution, lm.model, entry, vocab)
+    dist = _distribution(args, lm, vocab)
     if args.behaviour in ("sae", "direction"):
         b = _feature_behaviour(args, lm)
         return lm, dist, b, b.name
@@ -118,6 +123,27 @@ def _problem(args):
     b.validate(lm.model)
     label = vocab[target] if vocab is not None and target < len(vocab) else str(target)
     return lm, dist, b, label
+
+
+def _distribution(args, lm, vocab):
+    """--distribution, built from --data for empirical / data-tokens."""
+    from estimators.tailrisk.distributions import (DATA_DISTRIBUTIONS, from_tokens,
+                                                   resolve_distribution)
+
+    data_spec = getattr(args, "data", None)
+    if args.distribution in DATA_DISTRIBUTIONS:
+        if not data_spec:
+            raise UserError(f"--distribution {args.distribution} is built from data: give "
+                            f"--data (tokens:FILE.json, text:PATH, hf:FOLDER or zoo)")
+        from estimators.data import load_data
+
+        data = load_data(data_spec, lm, n=4096, seed=0)
+        return from_tokens(data.tokens, int(lm.model.cfg.d_vocab), args.distribution,
+                           name=f"{args.distribution}({data.source.spec})", vocab=vocab)
+    if data_spec:
+        raise UserError(f"--data builds --distribution empirical or data-tokens, not "
+                        f"{args.distribution!r}")
+    return resolve_distribution(args.distribution, lm.model, lm.zoo_entry, vocab)
 
 
 def _feature_behaviour(args, lm):
@@ -164,7 +190,8 @@ def run_tail_risk(args) -> dict:
         if args.method != "activation":
             raise UserError(f"--mask applies to the activation method, not {args.method}")
         extra["mask"] = args.mask
-    est = run_estimator(args.method, lm.model, dist, b, args.budget, args.seed, **extra)
+    est = run_estimator(args.method, lm.model, dist, b, args.budget, args.seed,
+                        progress=progress_printer(args.method, args.progress), **extra)
     out = {"estimate": est.value,
            "interval": list(est.interval) if est.interval is not None else None,
            "calls": est.cost.calls, "seconds": est.cost.seconds, "method": args.method,
@@ -172,7 +199,8 @@ def run_tail_risk(args) -> dict:
            **_target_fields(b, label), "distribution": dist.name,
            "n_inputs": dist.n_inputs(), "diagnostics": est.diagnostics}
     if args.with_truth:
-        out["truth"] = ground_truth(lm.model, dist, b).to_dict()
+        out["truth"] = ground_truth(lm.model, dist, b, progress=progress_printer(
+            "ground truth", args.progress)).to_dict()
     return out
 
 
@@ -190,7 +218,8 @@ def run_ground_truth(args) -> dict:
         vec = sharded_ground_truth_vector(
             lm.model, dist, b, backend, ref, max_exact=args.max_exact, n_samples=args.samples,
             seed=args.seed, force_samples=args.sampled, shard_samples=args.shard_samples,
-            chunk=args.chunk, use_cache=not args.no_cache)
+            chunk=args.chunk, use_cache=not args.no_cache,
+            progress=progress_printer("ground truth", args.progress))
         where = backend.describe()
     g = target_truth(vec, b, args.interval)
     return {**{k: g[k] for k in ("probability", "method", "interval", "interval_method",

@@ -289,3 +289,37 @@ def parse_file(data: bytes | str, vocab_size: int, n_ctx: int | None,
     except (ValueError, UnicodeDecodeError) as e:
         raise DistributionError(f"the distribution file is not valid JSON: {e}") from e
     return from_json(obj, vocab_size, n_ctx, vocab, name)
+
+
+# ------------------------------------------------------------------------- from real data
+
+DATA_DISTRIBUTIONS = ("empirical", "data-tokens")
+
+
+def from_tokens(tokens: Int[Tensor, "n k"], vocab_size: int, kind: str = "empirical",
+                name: str | None = None, vocab: Sequence[str] | None = None
+                ) -> InputDistribution:
+    """An input distribution built from real sequences `tokens` [n, k] (ids < vocab_size).
+
+    kind "empirical": D_i(v) = #{sequences with token v at position i} / n, the per-position
+      empirical frequencies (positions independent; the joint of the data is not kept).
+    kind "data-tokens": uniform over the set of token ids that occur anywhere in the data, at
+      every position.
+    Raises DistributionError for an unknown kind, empty data or ids outside the vocabulary."""
+    t = torch.as_tensor(tokens).detach().to("cpu", torch.long)
+    if t.dim() != 2 or t.shape[0] < 1 or t.shape[1] < 1:
+        raise DistributionError("a distribution from data needs [sequences, positions] token ids")
+    if int(t.min()) < 0 or int(t.max()) >= vocab_size:
+        raise DistributionError(f"the data holds token ids outside 0..{vocab_size - 1}")
+    if kind == "empirical":
+        table = torch.zeros(t.shape[1], vocab_size, dtype=torch.float64)
+        table.scatter_add_(1, t.T, torch.ones(t.T.shape, dtype=torch.float64))
+        table /= t.shape[0]
+    elif kind == "data-tokens":
+        ids = torch.unique(t)
+        table = torch.zeros(t.shape[1], vocab_size, dtype=torch.float64)
+        table[:, ids] = 1.0 / ids.numel()
+    else:
+        raise DistributionError(f"unknown distribution from data {kind!r}; choose one of "
+                                f"{', '.join(DATA_DISTRIBUTIONS)}")
+    return InputDistribution(table, name or kind, list(vocab) if vocab is not None else None)

@@ -192,6 +192,22 @@ def _write_cache(path: Path, payload: dict) -> None:
 
 # ------------------------------------------------------------------------------ front door
 
+CHUNK_MEMORY = 2 ** 30  # bytes one chunk of inputs may hold (values, logits, activations)
+
+
+def bounded_chunk(model, dist: InputDistribution, chunk: int,
+                  memory: int = CHUNK_MEMORY) -> int:
+    """`chunk` lowered so that one chunk stays under `memory` bytes: per input, the [V]
+    float64 values and float32 logits (and their softmax) of a vector behaviour, and ≈ 16
+    d_model-wide float32 activations per position of the forward pass. Zoo-sized models keep
+    8192; gpt2-small's shape (V = 50,257, d_model 768) on 8 positions gets ≈ 890."""
+    cfg = model.cfg
+    v = int(getattr(cfg, "d_vocab_out", -1) or -1)
+    v = v if v > 0 else int(cfg.d_vocab)
+    per_input = v * (8 + 4 + 4) + dist.length * int(cfg.d_model) * 4 * 16
+    return max(1, min(int(chunk), memory // per_input))
+
+
 def ground_truth_vector(model, dist: InputDistribution, behaviour: Behaviour,
                         max_exact: int = MAX_EXACT_INPUTS, n_samples: int = DEFAULT_SAMPLES,
                         seed: int = 0, use_cache: bool = True, chunk: int = 8192,
@@ -200,6 +216,7 @@ def ground_truth_vector(model, dist: InputDistribution, behaviour: Behaviour,
     "seconds", "cached"}."""
     behaviour.validate(model)
     conformance.require(model, "tailrisk")
+    chunk = bounded_chunk(model, dist, chunk)
     n_inputs = dist.n_inputs()
     mode = "exact" if n_inputs <= max_exact else f"sampled:{n_samples}:{seed}"
     path = cache_dir() / f"{_key(model_fingerprint(model), dist, behaviour, mode)}.json"
