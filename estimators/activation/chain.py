@@ -248,6 +248,28 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                       ) -> Chain:
     """Chain of a TransformerLens HookedTransformer on real inputs `tokens` [N, ctx].
 
+    Refuses (conformance.EngineUnsupported, a ValueError with one line) a model on which the
+    activation engine's conformance check fails (`estimators.activation.conformance`); the
+    arguments are those of `build_transformer_chain`."""
+    from estimators import conformance
+
+    conformance.require(model, "activation")
+    return build_transformer_chain(
+        model, tokens, sites=sites, positions=positions, sae=sae, sae_max_units=sae_max_units,
+        samples=samples, seed=seed, logits_position=logits_position,
+        max_logit_units=max_logit_units, max_dim=max_dim, batch_size=batch_size,
+        output_observations=output_observations)
+
+
+def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = None,
+                            positions: list[int] | None = None, sae=None,
+                            sae_max_units: int = 64, samples: int = 512, seed: int = 0,
+                            logits_position: int = -1, max_logit_units: int = 1024,
+                            max_dim: int = 1024, batch_size: int = 128,
+                            output_observations: torch.Tensor | None = None) -> Chain:
+    """`transformer_chain` without the conformance check (the check itself builds chains with
+    it). Chain of a TransformerLens HookedTransformer on real inputs `tokens` [N, ctx].
+
     sites: site names (sites.py); default: the residual stream at every block boundary
       (blocks.0.hook_resid_pre, blocks.{l}.hook_resid_post), the SAE's site when `sae` is given,
       and logits@<logits_position>. blocks.0.hook_resid_pre is always the input site; its
@@ -306,6 +328,9 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                 raise ValueError(f"site {n}: the model has blocks 0..{L - 1}")
             if cfg.attn_only:
                 raise ValueError(f"site {n}: this model is attention-only (no MLPs)")
+            if n not in model.hook_dict:
+                raise ValueError(f"site {n}: this model has no such hook (its MLPs are not "
+                                 f"TransformerLens' standard MLP)")
             mlp_layers.append(info["layer"])
         elif kind == "sae":
             if sae is None:

@@ -83,6 +83,7 @@ def _load_tokens(path: str, model) -> torch.Tensor:
 
 
 def build_chain(args):
+    from estimators import conformance
     from estimators.activation.chain import chain_for_zoo, mlp_chain, transformer_chain
     from estimators.activation.mlp import is_mlp_folder, load_input_distribution, load_mlp
     from estimators.device import resolve_device
@@ -108,6 +109,7 @@ def build_chain(args):
     if args.input_dist:
         raise ValueError("--input-dist is for plain MLP folders; transformers take --tokens")
     lm = load_model(args.model, device)
+    conformance.require(lm.model, "activation")  # one line when this engine refuses the model
     sae = load_sae(args.sae, lm, device) if args.sae else None
     if args.tokens:
         tokens = _load_tokens(args.tokens, lm.model)
