@@ -324,8 +324,16 @@ def _logit_parity(model, hf, n_ctx: int = 6) -> dict:
     tokens = torch.randint(0, cfg.d_vocab, (2, min(n_ctx, cfg.n_ctx)), generator=g)
     tokens = tokens.to(cfg.device)
     with torch.no_grad():
-        ours = model(tokens).double()
-        ref = hf(tokens).logits.double()
+        try:
+            ref = hf(tokens).logits.double()
+        except Exception as e:  # noqa: BLE001 - the folder's own model does not run
+            raise LoadError(f"the Hugging Face model in this folder does not run on token ids: "
+                            f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from e
+        try:
+            ours = model(tokens).double()
+        except Exception as e:  # noqa: BLE001
+            raise _ConversionUnsupported(f"the converted model does not run: "
+                                         f"{type(e).__name__}: {str(e)[:200]}") from e
     if ours.shape != ref.shape:
         return {"max_abs_error": float("inf"), "scale": 1.0}
     return {"max_abs_error": float((ours - ref).abs().max()),

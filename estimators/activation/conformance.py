@@ -66,12 +66,8 @@ def check_model(model):
     dtype = model.cfg.dtype
     if dtype == torch.float32 and _param_count(model) <= FLOAT64_MAX_PARAMS:
         try:
-            m64 = copy.deepcopy(model)
-            m64.cfg = dataclasses.replace(m64.cfg, dtype=torch.float64)
-            m64.to(torch.float64, print_details=False)
-            for mod in m64.modules():
-                if getattr(mod, "cfg", None) is not None and mod is not m64:
-                    mod.cfg = m64.cfg
+            m64 = copy.deepcopy(model)  # its blocks share the copy's cfg, as the model's do
+            m64.to(torch.float64, print_details=False)  # updates cfg.dtype too
             with torch.no_grad():
                 m64(torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device))
             return m64, torch.float64
