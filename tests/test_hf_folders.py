@@ -159,3 +159,29 @@ def test_unloadable_folder_is_one_load_error(tmp_path):
     (folder / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(LoadError):
         load_hf_folder(folder)
+
+
+def test_pages_run_on_the_case_folder():
+    """Model, Activation model and Circuits pages on the hf-bridge folder: no exception; the
+    Activation page on the user's point-mass token list shows the library's surprise."""
+    from estimators.activation import Propagator, transformer_chain
+    from tests.app.conftest import assert_no_exception, open_page
+    from tests.app.test_activation_page import assert_surprise
+
+    model = str((CASE / "model").resolve())
+    for page in ("model.py", "circuits.py"):
+        assert_no_exception(open_page(page, query={"model": model}))
+    at = open_page("activation.py", query={"model": model})
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    rows = json.loads((CASE / "tokens_same.json").read_text())
+    at.text_area(key="_act_tokens").set_value("\n".join(" ".join(map(str, r)) for r in rows))
+    at.multiselect(key="_act_positions").set_value(list(range(8)))
+    at.number_input(key="_act_k").set_value(16)
+    at.button[[b.label for b in at.button].index("Apply")].click().run()
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    lm = load_model(model)
+    chain = transformer_chain(lm.model, torch.tensor(rows), positions=list(range(8)),
+                              samples=16, seed=0, logits_position=-1)
+    assert_surprise(at, Propagator(chain).run())
