@@ -176,6 +176,13 @@ def check(model) -> EngineVerdict:
         raise EngineUnsupported(
             f"the activation engine needs a TransformerLens HookedTransformer; this model is a "
             f"{type(model).__name__} (TransformerLens has no conversion for its architecture)")
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, min(2, model.cfg.n_ctx)), dtype=torch.long,
+                              device=model.cfg.device))
+    except Exception as e:  # noqa: BLE001 - nothing to compare against
+        raise EngineUnsupported(f"the model's own forward pass fails on token ids "
+                                f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from e
     m, dtype = check_model(model)
     worst, worst_tol = 0.0, tolerance_for(dtype)
     for seed in (0, 1):

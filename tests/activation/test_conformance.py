@@ -60,6 +60,7 @@ def random_model(options: dict, dtype: torch.dtype) -> HookedTransformer:
         g = torch.Generator().manual_seed(1)
         for p in model.parameters():
             p.copy_((0.3 * torch.randn(p.shape, generator=g)).to(p.dtype))
+    model.to(dtype, print_details=False)  # TL builds MoE experts in float32 whatever cfg.dtype
     return model.eval()
 
 
@@ -101,6 +102,16 @@ def test_check_passes_or_refuses_in_one_line_and_point_mass_is_exact(option, dty
         return
     assert v.max_abs_error <= v.tolerance
     assert_point_mass_exact(model, point_mass_tokens(model))
+
+
+def test_model_whose_own_forward_fails_is_refused_in_one_line():
+    """TransformerLens builds MoE experts in float32 whatever cfg.dtype: such a float16 model
+    does not run at all, and the check says so instead of blaming the engine."""
+    cfg = HookedTransformerConfig(**{**BASE, **OPTIONS["mixture of experts"],
+                                     "dtype": torch.float16})
+    model = HookedTransformer(cfg, move_to_device=False).eval()
+    v = conformance.verdict(model, "activation")
+    assert not v.ok and "own forward pass fails" in v.reason and "\n" not in v.line()
 
 
 def test_check_runs_in_float64_on_small_float32_models():
