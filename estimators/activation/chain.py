@@ -38,7 +38,10 @@ from estimators.activation.sites import Site, parse_site_name, resid_site_name
 @dataclass
 class Step:
     """parent site index → child site indices. `run(parent)` returns one `Moments` per child.
-    `flops(parent)` counts its matrix products (2·m·n·k each)."""
+    `flops(parent)` counts its matrix products (2·m·n·k each). `transition` (sampled steps):
+    the deterministic map the samples go through, parent values [k, d_parent] (float64, row i
+    completed by real input i % N where the parent does not model) → one [k, d_child] per
+    child; the conformance check feeds it real activations."""
 
     parent: int
     children: list[int]
@@ -46,6 +49,7 @@ class Step:
     flops: Callable[[MaskedGaussian], float]
     sampled: bool
     description: str = ""
+    transition: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
 
 
 @dataclass
@@ -563,7 +567,8 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
         desc = f"{parent.name} → {child.name}: " + (
             f"blocks {blocks[0]}..{blocks[-1]}" if blocks else "") + \
             (" + ln_final/unembed/soft cap" if child.kind == "logits" else "") + f", K={K} samples"
-        steps.append(Step(pi, children, run, flops, sampled=True, description=desc))
+        steps.append(Step(pi, children, run, flops, sampled=True, description=desc,
+                          transition=fn))
 
     input_mean, input_cov = fit_gaussian(empirical[site_objs[0].name])
     out_site = site_objs[chain_idx[-1]]

@@ -11,6 +11,11 @@ site reads the model's tail. The check compares all of it with the model's own f
     standard hook, the logits at the last position) the propagated mean must equal the
     activations `model.run_with_cache` gives for that sequence, the propagated covariance must be
     zero, and the chain's ground truth must equal them too;
+  * every sampled transition is also fed the *real* activations of three distinct random
+    sequences at its parent site (all positions modelled, then only the last one, so the
+    positions a site does not model are completed from the real inputs) and must return the
+    real activations at its children: this catches a transition that ignores its input, which
+    a point mass cannot;
   * the comparison runs in float64 on a float64 copy when the model is float32 and small
     (≤ FLOAT64_MAX_PARAMS parameters), else in the model's own dtype; tolerance
     `conformance.tolerance_for(dtype, scale)` with scale = max(1, max |activation| at the site).
@@ -169,6 +174,45 @@ def point_mass_errors(model, seed: int = 0, ctx: int = CHECK_CTX) -> list[dict]:
     return rows
 
 
+def transition_errors(model, seed: int = 0, ctx: int = CHECK_CTX, n: int = 3,
+                      last_position_only: bool = False) -> list[dict]:
+    """Feed every sampled transition the *real* activations of n distinct random sequences at
+    its parent site (unmodelled positions completed by the same inputs) and compare what it
+    returns with the real activations at its children; also compare the chain's ground-truth
+    readers with `run_with_cache`, input by input. Per child site: max errors and the scale."""
+    from estimators.activation.chain import build_transformer_chain
+
+    cfg = model.cfg
+    ctx = max(1, min(ctx, cfg.n_ctx))
+    g = torch.Generator().manual_seed(20_011 + seed)
+    tokens = torch.randint(0, cfg.d_vocab, (n, ctx), generator=g).to(cfg.device)
+    width = max(cfg.d_model, 0 if cfg.attn_only else int(cfg.d_mlp or 0))
+    n_pos = 1 if last_position_only else max(1, min(ctx, MAX_SITE_DIM // max(width, 1)))
+    chain = build_transformer_chain(model, tokens, sites=_check_sites(model),
+                                    positions=list(range(ctx - n_pos, ctx)), samples=n,
+                                    seed=seed, max_logit_units=256, max_dim=10 ** 9)
+    rows = []
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        logits = model(tokens)
+        for step in chain.steps:
+            parent = chain.sites[step.parent]
+            outs = step.transition(chain.empirical[parent.name])
+            for c, out in zip(step.children, outs):
+                s = chain.sites[c]
+                real = chain.empirical[s.name]
+                if s.kind == "logits":
+                    ref = logits[:, s.positions[0], list(s.units)].double()
+                else:
+                    a = cache[s.hook]
+                    ref = a[:, list(s.positions)][:, :, list(s.units)].reshape(n, -1).double()
+                rows.append({"site": s.name, "kind": s.kind, "mean_error": 0.0, "cov_error": 0.0,
+                             "transition_error": float((out - real).abs().max()),
+                             "reader_error": float((real - ref).abs().max()),
+                             "scale": float(ref.abs().max().clamp_min(1.0))})
+    return rows
+
+
 @conformance.register_engine(ENGINE)
 def check(model) -> EngineVerdict:
     """The activation engine's verdict on `model` (module docstring)."""
@@ -184,25 +228,31 @@ def check(model) -> EngineVerdict:
         raise EngineUnsupported(f"the model's own forward pass fails on token ids "
                                 f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from e
     m, dtype = check_model(model)
+    dname = str(dtype).removeprefix("torch.")
     worst, worst_tol = 0.0, tolerance_for(dtype)
-    for seed in (0, 1):
-        for row in point_mass_errors(m, seed=seed):
+    runs = [("a point-mass input does not propagate exactly", point_mass_errors(m, seed=0)),
+            ("a point-mass input does not propagate exactly", point_mass_errors(m, seed=1)),
+            ("a transition fed real activations does not reproduce the next site",
+             transition_errors(m, seed=0)),
+            ("a transition fed real activations does not reproduce the next site",
+             transition_errors(m, seed=1, last_position_only=True))]
+    for label, rows in runs:
+        for row in rows:
             tol = tolerance_for(dtype, row["scale"])
-            err = max(row["mean_error"], row["cov_error"], row["reader_error"])
+            errs = {"its propagated mean differs": row["mean_error"],
+                    "its covariance is not zero": row["cov_error"],
+                    "its ground-truth reader differs": row["reader_error"],
+                    "its value differs": row.get("transition_error", 0.0)}
+            what, err = max(errs.items(), key=lambda kv: (kv[1] != kv[1], kv[1]))
             if not err <= tol:  # NaN fails too
                 fields = suspects(model.cfg, TAIL_FIELDS if row["kind"] == "logits"
                                   else BLOCK_FIELDS)
-                what = ("its covariance is not zero" if row["cov_error"] > tol else
-                        "its ground-truth reader differs" if row["reader_error"] > tol else
-                        "its propagated mean differs")
                 blame = f"; config fields acting there: {', '.join(fields)}" if fields else ""
                 return EngineVerdict(
                     ENGINE, False, err, tol,
-                    reason=(f"a point-mass input does not propagate exactly: at {row['site']} "
-                            f"{what} from run_with_cache by {err:.3g} (> {tol:.1g}, "
-                            f"{str(dtype).removeprefix('torch.')}){blame}"),
-                    config_fields=fields, dtype=str(dtype).removeprefix("torch."))
+                    reason=(f"{label}: at {row['site']} {what} from run_with_cache by "
+                            f"{err:.3g} (> {tol:.1g}, {dname}){blame}"),
+                    config_fields=fields, dtype=dname)
             if err / tol >= worst / worst_tol:
                 worst, worst_tol = err, tol
-    return EngineVerdict(ENGINE, True, worst, worst_tol,
-                         dtype=str(dtype).removeprefix("torch."))
+    return EngineVerdict(ENGINE, True, worst, worst_tol, dtype=dname)

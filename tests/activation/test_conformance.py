@@ -158,6 +158,24 @@ def test_check_catches_blocks_run_without_the_shortformer_embedding(monkeypatch)
     assert "blocks.0.hook_resid_post" in v.reason
 
 
+def test_check_catches_a_transition_a_point_mass_cannot(monkeypatch):
+    """Fault injection: a transition that collapses its samples to their mean propagates a
+    point mass exactly; fed the real activations of distinct inputs it does not."""
+    original = chain_mod.run_blocks
+
+    def collapsing(model, resid, blocks, extras):
+        return original(model, resid.mean(0, keepdim=True).expand_as(resid), blocks, extras)
+
+    monkeypatch.setattr(conformance, "_VERDICTS", {})
+    monkeypatch.setattr(chain_mod, "run_blocks", collapsing)
+    model = random_model({}, torch.float32)
+    v = conformance.verdict(model, "activation")
+    assert not v.ok and "transition fed real activations" in v.reason, v.reason
+    from estimators.activation.conformance import point_mass_errors
+    rows = point_mass_errors(model)  # ...which a point mass alone would miss
+    assert all(r["mean_error"] <= 1e-5 and r["cov_error"] == 0 for r in rows)
+
+
 def test_softcap_case_point_mass_propagates_exactly(capsys):
     """../shared/cases/softcap-logits: `propagate --tokens tokens_same.json --mask full` was off
     by up to 1.09 at the logits; it must be exact at every site."""
