@@ -255,9 +255,14 @@ def _convert_hf_folder(folder: Path, config: dict, dev: torch.device):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if not any(folder.glob("*.safetensors")):
+                raise LoadError(f"{folder} holds no .safetensors weights (pickled "
+                                f"pytorch_model.bin files are never loaded): re-save it with "
+                                f"save_pretrained(..., safe_serialization=True)")
             try:
                 hf = AutoModelForCausalLM.from_pretrained(
-                    str(folder), local_files_only=True, dtype=dtype).eval()
+                    str(folder), local_files_only=True, dtype=dtype,
+                    use_safetensors=True).eval()
             except Exception as e:
                 raise LoadError(f"could not load the Hugging Face model folder {folder}: "
                                 f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e

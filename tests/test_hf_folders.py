@@ -157,8 +157,11 @@ def test_unloadable_folder_is_one_load_error(tmp_path):
     folder = tmp_path / "broken"
     shutil.copytree(CASE / "model", folder)
     (folder / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(LoadError):
+    with pytest.raises(LoadError, match="could not load the Hugging Face model folder"):
         load_hf_folder(folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(LoadError, match="never loaded"):  # no pickle is ever unpickled
+        load_model(str(folder))
 
 
 def test_pages_run_on_the_case_folder():
