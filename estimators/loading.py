@@ -16,6 +16,7 @@ Weights are only ever read as safetensors: no pickle is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,23 @@ def _hf_tokenizer(folder: Path):
         return None, f"could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No progress bars or config warnings from transformers on stdout/stderr while loading
+    (the CLI's output is the result, or one error line)."""
+    from transformers.utils import logging as hf_logging
+
+    progress, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+
+
 def _convert_hf_folder(folder: Path, config: dict, dev: torch.device):
     """HF folder → HookedTransformer through TransformerLens' own conversion, offline:
     `get_pretrained_model_config` (the HF→HookedTransformerConfig mapping) and
@@ -245,15 +263,11 @@ def _convert_hf_folder(folder: Path, config: dict, dev: torch.device):
     import transformer_lens.loading_from_pretrained as tl_loading
     from transformer_lens import HookedTransformer
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     dtype = _hf_dtype(config)
     tmp = _tl_config_folder(config)
-    progress, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
     try:
-        with warnings.catch_warnings():
+        with _quiet_transformers(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if not any(folder.glob("*.safetensors")):
                 raise LoadError(f"{folder} holds no .safetensors weights (pickled "
@@ -286,9 +300,6 @@ def _convert_hf_folder(folder: Path, config: dict, dev: torch.device):
             err = _logit_parity(model, hf.to(dev))
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
-        hf_logging.set_verbosity(verbosity)
-        if progress:
-            hf_logging.enable_progress_bar()
     from estimators.conformance import tolerance_for
     tol = tolerance_for(dtype, err["scale"])
     if not err["max_abs_error"] <= tol:
@@ -372,7 +383,8 @@ def _boot_bridge(folder: Path, dev: torch.device):
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        bridge = TransformerBridge.boot_transformers(str(folder), device=str(dev))
+        with _quiet_transformers():
+            bridge = TransformerBridge.boot_transformers(str(folder), device=str(dev))
     except Exception as e:
         raise LoadError(f"could not load the Hugging Face model folder {folder}: {e}") from e
     try:
