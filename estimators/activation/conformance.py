@@ -73,6 +73,7 @@ def check_model(model):
     if dtype == torch.float32 and _param_count(model) <= FLOAT64_MAX_PARAMS:
         try:
             m64 = copy.deepcopy(model)  # its blocks share the copy's cfg, as the model's do
+            m64.__dict__.pop("_hew_fingerprint", None)  # the copy is another model
             m64.to(torch.float64, print_details=False)  # updates cfg.dtype too
             with torch.no_grad():
                 m64(torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device))
