@@ -12,8 +12,8 @@ Transitions (`Step`), each from one parent site to its child sites:
     `HookedTransformer.forward(start_at_layer, stop_at_layer)`, with the shortformer positional
     embedding and attention mask the full pass would give them), read the children (residual,
     SAE latents via `sae.encode`, logits via the model's own tail — ln_final, unembed, logit
-    soft cap — in `read_logits`, MLP hidden via its hook) and fit mean and covariance. Only the covariance entries the child's mask tracks are
-    formed from the samples (variances always; a block per connected component of the mask),
+    soft cap — in `read_logits`, MLP hidden via its hook) and fit mean and covariance. Only
+    the covariance entries the child's mask tracks are formed from the samples (variances always; a block per connected component of the mask),
     and sampled off-diagonal covariances are shrunk toward the diagonal by a Ledoit–Wolf-type
     factor (`gaussian.Moments.shrinkage`), which keeps them well conditioned when K ≲ d.
 Positions and units a site does not model are held at the *real* activations of K real inputs
