@@ -188,3 +188,20 @@ def test_pages_run_on_the_case_folder():
     chain = transformer_chain(lm.model, torch.tensor(rows), positions=list(range(8)),
                               samples=16, seed=0, logits_position=-1)
     assert_surprise(at, Propagator(chain).run())
+
+
+def test_left_padding_tokenizer_never_masks_token_ids(tmp_path):
+    """A folder whose tokenizer pads on the left (common for Llama) would make TransformerLens
+    mask every pad-token id in a token input; the loader pads on the right, so a sequence that
+    contains the pad id gets the HF model's own logits."""
+    folder = tmp_path / "llama-left"
+    hf = build_hf_folder("llama", folder, tokenizer=False)
+    tok = word_tokenizer()
+    tok.padding_side = "left"
+    tok.save_pretrained(folder)
+    lm = load_model(str(folder))
+    assert lm.model.tokenizer.padding_side == "right"
+    pad = lm.model.tokenizer.pad_token_id
+    tokens = torch.tensor([[pad, 5, pad, 7, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(tokens), hf(tokens).logits, atol=1e-4, rtol=1e-4)
