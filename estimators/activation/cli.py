@@ -4,8 +4,10 @@ output and cost.
     python -m estimators propagate --model induction --mask full --samples 1024 --json
     python -m estimators propagate --model path/to/mlp_folder --input-dist dist.json --mask full
 
---model: a zoo name, a TransformerLens checkpoint folder (then --tokens is needed), or a plain
-MLP folder (config.json {"kind": "mlp", ...} + model.safetensors). --mask: naive, full,
+--model: a zoo name, a TransformerLens checkpoint or Hugging Face folder (then --tokens is
+needed), or a plain MLP folder (config.json {"kind": "mlp", ...} + model.safetensors). A
+transformer the activation engine's conformance check refuses is one error line (exit 2).
+--mask: naive, full,
 topk:K, position-blocks, or a JSON file written by CovarianceMask.to_dict().
 --tokens: a JSON file [[id, ...], ...] of real inputs (transformers; default: the zoo model's
 generator). --input-dist: {"mean": [...], "cov": [[...]]} (MLPs; default standard normal).
