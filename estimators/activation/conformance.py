@@ -50,7 +50,7 @@ BLOCK_FIELDS = (
     "ungroup_grouped_query_attention", "parallel_attn_mlp", "use_qk_norm", "attention_dir",
     "attn_scores_soft_cap", "use_local_attn", "attn_types", "window_size", "use_attn_scale",
     "scale_attn_by_inverse_layer_idx", "use_logn_attn", "use_attention_sinks",
-    "normalization_type", "use_normalization_before_and_after", "gated_mlp", "act_fn",
+    "normalization_type", "use_normalization_before_and_after", "gated_mlp",
     "num_experts", "clip_qkv", "post_embedding_ln")
 TAIL_FIELDS = ("output_logits_soft_cap", "d_vocab_out", "normalization_type", "final_rms",
                "tie_word_embeddings")
