@@ -24,6 +24,7 @@ import streamlit as st
 import torch
 
 from app import state, store
+from estimators import conformance
 from estimators.activation import (Chain, CovarianceMask, MaskRule, Propagator, SiteMask,
                                    chain_for_zoo, gradient_search, greedy_search,
                                    transformer_chain)
@@ -210,7 +211,9 @@ def _cached_chain(key: tuple, settings_key: str, _lm, _sae) -> Chain:
 def build_chain(lm, sae, s: Settings) -> Chain:
     """The chain for these settings (plain function: tests call it to get the page's numbers).
     Sizes that would not fit (a site's covariance, the sampled activations) are refused with a
-    ValueError before anything runs."""
+    ValueError before anything runs; so is a model the activation engine's conformance check
+    refuses (one line, `conformance.EngineUnsupported`)."""
+    conformance.require(lm.model, "activation")
     cfg = lm.model.cfg
     tokens = None
     if lm.zoo_entry is None and s.tokens.strip():

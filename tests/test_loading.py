@@ -115,7 +115,7 @@ def test_hub_name_offline_gives_clear_error(monkeypatch):
         load_model("no-such-model-name-xyz")
 
 
-def test_hf_folder_loads_offline_through_bridge(tmp_path):
+def test_hf_folder_loads_offline_as_hooked_transformer(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -128,7 +128,7 @@ def test_hf_folder_loads_offline_through_bridge(tmp_path):
     with torch.no_grad():
         ours = lm.model(tokens).log_softmax(-1)
         ref = hf(tokens).logits.log_softmax(-1)
-    # Compatibility mode folds LayerNorm and centres the unembedding: same distribution.
+    # TransformerLens' own conversion, weights unprocessed: the same logits (tests/test_hf_folders)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
     assert "blocks.1.hook_resid_post" in lm.model.hook_dict
 

@@ -15,6 +15,9 @@ Build a chain (sites + transitions + ground truth) for a loaded model::
     # or, explicitly, on any HookedTransformer and real tokens [N, ctx]:
     chain = transformer_chain(model, tokens, sites=None, positions=None, sae=None,
                               samples=512, seed=0, logits_position=-1)
+    # transformer_chain / chain_for_zoo first run the engine's conformance check (once per
+    # model: estimators/activation/conformance.py) and refuse a model it rejects with
+    # conformance.EngineUnsupported (a ValueError, one line)
     # or a plain MLP folder + {"mean", "cov"} input distribution (closed form, no sampling):
     mlp = load_mlp(folder); mean, cov = load_input_distribution(path, dim=mlp.widths[0])
     chain = mlp_chain(mlp, mean, cov)

@@ -8,10 +8,12 @@ Transitions (`Step`), each from one parent site to its child sites:
     masked Gaussian with fixed common random numbers z [K, d] (seeded per step, so toggling a
     mask changes the estimate smoothly and deterministically, and gradients flow through
     mean + z·Lᵀ), write them into a residual tensor [K, ctx, d_model] at the site's positions
-    and units, run the actual TransformerLens blocks (`model.blocks[l]`), read the children
-    (residual, SAE latents via `sae.encode`, logits via `ln_final` + `unembed`, MLP hidden via a
-    hook) and fit mean and covariance. Only the covariance entries the child's mask tracks are
-    formed from the samples (variances always; a block per connected component of the mask),
+    and units, run the model's own forward pass over the step's blocks (`run_blocks`:
+    `HookedTransformer.forward(start_at_layer, stop_at_layer)`, with the shortformer positional
+    embedding and attention mask the full pass would give them), read the children (residual,
+    SAE latents via `sae.encode`, logits via the model's own tail — ln_final, unembed, logit
+    soft cap — in `read_logits`, MLP hidden via its hook) and fit mean and covariance. Only
+    the covariance entries the child's mask tracks are formed from the samples (variances always; a block per connected component of the mask),
     and sampled off-diagonal covariances are shrunk toward the diagonal by a Ledoit–Wolf-type
     factor (`gaussian.Moments.shrinkage`), which keeps them well conditioned when K ≲ d.
 Positions and units a site does not model are held at the *real* activations of K real inputs
@@ -36,7 +38,10 @@ from estimators.activation.sites import Site, parse_site_name, resid_site_name
 @dataclass
 class Step:
     """parent site index → child site indices. `run(parent)` returns one `Moments` per child.
-    `flops(parent)` counts its matrix products (2·m·n·k each)."""
+    `flops(parent)` counts its matrix products (2·m·n·k each). `transition` (sampled steps):
+    the deterministic map the samples go through, parent values [k, d_parent] (float64, row i
+    completed by real input i % N where the parent does not model) → one [k, d_child] per
+    child; the conformance check feeds it real activations."""
 
     parent: int
     children: list[int]
@@ -44,6 +49,7 @@ class Step:
     flops: Callable[[MaskedGaussian], float]
     sampled: bool
     description: str = ""
+    transition: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
 
 
 @dataclass
@@ -204,6 +210,40 @@ def _resid_hook_boundary(hook: str) -> int | None:
     return info["boundary"] if kind == "resid" else None
 
 
+def block_extras(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the model's own forward pass gives its blocks besides the residual stream, for real
+    inputs `tokens` [K, ctx]: the shortformer positional embedding [K, ctx, d_model] (models with
+    `positional_embedding_type="shortformer"`) and the attention mask [K, ctx] (when the model's
+    tokenizer pads on the left). Computed by `model.input_to_embed`, as `model(tokens)` does."""
+    if not hasattr(model, "input_to_embed"):
+        return {}
+    with torch.no_grad():
+        _, _, shortformer, attention_mask = model.input_to_embed(tokens)
+    out = {}
+    if shortformer is not None:
+        out["shortformer_pos_embed"] = shortformer
+    if attention_mask is not None:
+        out["attention_mask"] = attention_mask
+    return out
+
+
+def run_blocks(model, resid: torch.Tensor, blocks: list[int], extras: dict) -> torch.Tensor:
+    """The residual stream [K, ctx, d_model] after the consecutive `blocks`, by the model's own
+    forward pass (`HookedTransformer.forward(start_at_layer, stop_at_layer)`: every block option
+    — rotary, GQA, parallel attention+MLP, QK-norm, soft caps, local attention — is the model's
+    code). Hooks registered on the model fire as in a full pass."""
+    if not blocks:
+        return resid
+    return model(resid, start_at_layer=blocks[0], stop_at_layer=blocks[-1] + 1, **extras)
+
+
+def read_logits(model, resid_final: torch.Tensor) -> torch.Tensor:
+    """Logits [K, pos, d_vocab_out] from the final residual stream [K, pos, d_model] by the
+    model's own forward pass after the last block (ln_final when the model has one, unembed,
+    `output_logits_soft_cap`)."""
+    return model(resid_final, start_at_layer=model.cfg.n_layers)
+
+
 def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = None,
                       positions: list[int] | None = None, sae=None, sae_max_units: int = 64,
                       samples: int = 512, seed: int = 0, logits_position: int = -1,
@@ -211,6 +251,28 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                       batch_size: int = 128, output_observations: torch.Tensor | None = None,
                       ) -> Chain:
     """Chain of a TransformerLens HookedTransformer on real inputs `tokens` [N, ctx].
+
+    Refuses (conformance.EngineUnsupported, a ValueError with one line) a model on which the
+    activation engine's conformance check fails (`estimators.activation.conformance`); the
+    arguments are those of `build_transformer_chain`."""
+    from estimators import conformance
+
+    conformance.require(model, "activation")
+    return build_transformer_chain(
+        model, tokens, sites=sites, positions=positions, sae=sae, sae_max_units=sae_max_units,
+        samples=samples, seed=seed, logits_position=logits_position,
+        max_logit_units=max_logit_units, max_dim=max_dim, batch_size=batch_size,
+        output_observations=output_observations)
+
+
+def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = None,
+                            positions: list[int] | None = None, sae=None,
+                            sae_max_units: int = 64, samples: int = 512, seed: int = 0,
+                            logits_position: int = -1, max_logit_units: int = 1024,
+                            max_dim: int = 1024, batch_size: int = 128,
+                            output_observations: torch.Tensor | None = None) -> Chain:
+    """`transformer_chain` without the conformance check (the check itself builds chains with
+    it). Chain of a TransformerLens HookedTransformer on real inputs `tokens` [N, ctx].
 
     sites: site names (sites.py); default: the residual stream at every block boundary
       (blocks.0.hook_resid_pre, blocks.{l}.hook_resid_post), the SAE's site when `sae` is given,
@@ -271,6 +333,9 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                 raise ValueError(f"site {n}: the model has blocks 0..{L - 1}")
             if cfg.attn_only:
                 raise ValueError(f"site {n}: this model is attention-only (no MLPs)")
+            if n not in model.hook_dict:
+                raise ValueError(f"site {n}: this model has no such hook (its MLPs are not "
+                                 f"TransformerLens' standard MLP)")
             mlp_layers.append(info["layer"])
         elif kind == "sae":
             if sae is None:
@@ -403,6 +468,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
         raise ValueError("samples (K) must be at least 2")
     base_rows = torch.arange(K, device=dev) % N
     base_resid = {b: real_t[resid_hooks[b]][base_rows].to(mdtype) for b in boundaries_sorted}
+    extras = block_extras(model, tokens[base_rows])
     base_lat = None
     if sae_site is not None and sae_boundary is not None:
         with torch.no_grad():
@@ -462,8 +528,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                     return act
                 fwd_hooks.append((h, grab))
             with model.hooks(fwd_hooks=fwd_hooks):
-                for l in blocks:
-                    resid = model.blocks[l](resid)
+                resid = run_blocks(model, resid, blocks, {k: v[:kx] for k, v in extras.items()})
             outs = []
             for c in children:
                 s = site_objs[c]
@@ -473,11 +538,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                     lat = sae_ops.encode(sae, resid)
                     outs.append(take(lat, pos_t, sae_u_t))
                 elif s.kind == "logits":
-                    r = resid[:, lpos:lpos + 1]
-                    ln = getattr(model, "ln_final", None)
-                    if ln is not None:
-                        r = ln(r)
-                    lg = model.unembed(r)[:, 0]
+                    lg = read_logits(model, resid[:, lpos:lpos + 1])[:, 0]
                     outs.append(lg[:, list(s.units)])
                 elif s.kind == "sae":  # read-out SAE at a hook inside a block
                     outs.append(take(sae_ops.encode(sae, captured[s.hook]), pos_t, sae_u_t))
@@ -502,8 +563,9 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
 
         desc = f"{parent.name} → {child.name}: " + (
             f"blocks {blocks[0]}..{blocks[-1]}" if blocks else "") + \
-            (" + ln_final/unembed" if child.kind == "logits" else "") + f", K={K} samples"
-        steps.append(Step(pi, children, run, flops, sampled=True, description=desc))
+            (" + ln_final/unembed/soft cap" if child.kind == "logits" else "") + f", K={K} samples"
+        steps.append(Step(pi, children, run, flops, sampled=True, description=desc,
+                          transition=fn))
 
     input_mean, input_cov = fit_gaussian(empirical[site_objs[0].name])
     out_site = site_objs[chain_idx[-1]]

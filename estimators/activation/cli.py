@@ -4,8 +4,10 @@ output and cost.
     python -m estimators propagate --model induction --mask full --samples 1024 --json
     python -m estimators propagate --model path/to/mlp_folder --input-dist dist.json --mask full
 
---model: a zoo name, a TransformerLens checkpoint folder (then --data is needed), or a plain
-MLP folder (config.json {"kind": "mlp", ...} + model.safetensors). --mask: naive, full,
+--model: a zoo name, a TransformerLens checkpoint or Hugging Face folder (then --data is
+needed), or a plain MLP folder (config.json {"kind": "mlp", ...} + model.safetensors). A
+transformer the activation engine's conformance check refuses is one error line (exit 2).
+--mask: naive, full,
 topk:K, position-blocks, or a JSON file written by CovarianceMask.to_dict().
 --data: real inputs (transformers; default: the zoo model's generator): a data spec of
 `estimators.data` (zoo, tokens:FILE.json, text:PATH, hf:FOLDER; ,n=,len=,seed=); --tokens FILE is
@@ -80,6 +82,7 @@ def parse_mask(spec: str, layouts) -> "CovarianceMask":
 
 
 def build_chain(args):
+    from estimators import conformance
     from estimators.activation.chain import chain_for_zoo, mlp_chain, transformer_chain
     from estimators.activation.mlp import is_mlp_folder, load_input_distribution, load_mlp
     from estimators.device import resolve_device
@@ -108,6 +111,7 @@ def build_chain(args):
     if args.input_dist:
         raise ValueError("--input-dist is for plain MLP folders; transformers take --data")
     lm = load_model(args.model, device)
+    conformance.require(lm.model, "activation")  # one line when this engine refuses the model
     sae = load_sae(args.sae, lm, device) if args.sae else None
     data = _data(args, lm)
     args.data_tokens = None if data is None else data.tokens  # the search's mixture variables
