@@ -19,6 +19,8 @@ from typing import Any
 
 import streamlit as st
 
+from estimators.validation import MAX_JSON_BYTES, loads_json
+
 FILE_FORMAT = "heuristic-estimation-workbench/explanation"
 FILE_VERSION = 1
 MAX_BLOB_CHARS = 200_000
@@ -37,11 +39,19 @@ def decode_blob(text: str) -> Any:
     if len(text) > MAX_BLOB_CHARS:
         raise StateError("the link's argument is too long to be a workbench argument")
     try:
-        raw = zlib.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        return json.loads(raw)
-    except (binascii.Error, zlib.error, ValueError, UnicodeDecodeError) as e:
+        # bounded: a 200 kB link cannot inflate to more than the JSON size limit
+        d = zlib.decompressobj()
+        raw = d.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)),
+                           MAX_JSON_BYTES + 1)
+        if d.unconsumed_tail:
+            raise StateError("the link's argument is too large to be a workbench argument")
+    except (binascii.Error, zlib.error, ValueError) as e:
         raise StateError(f"the link's argument could not be read ({type(e).__name__}); "
-                         f"it may have been cut off when copied") from e
+                         f"it may have been cut off when copied") from None
+    try:
+        return loads_json(raw, "the link's argument")
+    except ValueError as e:
+        raise StateError(str(e)) from None
 
 
 def get_param(key: str, default: str | None = None) -> str | None:
@@ -78,9 +88,9 @@ def explanation_bytes(kind: str, payload: dict, context: dict | None = None) -> 
 
 def _load_json(data: bytes | str):
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StateError(f"the file is not valid JSON: {e}") from e
+        return loads_json(data, "the file")
+    except ValueError as e:  # size, depth or syntax: one line
+        raise StateError(str(e)) from None
 
 
 def _check_explanation(doc, kind: str) -> tuple[dict, dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 import warnings
 from typing import Any
@@ -30,6 +31,26 @@ class UserError(Exception):
     """A mistake in the user's input: reported as one line, never a traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: <message> (see <prog> --help)`, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _counts_accept_exponents(parser: argparse.ArgumentParser) -> None:
+    """Every `type=int` flag of every subcommand reads 1e6, 2^20 or 2**20 as well as 512, so a
+    size given in any of these forms reaches the range check (and its one-line message)."""
+    from estimators.validation import cli_int
+
+    for action in parser._actions:
+        if action.type is int:
+            action.type = cli_int
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _counts_accept_exponents(sub)
+
+
 def _jsonable(obj: Any) -> Any:
     try:
         import torch
@@ -41,8 +62,8 @@ def _jsonable(obj: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:
-        return None
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN/Infinity
     return obj
 
 
@@ -80,7 +101,7 @@ def _short(v: Any) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m estimators",
         description="Heuristic Estimation Workbench: propagate, scrub, estimate tail risk.",
     )
@@ -94,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # capability not present in this build
             raise
         module.register(sub)
+    _counts_accept_exponents(parser)
     return parser
 
 
@@ -107,13 +129,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from estimators.validation import check_cli_args
+
+        check_cli_args(args.command, args)  # finite, in range: before anything is loaded
         result = args.func(args)
-    except (UserError, ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+    except (UserError, ValueError, FileNotFoundError, KeyError, RecursionError,
+            MemoryError) as e:
+        if isinstance(e, RecursionError):
+            msg = "the input nests too deeply"
+        elif isinstance(e, MemoryError):
+            msg = "out of memory: choose smaller sizes"
+        else:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2
     if getattr(args, "json", False):
-        print(json.dumps(_jsonable(result), indent=2))
+        print(json.dumps(_jsonable(result), indent=2, allow_nan=False))
     else:
         print(format_text(_jsonable(result)))
     return 0

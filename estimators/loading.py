@@ -114,16 +114,15 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_json_file(path: str | Path, what: str = "") -> Any:
-    """Any JSON document from a user's file; a missing file or bad JSON is one clear LoadError
-    (a ValueError) naming `what` the file is for."""
-    path = Path(path)
-    label = f"{what} file {path}" if what else str(path)
-    if not path.is_file():
-        raise LoadError(f"{label} does not exist")
+    """Any JSON document from a user's file; a missing file, an oversized or too deeply nested
+    document or bad JSON is one clear LoadError (a ValueError) naming `what` the file is for.
+    The size and depth limits are `estimators.validation`'s (`loads_json`)."""
+    from estimators.validation import InputError, read_json_path
+
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{label} is not valid JSON: {e}") from e
+        return read_json_path(path, what)
+    except InputError as e:
+        raise LoadError(str(e)) from None
 
 
 def read_json(path: Path, what: str = "") -> dict:
@@ -168,9 +167,10 @@ def _is_hf_folder(folder: Path) -> bool:
     if not cfg.exists():
         return False
     try:
-        return "model_type" in json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = read_json_file(cfg)
+    except LoadError:
         return False
+    return isinstance(doc, dict) and "model_type" in doc
 
 
 def load_hf_folder(folder: str | Path, device="cpu"):

@@ -95,6 +95,8 @@ def build_chain(args):
         if args.sae:
             raise ValueError("--sae applies to transformers, not plain MLPs")
         mlp = load_mlp(args.model, device=device)
+        from estimators.validation import require_memory
+        require_memory(2.0 * args.n_inputs * sum(mlp.widths) * 8, f"--n-inputs {args.n_inputs}")
         d_in = mlp.widths[0]
         if args.input_dist:
             mean, cov = load_input_distribution(args.input_dist, dim=d_in)
@@ -108,6 +110,9 @@ def build_chain(args):
     if args.input_dist:
         raise ValueError("--input-dist is for plain MLP folders; transformers take --tokens")
     lm = load_model(args.model, device)
+    from estimators.validation import require_memory, transformer_activation_bytes
+    require_memory(transformer_activation_bytes(lm.model.cfg, args.n_inputs + args.samples),
+                   f"--n-inputs {args.n_inputs} with --samples {args.samples}")
     sae = load_sae(args.sae, lm, device) if args.sae else None
     if args.tokens:
         tokens = _load_tokens(args.tokens, lm.model)

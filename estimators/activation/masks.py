@@ -380,8 +380,9 @@ class CovarianceMask:
     @classmethod
     def from_json(cls, text: str) -> "CovarianceMask":
         try:
-            d = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as e:
+            from estimators.validation import loads_json
+            d = loads_json(text, "the mask")
+        except TypeError as e:
             raise ValueError(f"the mask is not valid JSON: {e}") from None
         return cls.from_dict(d)
 

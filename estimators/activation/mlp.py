@@ -78,8 +78,9 @@ def is_mlp_folder(path: str | Path) -> bool:
     if not p.exists():
         return False
     try:
-        return json.loads(p.read_text()).get("kind") == "mlp"
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        from estimators.validation import read_json_path
+        return read_json_path(p).get("kind") == "mlp"
+    except (ValueError, AttributeError):
         return False
 
 

@@ -52,6 +52,10 @@ def _setup(args):
         raise UserError("--n must be at least 2")
     torch.set_num_threads(max(1, args.threads))
     loaded = load_model(args.model, args.device)
+    from estimators.validation import require_memory, transformer_activation_bytes
+    require_memory(transformer_activation_bytes(loaded.model.cfg, args.n or 256, copies=3,
+                                                bytes_per_number=4),
+                   f"--n {args.n or 256}")  # original, scrubbed and random runs
     data = _load_data(args, loaded)
     scrubber = Scrubber(loaded.model, data, seed=args.seed, batch_size=args.batch_size,
                         device=args.device)
