@@ -145,6 +145,7 @@ def _probe_widgets(s: tr.Settings, model, r: dict) -> dict:
 def distribution_widgets(s: tr.Settings, model, vocab, dist_options: list[str]) -> dict:
     """Input distribution (built-in or an uploaded file) and the kept length."""
     out = {"uploaded": s.uploaded}
+    st.session_state["tr_upload_failed"] = False
     out["distribution"] = d = st.selectbox("Input distribution", dist_options,
                                            key=_init("dist", s.distribution))
     if d == tr.UPLOADED:
@@ -157,6 +158,7 @@ def distribution_widgets(s: tr.Settings, model, vocab, dist_options: list[str]) 
                 out["uploaded"] = obj
             except ValueError as e:
                 st.error(f"Distribution file not used: {messages.plain(e)}")
+                st.session_state["tr_upload_failed"] = s.uploaded is None
     n_ctx = int(model.cfg.n_ctx)
     out["length"] = st.number_input(
         "Keep the last N positions (0: longest with ≤ 2^16 inputs)", 0, n_ctx,

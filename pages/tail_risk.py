@@ -59,7 +59,8 @@ try:
     dist = tr.build_distribution(s, model, entry, vocab)
     st.caption(dist.describe())
 except (DistributionError, ValueError) as e:
-    st.error(messages.plain(e))
+    if not st.session_state.get("tr_upload_failed"):  # else the upload's error said it all
+        st.error(messages.plain(e))
     dist = None
 
 problem_ok = True
