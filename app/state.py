@@ -19,10 +19,8 @@ from typing import Any
 
 import streamlit as st
 
+from estimators.explanation import FILE_FORMAT, FILE_VERSION  # noqa: F401  (one format)
 from estimators.validation import MAX_JSON_BYTES, loads_json
-
-FILE_FORMAT = "heuristic-estimation-workbench/explanation"
-FILE_VERSION = 1
 MAX_BLOB_CHARS = 200_000
 
 
@@ -94,15 +92,12 @@ def _load_json(data: bytes | str):
 
 
 def _check_explanation(doc, kind: str) -> tuple[dict, dict]:
-    if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT:
-        raise StateError("the file is not a workbench explanation file (no 'format': "
-                         f"{FILE_FORMAT!r})")
-    if doc.get("kind") != kind:
-        raise StateError(f"the file holds a {doc.get('kind')!r} explanation; this page needs "
-                         f"a {kind!r} one")
-    if not isinstance(doc.get("payload"), dict):
-        raise StateError("the file's 'payload' must be a JSON object")
-    return doc["payload"], doc.get("context") or {}
+    from estimators.explanation import check
+
+    try:
+        return check(doc, kind)
+    except ValueError as e:
+        raise StateError(str(e)) from None
 
 
 def parse_explanation(data: bytes | str, kind: str) -> tuple[dict, dict]:
@@ -114,7 +109,9 @@ def read_argument_file(data: bytes | str, kind: str) -> tuple[Any, dict | None]:
     """An upload that is either an explanation file of this page's kind, giving
     (payload, context), or a bare argument file (a circuit, a partition), giving (doc, None).
     Raises StateError for a file that is not JSON or an explanation file of another kind."""
-    doc = _load_json(data)
-    if isinstance(doc, dict) and "format" in doc:
-        return _check_explanation(doc, kind)
-    return doc, None
+    from estimators.explanation import unwrap
+
+    try:
+        return unwrap(_load_json(data), kind)
+    except ValueError as e:
+        raise StateError(str(e)) from None

@@ -241,10 +241,30 @@ CLI_LIMITS: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
 }
 
 
+# Flags naming a user's JSON file (when the value is an existing file): read through
+# `read_json_path` before any model is loaded, so a hostile file costs nothing.
+CLI_JSON_FILES = {"mask", "tokens", "input_dist", "partition", "data", "distribution", "track",
+                  "circuit"}
+CLI_TEXT_FILES = {"direction"}  # JSON or CSV: size only
+
+
 def check_cli_args(command: str, args: Any, limits: dict | None = None) -> None:
     """Every number in parsed CLI `args` is finite, and in range where `limits` (default
-    `CLI_LIMITS`) says; raises InputError naming the flag."""
+    `CLI_LIMITS`) says; every JSON file argument passes `read_json_path` (size, depth, syntax).
+    Raises InputError naming the flag or file."""
     limits = CLI_LIMITS if limits is None else limits
+    for dest in CLI_JSON_FILES | CLI_TEXT_FILES:
+        value = getattr(args, dest, None)
+        if not isinstance(value, str) or not Path(value).expanduser().is_file():
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if dest in CLI_TEXT_FILES:
+            size = Path(value).expanduser().stat().st_size
+            if size > MAX_JSON_BYTES:
+                raise InputError(f"{flag} file {value} is {size / 1e6:.1f} MB; the largest "
+                                 f"accepted is {MAX_JSON_BYTES / 1e6:.0f} MB")
+        else:
+            read_json_path(value, flag[2:])
     for dest, value in vars(args).items():
         if isinstance(value, bool) or value is None:
             continue

@@ -419,4 +419,13 @@ def load_circuit(spec: str) -> Circuit:
                                else f"{spec} is not a file")
         raise CircuitError(f"{spec!r} is neither a preset ({', '.join(list_presets())}) nor a "
                            f"circuit JSON file")
-    return Circuit.from_json(path.read_bytes(), name=path.stem)
+    from estimators.explanation import unwrap
+    from estimators.validation import read_json_path
+
+    try:
+        doc, context = unwrap(read_json_path(path, "circuit"), "circuit")
+    except ValueError as e:  # size, depth, syntax, another page's file
+        raise CircuitError(str(e)) from None
+    if context is not None:  # the Arithmetic circuits page's explanation file
+        doc = doc.get("circuit")
+    return Circuit.from_dict(doc, name=path.stem)

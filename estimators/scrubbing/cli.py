@@ -21,9 +21,9 @@ from estimators.loading import read_json_file
 def _load_partition(path: str):
     from estimators.scrubbing.partition import PathPartition
 
-    doc = read_json_file(path, "partition")
-    if isinstance(doc, dict) and "payload" in doc and "kind" in doc:  # an app explanation file
-        doc = doc["payload"]
+    from estimators.explanation import unwrap
+
+    doc, _ = unwrap(read_json_file(path, "partition"), "scrubbing")  # or a page's file
     return PathPartition.from_dict(doc)
 
 
