@@ -452,6 +452,7 @@ def run_search(prop: Propagator, method: str, params: dict, progress, record: Se
     best_so_far = [prop.mask]
 
     def on_step(i, total, info):
+        store.yield_model_lock()  # other sessions' edits wait one step, not the whole search
         best_so_far[0] = info.get("best_mask", best_so_far[0])
         info = {k: v for k, v in info.items() if k != "best_mask"}
         if method == "greedy":

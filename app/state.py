@@ -109,9 +109,7 @@ def read_argument_file(data: bytes | str, kind: str) -> tuple[Any, dict | None]:
     """An upload that is either an explanation file of this page's kind, giving
     (payload, context), or a bare argument file (a circuit, a partition), giving (doc, None).
     Raises StateError for a file that is not JSON or an explanation file of another kind."""
-    from estimators.explanation import unwrap
-
-    try:
-        return unwrap(_load_json(data), kind)
-    except ValueError as e:
-        raise StateError(str(e)) from None
+    doc = _load_json(data)
+    if isinstance(doc, dict) and "format" in doc:  # bare circuits and partitions have none
+        return _check_explanation(doc, kind)
+    return doc, None

@@ -42,6 +42,7 @@ def check(doc: Any, kind: str) -> tuple[dict, dict]:
 def unwrap(doc: Any, kind: str) -> tuple[Any, dict | None]:
     """An explanation file of `kind` gives (payload, context); a bare argument gives
     (doc, None). An explanation file of another kind raises InputError."""
-    if isinstance(doc, dict) and doc.get("format") == FILE_FORMAT:
+    if isinstance(doc, dict) and (doc.get("format") == FILE_FORMAT
+                                  or ("payload" in doc and "kind" in doc)):
         return check(doc, kind)
     return doc, None

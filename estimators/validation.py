@@ -130,9 +130,9 @@ def number(value: Any, name: str, lo: float | None = None, hi: float | None = No
                 raise InputError(f"{name} must be a whole number, not {_fmt(value)}")
             value = int(value)
     if lo is not None and value < lo:
-        raise InputError(f"{name} = {_fmt(value)} is below the smallest allowed, {_fmt(lo)}")
+        raise InputError(f"{name} must be ≥ {_fmt(lo)}, not {_fmt(value)}")
     if hi is not None and value > hi:
-        raise InputError(f"{name} = {_fmt(value)} is above the largest allowed, {_fmt(hi)}")
+        raise InputError(f"{name} must be ≤ {_fmt(hi)}, not {_fmt(value)}")
     return value
 
 

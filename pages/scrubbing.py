@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app import scrubbing as glue
-from app import state, store
+from app import messages, state, store
 from app.plots.common import PNG_CONFIG, surprise_waterfall
 from app.plots.scrubbing import (anomaly_histogram, component_graph, graph_points, loss_bars,
                                  search_path)
@@ -56,19 +56,23 @@ except (PathError, ValueError) as e:
 
 # ---- the partition: session state, seeded from the URL once per model -------------------------
 if ss.get("scrub_model") != model_key:
+    # first visit: the partition comes from the link; after a sidebar change, from the
+    # previous model's partition (kept in the URL), and the messages say which
+    source = "the link" if "scrub_model" not in ss else "the previous model's partition"
     ss.scrub_model = model_key
     ss.scrub_msgs = []
     ss.scrub_pending = None
     ss.scrub_saved = ss.get("scrub_saved", {})
     p, err = glue.partition_from_url()
     if err:
-        ss.scrub_msgs.append(("error", err + " (starting from the empty partition)"))
+        ss.scrub_msgs.append(("error", err.replace("the link", source)
+                              + " (starting from the empty partition)"))
     if p is not None:
         try:
             p.assign(graph)
         except PathError as e:
-            ss.scrub_msgs.append(("error", f"The partition in the link does not fit this "
-                                           f"model: {e}"))
+            ss.scrub_msgs.append(("error", f"The partition from {source} does not fit this "
+                                           f"model: {e} (starting from the empty partition)"))
             p = None
     ss.scrub_part = p or PathPartition(name="all independent")
 ss.setdefault("scrub_msgs", [])
@@ -77,7 +81,9 @@ part: PathPartition = ss.scrub_part
 refs = glue.reference_list(lm.name)
 
 
-def _set(p: PathPartition, msg: str | None = None) -> None:
+def _set(p: PathPartition, msg: str | None = None, edited: bool = False) -> None:
+    if edited and p.name and not p.name.endswith("(edited)"):
+        p = p.with_name(f"{p.name} (edited)")  # no longer the named hypothesis it came from
     ss.scrub_part = p
     ss.scrub_pending = None
     if msg:
@@ -131,7 +137,7 @@ def _on_click():
         pattern = f"{left}>{dst['dest']}" + ("" if dst["dest"] == "logits" else ">*")
     try:
         graph.match_required(pattern)
-        _set(glue.toggle_pattern(ss.scrub_part, pattern, target, rs, graph))
+        _set(glue.toggle_pattern(ss.scrub_part, pattern, target, rs, graph), edited=True)
     except PathError as e:
         ss.scrub_msgs.append(("warning", str(e)))
 
@@ -161,7 +167,7 @@ with st.expander("Upload / download the partition", expanded=False):
                        key="_scrub_download")
 
 for kind, msg in ss.scrub_msgs:
-    getattr(st, kind)(msg)
+    getattr(st, kind)(messages.plain(msg))  # path patterns such as *>m0>* shown literally
 ss.scrub_msgs = []
 part = ss.scrub_part
 glue.write_url(part)
@@ -187,7 +193,8 @@ with right:
     frame = pd.DataFrame(rows,
                          columns=["group", "pattern", "resample"])
     edited = st.data_editor(
-        frame, num_rows="dynamic", key=f"_scrub_table_{part.hash}", width="stretch",
+        frame, num_rows="dynamic", key=f"_scrub_table_{part.hash}_{ss.get('scrub_nonce', 0)}",
+        width="stretch",
         column_config={
             "group": st.column_config.SelectboxColumn("group", options=glue.GROUPS,
                                                       required=True),
@@ -200,10 +207,15 @@ with right:
             new = glue.rows_to_partition(new_rows, part.name, part.description)
             new.assign(graph)
         except PathError as e:
-            st.error(f"Table not applied: {e} (the current partition is kept)")
+            # roll the table back to the partition in use (a fresh editor), so the table and
+            # the partition never differ and the next edit starts from a valid table
+            ss.scrub_msgs.append(("error", f"Table not applied: {e} (the current partition "
+                                           f"is kept)"))
+            ss.scrub_nonce = ss.get("scrub_nonce", 0) + 1
+            st.rerun()
         else:
             if new.hash != part.hash:
-                _set(new)
+                _set(new, edited=True)
                 st.rerun()
     b1, b2 = st.columns(2)
     b1.button("Clear (all independent)", key="_scrub_clear",
@@ -279,9 +291,10 @@ with st.expander("Greedy search over partitions", expanded=False):
             try:
                 found = greedy_search(scrubber, unit=unit, max_steps=steps,
                                       start=part,
-                                      progress=lambda i, k, s: bar.progress(
+                                      progress=lambda i, k, s: (store.yield_model_lock(),
+                                                                bar.progress(
                                           min(1.0, i / max(k, 1)), text=f"step {i}/{k}: "
-                                          f"{s.result.surprise.total_bits:,.1f} bits"))
+                                          f"{s.result.surprise.total_bits:,.1f} bits")))
             except PathError as e:
                 st.error(str(e))
                 found = []
