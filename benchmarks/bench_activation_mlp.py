@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_activation_latency import machine_info, write_result  # noqa: E402
+from bench_activation_latency import bench_args, machine_info, write_result  # noqa: E402
 
 D = torch.float64
 
@@ -69,7 +69,8 @@ def mc_error(mlp, w, k, truth, var, runs, seed):
     return sum(errs) / len(errs)
 
 
-def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50) -> dict:
+def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50,
+         out_path: str | None = None) -> dict:
     torch.set_num_threads(1)
     from estimators.activation.mlp import random_mlp
 
@@ -118,9 +119,10 @@ def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50) -> dict:
               f"{s['mc_samples']:6d} {s['rel_mse']:10.3g} {s['mc_rel_mse']:11.3g} "
               f"{s['ratio']:10.1f}")
     print(f"(averages over seeds {list(seeds)}; reference MC noise 1/N_ref ≤ 2.5e-6)")
-    print(f"wrote {write_result('activation_mlp', out)}")
+    print(f"wrote {write_result('activation_mlp', out, out_path)}")
     return out
 
 
 if __name__ == "__main__":
-    main()
+    _a = bench_args(__doc__, extra=lambda ap: ap.add_argument("--runs", type=int, default=50))
+    main(runs=_a.runs, out_path=_a.out)

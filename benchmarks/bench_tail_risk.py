@@ -11,9 +11,10 @@ the log squared error; zero estimates floored at ε = 1e-12 (scoring.DEFAULT_FLO
 the optimal constant (mean of the true probabilities, known only with the truth) and naive
 sampling (MC). Also: model calls per second (forward, and forward+backward) on this machine.
 
-    /work/venv/bin/python benchmarks/bench_tail_risk.py [--budget 2048] [--quick]
+    .venv/bin/python benchmarks/bench_tail_risk.py [--budget 2048] [--quick] [--out FILE]
 
-Writes benchmarks/results/tail_risk.json (tail_risk_quick.json with --quick).
+Prints a table; writes JSON only with --out FILE (the tracked results are
+benchmarks/results/tail_risk.json and tail_risk_quick.json).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def pick_targets(p: np.ndarray, max_targets: int, band=BAND) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="charlm")
     ap.add_argument("--budget", type=int, default=2 ** 11)
     ap.add_argument("--max-targets", type=int, default=24)
@@ -163,10 +165,11 @@ def main() -> None:
         print(f"speed (length {cps['length']}): {cps['forward_calls_per_s']:,.0f} forward "
               f"calls/s, {cps['forward_backward_calls_per_s']:,.0f} calls/s with backward")
     results["total_seconds"] = time.perf_counter() - t_start
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
-        "tail_risk_quick.json" if args.quick else "tail_risk.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = "nothing (pass --out FILE to save the JSON)"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        out = args.out
     print(f"\nmachine: {results['machine']}\ntotal {results['total_seconds']:.0f}s; wrote {out}")
 
 
