@@ -86,7 +86,7 @@ def is_mlp_folder(path: str | Path) -> bool:
 
 def load_mlp(folder: str | Path, device="cpu", dtype=torch.float64) -> PlainMLP:
     """Load an MLP folder (module docstring); ValueError with the reason when malformed."""
-    from estimators.loading import read_json, read_safetensors
+    from estimators.checkpoint import read_json, read_safetensors
 
     folder = Path(folder)
     cfg = read_json(folder / "config.json")
@@ -144,6 +144,6 @@ def validate_input_distribution(d, dim: int | None = None, dtype=torch.float64):
 
 
 def load_input_distribution(path: str | Path, dim: int | None = None, dtype=torch.float64):
-    from estimators.loading import read_json  # missing file / bad JSON → one clear ValueError
+    from estimators.checkpoint import read_json  # missing file / bad JSON → one clear ValueError
 
     return validate_input_distribution(read_json(Path(path), "input distribution"), dim, dtype)
