@@ -136,7 +136,7 @@ with st.spinner("Scrubbing…"):
     res = glue.evaluate(scrubber, model_key, part.hash, json.dumps(part.to_dict()), n, seed,
                         device)
 sur = SurpriseBreakdown.from_dict(res["surprise"])
-m = st.columns(7)
+m = st.columns(4) + st.columns(3)  # two rows: a value never truncated ("100.0…")
 m[0].metric("Loss original", f"{res['loss_original']:.4f}")
 m[1].metric("Loss scrubbed", f"{res['loss_scrubbed']:.4f}")
 m[2].metric("Loss all resampled", f"{res['loss_random']:.4f}")
