@@ -12,11 +12,18 @@ import streamlit as st
 from app import scrubbing as glue
 from app import state, store
 from app.plots.common import PNG_CONFIG
-from app.plots.scrubbing import anomaly_histogram, graph_points, search_path
+from app.plots.scrubbing import anomaly_histogram, component_graph, graph_points, search_path
 from estimators.scrubbing import PathError, PathPartition
 
 ss = st.session_state
 _CTX: dict = {}  # the page's graph and reference list for the callbacks, set by `bind`
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def graph_figure(model_key: str, partition_hash: str, pending: str | None, _graph, _assignment):
+    """The clickable component graph, cached per (model, partition, pending click): a click
+    that returns to a partition seen before redraws without rebuilding the figure."""
+    return component_graph(_graph, _assignment, pending)
 
 
 def bind(graph, refs) -> None:

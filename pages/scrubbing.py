@@ -9,7 +9,7 @@ from app import scrubbing as glue
 from app import scrubbing_view as view
 from app import messages, state, store
 from app.plots.common import PNG_CONFIG, surprise_waterfall
-from app.plots.scrubbing import component_graph, loss_bars
+from app.plots.scrubbing import loss_bars
 from estimators.scrubbing import PathError, PathGraph, PathPartition
 from estimators.surprise import SurpriseBreakdown
 
@@ -88,7 +88,8 @@ with left:
     g2.selectbox("New block resamples", glue.RESAMPLE_CHOICES, key="_scrub_rs")
     g3.radio("Click selects", ["through", "edge"], key="_scrub_mode", horizontal=True,
              format_func={"through": "paths through it", "edge": "edge (2 clicks)"}.get)
-    st.plotly_chart(component_graph(graph, assignment, ss.get("scrub_pending")),
+    st.plotly_chart(view.graph_figure(model_key, part.hash, ss.get("scrub_pending"), graph,
+                                      assignment),
                     key="_scrub_graph", on_select=view.on_click, selection_mode="points",
                     config=PNG_CONFIG)
     st.caption(f"{graph.n_paths:,} treeified paths. Colour: the group most paths through a "
