@@ -247,18 +247,23 @@ def show_notes() -> None:
         st.warning(f"Settings file: {messages.plain(n)}")
 
 
+def _truth_progress(bar, f: float) -> None:
+    store.yield_model_lock()  # between two batches of the ground truth's forward passes
+    bar.progress(0.2 * f, text="ground truth (cached after the first time)…")
+
+
 def run(s: tr.Settings, model, dist, sae, V_out: int, row_label) -> None:
     """Ground truth then every method, with a progress bar; results kept in the session.
-    The model lock is held per forward-pass job (ground truth, then each estimator run), not
-    for the whole run, so other sessions' clicks on the same model wait at most one job."""
+    The model lock is released between the ground truth's batches of forward passes and
+    between estimator runs, so other sessions' clicks on the same model wait for one batch or
+    one estimator run, not for the whole table."""
     show_conv = st.session_state.get(W + "conv", False)
     bar = st.progress(0.0, text="ground truth…")
     try:
         with store.model_lock():
             truth, truth_method, _ = tr.truths(
                 s, model, dist, [s.target] if s.target_mode == "one" else None, sae=sae,
-                progress=lambda f: bar.progress(0.2 * f, text="ground truth (cached after "
-                                                              "the first time)…"))
+                progress=lambda f: _truth_progress(bar, f))
         targets = tr.choose_targets(s, np.array([truth.get(i, 0.0) for i in range(V_out)])
                                     if s.target_mode == "band"
                                     and s.behaviour not in tr.FEATURE_BEHAVIOURS else None)
