@@ -139,3 +139,20 @@ def test_cli_json_never_prints_nan(capsys):
     import json
     assert json.dumps(_jsonable({"a": float("nan"), "b": [float("inf")]}),
                       allow_nan=False) == '{"a": null, "b": [null]}'
+
+
+@pytest.mark.parametrize("argv", [
+    COMMANDS["propagate"][:3] + ["--samples", "1e9"],
+    COMMANDS["propagate"][:3] + ["--samples", "2^20", "--n-inputs", "2^20"],  # memory check
+    COMMANDS["scrub"] + ["--n", "1e9"],
+    COMMANDS["tail-risk"] + ["--budget", "10^12"],
+], ids=["samples", "memory", "scrub-n", "budget"])
+def test_huge_sizes_are_refused_before_allocating(argv, capsys):
+    """Peak memory of this process grows by less than 300 MB while the size is refused (the
+    refused runs would need 8 to 120 GB)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    _run(argv, capsys)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 300, grown_mb
