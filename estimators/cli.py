@@ -55,7 +55,7 @@ def _jsonable(obj: Any) -> Any:
     try:
         import torch
         if isinstance(obj, torch.Tensor):
-            return obj.detach().cpu().tolist()
+            return _jsonable(obj.detach().cpu().tolist())
     except ImportError:  # pragma: no cover
         pass
     if isinstance(obj, dict):

@@ -156,3 +156,14 @@ def test_huge_sizes_are_refused_before_allocating(argv, capsys):
     _run(argv, capsys)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 300, grown_mb
+
+
+def test_cli_json_of_tensors_never_prints_nan():
+    import json
+
+    import torch
+
+    from estimators.cli import _jsonable
+    out = json.dumps(_jsonable({"t": torch.tensor([1.0, float("nan"), float("inf")])}),
+                     allow_nan=False)
+    assert out == '{"t": [1.0, null, null]}'
