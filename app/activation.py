@@ -30,6 +30,7 @@ from estimators.activation import (Chain, CovarianceMask, MaskRule, Propagator, 
                                    transformer_chain)
 from estimators.activation.sites import resid_site_name
 from estimators.activation.chain import default_positions as chain_positions
+from estimators.activation.cli import DEFAULT_MAX_DIM  # the default positions: page = CLI
 
 EXPLANATION_KIND = "covariance-mask"
 URL_MASK = "mask"
@@ -39,7 +40,6 @@ URL_BITS = "act_bpp"
 # Sizes that keep the page responsive on a 2-core CPU with the default model.
 DEFAULT_N_INPUTS = 64
 DEFAULT_SAMPLES = 128
-DEFAULT_MAX_DIM = 128  # positions × d_model of the default residual sites
 GRID_MAX = 48  # the clickable grid shows at most this many units (a view of larger sites)
 HEATMAP_MAX = 256
 MAX_N_INPUTS = 8192
@@ -455,6 +455,7 @@ def run_search(prop: Propagator, method: str, params: dict, progress, record: Se
     best_so_far = [prop.mask]
 
     def on_step(i, total, info):
+        store.yield_model_lock()  # other sessions' edits wait one step, not the whole search
         best_so_far[0] = info.get("best_mask", best_so_far[0])
         info = {k: v for k, v in info.items() if k != "best_mask"}
         if method == "greedy":

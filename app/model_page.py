@@ -21,8 +21,10 @@ def card_headline(card: dict) -> list[tuple[str, str]]:
     if "loss_nats_per_char" in ev:
         out.append(("Held-out loss (nats/char)", f"{ev['loss_nats_per_char']:.3f}"))
     elif "accuracy" in ev:
-        out.append((f"Held-out accuracy ({ev.get('n_predictions', ev.get('n_examples', 0)):,} "
-                    f"predictions)", f"{ev['accuracy']:.4%}"))
+        n = ev.get('n_predictions', ev.get('n_examples', 0))
+        # short label: a metric column cuts long ones ("Held-out accuracy (168,112 …")
+        out.append((f"Held-out accuracy (n={n / 1000:,.0f}k)" if n >= 10_000 else
+                    f"Held-out accuracy (n={n:,})", f"{ev['accuracy']:.4%}"))
     if "explained_variance" in sae:
         out.append(("SAE explained variance (card)", f"{sae['explained_variance']:.3f}"))
     if "l0" in sae:

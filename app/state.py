@@ -19,13 +19,34 @@ from typing import Any
 
 import streamlit as st
 
-FILE_FORMAT = "heuristic-estimation-workbench/explanation"
-FILE_VERSION = 1
+from estimators.explanation import FILE_FORMAT, FILE_VERSION  # noqa: F401  (one format)
+from estimators.validation import MAX_JSON_BYTES, loads_json
 MAX_BLOB_CHARS = 200_000
 
 
 class StateError(ValueError):
     """A malformed URL parameter or explanation file."""
+
+
+class SessionContext:
+    """A dict-like holder for what a page's callbacks need from the current run (model, chain,
+    graph, ...), kept in *this session's* `st.session_state` under `key`: a module-level dict
+    would be shared by every browser session the server runs (one Python process)."""
+
+    def __init__(self, key: str):
+        self._key = key
+
+    def _d(self) -> dict:
+        return st.session_state.setdefault(self._key, {})
+
+    def __getitem__(self, name: str):
+        return self._d()[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        self._d()[name] = value
+
+    def update(self, values: dict) -> None:
+        self._d().update(values)
 
 
 def encode_blob(obj: Any) -> str:
@@ -37,11 +58,19 @@ def decode_blob(text: str) -> Any:
     if len(text) > MAX_BLOB_CHARS:
         raise StateError("the link's argument is too long to be a workbench argument")
     try:
-        raw = zlib.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        return json.loads(raw)
-    except (binascii.Error, zlib.error, ValueError, UnicodeDecodeError) as e:
+        # bounded: a 200 kB link cannot inflate to more than the JSON size limit
+        d = zlib.decompressobj()
+        raw = d.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)),
+                           MAX_JSON_BYTES + 1)
+        if d.unconsumed_tail:
+            raise StateError("the link's argument is too large to be a workbench argument")
+    except (binascii.Error, zlib.error, ValueError) as e:
         raise StateError(f"the link's argument could not be read ({type(e).__name__}); "
-                         f"it may have been cut off when copied") from e
+                         f"it may have been cut off when copied") from None
+    try:
+        return loads_json(raw, "the link's argument")
+    except ValueError as e:
+        raise StateError(str(e)) from None
 
 
 def get_param(key: str, default: str | None = None) -> str | None:
@@ -78,21 +107,18 @@ def explanation_bytes(kind: str, payload: dict, context: dict | None = None) -> 
 
 def _load_json(data: bytes | str):
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StateError(f"the file is not valid JSON: {e}") from e
+        return loads_json(data, "the file")
+    except ValueError as e:  # size, depth or syntax: one line
+        raise StateError(str(e)) from None
 
 
 def _check_explanation(doc, kind: str) -> tuple[dict, dict]:
-    if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT:
-        raise StateError("the file is not a workbench explanation file (no 'format': "
-                         f"{FILE_FORMAT!r})")
-    if doc.get("kind") != kind:
-        raise StateError(f"the file holds a {doc.get('kind')!r} explanation; this page needs "
-                         f"a {kind!r} one")
-    if not isinstance(doc.get("payload"), dict):
-        raise StateError("the file's 'payload' must be a JSON object")
-    return doc["payload"], doc.get("context") or {}
+    from estimators.explanation import check
+
+    try:
+        return check(doc, kind)
+    except ValueError as e:
+        raise StateError(str(e)) from None
 
 
 def parse_explanation(data: bytes | str, kind: str) -> tuple[dict, dict]:
@@ -105,6 +131,6 @@ def read_argument_file(data: bytes | str, kind: str) -> tuple[Any, dict | None]:
     (payload, context), or a bare argument file (a circuit, a partition), giving (doc, None).
     Raises StateError for a file that is not JSON or an explanation file of another kind."""
     doc = _load_json(data)
-    if isinstance(doc, dict) and "format" in doc:
+    if isinstance(doc, dict) and "format" in doc:  # bare circuits and partitions have none
         return _check_explanation(doc, kind)
     return doc, None

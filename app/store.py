@@ -46,6 +46,20 @@ def model_lock(source: str | None = None) -> threading.Lock:
         return _LOCKS.setdefault(key, threading.Lock())
 
 
+def yield_model_lock(source: str | None = None, pause_s: float = 0.002) -> None:
+    """Called by a long job that holds `model_lock()` between two of its forward passes (a
+    search step, an estimator run): release the lock briefly so other sessions' clicks on the
+    same model run now, not after the whole job, then take it back. The caller must hold it."""
+    import time
+
+    lock = model_lock(source)
+    lock.release()
+    try:
+        time.sleep(pause_s)  # a waiting thread wakes and takes the lock
+    finally:
+        lock.acquire()
+
+
 def current_model_source() -> str:
     """What the sidebar's model was loaded from (a zoo name, folder or hub name): a cache key."""
     return st.session_state.get("model_source", zoo.DEFAULT_MODEL)

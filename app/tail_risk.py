@@ -3,6 +3,7 @@ estimators over targets with progress. No science here: everything is `estimator
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
@@ -29,6 +30,17 @@ BEHAVIOURS = {"argmax": "t is the argmax (temperature 0)",
 FEATURE_BEHAVIOURS = ("sae", "probe")  # one behaviour, no target token
 PROBE_SOURCES = ("unit", "upload")
 DEFAULT_MAX_INPUTS = 2 ** 16
+BUDGETS = [2 ** k for k in range(5, 17)]  # the page's budget slider (model calls)
+MAX_SEED = 2 ** 31 - 1
+# field -> (lowest, highest, integer): the page's widgets take their ranges from here, and link
+# or settings-file values outside them are clamped with a message (`settings_from_untrusted`).
+RANGES = {"sampling_temperature": (0.01, 100.0, False), "threshold": (-1e6, 1e6, False),
+          "band_low": (1e-12, 1.0, False), "band_high": (1e-12, 1.0, False),
+          "n_targets": (1, 64, True), "seed": (0, MAX_SEED, True),
+          "itgis_temperature": (0.001, 1000.0, False), "mhis_temperature": (0.001, 1000.0, False),
+          "probe_bias": (-1e6, 1e6, False), "target": (0, 2 ** 31 - 1, True),
+          "length": (0, 2 ** 31 - 1, True), "sae_feature": (0, 2 ** 31 - 1, True),
+          "probe_unit": (0, 2 ** 31 - 1, True)}
 
 
 @dataclass
@@ -105,6 +117,43 @@ class Settings:
             return cls(**d)
         except TypeError as e:
             raise ValueError(f"bad tail-risk settings: {e}") from e
+
+
+def model_ranges(model, sae=None) -> dict:
+    """`RANGES` narrowed to this model: target < d_vocab_out, length ≤ n_ctx, unit < d_model,
+    SAE latent < d_sae."""
+    cfg = model.cfg
+    r = dict(RANGES)
+    r["target"] = (0, int(getattr(cfg, "d_vocab_out", cfg.d_vocab) or cfg.d_vocab) - 1, True)
+    r["length"] = (0, int(cfg.n_ctx), True)
+    r["probe_unit"] = (0, int(cfg.d_model) - 1, True)
+    if sae is not None:
+        r["sae_feature"] = (0, int(sae.cfg.d_sae) - 1, True)
+    return r
+
+
+def settings_from_untrusted(d, model=None, sae=None) -> tuple[Settings, list[str]]:
+    """Settings from a link or a settings file: numbers outside the page's ranges are clamped
+    (each clamp is a message), a budget off the slider is moved to the nearest one; anything
+    else wrong (unknown field, NaN, a word for a number, low ≥ high) raises one-line ValueError.
+    Returns (settings, messages)."""
+    from estimators.validation import clamp_fields, number
+
+    if not isinstance(d, dict):
+        raise ValueError("tail-risk settings must be a JSON object")
+    d, notes = clamp_fields(d, model_ranges(model, sae) if model is not None else RANGES)
+    if "budget" in d:
+        b = number(d["budget"], "budget", integer=True)
+        near = min(BUDGETS, key=lambda x: abs(math.log2(max(b, 1)) - math.log2(x)))
+        if near != b:
+            notes.append(f"budget = {b:,} is not on the slider ({BUDGETS[0]}…{BUDGETS[-1]:,}); "
+                         f"using {near:,}")
+        d["budget"] = near
+    for key in ("methods",):
+        if key in d and not (isinstance(d[key], list)
+                             and all(isinstance(m, str) for m in d[key])):
+            raise ValueError(f"{key} must be a list of method names")
+    return Settings.from_dict(d), notes
 
 
 def make_behaviour(s: Settings, target: int, model=None, sae=None):
@@ -223,8 +272,9 @@ def choose_targets(s: Settings, truth: np.ndarray | None) -> list[int]:
 
 def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, float],
                 labels: Callable[[int], str], progress: Callable[[float, str], None],
-                budgets: list[int] | None = None, sae=None) -> pd.DataFrame:
-    """One row per (budget, target, method): estimate, interval, calls, seconds, seed."""
+                budgets: list[int] | None = None, sae=None, lock=None) -> pd.DataFrame:
+    """One row per (budget, target, method): estimate, interval, calls, seconds, seed.
+    `lock` (optional) is held around each estimator run, not the whole loop."""
     budgets = budgets or [s.budget]
     rows = []
     jobs = [(b, i, t, m) for b in budgets for i, t in enumerate(targets) for m in s.methods]
@@ -239,8 +289,9 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
         seed = seed_for(s, i)
         progress(k / len(jobs), f"{ESTIMATORS[m].title} on target {labels(t)} "
                                 f"({budget} calls)")
-        e = run_estimator(m, model, dist, make_behaviour(s, t, model, sae), budget, seed,
-                          **extra)
+        with lock if lock is not None else contextlib.nullcontext():
+            e = run_estimator(m, model, dist, make_behaviour(s, t, model, sae), budget, seed,
+                              **extra)
         lo, hi = e.interval if e.interval is not None else (None, None)
         rows.append({"target": t, "token": labels(t), "truth": truth.get(t), "method": m,
                      "budget": budget, "estimate": e.value, "low": lo, "high": hi,

@@ -73,7 +73,10 @@ def run(device: str, samples: int, n_inputs: int, ctx: int) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", default=None, metavar="FILE",
+                    help="write the results as JSON to FILE (default: print only)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--n-inputs", type=int, default=256)
@@ -97,7 +100,7 @@ def main(argv=None) -> dict:
               f"{r['distances_s']:12.2f} {r['flops'] / 1e9:8.1f} {r['peak_rss_mib']:13.0f} "
               f"{r.get('peak_gpu_mib', float('nan')):13.0f}")
     suffix = "" if not args.device or args.device == "cpu" else f"_{args.device.split(':')[0]}"
-    print(f"wrote {write_result('activation_gpt2' + suffix, out)}")
+    print(f"wrote {write_result('activation_gpt2' + suffix, out, args.out)}")
     return out
 
 

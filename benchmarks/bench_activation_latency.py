@@ -43,14 +43,32 @@ def machine_info(device: str = "cpu") -> dict:
     return info
 
 
-def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, payload: dict, out: str | None = None) -> str:
+    """Write `payload` as JSON to `out` only (never by default: the tracked results under
+    benchmarks/results/ are updated deliberately, `--out benchmarks/results/NAME.json`).
+    Returns what was done, for the last printed line."""
+    if not out:
+        return f"nothing (pass --out FILE to save the JSON, e.g. {RESULTS.name}/{name}.json)"
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    return str(path)
 
 
-def main(repeats: int = 9) -> dict:
+def bench_args(doc: str, argv=None, extra=None):
+    """The benchmarks' argument parser: `--help` prints `doc` and exits; `--out FILE` is the
+    only way to write JSON. `extra(parser)` adds a benchmark's own options."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", default=None, metavar="FILE",
+                    help="write the results as JSON to FILE (default: print only)")
+    if extra is not None:
+        extra(ap)
+    return ap.parse_args(argv)
+
+
+def main(repeats: int = 9, out_path: str | None = None) -> dict:
     torch.set_num_threads(1)
     from estimators import zoo
     from estimators.activation import Propagator, chain_for_zoo, transformer_chain
@@ -111,9 +129,10 @@ def main(repeats: int = 9) -> dict:
         print(f"{r['site']:32} {r['dim']:5d} {r['toggle_ms_median']:12.1f} / "
               f"{r['toggle_ms_max']:8.1f}  {r['distances_ms_median']:13.1f}  "
               f"{', '.join(r['recomputed'])}")
-    print(f"wrote {write_result('activation_latency', out)}")
+    print(f"wrote {write_result('activation_latency', out, out_path)}")
     return out
 
 
 if __name__ == "__main__":
-    main()
+    _a = bench_args(__doc__, extra=lambda ap: ap.add_argument("--repeats", type=int, default=9))
+    main(_a.repeats, _a.out)

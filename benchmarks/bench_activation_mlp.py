@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_activation_latency import machine_info, write_result  # noqa: E402
+from bench_activation_latency import bench_args, machine_info, write_result  # noqa: E402
 
 D = torch.float64
 
@@ -66,7 +66,8 @@ def mc_error(mlp, w, k, truth, var, runs, seed):
     return sum(errs) / len(errs)
 
 
-def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50, backend=None) -> dict:
+def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50, backend=None,
+         out_path: str | None = None) -> dict:
     torch.set_num_threads(1)
     from estimators.activation.mlp import random_mlp
 
@@ -119,22 +120,22 @@ def main(widths=(64, 128, 256), seeds=(0, 1, 2), n_ref=None, runs=50, backend=No
     print(f"(averages over seeds {list(seeds)}; reference MC noise 1/N_ref ≤ "
           f"{max(r['reference_rel_noise'] for r in rows):.1e}; reference on "
           f"{out['reference_backend']['backend']})")
-    print(f"wrote {write_result('activation_mlp', out)}")
+    print(f"wrote {write_result('activation_mlp', out, out_path)}")
     return out
 
 
 def cli() -> None:
-    import argparse
-
     from estimators.distributed import add_backend_args, backend_from_args
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference-samples", type=int, default=None,
-                    help="Monte Carlo truth samples per MLP (default 2e6/1e6/4e5 by width)")
-    add_backend_args(ap)  # where the Monte Carlo truth runs
-    args = ap.parse_args()
+    def extra(ap):
+        ap.add_argument("--runs", type=int, default=50)
+        ap.add_argument("--reference-samples", type=int, default=None,
+                        help="Monte Carlo truth samples per MLP (default 2e6/1e6/4e5 by width)")
+        add_backend_args(ap)  # where the Monte Carlo truth runs
+
+    args = bench_args(__doc__, extra=extra)
     with backend_from_args(args) as backend:
-        main(n_ref=args.reference_samples,
+        main(n_ref=args.reference_samples, runs=args.runs, out_path=args.out,
              backend=None if backend.name == "local" else backend)
 
 

@@ -145,7 +145,8 @@ def worker(args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="induction")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n", type=int, default=64, help="examples per partition")
@@ -153,7 +154,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--workload", choices=WORKLOADS, help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--out", default=None, metavar="FILE",
+                    help=f"write the results as JSON to FILE (default: print only; the "
+                         f"tracked file is {RESULTS.relative_to(ROOT)})")
     args = ap.parse_args()
     if args.method:
         print(json.dumps(worker(args)))
@@ -196,9 +199,12 @@ def main() -> None:
                          "random": "each edge's paths at random to important / a uniform "
                                    "block / a matched block / the rest (little sharing)"},
            "target": ">= 5x at 32 partitions", "date": time.strftime("%Y-%m-%d %H:%M")}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print("wrote nothing (pass --out FILE to save the JSON)")
 
 
 if __name__ == "__main__":

@@ -162,7 +162,8 @@ def print_rows(dist, evaluate, p_eval, gt, t_truth, temps, rows, cps) -> None:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="charlm")
     ap.add_argument("--budget", type=int, default=2 ** 11)
     ap.add_argument("--max-targets", type=int, default=24)

@@ -33,6 +33,26 @@ class UserError(Exception):
     """A mistake in the user's input: reported as one line, never a traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: <message> (see <prog> --help)`, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _counts_accept_exponents(parser: argparse.ArgumentParser) -> None:
+    """Every `type=int` flag of every subcommand reads 1e6, 2^20 or 2**20 as well as 512, so a
+    size given in any of these forms reaches the range check (and its one-line message)."""
+    from estimators.validation import cli_int
+
+    for action in parser._actions:
+        if action.type is int:
+            action.type = cli_int
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _counts_accept_exponents(sub)
+
+
 def _jsonable(obj: Any, notes: list | None = None, path: str = "") -> Any:
     """JSON-ready copy of a result: tensors and numpy arrays/scalars become lists/numbers, and
     every non-finite float (NaN, ±inf; also numpy/torch scalars) becomes null. Where a dict value
@@ -104,7 +124,7 @@ def _short(v: Any) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m estimators",
         description="Heuristic Estimation Workbench: propagate, scrub, estimate tail risk.",
     )
@@ -118,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # capability not present in this build
             raise
         module.register(sub)
+    _counts_accept_exponents(parser)
     return parser
 
 
@@ -160,10 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from estimators.validation import check_cli_args
+
+        check_cli_args(args.command, args)  # finite, in range: before anything is loaded
         result = args.func(args)
-    except (UserError, ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+    except (UserError, ValueError, FileNotFoundError, KeyError, RecursionError,
+            MemoryError) as e:
+        if isinstance(e, RecursionError):
+            msg = "the input nests too deeply"
+        elif isinstance(e, MemoryError):
+            msg = "out of memory: choose smaller sizes"
+        else:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2
     if getattr(args, "json", False):  # allow_nan=False: a NaN that slipped through fails loudly
         print(json.dumps(jsonable_result(result), indent=2, allow_nan=False))

@@ -3,12 +3,12 @@
 import streamlit as st
 
 from app import circuits as glue
-from app import state
+from app import circuits_view as cv
 from app.plots.circuits import circuit_graph
 from app.plots.common import PNG_CONFIG, surprise_waterfall
-from estimators.circuits import METHODS, CircuitConfig, CircuitError, list_presets, load_preset
+from estimators.circuits import METHODS, CircuitConfig, CircuitError, list_presets
 from estimators.circuits.analysis import MAX_ORDER
-from estimators.circuits.propagate import candidate_pairs, normalize_pair
+from estimators.circuits.propagate import candidate_pairs
 
 ss = st.session_state
 
@@ -23,134 +23,28 @@ st.markdown(
     "the list below it) to track their covariance, and watch both terms of the total move.")
 
 
-# ---- state: the view, from the URL on first visit ------------------------------------------
-def _set_view(view: glue.View) -> None:
-    ss.circ_view = view
-    ss.circ_pending = None
-    ss._circ_preset = view.preset or "(custom)"
-    ss._circ_method = view.method
-    ss._circ_order = view.order
-    ss._circ_pairs = [glue.pair_label(view.circuit, p) for p in view.tracked]
-
-
-if "circ_view" not in ss:
-    view, errs = glue.view_from_params(state.get_param, state.get_blob_param)
-    _set_view(view)
-    ss.circ_msgs = [("error", e) for e in errs]
+# ---- state: the view, from the URL on first visit; callbacks in app/circuits_view.py ------
+cv.init_view()
 view: glue.View = ss.circ_view
-for key, value in (("_circ_preset", view.preset or "(custom)"), ("_circ_method", view.method),
-                   ("_circ_order", view.order),
-                   ("_circ_pairs", [glue.pair_label(view.circuit, p) for p in view.tracked])):
-    if key not in ss:  # widget state is dropped when the user visits another page
-        ss[key] = value
-
-
-def _toggle(u: str, v: str) -> None:
-    try:
-        pair = normalize_pair(view.circuit, (u, v))
-    except CircuitError as e:
-        ss.circ_msgs.append(("warning", str(e)))
-        return
-    if pair not in candidate_pairs(view.circuit):
-        ss.circ_msgs.append(("warning", f"No node combines {pair[0]} and {pair[1]}, so their "
-                                        f"covariance never enters a formula; pick two nodes "
-                                        f"that feed the same + − or × node."))
-        return
-    tracked = [p for p in view.tracked if p != pair] if pair in view.tracked \
-        else view.tracked + [pair]
-    view.tracked = tracked
-    ss._circ_pairs = [glue.pair_label(view.circuit, p) for p in tracked]
-    if view.method == "independence":
-        view.method = ss._circ_method = "sparse"
-
-
-# ---- callbacks (run before the next script run, so they may set widget state) ---------------
-def _on_preset():
-    name = ss._circ_preset
-    if name in list_presets():
-        _set_view(glue.View(load_preset(name), name, method=ss._circ_method,
-                            order=ss._circ_order))
-
-
-def _on_method():
-    view.method = ss._circ_method
-
-
-def _on_order():
-    view.order = int(ss._circ_order)
-
-
-def _on_pairs():
-    labels = {glue.pair_label(view.circuit, p): p for p in candidate_pairs(view.circuit)}
-    view.tracked = [labels[lab] for lab in ss._circ_pairs if lab in labels]
-
-
-def _on_click():
-    sel = ss.get("_circ_graph")
-    points = (sel or {}).get("selection", {}).get("points", []) if sel else []
-    ids = [p["customdata"][0] for p in points if p.get("customdata")]  # node traces only
-    ids = list(dict.fromkeys(ids))
-    if len(ids) >= 2:
-        _toggle(ids[0], ids[1])
-        ss.circ_pending = None
-    elif len(ids) == 1:
-        if ss.circ_pending is None:
-            ss.circ_pending = ids[0]
-        else:
-            _toggle(ss.circ_pending, ids[0])
-            ss.circ_pending = None
-    else:
-        ss.circ_pending = None
-
-
-def _on_self_pair():
-    if ss.circ_pending is not None:
-        _toggle(ss.circ_pending, ss.circ_pending)
-        ss.circ_pending = None
-
-
-def _track_all():
-    view.tracked = candidate_pairs(view.circuit)
-    ss._circ_pairs = [glue.pair_label(view.circuit, p) for p in view.tracked]
-    view.method = ss._circ_method = "sparse"
-
-
-def _track_none():
-    view.tracked = []
-    ss._circ_pairs = []
-
-
-def _on_upload():
-    f = ss.get("_circ_upload")
-    if f is None:
-        return
-    try:
-        new = glue.view_from_upload(f.getvalue(), f.name)
-    except ValueError as e:  # StateError and CircuitError are ValueErrors
-        ss.circ_msgs.append(("error", f"Could not use {f.name}: {e} (the current circuit is "
-                                      f"kept)"))
-        return
-    _set_view(new)
-    ss.circ_msgs.append(("success", f"Loaded {f.name}."))
 
 
 # ---- controls -------------------------------------------------------------------------------
 presets = list_presets() + ([] if view.preset else ["(custom)"])
 c1, c2, c3 = st.columns([2, 3, 2])
 with c1:
-    st.selectbox("Teaching preset", presets, key="_circ_preset", on_change=_on_preset,
+    st.selectbox("Teaching preset", presets, key="_circ_preset", on_change=cv.on_preset,
                  help="Pick a circuit; your tracked pairs are cleared.")
 with c2:
     st.radio("Estimator", list(METHODS), key="_circ_method", format_func=METHODS.get,
-             on_change=_on_method, horizontal=False)
+             on_change=cv.on_method, horizontal=False)
 with c3:
     if view.method == "wick":
-        st.slider("Wick order K", 1, MAX_ORDER, key="_circ_order", on_change=_on_order,
+        st.slider("Wick order K", 1, MAX_ORDER, key="_circ_order", on_change=cv.on_order,
                   help="Keep terms up to total degree K in the inputs' fluctuations; exact "
                        "once K reaches the circuit's degree.")
     with st.expander("Upload a circuit", expanded=False):
         st.file_uploader("Circuit JSON or explanation file", type=["json"], key="_circ_upload",
-                         on_change=_on_upload)
+                         on_change=cv.on_upload)
     with st.expander("Surprise settings", expanded=False):
         samples = st.number_input("Draws N of the real output", 10, 100_000, 1000, step=100,
                                   key="_circ_samples")
@@ -182,22 +76,22 @@ stats = {r["id"]: r for r in a.rows()}
 left, right = st.columns([3, 2])
 with left:
     st.plotly_chart(circuit_graph(view.circuit, a.tracked, ss.circ_pending, stats),
-                    key="_circ_graph", on_select=_on_click, selection_mode="points",
+                    key="_circ_graph", on_select=cv.on_click, selection_mode="points",
                     config=PNG_CONFIG)
     if ss.circ_pending is not None:
         p = ss.circ_pending
         st.caption(f"Selected **{p}**: click a second node to toggle tracking the pair.")
         if (p, p) in candidate_pairs(view.circuit):
-            st.button(f"Toggle {p} × {p} (a node paired with itself)", on_click=_on_self_pair)
+            st.button(f"Toggle {p} × {p} (a node paired with itself)", on_click=cv.on_self_pair)
 with right:
     st.multiselect("Tracked pairs (the argument)",
                    [glue.pair_label(view.circuit, p) for p in candidate_pairs(view.circuit)],
-                   key="_circ_pairs", on_change=_on_pairs,
+                   key="_circ_pairs", on_change=cv.on_pairs,
                    help="Candidates are the argument pairs of + − × nodes: only there does a "
                         "covariance enter a formula.")
     b1, b2 = st.columns(2)
-    b1.button("Track all pairs", on_click=_track_all, width="stretch")
-    b2.button("Track none", on_click=_track_none, width="stretch")
+    b1.button("Track all pairs", on_click=cv.track_all, width="stretch")
+    b2.button("Track none", on_click=cv.track_none, width="stretch")
     if view.method != "sparse" and view.tracked:
         st.caption("Tracked pairs are used by the sparse-covariance estimator only.")
     out = view.circuit.output
@@ -217,13 +111,12 @@ s = a.surprise
 base = glue.run(view, CircuitConfig(method="independence", samples=config.samples,
                                     seed=config.seed)).surprise
 k1, k2, k3 = st.columns(3)
-k1.metric("S(π) argument", f"{s.argument_bits:,.2f} bits",
-          delta=f"{s.argument_bits - base.argument_bits:+,.2f} vs independence",
-          delta_color="inverse")
-k2.metric("S(Y|π) data", f"{s.data_bits:,.2f} bits",
-          delta=f"{s.data_bits - base.data_bits:+,.2f} vs independence", delta_color="inverse")
-k3.metric("Total", f"{s.total_bits:,.2f} bits",
-          delta=f"{s.total_bits - base.total_bits:+,.2f} vs independence", delta_color="inverse")
+k1.metric("S(π) argument", cv.bits(s.argument_bits),
+          delta=cv.delta_bits(s.argument_bits - base.argument_bits), delta_color="inverse")
+k2.metric("S(Y|π) data", cv.bits(s.data_bits),
+          delta=cv.delta_bits(s.data_bits - base.data_bits), delta_color="inverse")
+k3.metric("Total", cv.bits(s.total_bits),
+          delta=cv.delta_bits(s.total_bits - base.total_bits), delta_color="inverse")
 st.plotly_chart(surprise_waterfall(s), config=PNG_CONFIG, key="_circ_waterfall")
 st.caption(s.notes)
 

@@ -27,4 +27,4 @@ if [ $want_test = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
-echo "setup done: $(.venv/bin/python -c 'import torch, streamlit, transformer_lens, sae_lens; print("torch", torch.__version__, "| streamlit", streamlit.__version__, "| transformer_lens", transformer_lens.__version__ if hasattr(transformer_lens, "__version__") else "?", "| sae_lens", sae_lens.__version__)')"
+echo "setup done: $(.venv/bin/python -c 'from importlib.metadata import version; print(" | ".join(f"{p} {version(p)}" for p in ("torch", "streamlit", "transformer_lens", "sae_lens")))')"

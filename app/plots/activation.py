@@ -83,19 +83,31 @@ def grid_states(fig: go.Figure) -> dict[tuple[int, int], str]:
 
 def distance_by_layer(sites: Sequence[str], rows: Sequence[dict],
                       title: str = "Distance to the real activations, by site") -> go.Figure:
-    """Per-site distances (rows: dicts with kl_emp_est, kl_est_emp, w2, mean_error, var_error),
-    on a log axis (0 drawn at the axis floor is avoided by leaving it out)."""
-    series = [("kl_emp_est", "KL(real ‖ est) nats"), ("kl_est_emp", "KL(est ‖ real) nats"),
-              ("w2", "W2"), ("mean_error", "mean error (rel.)"), ("var_error", "var error (rel.)")]
-    fig = go.Figure()
+    """Per-site distances (rows: dicts with kl_emp_est, kl_est_emp, w2, mean_error, var_error)
+    in three panels with their own units, each on a log axis: KL (nats), W2 (activation units),
+    relative errors (ratios). 0 and ∞ are left out (a log axis cannot draw them). Lines that
+    coincide stay visible: different dashes and marker symbols."""
+    from plotly.subplots import make_subplots
+
+    panels = [("KL divergence (nats)", [("kl_emp_est", "KL(real ‖ est) nats", "solid", "circle"),
+                                        ("kl_est_emp", "KL(est ‖ real) nats", "dash", "x")]),
+              ("W2 (activation units)", [("w2", "W2", "solid", "circle")]),
+              ("relative error", [("mean_error", "mean error (rel.)", "solid", "circle"),
+                                  ("var_error", "var error (rel.)", "dot", "diamond")])]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[p[0] for p in panels],
+                        horizontal_spacing=0.08)
     x = list(sites)
-    for key, name in series:
-        y = [float(r[key]) if r.get(key) is not None and math.isfinite(float(r[key]))
-             and float(r[key]) > 0 else None for r in rows]
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name))
-    fig.update_layout(title=title, yaxis={"type": "log", "title": "distance"},
-                      xaxis={"type": "category", "title": "site"},
-                      legend={"orientation": "h", "y": -0.3}, margin=dict(t=50, b=40))
+    for col, (_, series) in enumerate(panels, start=1):
+        for key, name, dash, symbol in series:
+            y = [float(r[key]) if r.get(key) is not None and math.isfinite(float(r[key]))
+                 and float(r[key]) > 0 else None for r in rows]
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name,
+                                     line={"dash": dash}, marker={"symbol": symbol, "size": 8}),
+                          row=1, col=col)
+        fig.update_yaxes(type="log", row=1, col=col)
+        fig.update_xaxes(type="category", title_text="site", row=1, col=col)
+    fig.update_layout(title=title, legend={"orientation": "h", "y": -0.45},
+                      margin=dict(t=70, b=60))
     return fig
 
 

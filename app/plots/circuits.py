@@ -101,8 +101,9 @@ def circuit_graph(circuit: Circuit, tracked=(), pending: str | None = None,
     ymax = max(abs(p[1]) for p in pos.values()) + 0.8
     xmax = max(p[0] for p in pos.values())
     fig.update_layout(
-        height=height, margin=dict(t=20, b=10, l=10, r=10), clickmode="event+select",
-        dragmode=False, legend={"orientation": "h", "y": -0.05},
-        xaxis={"visible": False, "range": [-0.5, xmax + 0.5]},
-        yaxis={"visible": False, "range": [-ymax, ymax + 0.3]}, plot_bgcolor="white")
+        # room for the outermost labels and the legend below, also in the PNG export
+        height=height, margin=dict(t=30, b=60, l=20, r=20), clickmode="event+select",
+        dragmode=False, legend={"orientation": "h", "y": -0.02, "yanchor": "top"},
+        xaxis={"visible": False, "range": [-0.9, xmax + 0.9]},
+        yaxis={"visible": False, "range": [-ymax - 0.3, ymax + 0.5]}, plot_bgcolor="white")
     return fig

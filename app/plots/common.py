@@ -62,7 +62,8 @@ def signed_heatmap(matrix, x_labels: Sequence[str] | None = None,
 
 
 def histogram_with_gaussian(samples, mean: float, var: float, title: str = "",
-                            bins: int = 60, label: str = "propagated N(μ, σ²)") -> go.Figure:
+                            bins: int = 60, label: str = "propagated N(μ, σ²)",
+                            x_title: str = "activation value") -> go.Figure:
     """Empirical histogram (density) with a Gaussian density overlaid."""
     x = np.asarray(samples, dtype=float)
     x = x[np.isfinite(x)]
@@ -77,7 +78,8 @@ def histogram_with_gaussian(samples, mean: float, var: float, title: str = "",
     fig.add_trace(go.Scatter(x=grid, y=pdf, mode="lines", name=label,
                              line={"color": "#b2182b", "width": 2}))
     fig.update_layout(title=title, barmode="overlay", yaxis_title="density",
-                      legend={"orientation": "h", "y": -0.2}, margin=dict(t=50, b=40))
+                      xaxis_title=x_title, legend={"orientation": "h", "y": -0.3},
+                      margin=dict(t=50, b=40))
     return fig
 
 

@@ -47,6 +47,11 @@ def graph_points(graph: PathGraph) -> list[dict]:
     return pts
 
 
+def _is_channel(p: dict) -> bool:
+    """A head's q, k or v input point."""
+    return bool(p["dest"]) and ":" in p["dest"] and p["id"] == p["dest"]
+
+
 def _named_group(graph: PathGraph, assignment: np.ndarray, pattern: str) -> tuple[int, float]:
     """The most common named group (important or a block) among the pattern's paths, and the
     share of its paths that are named at all; (REST, 0) when none is."""
@@ -107,7 +112,11 @@ def component_graph(graph: PathGraph, assignment: np.ndarray, pending: str | Non
         lines.append(4 if p["id"] == pending else 1)
     fig.add_trace(go.Scatter(
         x=[p["x"] for p in pts], y=[p["y"] for p in pts], mode="markers+text",
-        text=[p["label"] for p in pts], textposition="top center", hovertext=texts,
+        # a head's q/k/v inputs sit 0.22 apart: label them with their letter, to the left, so
+        # the labels do not overlap (the hover gives the full name)
+        text=[p["id"].rsplit(":", 1)[1] if _is_channel(p) else p["label"] for p in pts],
+        textposition=["middle left" if _is_channel(p) else "top center" for p in pts],
+        hovertext=texts,
         hoverinfo="text", customdata=[[p["id"]] for p in pts], showlegend=False,
         marker={"size": sizes, "color": colours, "opacity": opac,
                 "line": {"width": lines, "color": "black"}}))

@@ -73,12 +73,53 @@ def parse_mask(spec: str, layouts) -> "CovarianceMask":
         except ValueError:
             raise ValueError(f"--mask {spec}: k must be an integer (topk:16)") from None
         return CovarianceMask.preset("topk", layouts, k=k)
+    doc, _ = read_mask_file(spec)
+    mask = CovarianceMask.from_dict(doc)
+    mask.validate(layouts)
+    return mask
+
+
+def read_mask_file(spec: str) -> tuple[dict, dict | None]:
+    """(mask dict, context or None) from a bare mask JSON (CovarianceMask.to_dict) or the
+    Activation model page's explanation file (kind covariance-mask), whose context carries the
+    page's settings (positions, sites) the mask was made for."""
+    from estimators.explanation import unwrap
+
     if not spec.endswith(".json") and not Path(spec).exists():
         raise ValueError(f"--mask {spec!r}: give naive, full, topk:K, position-blocks or a "
                          f"JSON file")
-    mask = CovarianceMask.from_dict(read_json_file(spec, "mask"))
-    mask.validate(layouts)
-    return mask
+    return unwrap(read_json_file(spec, "mask"), "covariance-mask")
+
+
+def _page_defaults(args) -> None:
+    """Unset --positions/--sites come from a page's explanation file given as --mask, so a mask
+    downloaded from the page fits the CLI's chain (otherwise --positions defaults to the
+    page's own default, `page_positions`, in `build_chain`)."""
+    if args.mask in ("naive", "full", "position-blocks") or args.mask.startswith("topk:"):
+        return
+    _, context = read_mask_file(args.mask)
+    settings = (context or {}).get("settings") or {}
+    if not isinstance(settings, dict):
+        return
+    if args.positions is None and isinstance(settings.get("positions"), list):
+        args.positions = [int(p) for p in settings["positions"]
+                          if isinstance(p, int) and not isinstance(p, bool)]
+    if args.sites is None and isinstance(settings.get("sites"), list) and settings["sites"]:
+        args.sites = [str(s) for s in settings["sites"]]
+
+
+DEFAULT_MAX_DIM = 128  # positions × d_model of the default residual sites (page and CLI)
+
+
+def page_positions(lm, n_ctx: int) -> list[int]:
+    """The Activation model page's default positions: the last ⌊128 / d_model⌋ (≥ 1), always
+    including the position the logits read (the zoo entry's label position, else the last)."""
+    from estimators.activation.chain import default_positions
+
+    entry = lm.zoo_entry
+    lp = getattr(entry, "label_position", None) if entry is not None else None
+    return default_positions(n_ctx, int(lm.model.cfg.d_model), DEFAULT_MAX_DIM,
+                             -1 if lp is None else lp)
 
 
 def build_chain(args):
@@ -98,6 +139,8 @@ def build_chain(args):
             raise ValueError("--data/--tokens apply to transformers; a plain MLP takes "
                              "--input-dist")
         mlp = load_mlp(args.model, device=device)
+        from estimators.validation import require_memory
+        require_memory(2.0 * args.n_inputs * sum(mlp.widths) * 8, f"--n-inputs {args.n_inputs}")
         d_in = mlp.widths[0]
         if args.input_dist:
             mean, cov = load_input_distribution(args.input_dist, dim=d_in)
@@ -112,18 +155,23 @@ def build_chain(args):
         raise ValueError("--input-dist is for plain MLP folders; transformers take --data")
     lm = load_model(args.model, device)
     conformance.require(lm.model, "activation")  # one line when this engine refuses the model
+    from estimators.validation import require_memory, transformer_activation_bytes
+    require_memory(transformer_activation_bytes(lm.model.cfg, args.n_inputs + args.samples),
+                   f"--n-inputs {args.n_inputs} with --samples {args.samples}")
     sae = load_sae(args.sae, lm, device) if args.sae else None
     data = _data(args, lm)
     args.data_tokens = None if data is None else data.tokens  # the search's mixture variables
     if data is not None:
-        return transformer_chain(lm.model, data.tokens, sites=args.sites,
-                                 positions=args.positions, sae=sae, samples=args.samples,
-                                 seed=args.seed)
+        positions = args.positions or page_positions(lm, int(data.tokens.shape[1]))
+        return transformer_chain(lm.model, data.tokens, sites=args.sites, positions=positions,
+                                 sae=sae, samples=args.samples, seed=args.seed)
     if lm.kind != "zoo":
         raise ValueError("a non-zoo transformer needs real inputs: pass --data (tokens:FILE."
                          "json, text:PATH or hf:FOLDER)")
+    positions = args.positions or page_positions(
+        lm, int(lm.zoo_entry.sample(1, seed=0).tokens.shape[1]))
     return chain_for_zoo(lm, sae=sae, n_inputs=args.n_inputs, samples=args.samples,
-                         seed=args.seed, sites=args.sites, positions=args.positions)
+                         seed=args.seed, sites=args.sites, positions=positions)
 
 
 def _search_inputs(args):
@@ -186,6 +234,7 @@ def run_cli(args) -> dict:
     t0 = time.perf_counter()
     if args.search is not None and args.search_steps < 1:
         raise ValueError("--search-steps must be at least 1")
+    _page_defaults(args)
     chain = build_chain(args)
     mask = parse_mask(args.mask, chain.layouts)
     prop = Propagator(chain, mask, bits_per_parameter=args.bits_per_parameter)

@@ -360,6 +360,9 @@ class CovarianceMask:
     def from_dict(cls, d) -> "CovarianceMask":
         if not isinstance(d, dict):
             raise ValueError("a covariance mask must be a JSON object")
+        unknown = sorted(str(k)[:40] for k in set(d) - {"format", "sites"})
+        if unknown:
+            raise ValueError(f"a covariance mask has 'format' and 'sites', not {unknown}")
         fmt = d.get("format", _FORMAT)
         if fmt != _FORMAT:
             raise ValueError(f"unknown mask format {fmt!r} (expected {_FORMAT!r})")
@@ -380,8 +383,9 @@ class CovarianceMask:
     @classmethod
     def from_json(cls, text: str) -> "CovarianceMask":
         try:
-            d = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as e:
+            from estimators.validation import loads_json
+            d = loads_json(text, "the mask")
+        except TypeError as e:
             raise ValueError(f"the mask is not valid JSON: {e}") from None
         return cls.from_dict(d)
 

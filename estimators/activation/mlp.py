@@ -78,14 +78,15 @@ def is_mlp_folder(path: str | Path) -> bool:
     if not p.exists():
         return False
     try:
-        return json.loads(p.read_text()).get("kind") == "mlp"
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        from estimators.validation import read_json_path
+        return read_json_path(p).get("kind") == "mlp"
+    except (ValueError, AttributeError):
         return False
 
 
 def load_mlp(folder: str | Path, device="cpu", dtype=torch.float64) -> PlainMLP:
     """Load an MLP folder (module docstring); ValueError with the reason when malformed."""
-    from estimators.loading import read_json, read_safetensors
+    from estimators.checkpoint import read_json, read_safetensors
 
     folder = Path(folder)
     cfg = read_json(folder / "config.json")
@@ -143,7 +144,7 @@ def validate_input_distribution(d, dim: int | None = None, dtype=torch.float64):
 
 
 def load_input_distribution(path: str | Path, dim: int | None = None, dtype=torch.float64):
-    from estimators.loading import read_json  # missing file / bad JSON → one clear ValueError
+    from estimators.checkpoint import read_json  # missing file / bad JSON → one clear ValueError
 
     return validate_input_distribution(read_json(Path(path), "input distribution"), dim, dtype)
 

@@ -11,7 +11,6 @@ given, else `sparse` (whose empty argument, --track none, is the independence es
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from estimators.circuits.analysis import METHODS, CircuitConfig, analyse, parse_track_file
@@ -31,10 +30,8 @@ def _run(args) -> dict:
         if not path.is_file():
             raise UserError(f"--track must be none, all, or a JSON file; {args.track!r} is none "
                             f"of these")
-        try:
-            doc = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise UserError(f"track file {args.track}: not valid JSON ({e})") from None
+        from estimators.validation import read_json_path
+        doc = read_json_path(path, "track")  # size, depth, syntax: one InputError line
         tracked = parse_track_file(doc)
     method = args.method or ("wick" if args.order is not None else "sparse")
     if args.order is not None and method != "wick":

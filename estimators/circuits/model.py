@@ -364,6 +364,10 @@ class Circuit:
             raise CircuitError("'inputs' must be a non-empty object of name -> distribution")
         if not isinstance(d.get("nodes", []), list):
             raise CircuitError("'nodes' must be a list")
+        if len(d.get("nodes", [])) + len(d["inputs"]) > MAX_NODES:
+            raise CircuitError(f"the circuit has {len(d.get('nodes', [])) + len(d['inputs'])} "
+                               f"inputs and nodes; the playground takes at most {MAX_NODES} "
+                               f"(its exact and pairwise methods grow with the square)")
         for k in d["inputs"]:
             _check_id(k, "input name")
         inputs = {k: InputDist.from_dict(v, k) for k, v in d["inputs"].items()}
@@ -375,13 +379,15 @@ class Circuit:
     @classmethod
     def from_json(cls, text: str | bytes, name: str = "") -> "Circuit":
         try:
-            d = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CircuitError(f"the circuit is not valid JSON: {e}") from None
+            from estimators.validation import loads_json
+            d = loads_json(text, "the circuit")
+        except ValueError as e:  # size, depth or syntax: one line
+            raise CircuitError(str(e)) from None
         return cls.from_dict(d, name=name)
 
 
 PRESET_DIR = Path(__file__).parent / "presets"
+MAX_NODES = 500  # inputs + nodes of one circuit: pair tracking and the exact truth are O(n²)
 
 
 def list_presets() -> list[str]:
@@ -406,8 +412,20 @@ def load_circuit(spec: str) -> Circuit:
     """A preset name or a path to a circuit JSON file."""
     if spec in list_presets():
         return load_preset(spec)
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if not path.is_file():
+        if spec.endswith(".json") or "/" in spec or path.exists():
+            raise CircuitError(f"circuit file {spec} not found" if not path.exists()
+                               else f"{spec} is not a file")
         raise CircuitError(f"{spec!r} is neither a preset ({', '.join(list_presets())}) nor a "
                            f"circuit JSON file")
-    return Circuit.from_json(path.read_bytes(), name=path.stem)
+    from estimators.explanation import unwrap
+    from estimators.validation import read_json_path
+
+    try:
+        doc, context = unwrap(read_json_path(path, "circuit"), "circuit")
+    except ValueError as e:  # size, depth, syntax, another page's file
+        raise CircuitError(str(e)) from None
+    if context is not None:  # the Arithmetic circuits page's explanation file
+        doc = doc.get("circuit")
+    return Circuit.from_dict(doc, name=path.stem)

@@ -62,8 +62,9 @@ Pair = tuple[str, str]
 
 def normalize_pair(circuit: Circuit, pair: Sequence[str]) -> Pair:
     """(u, v) ordered by the circuit's topological order; unknown ids raise CircuitError."""
-    if isinstance(pair, str) or len(pair) != 2:
-        raise CircuitError(f"a tracked pair must be two ids, got {pair!r}")
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2 \
+            or not all(isinstance(v, str) for v in pair):
+        raise CircuitError(f"a tracked pair must be two ids, got {str(pair)[:60]}")
     for v in pair:
         if v not in circuit.index:
             raise CircuitError(f"tracked pair {list(pair)}: unknown id {v!r}")

@@ -22,9 +22,9 @@ from estimators.loading import read_json_file
 def _load_partition(path: str):
     from estimators.scrubbing.partition import PathPartition
 
-    doc = read_json_file(path, "partition")
-    if isinstance(doc, dict) and "payload" in doc and "kind" in doc:  # an app explanation file
-        doc = doc["payload"]
+    from estimators.explanation import unwrap
+
+    doc, _ = unwrap(read_json_file(path, "partition"), "scrubbing")  # or a page's file
     return PathPartition.from_dict(doc)
 
 
@@ -60,6 +60,10 @@ def _setup(args):
         raise UserError("--n must be at least 2")
     torch.set_num_threads(max(1, args.threads))
     loaded = load_model(args.model, args.device)
+    from estimators.validation import require_memory, transformer_activation_bytes
+    require_memory(transformer_activation_bytes(loaded.model.cfg, args.n or 256, copies=3,
+                                                bytes_per_number=4),
+                   f"--n {args.n or 256}")  # original, scrubbed and random runs
     data = _load_data(args, loaded)
     bpp = args.bits_per_parameter
     if bpp is not None and not (bpp >= 0 and bpp != float("inf")):

@@ -151,9 +151,10 @@ class PathPartition:
     @classmethod
     def from_json(cls, text: str | bytes) -> "PathPartition":
         try:
-            d = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise PathError(f"the partition file is not valid JSON: {e}") from e
+            from estimators.validation import loads_json
+            d = loads_json(text, "the partition file")
+        except ValueError as e:  # size, depth or syntax: one line
+            raise PathError(str(e)) from None
         return cls.from_dict(d)
 
     @property

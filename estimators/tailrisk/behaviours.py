@@ -361,7 +361,6 @@ def parse_direction(text: str | bytes) -> list[float]:
     {"direction": [...]} (other keys ignored), or CSV / whitespace-separated numbers (one row,
     or one per line). Raises BehaviourError on anything else, an empty vector or a non-finite
     entry."""
-    import json
     import math
     import re
 
@@ -375,10 +374,10 @@ def parse_direction(text: str | bytes) -> list[float]:
         raise BehaviourError("the direction file is empty")
     if text[0] in "[{":
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BehaviourError(f"the direction file is not valid JSON: {e.msg} (line "
-                                 f"{e.lineno})") from e
+            from estimators.validation import loads_json
+            obj = loads_json(text, "the direction file")
+        except ValueError as e:  # size, depth or syntax: one line
+            raise BehaviourError(str(e)) from None
         if isinstance(obj, dict):
             if "direction" not in obj:
                 raise BehaviourError('a JSON object direction file needs a "direction" list')

@@ -21,7 +21,6 @@ vocabulary; the length must be between 1 and the model's n_ctx. Violations raise
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,9 +284,10 @@ def resolve_distribution(spec: str, model, zoo_entry=None, vocab: Sequence[str] 
 def parse_file(data: bytes | str, vocab_size: int, n_ctx: int | None,
                vocab: Sequence[str] | None = None, name: str = "uploaded") -> InputDistribution:
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DistributionError(f"the distribution file is not valid JSON: {e}") from e
+        from estimators.validation import loads_json
+        obj = loads_json(data, "the distribution file")
+    except ValueError as e:  # size, depth or syntax: one line
+        raise DistributionError(str(e)) from None
     return from_json(obj, vocab_size, n_ctx, vocab, name)
 
 

@@ -171,7 +171,7 @@ class ZooEntry:
 
     # ------------------------------------------------------------------ loading
     def load_model(self, device: str | torch.device = "cpu") -> "HookedTransformer":
-        from estimators.loading import LoadError, load_checkpoint
+        from estimators.checkpoint import LoadError, load_checkpoint
 
         if not (self.weights_dir / "model.safetensors").exists():
             raise LoadError(f"zoo model {self.name!r} has no weights in {self.weights_dir}; "
@@ -181,7 +181,7 @@ class ZooEntry:
     def load_sae(self, device: str | torch.device = "cpu") -> "SAE":
         from sae_lens import SAE
 
-        from estimators.loading import LoadError
+        from estimators.checkpoint import LoadError
 
         if not (self.sae_dir / "sae_weights.safetensors").exists():
             raise LoadError(f"zoo model {self.name!r} has no SAE in {self.sae_dir}; "
@@ -191,7 +191,7 @@ class ZooEntry:
         return sae
 
     def card(self) -> dict[str, Any]:
-        from estimators.loading import read_json
+        from estimators.checkpoint import read_json
 
         return read_json(self.weights_dir / CARD_FILE)
 

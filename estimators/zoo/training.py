@@ -176,7 +176,7 @@ def _file_sha256(path: Path) -> str:
 
 def train(entry: ZooEntry, out_dir: str | Path | None = None, quick: bool = False) -> dict[str, Any]:
     """Train model + SAE, write them with a card to `out_dir` (default: the shipped folder)."""
-    from estimators.loading import save_checkpoint
+    from estimators.checkpoint import save_checkpoint
 
     out = Path(out_dir) if out_dir is not None else entry.weights_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -267,7 +267,7 @@ def retrain_sae(entry: ZooEntry, out_dir: str | Path | None = None) -> dict[str,
     only on the model's weights and fixed seeds; used to tune SAEs without retraining models."""
     from sae_lens import SAE
 
-    from estimators.loading import load_checkpoint, read_json
+    from estimators.checkpoint import load_checkpoint, read_json
 
     out = Path(out_dir) if out_dir is not None else entry.weights_dir
     model = load_checkpoint(out, "cpu")

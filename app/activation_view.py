@@ -1,0 +1,479 @@
+"""The Activation model page's session state, callbacks and widget groups (moved from
+pages/activation.py; the page file is layout only). The argument-and-results fragment lives
+here too, split into its parts; callbacks find this run's chain and propagator in `_CTX`."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from app import activation as glue
+from app import messages
+from app.state import SessionContext
+from app.plots.activation import (GRID_TRACES, correlation_heatmap, distance_by_layer,
+                                  mask_grid, search_path)
+from app.plots.common import PNG_CONFIG, histogram_with_gaussian, surprise_waterfall
+from estimators.activation import CovarianceMask
+from estimators.surprise import mdl_bits_per_parameter
+
+ss = st.session_state
+_CTX = SessionContext("_act_ctx")  # this session's run objects, for the callbacks
+
+
+def bind(**kw) -> None:
+    _CTX.update(kw)
+
+
+# ---- settings: from the URL on the first visit, reset when the model/SAE changes -------------
+def seed_widgets(s: glue.Settings, bpp) -> None:
+    lm, sae = _CTX["lm"], _CTX["sae"]
+    ss._act_positions = list(s.positions)
+    ss._act_sites = list(s.sites) if s.sites is not None else glue.default_sites(lm, sae)
+    ss._act_n = s.n_inputs
+    ss._act_k = s.samples
+    ss._act_seed = s.seed
+    ss._act_tokens = s.tokens
+    ss._act_bpp_mdl = bpp is None
+    ss._act_bpp = float(bpp) if bpp is not None else float(mdl_bits_per_parameter(s.n_inputs))
+
+
+
+def init_settings(mk, defaults) -> None:
+    """Settings from the link on the first visit; reset to the defaults when the model or SAE
+    changes; widget state restored after visiting another page."""
+    if ss.get("act_model_key") != mk:
+        settings, bpp = defaults, None
+        if "act_model_key" not in ss:  # first visit: the link defines the view
+            url_settings, url_mask, url_bpp, errs = glue.read_url()
+            ss.act_msgs += [("error", e) for e in errs]
+            if url_settings is not None:
+                settings = url_settings
+            bpp = url_bpp
+            ss.act_pending_mask = url_mask
+        ss.act_model_key = mk
+        ss.act_good_settings = None
+        ss.act_settings = settings
+        ss.act_bpp = bpp
+        seed_widgets(settings, bpp)
+    elif "_act_positions" not in ss:  # widget state is dropped when the user visits another page
+        seed_widgets(ss.act_settings, ss.act_bpp)
+
+
+
+def settings_form(lm, sae, ctx: int, site_options: list[str]) -> None:
+    """The sites-and-settings form; Apply replaces the session's settings (a bad combination is
+    one st.error line and the previous settings are kept)."""
+    with st.form("act_settings_form"):
+        st.markdown("**Sites and settings** (apply to rebuild the chain)")
+        c1, c2 = st.columns([3, 2])
+        with c1:
+            st.multiselect("Sites", site_options, key="_act_sites",
+                           help="The chain always starts at blocks.0.hook_resid_pre. The last site "
+                                "is the output S(Y|π) scores (the logits: the model's argmax "
+                                "tokens).")
+            st.multiselect("Positions modelled",
+                           list(range(ctx if lm.zoo_entry is not None else lm.model.cfg.n_ctx)),
+                           key="_act_positions",
+                           help="Residual, MLP and SAE sites model these positions; other "
+                                "positions "
+                                "stay at their real values. Dimension = positions × units.")
+            if lm.zoo_entry is None:
+                st.text_area("Input token ids, one sequence per line (empty: uniform random)",
+                             key="_act_tokens")
+        with c2:
+            a, b, c = st.columns(3)
+            a.number_input("Real inputs N", 2, glue.MAX_N_INPUTS, step=16, key="_act_n")
+            b.number_input("Samples K per step", 2, glue.MAX_SAMPLES, step=64, key="_act_k",
+                           help="Samples drawn from each site's masked Gaussian and run through "
+                                "the real block (common random numbers: the estimate is "
+                                "deterministic).")
+            c.number_input("Seed", 0, 2 ** 31 - 1, key="_act_seed")
+            st.checkbox("Bits per tracked covariance: MDL ½·log2 N", key="_act_bpp_mdl")
+            st.number_input("Bits per tracked covariance (when not MDL)", 0.0, 1e6, step=0.5,
+                            key="_act_bpp", format="%.3f")
+        submitted = st.form_submit_button("Apply")
+    if submitted:
+        try:
+            new = glue.Settings(tuple(sorted(int(p) for p in ss._act_positions)),
+                                tuple(ss._act_sites) if ss._act_sites else (),
+                                int(ss._act_n), int(ss._act_k), int(ss._act_seed),
+                                str(ss.get("_act_tokens", "") or ""))
+            if sorted(new.sites) == sorted(glue.default_sites(lm, sae)):
+                new = glue.Settings(new.positions, None, new.n_inputs, new.samples, new.seed,
+                                    new.tokens)
+            ss.act_settings = new
+        except ValueError as e:
+            st.error(f"Settings not applied: {messages.plain(e)}")
+        ss.act_bpp = None if ss._act_bpp_mdl else float(ss._act_bpp)
+
+
+
+def build(lm, sae, mk, defaults):
+    """(settings, chain, propagator) for the session's settings; when they fail, the last
+    settings that worked (else the defaults), with one st.error line."""
+    settings: glue.Settings = ss.act_settings
+    try:
+        chain = glue.get_chain(lm, sae, settings)
+    except ValueError as e:
+        # keep the last settings that worked (else this model's defaults); the form keeps what the
+        # user typed so it can be corrected
+        fallback = ss.get("act_good_settings") or defaults
+        st.error(f"Could not build the activation model: {messages.plain(e)}" + (
+            "" if fallback == settings else " (showing the last settings that worked)"))
+        if fallback == settings:
+            st.stop()
+        settings = ss.act_settings = fallback
+        try:
+            chain = glue.get_chain(lm, sae, settings)
+        except ValueError as e2:
+            st.error(f"Could not build the activation model: {messages.plain(e2)}")
+            st.stop()
+    ss.act_good_settings = settings
+    chain_key = repr((mk, settings.key()))
+    prop, note = glue.get_propagator(chain, chain_key)
+    if note:
+        ss.act_msgs.append(("warning", note))
+    pending = ss.pop("act_pending_mask", None)
+    if pending is not None:
+        try:
+            m = pending if isinstance(pending, CovarianceMask) \
+                else CovarianceMask.from_dict(pending)
+            m.validate(chain.layouts)
+            prop.set_mask(m)
+        except ValueError as e:
+            ss.act_msgs.append(("error", f"The argument could not be used: {e}. Keeping the "
+                                         f"current argument."))
+
+    return settings, chain, prop
+
+
+def sae_note(chain) -> None:
+    sae_info = chain.info.get("sae")
+    if sae_info is not None:
+        st.info(f"Estimates at `sae:{sae_info['hook']}` are made in the SAE's basis: "
+                f"{len(sae_info['units'])} latents modelled (the most frequent of the "
+                f"{sae_info['firing_features']} that fire on these inputs; d_sae "
+                f"{sae_info['d_sae']}). The SAE's own reconstruction error on these inputs: "
+                f"fraction of variance unexplained "
+                f"**{sae_info['fraction_variance_unexplained']:.4f}**, "
+                f"MSE **{sae_info['reconstruction_mse']:.4g}**; it abstracts away what it cannot "
+                f"reconstruct, so read the estimates at and after this site with that in mind.")
+
+
+
+
+# ---- callbacks (run before the fragment's next run) -----------------------------------------
+def msg(kind, text):
+    ss.act_msgs.append((kind, text))
+
+
+def on_entries():
+    text = ss.get("_act_entries", "")
+    ss._act_entries = ""
+    if not text.strip():
+        return
+    try:
+        glue.toggle_entries(_CTX["prop"], ss._act_site, glue.parse_entries(text))
+    except ValueError as e:
+        msg("error", f"Entries not toggled: {e}")
+
+
+def on_grid():
+    sel = ss.get(f"_act_grid_{ss.get('act_grid_nonce', 0)}")
+    points = (sel or {}).get("selection", {}).get("points", []) if sel else []
+    pairs = []
+    for p in points:
+        cd = p.get("customdata")
+        if not cd or GRID_TRACES[p.get("curve_number", 0)] == "diagonal":
+            continue
+        pairs.append((int(cd[0]), int(cd[1])))
+    pairs = list(dict.fromkeys(pairs))
+    ss.act_grid_nonce = ss.get("act_grid_nonce", 0) + 1  # a fresh widget: re-clicks register
+    if pairs:
+        try:
+            glue.toggle_entries(_CTX["prop"], ss._act_site, pairs)
+        except ValueError as e:
+            msg("error", str(e))
+
+
+def on_preset():
+    sites = [s.name for s in _CTX["chain"].sites] if ss._act_preset_all else [ss._act_site]
+    try:
+        glue.apply_preset(_CTX["prop"], sites, ss._act_preset, int(ss._act_topk),
+                          int(ss._act_group), bool(ss._act_combine))
+    except ValueError as e:
+        msg("error", f"Preset not applied: {e}")
+
+
+def on_upload():
+    f = ss.get("_act_upload")
+    if f is None:
+        return
+    try:
+        mask, file_settings, file_bpp = glue.read_explanation(f.getvalue())
+        target = file_settings or ss.act_settings
+        new_chain = glue.get_chain(_CTX["lm"], _CTX["sae"], target)
+        mask.validate(new_chain.layouts)
+    except ValueError as e:  # StateError is a ValueError
+        msg("error", f"Could not use {f.name}: {e} (the current argument is kept)")
+        return
+    ss.act_settings = target
+    ss.act_bpp = file_bpp
+    seed_widgets(target, file_bpp)
+    ss.act_pending_mask = mask
+    msg("success", f"Loaded the argument from {f.name}.")
+
+
+def upload_box() -> None:
+    """An explanation file (kind covariance-mask) sets the argument and, if it carries them,
+    the settings; a bad file is one message and the current argument is kept."""
+    with st.expander("Upload an explanation file", expanded=False):
+        st.file_uploader("Explanation JSON (kind covariance-mask)", type=["json"],
+                         key="_act_upload", on_change=on_upload)
+
+
+def on_search():
+    ss.act_search_request = {"method": ss._act_search_method, "steps": int(ss._act_search_steps),
+                             "candidates": int(ss._act_search_cands)}
+
+
+def bpp():
+    return ss.act_bpp
+
+
+# ---- the argument and its results: reruns alone when the mask changes ------------------------
+@st.fragment
+def argument_and_results(chain, prop, settings, defaults) -> None:
+    """The surprise, the mask editor and every view of the estimate; a click inside reruns this
+    fragment only."""
+    res, site_names = _header(chain, prop, settings, defaults)
+    site, vk, idx, labels, corr_emp = _editor(chain, prop, res, site_names)
+    idx, labels = _correlations(res, site, idx, labels, corr_emp)
+    _marginals(prop, res, site, vk, idx)
+    _distances(chain, res, site_names)
+    st.download_button("Download explanation (JSON)",
+                       glue.explanation(prop, settings, bpp(), res),
+                       file_name=f"activation_{prop.mask.hash()[:8]}_explanation.json",
+                       mime="application/json")
+
+
+def _header(chain, prop, settings, defaults):
+    """Run (cached sites reused), messages, the surprise metrics."""
+    site_names = [s.name for s in chain.sites]
+    if ss.get("_act_site") not in site_names:
+        ss._act_site = site_names[1] if len(site_names) > 1 else site_names[0]
+
+    res = glue.run(prop, bpp())
+    if res.recomputed:
+        ss.act_last_change = (res.seconds, list(res.recomputed))
+    glue.write_url(settings, defaults, prop.mask, bpp())
+
+    for kind, text in ss.act_msgs:
+        getattr(st, kind)(messages.plain(text))
+    ss.act_msgs = []
+    if res.repaired_sites:
+        st.warning("Σ⊙M was not positive semi-definite at " + ", ".join(
+            f"`{s}`" for s in res.repaired_sites) + "; negative eigenvalues were clipped to 0 "
+            "(PSD repair) before propagating.")
+
+    # -- surprise
+    s = res.surprise
+    k1, k2, k3, k4 = st.columns(4)
+    k1.metric("S(π) argument", f"{s.argument_bits:,.3f} bits")
+    k2.metric("S(Y|π) data", f"{s.data_bits:,.3f} bits")
+    k3.metric("Total", f"{s.total_bits:,.3f} bits")
+    k4.metric("Bits per tracked covariance", f"{prop.bits_per_parameter:.3f}")
+    last = ss.get("act_last_change")
+    if last:
+        st.caption(f"Last change re-propagated {len(last[1])} site(s) in "
+                   f"{last[0] * 1000:,.0f} ms: {', '.join(last[1])}. Tracked pairs: "
+                   + (", ".join(f"{k}: {v}" for k, v in prop.tracked_pairs().items())
+                      or "none (naive)") + ".")
+    return res, site_names
+
+
+def _editor(chain, prop, res, site_names):
+    """The waterfall and the mask editor (site, view, clickable grid, entries, presets)."""
+    s = res.surprise
+    left, right = st.columns([3, 2])
+    with right:
+        st.plotly_chart(surprise_waterfall(s), config=PNG_CONFIG, key="_act_waterfall")
+        st.caption(s.notes)
+
+    # -- the mask editor
+    with left:
+        st.selectbox("Site", site_names, key="_act_site",
+                     format_func=lambda n: f"{n} ({chain.site(n).dim} units, "
+                                           f"{chain.site(n).role})")
+        site = chain.site(ss._act_site)
+        vk = site.name
+        # keep the view's widget state inside this chain's options (settings may have changed)
+        vunits_key, vpos_key = f"_act_vunits_{vk}", f"_act_vpos_{vk}"
+        if [u for u in ss.get(vunits_key, []) if u in site.units] != ss.get(vunits_key) \
+                or not ss.get(vunits_key):
+            ss[vunits_key] = glue.default_view_units(site)
+        if [p for p in ss.get(vpos_key, []) if p in site.positions] != ss.get(vpos_key) \
+                or not ss.get(vpos_key):
+            ss[vpos_key] = list(site.positions)
+        v1, v2 = st.columns([1, 2])
+        if site.positions and len(site.positions) > 1:
+            v1.multiselect("View positions", list(site.positions), key=f"_act_vpos_{vk}")
+        v2.multiselect("View units", list(site.units), key=f"_act_vunits_{vk}",
+                       help="Which units the grid, heatmaps and histograms show.")
+        vpos = ss.get(f"_act_vpos_{vk}") or list(site.positions)
+        vunits = ss.get(f"_act_vunits_{vk}") or list(site.units[:1])
+        if site.positions:
+            vpos = [p for p in site.positions if p in vpos]
+        vunits = [u for u in site.units if u in vunits]
+        idx = glue.view_indices(site, vpos, vunits)
+        labels = [site.label(i) for i in idx]
+        dense = prop.dense_mask(site.name)
+        corr_emp = chain.correlation(site.name)
+        if len(idx) <= glue.GRID_MAX:
+            fig = mask_grid(glue.submatrix(dense, idx).cpu().numpy(), labels, idx,
+                            glue.submatrix(corr_emp, idx).cpu().numpy(),
+                            title=f"Mask at {site.name}: click a cell to toggle")
+            st.plotly_chart(fig, on_select=on_grid, selection_mode="points",
+                            key=f"_act_grid_{ss.get('act_grid_nonce', 0)}", config=PNG_CONFIG)
+        else:
+            st.info(f"The view has {len(idx)} units; the clickable grid shows at most "
+                    f"{glue.GRID_MAX}. Narrow the view, or use presets and top-k.")
+        st.text_input("Toggle entries (flat indices 'i,j; k,l'; label p·u ↔ index in the "
+                      "grid's hover)", key="_act_entries", on_change=on_entries)
+        sm = prop.site_mask(site.name)
+        st.caption(f"This site's mask: {sm.to_dict()}")
+
+        with st.expander("Presets", expanded=True):
+            p1, p2, p3 = st.columns(3)
+            p1.selectbox("Preset", glue.PRESETS, key="_act_preset")
+            p2.number_input("k (top-k pairs)", 0, 10 ** 6, value=16, key="_act_topk")
+            p3.number_input("Unit group size", 1, 10 ** 6, value=8, key="_act_group")
+            q1, q2, q3 = st.columns(3)
+            q1.checkbox("Every site", key="_act_preset_all")
+            q2.checkbox("Add to the current mask", key="_act_combine")
+            q3.button("Apply preset", on_click=on_preset)
+    return site, vk, idx, labels, corr_emp
+
+
+def _correlations(res, site, idx, labels, corr_emp):
+    """Empirical vs propagated correlation heatmaps of the viewed units."""
+    # -- empirical vs propagated
+    est = res.sites[site.name]
+    st.subheader(f"Correlations at {site.name}")
+    if len(idx) > glue.HEATMAP_MAX:
+        st.info(f"Showing the first {glue.HEATMAP_MAX} units of the view.")
+        idx, labels = idx[:glue.HEATMAP_MAX], labels[:glue.HEATMAP_MAX]
+    before = st.toggle("Propagated: before the mask (moment-matched Σ) instead of Σ⊙M",
+                       key="_act_before")
+    if before:
+        pc = est.propagated_cov
+        sd = torch.diagonal(pc).clamp_min(0).sqrt()
+        inv = torch.where(sd > 0, 1 / sd.clamp_min(1e-300), torch.zeros_like(sd))
+        corr_est = pc * inv[:, None] * inv[None, :]
+    else:
+        corr_est = est.correlation()
+    h1, h2 = st.columns(2)
+    h1.plotly_chart(correlation_heatmap(glue.submatrix(corr_emp, idx).cpu().numpy(), labels,
+                                        "Empirical (real activations)"),
+                    config=PNG_CONFIG, key="_act_hm_emp")
+    h2.plotly_chart(correlation_heatmap(glue.submatrix(corr_est.detach(), idx).cpu().numpy(),
+                                        labels, "Propagated " + ("before the mask" if before
+                                                                 else "(Σ⊙M)")),
+                    config=PNG_CONFIG, key="_act_hm_est")
+    return idx, labels
+
+
+def _marginals(prop, res, site, vk, idx):
+    """Histograms of real activations with the propagated Gaussian."""
+    est = res.sites[site.name]
+    # -- marginals
+    st.subheader("Marginals: real activations and the propagated Gaussian")
+    hist_key = f"_act_hist_{vk}"
+    if hist_key not in ss or any(i not in idx for i in ss[hist_key]):
+        ss[hist_key] = idx[:2]
+    chosen = st.multiselect("Units", idx, key=hist_key, format_func=site.label,
+                            max_selections=4)
+    emp = prop.empirical(site.name)
+    bins = int(min(60, max(10, 2 * emp.shape[0] ** 0.5)))  # ~2·√N: not spiky for small N
+    cols = st.columns(max(1, len(chosen)))
+    for col, i in zip(cols, chosen):
+        col.plotly_chart(histogram_with_gaussian(
+            emp[:, i].cpu().numpy(), float(est.mean[i]), float(est.var[i]),
+            title=f"{site.label(i)} (index {i})", bins=bins), config=PNG_CONFIG,
+            key=f"_act_h_{i}")
+
+
+
+def _distances(chain, res, site_names):
+    """Distances by site and the output table."""
+    # -- distances
+    st.subheader("Distance by site")
+    names = [n for n in site_names if n in res.distances]
+    rows = [res.distances[n].to_dict() for n in names]
+    st.plotly_chart(distance_by_layer(names, rows), config=PNG_CONFIG, key="_act_dist")
+    st.dataframe(pd.DataFrame([{"site": n, "dim": chain.site(n).dim,
+                                "KL(real‖est)": r["kl_emp_est"],
+                                "KL(est‖real)": r["kl_est_emp"],
+                                "W2": r["w2"], "mean error": r["mean_error"],
+                                "var error": r["var_error"],
+                                "repaired": res.sites[n].repaired} for n, r in zip(names, rows)]),
+                 hide_index=True, width="stretch")
+    st.caption("KL in nats between Gaussians (a small ridge on both covariances); mean/var "
+               "errors are RMS over units, relative to the RMS real std / variance.")
+    out = res.output
+    if "estimate_argmax_probs" in out:
+        labels_out = [chain.site(out["site"]).label(i)
+                      for i in range(len(out["estimate_argmax_probs"]))]
+        st.dataframe(pd.DataFrame({"unit": labels_out,
+                                   "P(argmax) estimate": out["estimate_argmax_probs"],
+                                   "argmax frequency (real)": out["empirical_argmax_freq"],
+                                   "mean logit estimate": out["estimate_mean"],
+                                   "mean logit (real)": out["empirical_mean"]}),
+                     hide_index=True, width="stretch", height=240)
+
+
+
+# ---- search: in the main script (not the fragment) so that Stop, or navigating away, which
+# request a full rerun, interrupt it (a fragment's own widgets do not preempt a running script)
+def search_box(prop) -> None:
+    """The search controls, a running search with progress and Stop, and its path."""
+    st.subheader("Find a better argument")
+    f1, f2, f3, f4 = st.columns(4)
+    f1.selectbox("Method", ["greedy", "gradient"], key="_act_search_method",
+                 help="Greedy: add the candidate pair (or position block) that lowers the total "
+                      "most, until none does, and say why it stopped. Gradient: straight-through "
+                      "gates over candidate pairs (temperature 1 → 0.05), the bit price per gate "
+                      "switched on over the second half of the steps; the best hard mask is "
+                      "re-evaluated exactly.")
+    f2.number_input("Steps", 1, 200, value=3, key="_act_search_steps")
+    f3.number_input("Candidates per site", 1, 256, value=8, key="_act_search_cands")
+    f4.button("Find a better argument", on_click=on_search)
+    req = ss.pop("act_search_request", None)
+    if req is not None:
+        rec = glue.SearchRecord(req["method"])
+        ss.act_search_record = rec
+        with st.status(f"Searching ({req['method']})…", expanded=True) as status:
+            st.button("Stop search", key="_act_stop")
+            bar = st.progress(0.0, text="starting")
+            params = ({"max_steps": req["steps"], "candidates_per_site": req["candidates"]}
+                      if req["method"] == "greedy" else
+                      {"steps": req["steps"], "candidates_per_site": req["candidates"]})
+            lm, settings = _CTX["lm"], ss.act_settings
+            if req["method"] == "greedy" and lm.zoo_entry is not None:  # mixture variables
+                b = lm.zoo_entry.sample(settings.n_inputs, seed=settings.seed)
+                params.update(tokens=b.tokens, labels=b.labels, n_ctx=int(b.tokens.shape[1]))
+            glue.run_search(prop, req["method"], params, lambda f, t: bar.progress(f, text=t), rec)
+            best = min((p["total_bits"] for p in rec.path), default=float("nan"))
+            status.update(label=f"Search ({req['method']}) done: best total {best:,.1f} bits"
+                                + (" (stopped)" if rec.cancelled else ""),
+                          state="complete", expanded=False)
+    rec = ss.get("act_search_record")
+    if rec is not None:
+        if rec.note:
+            st.info(rec.note)
+        if rec.path:
+            st.plotly_chart(search_path(rec.path, f"{rec.method} search path"),
+                            config=PNG_CONFIG, key="_act_path")
+            st.dataframe(pd.DataFrame(rec.path), hide_index=True, width="stretch")
+

@@ -1,0 +1,215 @@
+"""The Causal scrubbing page's session state, callbacks and widget groups; the page file is
+layout only. Moved from pages/scrubbing.py unchanged in behaviour, except where noted:
+link numbers out of range are clamped with a message."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from app import scrubbing as glue
+from app import state, store
+from app.plots.common import PNG_CONFIG
+from app.plots.scrubbing import anomaly_histogram, component_graph, graph_points, search_path
+from estimators.scrubbing import PathError, PathPartition
+
+ss = st.session_state
+_CTX = state.SessionContext("_scrub_ctx")  # this session's run objects, for the callbacks
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def graph_figure(model_key: str, partition_hash: str, pending: str | None, _graph, _assignment):
+    """The clickable component graph, cached per (model, partition, pending click): a click
+    that returns to a partition seen before redraws without rebuilding the figure."""
+    return component_graph(_graph, _assignment, pending)
+
+
+def bind(graph, refs) -> None:
+    """Give the callbacks this run's path graph and reference hypotheses."""
+    _CTX["graph"], _CTX["refs"] = graph, refs
+
+
+def int_param(key: str, default: int, lo: int, hi: int) -> int:
+    """An integer link parameter clamped to [lo, hi]; a bad or clamped value is a warning."""
+    from estimators.validation import clamp_number
+
+    raw = state.get_param(key, str(default))
+    try:
+        v = float(raw) if any(c in raw for c in ".eE") else int(raw)
+        v, note = clamp_number(v, key, lo, hi, integer=True)
+    except (ValueError, OverflowError):
+        st.warning(f"The link's {key} {raw[:20]!r} is not a whole number; using {default}.")
+        return default
+    if note:
+        st.warning(f"The link's {note}.")
+    return int(v)
+
+
+def init_partition(graph, model_key: str) -> None:
+    """The partition in session state, seeded from the URL once per model."""
+    if ss.get("scrub_model") != model_key:
+        # first visit: the partition comes from the link; after a sidebar change, from the
+        # previous model's partition (kept in the URL), and the messages say which
+        source = "the link" if "scrub_model" not in ss else "the previous model's partition"
+        ss.scrub_model = model_key
+        ss.scrub_msgs = []
+        ss.scrub_pending = None
+        ss.scrub_saved = ss.get("scrub_saved", {})
+        p, err = glue.partition_from_url()
+        if err:
+            ss.scrub_msgs.append(("error", err.replace("the link", source)
+                                  + " (starting from the empty partition)"))
+        if p is not None:
+            try:
+                p.assign(graph)
+            except PathError as e:
+                ss.scrub_msgs.append(("error", f"The partition from {source} does not fit this "
+                                               f"model: {e} (starting from the empty partition)"))
+                p = None
+        ss.scrub_part = p or PathPartition(name="all independent")
+
+
+def set_partition(p: PathPartition, msg: str | None = None, edited: bool = False) -> None:
+    if edited and p.name and not p.name.endswith("(edited)"):
+        p = p.with_name(f"{p.name} (edited)")  # no longer the named hypothesis it came from
+    ss.scrub_part = p
+    ss.scrub_pending = None
+    if msg:
+        ss.scrub_msgs.append(("success", msg))
+
+
+def apply_reference():
+    name = ss.get("_scrub_ref")
+    for r in _CTX["refs"]:
+        if r.name == name:
+            set_partition(r.partition, f"Applied reference hypothesis “{name}”.")
+
+
+def on_upload():
+    f = ss.get("_scrub_upload")
+    if f is None:
+        return
+    try:
+        p = glue.parse_upload(f.getvalue(), _CTX["graph"])
+    except ValueError as e:  # StateError and PathError are ValueErrors
+        ss.scrub_msgs.append(("error", f"Could not use {f.name}: {e} (the current partition "
+                                       f"is kept)"))
+        return
+    set_partition(p, f"Loaded {f.name}.")
+
+
+def on_click():
+    sel = ss.get("_scrub_graph")
+    pts = (sel or {}).get("selection", {}).get("points", []) if sel else []
+    ids = [p["customdata"][0] for p in pts if p.get("customdata")]  # only markers carry it
+    if not ids:
+        return
+    by_id = {p["id"]: p for p in graph_points(_CTX["graph"])}
+    target, rs, mode = ss.get("_scrub_target", "important"), ss.get("_scrub_rs", "uniform"), \
+        ss.get("_scrub_mode", "through")
+    if mode == "through":
+        pattern = by_id[ids[-1]]["through"]
+    else:
+        if ss.scrub_pending is None:
+            ss.scrub_pending = ids[-1]
+            return
+        src, dst = by_id[ss.scrub_pending], by_id[ids[-1]]
+        ss.scrub_pending = None
+        if src["source"] is None or dst["dest"] is None:
+            ss.scrub_msgs.append(("warning", "An edge runs from a source (embed, a head's "
+                                             "output, an MLP) to a destination (a head's q/k/v "
+                                             "input, an MLP, the logits)."))
+            return
+        left = "embed" if src["source"] == "embed" else (
+            f"*>{src['source']}:*" if src["source"].startswith("a") else f"*>{src['source']}")
+        pattern = f"{left}>{dst['dest']}" + ("" if dst["dest"] == "logits" else ">*")
+    try:
+        _CTX["graph"].match_required(pattern)
+        set_partition(glue.toggle_pattern(ss.scrub_part, pattern, target, rs, _CTX["graph"]),
+                      edited=True)
+    except PathError as e:
+        ss.scrub_msgs.append(("warning", str(e)))
+
+
+def save():
+    name = (ss.get("_scrub_save_name") or "").strip() or f"saved {len(ss.scrub_saved) + 1}"
+    ss.scrub_saved[name] = ss.scrub_part.with_name(name)
+    ss.scrub_msgs.append(("success", f"Saved as “{name}”."))
+
+
+def compare_box(scrubber, part, refs, model_key: str, n: int, seed: int, device: str) -> None:
+    """Saved hypotheses, the references and the current partition, scored side by side."""
+    st.subheader("Hypotheses compared")
+    s1, s2 = st.columns([3, 1])
+    s1.text_input("Name for the current partition", key="_scrub_save_name")
+    s2.button("Save current", on_click=save, key="_scrub_save", width="stretch")
+    compare = [("reference", r.partition) for r in refs] + \
+              [("saved", p) for p in ss.scrub_saved.values()] + [("current", part)]
+    with st.spinner("Scoring saved hypotheses…"):
+        scores = glue.evaluate_many(scrubber, model_key, [p for _, p in compare], n, seed, device)
+    table = pd.DataFrame([{
+        "kind": k, "name": p.name or "(unnamed)", "hash": p.hash,
+        "loss scrubbed": s["loss_scrubbed"], "loss recovered %": 100 * s["loss_recovered"],
+        "S(π) bits": s["surprise"]["argument_bits"], "S(Y|π) bits": s["surprise"]["data_bits"],
+        "total bits": s["surprise"]["total_bits"]} for (k, p), s in zip(compare, scores)])
+    st.dataframe(table, hide_index=True, width="stretch", key="_scrub_compare")
+
+
+def anomaly_box(lm, scrubber, part, model_key: str, n: int, seed: int, device: str) -> None:
+    """ROC of scrubbed loss on normal vs shuffled inputs, for next-token zoo tasks."""
+    with st.expander("Anomaly detection with this partition", expanded=False):
+        entry = lm.zoo_entry
+        if entry is None or scrubber.data.batch.targets is None:
+            st.info("The anomaly demo shuffles the second half of next-token sequences; this "
+                    "model's task has no next-token targets.")
+        elif st.checkbox("Run the demo (normal inputs vs second halves shuffled)",
+                         key="_scrub_anomaly"):
+            kind = st.radio("Score", ["scrubbed", "excess"], horizontal=True, key="_scrub_akind",
+                            format_func={"scrubbed": "scrubbed loss",
+                                         "excess": "scrubbed − original loss"}.get)
+            with st.spinner("Scoring inputs…"):
+                demo = glue.anomaly(scrubber, model_key, part.hash, json.dumps(part.to_dict()), n,
+                                    seed, device)
+            st.metric(f"ROC AUC ({kind})", f"{demo[kind]['auc']:.3f}")
+            st.plotly_chart(anomaly_histogram(demo[kind]["normal"], demo[kind]["anomalous"],
+                                              demo[kind]["auc"], kind), config=PNG_CONFIG,
+                            key="_scrub_anomaly_hist")
+
+
+def _search_progress(bar, i: int, k: int, step) -> None:
+    store.yield_model_lock()  # other sessions' clicks on this model run between steps
+    bar.progress(min(1.0, i / max(k, 1)),
+                 text=f"step {i}/{k}: {step.result.surprise.total_bits:,.1f} bits")
+
+
+def search_box(scrubber, part) -> None:
+    """Greedy search from the current partition (lock released between steps)."""
+    with st.expander("Greedy search over partitions", expanded=False):
+        q1, q2 = st.columns(2)
+        unit = q1.selectbox("Candidates", ["node", "edge"], key="_scrub_unit",
+                            format_func={"node": "paths through a node",
+                                         "edge": "paths through an edge"}.get)
+        steps = int(q2.number_input("Max steps", 1, 20, 4, key="_scrub_steps"))
+        if st.button("Search from the current partition", key="_scrub_search"):
+            from estimators.scrubbing.search import greedy_search
+
+            bar = st.progress(0.0, text="Searching…")
+            with store.model_lock():
+                try:
+                    found = greedy_search(scrubber, unit=unit, max_steps=steps, start=part,
+                                          progress=lambda i, k, s: _search_progress(bar, i, k, s))
+                except PathError as e:
+                    st.error(str(e))
+                    found = []
+            ss.scrub_search = [s.to_dict() for s in found]
+        if ss.get("scrub_search"):
+            found = ss.scrub_search
+            st.plotly_chart(search_path(found), config=PNG_CONFIG, key="_scrub_search_plot")
+            st.dataframe(pd.DataFrame([{k: v for k, v in s.items() if k != "partition"}
+                                       for s in found]), hide_index=True, width="stretch")
+            best = PathPartition.from_dict(found[-1]["partition"])
+            st.button("Apply the search's best partition", key="_scrub_apply_best",
+                      on_click=lambda: set_partition(best, "Applied the search's best "
+                                                           "partition."))
