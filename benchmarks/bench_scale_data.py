@@ -16,7 +16,6 @@ torch thread) measure the work, and the ratios to the forward pass are given for
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -29,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_activation_latency import machine_info, write_result  # noqa: E402
+from bench_activation_latency import bench_args, machine_info, write_result  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -55,12 +54,13 @@ def build(device: str):
 
 
 def main() -> dict:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=128)
-    ap.add_argument("--len", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+    def extra(ap):
+        ap.add_argument("--n", type=int, default=128, help="sequences of data")
+        ap.add_argument("--len", type=int, default=64, help="tokens per sequence")
+        ap.add_argument("--threads", type=int, default=1, help="torch threads")
+        ap.add_argument("--device", default="cpu")
+
+    args = bench_args(__doc__, extra=extra)
     torch.set_num_threads(args.threads)
     os.environ["HEW_CACHE_DIR"] = tempfile.mkdtemp(prefix="hew-bench-")
     from estimators import activation_cache as ac
@@ -104,7 +104,7 @@ def main() -> dict:
               "sae": {k: q[k] for k in ("d_sae", "n_activations", "explained_variance", "l0")},
               "cache": ac.stats().to_dict(), "stages": rows}
     print(json.dumps(result, indent=2))
-    write_result(f"scale_data_{args.device.split(':')[0]}", result)
+    print(f"wrote {write_result(f'scale_data_{args.device.split(chr(58))[0]}', result, args.out)}")
     return result
 
 

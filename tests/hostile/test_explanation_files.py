@@ -39,7 +39,7 @@ def test_page_mask_file_runs_in_the_cli(tmp_path, capsys):
     from estimators.activation.cli import build_chain
     args = argparse.Namespace(model="charlm", sae=None, sites=None, positions=None,
                               mask="naive", samples=8, n_inputs=8, seed=0, device="cpu",
-                              input_dist=None, tokens=None, bits_per_parameter=None,
+                              input_dist=None, tokens=None, data=None, bits_per_parameter=None,
                               epsilon=1e-2)
     chain = build_chain(args)
     mask = CovarianceMask.preset("full", chain.layouts)
