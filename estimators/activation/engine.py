@@ -28,6 +28,15 @@ from estimators.activation.sites import Site
 from estimators.estimate import Cost
 from estimators.surprise import SurpriseBreakdown, mdl_bits_per_parameter
 
+# Rows (candidates × K samples) per batched pass of `Propagator.surprise_of_site_masks`. On the
+# 2-core development CPU (one thread, induction at the page's defaults, K = 128) 256 rows per
+# pass was fastest: 2 candidates per pass scored greedy's 44 candidates in 0.29 s against
+# 0.40 s one at a time through the cache, while 32 per pass took 0.54 s (the stacked
+# activations leave the cache; benchmarks/bench_greedy_batched.py). On an accelerator one pass
+# of many rows costs about what one of K rows costs; 8192 is a guess, not measured here.
+BATCH_ROWS_CPU = 256
+BATCH_ROWS_ACCELERATOR = 8192
+
 
 @dataclass
 class SiteEstimate:
@@ -282,18 +291,27 @@ class Propagator:
         return SurpriseBreakdown(sum(per_site.values()), dbits, parts, notes)
 
     # ------------------------------------------------------------------------ batched scoring
+    def default_batch_size(self) -> int:
+        """Candidates per batched pass: max(2, BATCH_ROWS / K) for K samples per transition
+        (BATCH_ROWS_CPU on a CPU, BATCH_ROWS_ACCELERATOR elsewhere)."""
+        rows = BATCH_ROWS_CPU if self.chain.device.type == "cpu" else BATCH_ROWS_ACCELERATOR
+        k = int(self.chain.info.get("samples") or 1)
+        return max(2, rows // k)
+
     def surprise_of_site_masks(self, site: str, site_masks: list[SiteMask],
-                               batch_size: int = 32) -> list[SurpriseBreakdown]:
+                               batch_size: int | None = None) -> list[SurpriseBreakdown]:
         """S(π) + S(Y|π) of the current argument with `site`'s mask replaced by each of
         `site_masks` (C candidates), without changing the propagator's argument.
 
         Batched: the candidates share everything upstream of `site` (the cache) and are
         propagated together from `site` on, `batch_size` candidates per pass: at every
         transition their parents' samples are stacked on the sample axis and run through the
-        model once (`Step.run_batch`: C·K rows). Each result equals what `set_site_mask(site,
+        model once (`Step.run_batch`: C·K rows; None: `default_batch_size()`). Each result
+        equals what `set_site_mask(site,
         m)`, `run()`, `surprise()` give one at a time (same common random numbers, same real
         inputs completing the samples; tests/verdicts/test_batched_search.py). Raises
         ValueError for an unknown site, a mask of the wrong layout or batch_size < 1."""
+        batch_size = self.default_batch_size() if batch_size is None else int(batch_size)
         if batch_size < 1:
             raise ValueError("batch_size must be ≥ 1")
         name = self.chain.site(site).name

@@ -227,20 +227,21 @@ def greedy_search(prop: Propagator, max_steps: int = 10, candidates_per_site: in
                   on_step: Callable[[int, int, dict], None] = _noop,
                   should_stop: Callable[[], bool] = lambda: False,
                   variables: list[str] | None = None, tokens=None, labels=None,
-                  n_ctx: int | None = None, batch_size: int = 32,
+                  n_ctx: int | None = None, batch_size: int | None = None,
                   max_components: int = 16) -> SearchResult:
     """Greedy forward selection from prop's current mask (module docstring). The propagator is
     left holding the best mask found.
 
     variables: mixture variables to try (None: `default_variables(tokens, labels)`); tokens
     [N, ctx] / labels [N]: the chain's real inputs, needed by label / token_at variables.
-    batch_size: candidates scored per batched pass (1: one at a time through the cached
-    engine; the scores are the same). max_components: a mixture upstream of the output site is
+    batch_size: candidates scored per batched pass (None: `prop.default_batch_size()`; 1: one
+    at a time through the cached engine; the scores are the same). max_components: a mixture upstream of the output site is
     offered only when its variable takes at most this many values (each component is
     propagated, so every later evaluation costs C propagations); at the output site always.
     Raises ValueError for a negative max_steps, a batch_size < 1 or an unknown site."""
     if max_steps < 0:
         raise ValueError("max_steps must be ≥ 0")
+    batch_size = prop.default_batch_size() if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ValueError("batch_size must be ≥ 1")
     names = _sites(prop, sites)
