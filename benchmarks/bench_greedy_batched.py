@@ -2,7 +2,8 @@
 one at a time through the cached engine, on `induction` at the Activation page's defaults
 (N = 64 real inputs, K = 128 samples, the last 4 positions, residual sites + logits@-1).
 
-Two measurements, each the median of `repeats` runs on one CPU thread:
+Two measurements, each the median of `repeats` runs on one CPU thread (wall seconds, and process
+CPU seconds in `cpu_seconds`):
   * scoring: every greedy candidate of the naive argument (the top `candidates` pairs per site
     plus each position block), `Propagator.surprise_of_site_masks` with 1, 2, 4, 8 and 32
     candidates per pass against `set_site_mask` + `run` + `surprise` per candidate; the largest
@@ -41,14 +42,21 @@ def _chain(device: str):
     return chain, zoo.get("induction").sample(64, seed=0).tokens
 
 
-def _time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+CPU_SECONDS: dict[str, float] = {}
+
+
+def _time(fn, repeats: int, key: str = "") -> tuple[float, object]:
+    """Median wall seconds of `repeats` runs (the median process CPU seconds, less sensitive to
+    other load on a shared machine, go to CPU_SECONDS[key])."""
+    times, cpu, out = [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    CPU_SECONDS[key] = statistics.median(cpu)
     return statistics.median(times), out
 
 
@@ -79,11 +87,11 @@ def main(device: str = "cpu", candidates: int = 8, steps: int = 3, repeats: int 
                 out.append(p.surprise().total_bits)
         return out
 
-    t_s, tot_s = _time(single, repeats)
+    t_s, tot_s = _time(single, repeats, "scoring_one_at_a_time")
     scoring = {"one_at_a_time": t_s}
     diff = 0.0
     for bs in (1, 2, 4, 8, 32):
-        t_b, tot_b = _time(lambda: batched(bs), repeats)
+        t_b, tot_b = _time(lambda: batched(bs), repeats, f"scoring_batched_{bs}_per_pass")
         scoring[f"batched_{bs}_per_pass"] = t_b
         diff = max([diff] + [abs(a - b) / abs(b) for a, b in zip(tot_b, tot_s)])
 
@@ -92,8 +100,8 @@ def main(device: str = "cpu", candidates: int = 8, steps: int = 3, repeats: int 
                              candidates_per_site=candidates, tokens=tokens,
                              n_ctx=int(tokens.shape[1]), batch_size=bs)
 
-    g_b, out_b = _time(lambda: search(None), repeats)
-    g_s, out_s = _time(lambda: search(1), repeats)
+    g_b, out_b = _time(lambda: search(None), repeats, "greedy_batched")
+    g_s, out_s = _time(lambda: search(1), repeats, "greedy_one_at_a_time")
     same = [p["total_bits"] for p in out_b.path] == [p["total_bits"] for p in out_s.path]
     result = {
         "model": "induction", "n_inputs": 64, "samples": 128, "positions": chain.info["positions"],
@@ -103,7 +111,7 @@ def main(device: str = "cpu", candidates: int = 8, steps: int = 3, repeats: int 
         "greedy_steps": steps,
         "greedy_seconds": {"batched": g_b, "one_at_a_time": g_s, "speedup": g_s / g_b},
         "greedy_same_path": same, "greedy_path_totals": [p["total_bits"] for p in out_b.path],
-        "repeats": repeats, "machine": machine_info(device)}
+        "cpu_seconds": dict(CPU_SECONDS), "repeats": repeats, "machine": machine_info(device)}
     return result
 
 

@@ -29,11 +29,14 @@ from estimators.estimate import Cost
 from estimators.surprise import SurpriseBreakdown, mdl_bits_per_parameter
 
 # Rows (candidates × K samples) per batched pass of `Propagator.surprise_of_site_masks`. On the
-# 2-core development CPU (one thread, induction at the page's defaults, K = 128) 256 rows per
-# pass was fastest: 2 candidates per pass scored greedy's 44 candidates in 0.29 s against
-# 0.40 s one at a time through the cache, while 32 per pass took 0.54 s (the stacked
-# activations leave the cache; benchmarks/bench_greedy_batched.py). On an accelerator one pass
-# of many rows costs about what one of K rows costs; 8192 is a guess, not measured here.
+# shared 2-core development CPU (one thread, induction at the page's defaults, K = 128,
+# benchmarks/bench_greedy_batched.py, README "Benchmarks") a pass of K·ctx = 4,096 token
+# positions is compute- and memory-bound: stacking saves only per-candidate bookkeeping, and
+# passes of 1,024 rows or more run each row up to 1.4× slower (their activations leave the
+# core's cache). Scoring greedy's 44 candidates took 0.21–0.35 CPU s one at a time and
+# 0.25–0.31 s batched, depending on the machine's other load: no reliable gain on this CPU.
+# 256 rows keeps each pass in cache. On an accelerator one pass of many rows costs about what
+# one of K rows costs; 8192 is a guess, not measured here (no GPU was available).
 BATCH_ROWS_CPU = 256
 BATCH_ROWS_ACCELERATOR = 8192
 
@@ -307,10 +310,10 @@ class Propagator:
         propagated together from `site` on, `batch_size` candidates per pass: at every
         transition their parents' samples are stacked on the sample axis and run through the
         model once (`Step.run_batch`: C·K rows; None: `default_batch_size()`). Each result
-        equals what `set_site_mask(site,
-        m)`, `run()`, `surprise()` give one at a time (same common random numbers, same real
-        inputs completing the samples; tests/verdicts/test_batched_search.py). Raises
-        ValueError for an unknown site, a mask of the wrong layout or batch_size < 1."""
+        equals what `set_site_mask(site, m)`, `run()`, `surprise()` give one at a time (same
+        common random numbers, same real inputs completing the samples;
+        tests/verdicts/test_batched_search.py). Raises ValueError for an unknown site, a mask
+        of the wrong layout or batch_size < 1."""
         batch_size = self.default_batch_size() if batch_size is None else int(batch_size)
         if batch_size < 1:
             raise ValueError("batch_size must be ≥ 1")

@@ -23,7 +23,10 @@ honest when a value is rare: a component fitted on its own members would have co
 a value seen once, and its output would then be coded at the rounding precision, a saving of
 about log2(σ/ε) bits per coordinate that no property of the model earned (memorising the data
 point). With Σ_W (unbiased, N − C degrees of freedom) a variable unrelated to the output saves
-nothing in expectation, and one that predicts it saves N/2·log2(det Σ / det Σ_W) bits. V must
+little: about ½·log2(e) bits per component and coordinate (the residuals have N − C degrees of
+freedom instead of N), plus a small log-det bias when N − C is small; the mixture states a mean
+per component and coordinate at ½·log2 N bits, more than that once N > e. A variable that
+predicts the output saves N/2·log2(det Σ / det Σ_W) bits. V must
 leave N − C ≥ 1 (ValueError otherwise). The components are then propagated through the chain's
 transitions from SITE on, exactly as the single Gaussian is (`propagate_components`: the same
 transitions, the same masks downstream, all components stacked in one batched pass per

@@ -13,8 +13,8 @@ correlation| that the current mask does not track; at multi-position sites each
 within-position block not yet tracked; and, while no mixture is set, each mixture argument
 (`mixture.py`) over `variables` at the chain's output site and, when the variable takes at most
 `max_components` values, at its input site (a mixture there propagates every component, so each
-later evaluation costs C propagations; on charlm's last token, 22 values at N = 64, a 3-step
-search took 10 minutes on one CPU core). A pair or block
+later evaluation costs C propagations; with charlm's last token, 22 values at N = 64, at the
+input, a 3-step search took 618 s on one CPU core). A pair or block
 candidate is evaluated exactly by re-propagating from its site on (the engine's cache keeps
 everything upstream, so candidates at one site share their upstream work). Batched: the
 candidates of one site are scored `batch_size` at a time by
