@@ -235,9 +235,10 @@ def greedy_search(prop: Propagator, max_steps: int = 10, candidates_per_site: in
     variables: mixture variables to try (None: `default_variables(tokens, labels)`); tokens
     [N, ctx] / labels [N]: the chain's real inputs, needed by label / token_at variables.
     batch_size: candidates scored per batched pass (None: `prop.default_batch_size()`; 1: one
-    at a time through the cached engine; the scores are the same). max_components: a mixture upstream of the output site is
-    offered only when its variable takes at most this many values (each component is
-    propagated, so every later evaluation costs C propagations); at the output site always.
+    at a time through the cached engine; the scores are the same).
+    max_components: a mixture upstream of the output site is offered only when its variable
+    takes at most this many values (each component is propagated, so every later evaluation
+    costs C propagations); at the output site always.
     Raises ValueError for a negative max_steps, a batch_size < 1 or an unknown site."""
     if max_steps < 0:
         raise ValueError("max_steps must be ≥ 0")
