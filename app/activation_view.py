@@ -70,8 +70,9 @@ def settings_form(lm, sae, ctx: int, site_options: list[str]) -> None:
         with c1:
             st.multiselect("Sites", site_options, key="_act_sites",
                            help="The chain always starts at blocks.0.hook_resid_pre. The last site "
-                                "is the output S(Y|π) scores (the logits: the model's argmax "
-                                "tokens).")
+                                "is the output S(Y|π) scores (the logits: the model's real "
+                                "logits coded jointly under the estimate's Gaussian, "
+                                "ε = 0.01 nats).")
             st.multiselect("Positions modelled",
                            list(range(ctx if lm.zoo_entry is not None else lm.model.cfg.n_ctx)),
                            key="_act_positions",

@@ -40,6 +40,9 @@ Propagate, read per-site estimates, distances and surprise::
                                              # w2, mean_error, var_error, ridge
     res.surprise                             # SurpriseBreakdown (parts "argument:<site>",
                                              # "data:<output site>") → app.plots.surprise_waterfall
+                                             # S(Y|π): the logits coded as a continuous vector
+                                             # at ε = 0.01 nats (accounting.py); switch with
+                                             # chain.with_output_code(chain, "argmax")
     res.output                               # estimate_mean / empirical_mean per output unit
                                              # (+ argmax probabilities for logits)
     res.cost                                 # Cost(calls, flops, seconds)
@@ -53,6 +56,10 @@ lists the sites that were)::
     prop.set_mask(CovarianceMask.preset("full", chain.layouts))
     prop.set_site_mask(name, SiteMask(chain.layouts[name], rules=(MaskRule("topk", k=32),)))
     res = prop.run()
+
+Score many candidate masks of one site in batched passes (the argument is left unchanged)::
+
+    prop.surprise_of_site_masks(site, [site_mask, ...])    # → [SurpriseBreakdown, ...]
 
 Search for a better argument, with progress and cancellation::
 

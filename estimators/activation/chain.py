@@ -23,7 +23,7 @@ independent of the rest of the context, which is the heuristic presumption of in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -33,6 +33,9 @@ from estimators.activation.closed_form import (DEFAULT_ORDER, activation_gaussia
 from estimators.activation.gaussian import MaskedGaussian, Moments, fit_gaussian
 from estimators.activation.masks import Layout
 from estimators.activation.sites import Site, parse_site_name, resid_site_name
+
+# ε of the continuous code of a logits output site, in nats (accounting.py)
+LOGITS_EPSILON = 1e-2
 
 
 @dataclass
@@ -50,6 +53,16 @@ class Step:
     sampled: bool
     description: str = ""
     transition: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+    # run_many(parents) = [run(p) for p in parents] in one pass (sampled steps: the C parents'
+    # samples stacked on the sample axis, C·K rows through the model at once); None: a loop
+    run_many: Callable[[list[MaskedGaussian]], list[list[Moments]]] | None = None
+
+    def run_batch(self, parents: list[MaskedGaussian]) -> list[list[Moments]]:
+        """`run` of every parent in `parents` (C of them): one `Moments` list per parent, equal
+        to `[self.run(p) for p in parents]` (batched through `run_many` when the step has it)."""
+        if self.run_many is None or len(parents) < 2:
+            return [self.run(p) for p in parents]
+        return self.run_many(parents)
 
 
 @dataclass
@@ -189,6 +202,15 @@ def default_positions(n_ctx: int, d_model: int, max_dim: int = 1024,
     return pos
 
 
+def tile_rows(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Rows 0..k−1 of `t` repeated cyclically (row i is t[i mod len(t)]): the real inputs that
+    complete k = C·K stacked samples, the same K for each of C batched candidates."""
+    n = int(t.shape[0])
+    if k <= n:
+        return t[:k]
+    return t.repeat((k + n - 1) // n, *([1] * (t.dim() - 1)))[:k]
+
+
 def _norm_pos(p: int, ctx: int) -> int:
     q = p + ctx if p < 0 else p
     if not 0 <= q < ctx:
@@ -282,8 +304,10 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
     sae: a sae_lens SAE; its site models, at the same positions, the features that fire on the
       real inputs (most frequent first, at most sae_max_units); its reconstruction error on the
       real activations is recorded in chain.info["sae"].
-    samples: K, samples per sampled transition. output_observations: [N] tokens to score instead
-      of the model's own argmax (e.g. the task's labels).
+    samples: K, samples per sampled transition.
+    S(Y|π) (accounting.py) codes the logits site's real values, continuous at ε = LOGITS_EPSILON
+      (`with_output_code` switches the code); output_observations: [N] tokens (e.g. the task's
+      labels) to score by the argmax code instead.
     """
     from estimators import sae_ops
     from estimators.loading import sae_hook_name
@@ -506,18 +530,19 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
             if parent.kind == "resid" and all_pos:
                 resid = x.view(kx, ctx, d_model).to(mdtype)
             elif parent.kind == "resid":
-                resid = base_resid[b0][:kx].clone()
+                resid = tile_rows(base_resid[b0], kx).clone()
                 resid[:, pos_t] = x.view(kx, len(pos), d_model).to(mdtype)
             else:  # SAE parent: write latents, decode at the modelled positions
-                lat = base_lat[:kx].clone()
+                lat = tile_rows(base_lat, kx).clone()
                 sub = lat[:, pos_t]
                 sub[:, :, sae_u_t] = x.view(kx, len(pos), len(sae_units)).to(lat.dtype)
                 lat = lat.clone()
                 lat[:, pos_t] = sub
-                resid = base_resid[b0][:kx].clone()
+                resid = tile_rows(base_resid[b0], kx).clone()
                 # decoded with the normalisation statistics of the real activations replaced
+                real_rows = real_t[sae_hook][tile_rows(base_rows, kx)]
                 resid[:, pos_t] = sae_ops.decode_with_statistics_of(
-                    sae, real_t[sae_hook][base_rows[:kx]][:, pos_t], lat[:, pos_t]).to(mdtype)
+                    sae, real_rows[:, pos_t], lat[:, pos_t]).to(mdtype)
             captured: dict[str, torch.Tensor] = {}
             fwd_hooks = []
             for r in children[1:]:
@@ -528,7 +553,7 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
                     return act
                 fwd_hooks.append((h, grab))
             with model.hooks(fwd_hooks=fwd_hooks):
-                resid = run_blocks(model, resid, blocks, {k: v[:kx] for k, v in extras.items()})
+                resid = run_blocks(model, resid, blocks, {k: tile_rows(v, kx) for k, v in extras.items()})
             outs = []
             for c in children:
                 s = site_objs[c]
@@ -551,6 +576,14 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
             x = parent_g.sample(z)
             return [Moments.from_samples(y) for y in fn(x)]
 
+        def run_many(parents: list[MaskedGaussian], fn=fn, z=z):
+            # C candidates' samples stacked: row c·K + k is sample k of candidate c, completed
+            # by the same real input as in `run` (tile_rows), so each slice equals its own run
+            ys = fn(torch.cat([p.sample(z) for p in parents]))
+            k = int(z.shape[0])
+            return [[Moments.from_samples(y[c * k:(c + 1) * k]) for y in ys]
+                    for c in range(len(parents))]
+
         def flops(parent_g: MaskedGaussian, blocks=blocks, parent=parent, children=children,
                   child=child):
             f = 2.0 * K * sum(len(ix) ** 2 for ix, _, _ in parent_g.blocks) \
@@ -565,18 +598,18 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
             f"blocks {blocks[0]}..{blocks[-1]}" if blocks else "") + \
             (" + ln_final/unembed/soft cap" if child.kind == "logits" else "") + f", K={K} samples"
         steps.append(Step(pi, children, run, flops, sampled=True, description=desc,
-                          transition=fn))
+                          transition=fn, run_many=run_many))
 
     input_mean, input_cov = fit_gaussian(empirical[site_objs[0].name])
     out_site = site_objs[chain_idx[-1]]
-    if out_site.kind == "logits":
-        if output_observations is not None:
-            obs = output_observations.to(dev).long()
-            if obs.shape != (N,):
-                raise ValueError(f"output observations must be [N={N}] token ids")
-        else:
-            obs = empirical[out_site.name].argmax(-1)
+    if out_site.kind == "logits" and output_observations is not None:
+        obs = output_observations.to(dev).long()
+        if obs.shape != (N,):
+            raise ValueError(f"output observations must be [N={N}] token ids")
         out_spec = OutputSpec(out_site.name, "argmax", obs)
+    elif out_site.kind == "logits":  # the model's own logits, continuous (accounting.py)
+        out_spec = OutputSpec(out_site.name, "continuous", empirical[out_site.name],
+                              epsilon=LOGITS_EPSILON)
     else:
         out_spec = OutputSpec(out_site.name, "continuous", empirical[out_site.name])
     info = {"model": getattr(cfg, "model_name", "transformer"), "n_layers": L,
@@ -588,6 +621,28 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
                  info=info, n_inputs=N)
 
 
+def with_output_code(chain: Chain, code: str, epsilon: float | None = None) -> Chain:
+    """The same chain (sites, transitions, real activations shared) with S(Y|π) scoring its
+    output site by `code` (accounting.py): "continuous" (the real values at ε per coordinate;
+    `epsilon` None keeps the chain's, else LOGITS_EPSILON for a chain that had argmax
+    observations) or "argmax" (the model's argmax over a logits site's units). Raises
+    ValueError for another code, a non-positive ε or the argmax code on a non-logits site."""
+    site = chain.site(chain.output.site)
+    if code == "argmax":
+        if site.kind != "logits":
+            raise ValueError(f"the argmax code needs a logits output site, not {site.name}")
+        spec = OutputSpec(site.name, "argmax", chain.empirical[site.name].argmax(-1))
+    elif code == "continuous":
+        eps = (epsilon if epsilon is not None else chain.output.epsilon
+               if chain.output.kind == "continuous" else LOGITS_EPSILON)
+        if not (isinstance(eps, (int, float)) and eps > 0 and eps < float("inf")):
+            raise ValueError(f"ε must be a positive number, not {eps!r}")
+        spec = OutputSpec(site.name, "continuous", chain.empirical[site.name], float(eps))
+    else:
+        raise ValueError(f"unknown output code {code!r}; use 'continuous' or 'argmax'")
+    return replace(chain, output=spec)
+
+
 def chain_for_zoo(model_or_name, sae=None, n_inputs: int = 512, samples: int = 512,
                   seed: int = 0, sites: list[str] | None = None,
                   positions: list[int] | None = None, device=None, use_labels: bool = False,
@@ -596,8 +651,8 @@ def chain_for_zoo(model_or_name, sae=None, n_inputs: int = 512, samples: int = 5
 
     model_or_name: a `LoadedModel` of kind "zoo" or a zoo name (loaded on `device`). The logits
     site reads the entry's label position when it has one, else the last position; with
-    use_labels the observations scored by S(Y|π) are the task labels instead of the model's
-    argmax.
+    use_labels the observations scored by S(Y|π) are the task labels (argmax code) instead of
+    the model's logits (continuous code).
     """
     from estimators import zoo
     from estimators.loading import LoadedModel

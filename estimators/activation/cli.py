@@ -13,6 +13,9 @@ topk:K, position-blocks, or a JSON file written by CovarianceMask.to_dict().
 `estimators.data` (zoo, tokens:FILE.json, text:PATH, hf:FOLDER; ,n=,len=,seed=); --tokens FILE is
 the same as --data tokens:FILE.
 --input-dist: {"mean": [...], "cov": [[...]]} (MLPs; default standard normal).
+--output-code continuous (default: the output site's real values, e.g. the logits, coded jointly
+under the propagated Gaussian at --epsilon per coordinate) | argmax (the model's argmax tokens);
+accounting.py derives both.
 """
 
 from __future__ import annotations
@@ -52,7 +55,12 @@ def register(subparsers) -> None:
     p.add_argument("--bits-per-parameter", type=float, default=None,
                    help="S(π) bits per tracked covariance (default ½·log2 N)")
     p.add_argument("--epsilon", type=float, default=1e-2,
-                   help="quantisation ε for continuous outputs (MLPs)")
+                   help="quantisation ε of the continuous output code, per coordinate (logits: "
+                        "nats; default 0.01)")
+    p.add_argument("--output-code", choices=["continuous", "argmax"], default="continuous",
+                   help="S(Y|π): the output site's real values coded jointly under the "
+                        "propagated Gaussian at ε (default), or the model's argmax tokens "
+                        "(logits sites)")
     p.add_argument("--search", choices=["greedy", "gradient"], default=None,
                    help="search for a better argument from --mask; adds search.path to the "
                         "output (steps with argument_bits, data_bits, total_bits, switched_on)")
@@ -174,6 +182,15 @@ def build_chain(args):
                          seed=args.seed, sites=args.sites, positions=positions)
 
 
+def _with_code(chain, args):
+    """The chain with S(Y|π) scoring its output by --output-code at --epsilon."""
+    from estimators.activation.chain import with_output_code
+
+    if args.output_code == "argmax":
+        return with_output_code(chain, "argmax")
+    return with_output_code(chain, "continuous", args.epsilon)
+
+
 def _search_inputs(args):
     """(tokens, labels, n_ctx) of the chain's real inputs, for mixture variables."""
     from estimators import zoo
@@ -235,7 +252,9 @@ def run_cli(args) -> dict:
     if args.search is not None and args.search_steps < 1:
         raise ValueError("--search-steps must be at least 1")
     _page_defaults(args)
-    chain = build_chain(args)
+    if not args.epsilon > 0 or args.epsilon == float("inf"):
+        raise ValueError("--epsilon must be a positive number")
+    chain = _with_code(build_chain(args), args)
     mask = parse_mask(args.mask, chain.layouts)
     prop = Propagator(chain, mask, bits_per_parameter=args.bits_per_parameter)
     if args.search is not None:

@@ -28,6 +28,18 @@ from estimators.activation.sites import Site
 from estimators.estimate import Cost
 from estimators.surprise import SurpriseBreakdown, mdl_bits_per_parameter
 
+# Rows (candidates × K samples) per batched pass of `Propagator.surprise_of_site_masks`. On the
+# shared 2-core development CPU (one thread, induction at the page's defaults, K = 128,
+# benchmarks/bench_greedy_batched.py, README "Benchmarks") a pass of K·ctx = 4,096 token
+# positions is compute- and memory-bound: stacking saves only per-candidate bookkeeping, and
+# passes of 1,024 rows or more run each row up to 1.4× slower (their activations leave the
+# core's cache). Scoring greedy's 44 candidates took 0.21–0.35 CPU s one at a time and
+# 0.25–0.31 s batched, depending on the machine's other load: no reliable gain on this CPU.
+# 256 rows keeps each pass in cache. On an accelerator one pass of many rows costs about what
+# one of K rows costs; 8192 is a guess, not measured here (no GPU was available).
+BATCH_ROWS_CPU = 256
+BATCH_ROWS_ACCELERATOR = 8192
+
 
 @dataclass
 class SiteEstimate:
@@ -257,9 +269,15 @@ class Propagator:
         return out
 
     def surprise(self) -> SurpriseBreakdown:
-        per_site = self._mask.description_bits(self.bits_per_parameter, self.tracked_pairs())
         out_name = self.chain.output.site
-        g = self.estimate(out_name).masked
+        return self._breakdown(self._mask, self.tracked_pairs(), self.estimate(out_name).masked)
+
+    def _breakdown(self, mask: CovarianceMask, tracked: dict[str, int],
+                   g: MaskedGaussian) -> SurpriseBreakdown:
+        """S(π) of `mask` (tracked pairs per site given) and S(Y|π) under the output site's
+        masked Gaussian g."""
+        per_site = mask.description_bits(self.bits_per_parameter, tracked)
+        out_name = self.chain.output.site
         with torch.no_grad():
             dbits = float(data_bits(self.chain.output, g, self.data_code, self._output_z(g)))
         parts = {f"argument:{s}": b for s, b in per_site.items() if b > 0}
@@ -270,12 +288,81 @@ class Propagator:
                      f"M={self.data_code.mc_samples} fixed-seed samples of softmax(ℓ/"
                      f"{self.data_code.temperature}), floor {self.data_code.floor}"
                      if self.chain.output.kind == "argmax" else
-                     f"−log2(pdf·ε^d), ε={self.chain.output.epsilon}, N={self.chain.n_inputs}"))
+                     f"real values coded jointly, −log2(pdf·ε^d) with ε²/12 added to the "
+                     f"variances (rounding), ε={self.chain.output.epsilon:g}, "
+                     f"N={self.chain.n_inputs}"))
         return SurpriseBreakdown(sum(per_site.values()), dbits, parts, notes)
+
+    # ------------------------------------------------------------------------ batched scoring
+    def default_batch_size(self) -> int:
+        """Candidates per batched pass: max(2, BATCH_ROWS / K) for K samples per transition
+        (BATCH_ROWS_CPU on a CPU, BATCH_ROWS_ACCELERATOR elsewhere)."""
+        rows = BATCH_ROWS_CPU if self.chain.device.type == "cpu" else BATCH_ROWS_ACCELERATOR
+        k = int(self.chain.info.get("samples") or 1)
+        return max(2, rows // k)
+
+    def surprise_of_site_masks(self, site: str, site_masks: list[SiteMask],
+                               batch_size: int | None = None) -> list[SurpriseBreakdown]:
+        """S(π) + S(Y|π) of the current argument with `site`'s mask replaced by each of
+        `site_masks` (C candidates), without changing the propagator's argument.
+
+        Batched: the candidates share everything upstream of `site` (the cache) and are
+        propagated together from `site` on, `batch_size` candidates per pass: at every
+        transition their parents' samples are stacked on the sample axis and run through the
+        model once (`Step.run_batch`: C·K rows; None: `default_batch_size()`). Each result
+        equals what `set_site_mask(site, m)`, `run()`, `surprise()` give one at a time (same
+        common random numbers, same real inputs completing the samples;
+        tests/verdicts/test_batched_search.py). Raises ValueError for an unknown site, a mask
+        of the wrong layout or batch_size < 1."""
+        batch_size = self.default_batch_size() if batch_size is None else int(batch_size)
+        if batch_size < 1:
+            raise ValueError("batch_size must be ≥ 1")
+        name = self.chain.site(site).name
+        for sm in site_masks:
+            if sm.layout != self.chain.layouts[name]:
+                raise ValueError(f"a candidate mask for {name} has layout {sm.layout}, the "
+                                 f"site's is {self.chain.layouts[name]}")
+        self.run()
+        out: list[SurpriseBreakdown] = []
+        for start in range(0, len(site_masks), batch_size):
+            out += self._score_batch(self.chain.index[name], site_masks[start:start + batch_size])
+        return out
+
+    def _site_mask_tensor(self, i: int) -> torch.Tensor | None:
+        return None if self._site_masks[i].is_naive else self.dense_mask(self.chain.sites[i].name)
+
+    def _score_batch(self, i: int, site_masks: list[SiteMask]) -> list[SurpriseBreakdown]:
+        ch = self.chain
+        name = ch.sites[i].name
+        corr = ch.correlation(name)
+        dense = [sm.dense(corr if any(r.kind == "topk" for r in sm.rules) else None,
+                          device=ch.device) for sm in site_masks]
+        with torch.no_grad():
+            masked = [{i: mask_covariance(self._prop[i], None if sm.is_naive else d)}
+                      for sm, d in zip(site_masks, dense)]
+            j0 = self._step_of_parent.get(i)
+            for step in ([] if j0 is None else ch.steps[j0:]):
+                parents = [m.get(step.parent, self._masked[step.parent]) for m in masked]
+                for m, moments in zip(masked, step.run_batch(parents)):
+                    for c, mom in zip(step.children, moments):
+                        m[c] = mask_covariance(mom, self._site_mask_tensor(c))
+        out_i = ch.index[ch.output.site]
+        tracked = self.tracked_pairs()
+        out = []
+        for sm, d, m in zip(site_masks, dense, masked):
+            t = dict(tracked)
+            t[name] = int((d.sum().item() - d.shape[0]) // 2)
+            out.append(self._breakdown(self._mask.with_site(name, sm), t,
+                                       m.get(out_i, self._masked[out_i])))
+        return out
 
     def _output_z(self, g: MaskedGaussian):
         if self.chain.output.kind != "argmax":
             return None
+        return self._argmax_z(g)
+
+    def _argmax_z(self, g: MaskedGaussian):
+        """The fixed standard-normal draws [M, d] of the argmax probabilities."""
         if self._out_z is None or self._out_z.shape[1] != g.dim:
             gen = torch.Generator(device="cpu").manual_seed(self.data_code.seed)
             self._out_z = torch.randn(self.data_code.mc_samples, g.dim, generator=gen,
@@ -291,12 +378,14 @@ class Propagator:
         emp_mean, _ = self.chain.empirical_stats(out_name)
         output = {"site": out_name, "estimate_mean": sites[out_name].mean.tolist(),
                   "empirical_mean": emp_mean.tolist()}
-        if self.chain.output.kind == "argmax":
+        if sites[out_name].site.kind == "logits":  # shown whatever the data code
             g = sites[out_name].masked
             with torch.no_grad():
                 from estimators.activation.accounting import token_probabilities
-                p = token_probabilities(g, self.data_code, self._output_z(g))
-            counts = torch.bincount(self.chain.output.observations, minlength=g.dim).to(p.dtype)
+                p = token_probabilities(g, self.data_code, self._argmax_z(g))
+            obs = (self.chain.output.observations if self.chain.output.kind == "argmax"
+                   else self.chain.empirical[out_name].argmax(-1))
+            counts = torch.bincount(obs, minlength=g.dim).to(p.dtype)
             output["estimate_argmax_probs"] = p.tolist()
             output["empirical_argmax_freq"] = (counts / counts.sum()).tolist()
         repaired = [n for n, e in sites.items() if e.repaired]

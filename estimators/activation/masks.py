@@ -260,7 +260,8 @@ class SiteMask:
 
 def topk_pairs_mask(correlation: torch.Tensor | None, k: int,
                     exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """bool [d, d]: the k off-diagonal pairs with the largest |correlation| (symmetric)."""
+    """bool [d, d]: the k off-diagonal pairs with the largest |correlation| (symmetric), among
+    the pairs not in `exclude` (fewer when fewer are left)."""
     if correlation is None:
         raise ValueError("a topk mask needs the site's empirical correlation")
     d = correlation.shape[0]
@@ -272,8 +273,8 @@ def topk_pairs_mask(correlation: torch.Tensor | None, k: int,
     m = torch.zeros(d, d, dtype=torch.bool, device=correlation.device)
     if k == 0:
         return m
-    idx = torch.topk(c.flatten(), k).indices
-    m.view(-1)[idx] = True
+    vals, idx = torch.topk(c.flatten(), k)
+    m.view(-1)[idx[vals >= 0]] = True  # never an excluded pair or the lower triangle
     return m | m.T
 
 

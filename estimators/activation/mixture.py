@@ -14,11 +14,23 @@ with V one of
                    a feature, e.g. an SAE latent).
 
 Components (`mixture_components`): the real inputs are grouped by their value of V; component v
-has weight w_v = n_v / N and the moments of the real activations at SITE of its n_v inputs
-(mean and covariance, the covariance masked by the argument's mask at SITE like a single
-Gaussian's). Each component is then propagated through the chain's transitions from SITE on,
-exactly as the single Gaussian is (`propagate_component`: the same `Step.run`, the same masks
-downstream), to the output site.
+has weight w_v = n_v / N, the mean μ_v of the real activations at SITE of its n_v inputs, and
+the *pooled within-component covariance* shared by all components (tied covariances, as in
+linear discriminant analysis):
+    Σ_W = Σ_v Σ_{n: V(x_n)=v} (x_n − μ_v)(x_n − μ_v)ᵀ / (N − C),
+masked by the argument's mask at SITE like a single Gaussian's. Pooling is what keeps the code
+honest when a value is rare: a component fitted on its own members would have covariance 0 for
+a value seen once, and its output would then be coded at the rounding precision, a saving of
+about log2(σ/ε) bits per coordinate that no property of the model earned (memorising the data
+point). With Σ_W (unbiased, N − C degrees of freedom) a variable unrelated to the output saves
+little: about ½·log2(e) bits per component and coordinate (the residuals have N − C degrees of
+freedom instead of N), plus a small log-det bias when N − C is small; the mixture states a mean
+per component and coordinate at ½·log2 N bits, more than that once N > e. A variable that
+predicts the output saves N/2·log2(det Σ / det Σ_W) bits. V must
+leave N − C ≥ 1 (ValueError otherwise). The components are then propagated through the chain's
+transitions from SITE on, exactly as the single Gaussian is (`propagate_components`: the same
+transitions, the same masks downstream, all components stacked in one batched pass per
+transition, `Step.run_batch`), to the output site.
 
 Data code, S(Y|π): V is a function of the input, and the receiver of the code has the inputs,
 so each observation is coded under its own component:
@@ -34,10 +46,10 @@ kind, derivation there), with b = bits_per_parameter:
   * naming V: log2(3) bits for its kind, plus `subset_bits(n, 1)` for which of the n candidates
     (1 label; the n_ctx positions; the units of the sites);
   * the numbers the mixture states: C − 1 weights; when SITE is not the chain's input site,
-    also each component's mean and variance (2·d numbers per component), since they are fitted
-    from the real activations rather than given by the input distribution (at the input site the
-    component moments are the input distribution's own conditional moments, free as the naive
-    argument's input moments are).
+    also each component's mean (d numbers per component) and the d pooled variances, since they
+    are fitted from the real activations rather than given by the input distribution (at the
+    input site the component moments are the input distribution's own conditional moments,
+    free as the naive argument's input moments are).
 """
 
 from __future__ import annotations
@@ -47,10 +59,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from estimators.activation.accounting import DataCode, token_probabilities
+from estimators.activation.accounting import DataCode, continuous_bits, token_probabilities
 from estimators.activation.chain import Chain
-from estimators.activation.gaussian import MaskedGaussian, Moments, fit_gaussian, \
-    mask_covariance, multivariate_log2_pdf
+from estimators.activation.gaussian import MaskedGaussian, Moments, mask_covariance
 from estimators.surprise import SurpriseBreakdown, argument_bits, parameter_bits, subset_bits
 
 VARIABLE_KINDS = ("label", "token_at", "sign")
@@ -151,46 +162,58 @@ class MixtureResult:
                 "surprise": self.surprise.to_dict(), "info": self.info}
 
 
-def propagate_component(prop, start: int, moments: Moments) -> MaskedGaussian:
-    """The masked Gaussian at the chain's output site, starting from `moments` at site index
-    `start` and running the chain's transitions (and `prop`'s masks) from there on."""
+def propagate_components(prop, start: int, moments: list[Moments]) -> list[MaskedGaussian]:
+    """The masked Gaussians at the chain's output site, one per entry of `moments` (each at site
+    index `start`), running the chain's transitions (and `prop`'s masks) from there on, all
+    entries stacked in one batched pass per transition (`Step.run_batch`)."""
     ch = prop.chain
-    masked: dict[int, MaskedGaussian] = {}
 
-    def mk(i, mom):
+    def mask_of(i):
         name = ch.sites[i].name
-        m = None if prop.site_mask(name).is_naive else prop.dense_mask(name)
-        masked[i] = mask_covariance(mom, m)
+        return None if prop.site_mask(name).is_naive else prop.dense_mask(name)
 
-    mk(start, moments)
+    masked = [{start: mask_covariance(mom, mask_of(start))} for mom in moments]
     out_i = ch.index[ch.output.site]
     with torch.no_grad():
         for step in ch.steps:
-            if step.parent not in masked:
+            if step.parent not in masked[0]:
                 continue
-            outs = step.run(masked[step.parent])
-            for c, mc in zip(step.children, outs):
-                mk(c, mc)
-    if out_i not in masked:
+            outs = step.run_batch([m[step.parent] for m in masked])
+            for m, mcs in zip(masked, outs):
+                for c, mc in zip(step.children, mcs):
+                    m[c] = mask_covariance(mc, mask_of(c))
+    if out_i not in masked[0]:
         raise ValueError(f"the output site {ch.output.site} does not follow site "
                          f"{ch.sites[start].name}; put the mixture on an earlier site")
-    return masked[out_i]
+    return [m[out_i] for m in masked]
+
+
+def propagate_component(prop, start: int, moments: Moments) -> MaskedGaussian:
+    """`propagate_components` of one entry."""
+    return propagate_components(prop, start, [moments])[0]
 
 
 def mixture_components(prop, argument: MixtureArgument, values: torch.Tensor
                        ) -> list[Component]:
-    """One propagated component per value of V (module docstring)."""
+    """One propagated component per value of V: its inputs' mean and the pooled
+    within-component covariance (module docstring). ValueError when V takes N distinct values
+    (no degree of freedom left for Σ_W)."""
     ch = prop.chain
     start = ch.index[ch.site(argument.site).name]
     emp = ch.empirical[ch.sites[start].name]
     values = values.to(emp.device)
-    out = []
-    for v in torch.unique(values).tolist():
-        members = torch.nonzero(values == v).flatten()
-        mean, cov = fit_gaussian(emp[members])
-        g = propagate_component(prop, start, Moments(mean, cov=cov))
-        out.append(Component(int(v), members.numel() / ch.n_inputs, members.cpu(), g))
-    return out
+    vals = torch.unique(values).tolist()
+    if len(vals) >= ch.n_inputs:
+        raise ValueError(f"{argument.variable} takes a different value on each of the "
+                         f"{ch.n_inputs} inputs: no spread is left to estimate")
+    groups = [torch.nonzero(values == v).flatten() for v in vals]
+    means = [emp[g].mean(0) for g in groups]
+    resid = torch.cat([emp[g] - mu for g, mu in zip(groups, means)])
+    pooled = resid.T @ resid / (ch.n_inputs - len(vals))
+    pooled = 0.5 * (pooled + pooled.T)
+    outs = propagate_components(prop, start, [Moments(mu, cov=pooled) for mu in means])
+    return [Component(int(v), g.numel() / ch.n_inputs, g.cpu(), o)
+            for v, g, o in zip(vals, groups, outs)]
 
 
 def _component_bits(prop, comp: Component, code: DataCode) -> float:
@@ -200,10 +223,8 @@ def _component_bits(prop, comp: Component, code: DataCode) -> float:
     if ch.output.kind == "argmax":
         p = token_probabilities(g, code, prop._output_z(g))
         return float(-(torch.log2(p[y])).sum())
-    y = y.to(g.mean.dtype)
-    lam = code.ridge_rel * float(torch.diagonal(g.cov).mean().clamp_min(1e-30))
-    logp = multivariate_log2_pdf(y, g.mean, g.cov, ridge=lam)
-    return float(-(logp.sum() + y.shape[0] * y.shape[1] * math.log2(ch.output.epsilon)))
+    with torch.no_grad():
+        return float(continuous_bits(y, g, ch.output.epsilon, code))
 
 
 def mixture_surprise(prop, argument: MixtureArgument, values: torch.Tensor,
@@ -228,14 +249,15 @@ def mixture_surprise(prop, argument: MixtureArgument, values: torch.Tensor,
         extra = parameter_bits((C - 1) * tracked.get(s, 0), bpp) if s in downstream else 0.0
         if b + extra > 0:
             parts[f"argument:{s}"] = b + extra
-    fitted = 0 if start == 0 else 2 * ch.sites[start].dim * C
+    fitted = 0 if start == 0 else ch.sites[start].dim * (C + 1)
     parts[f"argument:mixture on {argument.variable} at {ch.sites[start].name} ({C} components)"] \
         = math.log2(len(VARIABLE_KINDS)) + argument_bits(n_cand, 1, (C - 1) + fitted, bpp)
     parts[f"data:{ch.output.site} | {argument.variable}"] = data
     arg = sum(v for k, v in parts.items() if k.startswith("argument:"))
     notes = (f"mixture over {C} values of {argument.variable} at {ch.sites[start].name}; "
              f"S(π): shared code (estimators.surprise), {bpp:.3g} bits per parameter, "
-             f"{C - 1} weights" + (f" + {fitted} fitted means/variances" if fitted else "") +
+             f"{C - 1} weights" + (f" + {fitted} fitted means and pooled variances"
+                                   if fitted else "") +
              f"; S(Y|π): each of N={ch.n_inputs} observations coded under its own component")
     return MixtureResult(comps, SurpriseBreakdown(float(arg), float(data), parts, notes),
                          {"n_candidates": n_cand, "kind": kind, "components": C,

@@ -11,10 +11,18 @@ re-evaluated from scratch (a fresh `Propagator` on the reported mask, plus the m
 Candidates. Per site, the `candidates_per_site` off-diagonal pairs with the largest |empirical
 correlation| that the current mask does not track; at multi-position sites each
 within-position block not yet tracked; and, while no mixture is set, each mixture argument
-(`mixture.py`) over `variables` at the chain's input site and at its output site. A pair or block
+(`mixture.py`) over `variables` at the chain's output site and, when the variable takes at most
+`max_components` values, at its input site (a mixture there propagates every component, so each
+later evaluation costs C propagations; with charlm's last token, 22 values at N = 64, at the
+input, a 3-step search took 618 s on one CPU core). A pair or block
 candidate is evaluated exactly by re-propagating from its site on (the engine's cache keeps
-everything upstream, so candidates at one site share their upstream work); a mixture candidate
-by propagating each of its components.
+everything upstream, so candidates at one site share their upstream work). Batched: the
+candidates of one site are scored `batch_size` at a time by
+`Propagator.surprise_of_site_masks`, which stacks their samples on the sample axis and runs
+each transition from the site on once for all of them (C·K rows per pass); the scores equal
+the one-at-a-time ones (`batch_size=1`, and always while a mixture is set, when each candidate
+is scored under the mixture). A mixture candidate propagates its components, stacked the same
+way.
 
 Greedy: at each step evaluate every candidate, keep the one with the lowest total if it lowers
 the current total; otherwise stop and say why: "no candidate lowers total bits; the best one
@@ -28,9 +36,15 @@ The loss is S(Y|π)(gates) + λ_t·Σ_c gate_c·bits_per_gate, with bits_per_gat
 bits_per_parameter + 2·log2(n_pairs of the site) (one tracked number plus about the bits to
 name the entry) and a continuation on the price (`price_weight`): λ_t = 0 over the first half
 of the steps, then rising linearly to 1 at the last step, so gates whose entries lower S(Y|π)
-switch on first and the rising price then switches off those that do not pay. Adam on θ. (An off gate's forward value is OFF_GATE =
-1e-9 rather than 0, so that its entry stays in the masked covariance and receives a gradient.) After every update the hard argument is
-evaluated exactly; the best one is returned.
+switch on first and the rising price then switches off those that do not pay. The update is
+normalised gradient descent, θ ← θ − lr·∇/max_c|∇_c|: the gate with the largest first-order
+saving moves by lr and every other in proportion, so gates switch on in the order of their
+saving (the top one after ⌈|init_logit|/lr⌉ updates). (Adam, used before, takes sign steps at
+first, so every gate with any saving switched on at the same update; on maxk's logits that
+formed components with untracked entries between units correlated at |ρ| ≈ 0.99, whose Σ⊙M
+needed PSD repair and coded the real logits at ~10⁷ bits.) An off gate's forward value is
+OFF_GATE = 1e-9 rather than 0, so that its entry stays in the masked covariance and receives a
+gradient. After every update the hard argument is evaluated exactly; the best one is returned.
 
 `on_step(i, total, info)` / `should_stop()` report progress and cancel; `info` carries
 `best_total_bits` and `best_mask`, the best argument so far, so an interrupted caller can keep it.
@@ -135,10 +149,22 @@ def _mask_candidates(prop: Propagator, current: CovarianceMask, names: list[str]
     return cands
 
 
-def _mixture_candidates(prop: Propagator, variables: list[str]) -> list[MixtureArgument]:
+def _mixture_candidates(prop: Propagator, scorer: "_Scorer", variables: list[str],
+                        max_components: int) -> list[MixtureArgument]:
+    """Mixtures over `variables` at the input site and at the output site; one upstream of the
+    output (whose C components must each be propagated, C times the cost of every later
+    evaluation) only when V takes at most max_components values."""
     ch = prop.chain
-    sites = [ch.sites[0].name, ch.output.site]
-    return [MixtureArgument(s, v) for v in variables for s in dict.fromkeys(sites)]
+    sites = list(dict.fromkeys([ch.sites[0].name, ch.output.site]))
+    out = []
+    for v in variables:
+        try:
+            n_values = len(torch.unique(scorer.values(v)))
+        except ValueError:  # a variable the data cannot give
+            continue
+        out += [MixtureArgument(s, v) for s in sites
+                if s == ch.output.site or n_values <= max_components]
+    return out
 
 
 def _why_stop(best: dict, choice) -> str:
@@ -160,20 +186,65 @@ def verify(prop: Propagator, mask: CovarianceMask, mixture: MixtureArgument | No
     return _Scorer(fresh, tokens, labels, n_ctx).totals(mixture)["total_bits"]
 
 
+def _groups(cands: list, batch_size: int) -> list[list]:
+    """Consecutive candidates of one kind and site, at most batch_size per group."""
+    out: list[list] = []
+    for c in cands:
+        last = out[-1] if out else None
+        if last and c[0] == "mask" and last[0][0] == "mask" and last[0][1] == c[1] \
+                and len(last) < batch_size:
+            last.append(c)
+        else:
+            out.append([c])
+    return out
+
+
+def _score_group(prop: Propagator, scorer: "_Scorer", current: CovarianceMask,
+                 mixture: MixtureArgument | None, group: list, batch_size: int) -> list:
+    """Totals (or None for a candidate the data cannot give) of a group of candidates."""
+    prop.set_mask(current)
+    kind, site = group[0][0], group[0][1]
+    if kind == "mask" and mixture is None and batch_size > 1:
+        return [{"argument_bits": s.argument_bits, "data_bits": s.data_bits,
+                 "total_bits": s.total_bits}
+                for s in prop.surprise_of_site_masks(site, [c[2] for c in group], batch_size)]
+    out = []
+    for kind, a, b, _ in group:
+        if kind == "mask":
+            prop.set_mask(current.with_site(a, b))
+            prop.run()
+            out.append(scorer.totals(mixture))
+        else:
+            try:
+                out.append(scorer.totals(a))
+            except ValueError:  # e.g. a variable the data cannot give
+                out.append(None)
+    return out
+
+
 def greedy_search(prop: Propagator, max_steps: int = 10, candidates_per_site: int = 16,
                   sites: list[str] | None = None, include_blocks: bool = True,
                   on_step: Callable[[int, int, dict], None] = _noop,
                   should_stop: Callable[[], bool] = lambda: False,
                   variables: list[str] | None = None, tokens=None, labels=None,
-                  n_ctx: int | None = None) -> SearchResult:
+                  n_ctx: int | None = None, batch_size: int | None = None,
+                  max_components: int = 16) -> SearchResult:
     """Greedy forward selection from prop's current mask (module docstring). The propagator is
     left holding the best mask found.
 
     variables: mixture variables to try (None: `default_variables(tokens, labels)`); tokens
     [N, ctx] / labels [N]: the chain's real inputs, needed by label / token_at variables.
-    Raises ValueError for a negative max_steps or an unknown site."""
+    batch_size: candidates scored per batched pass (None: `prop.default_batch_size()`; 1: one
+    at a time through the cached engine; the scores are the same).
+    max_components: a mixture upstream of the output site is offered only when its variable
+    takes at most this many values (each component is propagated, so every later evaluation
+    costs C propagations); at the output site always.
+    Raises ValueError for a negative max_steps, a batch_size < 1 or an unknown site."""
     if max_steps < 0:
         raise ValueError("max_steps must be ≥ 0")
+    batch_size = prop.default_batch_size() if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise ValueError("batch_size must be ≥ 1")
     names = _sites(prop, sites)
     variables = default_variables(tokens, labels) if variables is None else list(variables)
     scorer = _Scorer(prop, tokens, labels, n_ctx)
@@ -189,33 +260,29 @@ def greedy_search(prop: Propagator, max_steps: int = 10, candidates_per_site: in
         cancelled = False
         evals = 0
         for step in range(1, max_steps + 1):
+            prop.set_mask(current)  # candidates exclude what the current argument tracks
             cands = [("mask", s, sm, d) for s, sm, d in
                      _mask_candidates(prop, current, names, candidates_per_site, include_blocks)]
             if mixture is None:
                 cands += [("mixture", m, None, f"mixture on {m.variable} at {m.site}")
-                          for m in _mixture_candidates(prop, variables)]
+                          for m in _mixture_candidates(prop, scorer, variables,
+                                                       max_components)]
             total_evals = evals + len(cands) * (max_steps - step + 1)
             choice = None
-            for kind, a, b, desc in cands:
+            for group in _groups(cands, batch_size):
                 if should_stop():
                     cancelled = True
                     break
-                if kind == "mask":
-                    prop.set_mask(current.with_site(a, b))
-                    prop.run()
-                    t = scorer.totals(mixture)
-                else:
-                    prop.set_mask(current)
-                    try:
-                        t = scorer.totals(a)
-                    except ValueError:  # e.g. a variable the data cannot give
+                for (kind, a, b, desc), t in zip(group, _score_group(
+                        prop, scorer, current, mixture, group, batch_size)):
+                    if t is None:
                         continue
-                evals += 1
-                on_step(evals, total_evals, {"step": step, "candidate": desc, **t,
-                                             "best_total_bits": best["total_bits"],
-                                             "best_mask": current})
-                if choice is None or t["total_bits"] < choice[0]["total_bits"]:
-                    choice = (t, kind, a, b, desc)
+                    evals += 1
+                    on_step(evals, total_evals, {"step": step, "candidate": desc, **t,
+                                                 "best_total_bits": best["total_bits"],
+                                                 "best_mask": current})
+                    if choice is None or t["total_bits"] < choice[0]["total_bits"]:
+                        choice = (t, kind, a, b, desc)
             if cancelled:
                 reason = "cancelled"
                 break
@@ -254,6 +321,17 @@ def price_weight(step: int, steps: int) -> float:
     return float(min(1.0, (step - half + 1) / max(steps - half, 1)))
 
 
+def _normalised_step(params: list[torch.Tensor], lr: float) -> None:
+    """θ ← θ − lr·∇/max|∇| over all gates (module docstring); clears the gradients."""
+    with torch.no_grad():
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        gmax = max(float(g.abs().max()) for g in grads)
+        for p, g in zip(params, grads):
+            if gmax > 0 and gmax < float("inf"):
+                p -= lr * g / gmax
+            p.grad = None
+
+
 def gradient_search(prop: Propagator, steps: int = 30, lr: float = 0.2,
                     candidates_per_site: int = 32, sites: list[str] | None = None,
                     init_logit: float = -0.5, temperature_start: float = 1.0,
@@ -277,7 +355,7 @@ def gradient_search(prop: Propagator, steps: int = 30, lr: float = 0.2,
     idx = {s: torch.tensor(c, device=dev) for s, c in cand.items()}
     bits_per_gate = {s: prop.bits_per_parameter +
                      2 * math.log2(max(prop.chain.layouts[s].n_pairs, 2)) for s in cand}
-    opt = torch.optim.Adam(list(theta.values()), lr=lr) if theta else None
+    params = list(theta.values())
 
     def hard_mask() -> CovarianceMask:
         m = start
@@ -300,7 +378,7 @@ def gradient_search(prop: Propagator, steps: int = 30, lr: float = 0.2,
     on_before: dict[str, set] = {s: set() for s in cand}
     try:
         for it in range(1, steps + 1):
-            if should_stop() or opt is None:
+            if should_stop() or not params:
                 cancelled = should_stop()
                 break
             temp = temperature(it - 1, steps, temperature_start, temperature_end)
@@ -321,9 +399,8 @@ def gradient_search(prop: Propagator, steps: int = 30, lr: float = 0.2,
                 penalty = penalty + g.sum() * bits_per_gate[s]
             data, _ = prop.relaxed(gates)
             loss = data + lam * penalty
-            opt.zero_grad()
             loss.backward()
-            opt.step()
+            _normalised_step(params, lr)
             hm = hard_mask()
             prop.set_mask(hm)
             prop.run()

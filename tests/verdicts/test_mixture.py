@@ -49,7 +49,7 @@ def test_components_and_price(maxk):
     out = mixture_surprise(prop, MixtureArgument(chain.output.site, "label"), vals, n_ctx=4)
     d = chain.site(chain.output.site).dim
     assert out.surprise.argument_bits == pytest.approx(
-        math.log2(3) + subset_bits(1, 1) + ((C - 1) + 2 * d * C) * b)
+        math.log2(3) + subset_bits(1, 1) + ((C - 1) + d * (C + 1)) * b)
 
 
 def test_bad_variables(maxk):
