@@ -16,7 +16,6 @@ CPU seconds in `cpu_seconds`):
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_activation_latency import machine_info, write_result  # noqa: E402
+from bench_activation_latency import bench_args, machine_info, write_result  # noqa: E402
 
 
 def _chain(device: str):
@@ -116,12 +115,13 @@ def main(device: str = "cpu", candidates: int = 8, steps: int = 3, repeats: int 
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--candidates", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=7)
-    a = ap.parse_args()
+    def _extra(ap):
+        ap.add_argument("--device", default="cpu")
+        ap.add_argument("--candidates", type=int, default=8, help="candidates per site")
+        ap.add_argument("--steps", type=int, default=3, help="greedy steps")
+        ap.add_argument("--repeats", type=int, default=7, help="timed repeats (median)")
+
+    a = bench_args(__doc__, extra=_extra)
     r = main(a.device, a.candidates, a.steps, a.repeats)
-    print(write_result(f"greedy_batched_{a.device.split(':')[0]}", r))
     print({k: v for k, v in r.items() if k != "machine"})
+    print(f"wrote {write_result(f'greedy_batched_{a.device.split(chr(58))[0]}', r, a.out)}")
