@@ -172,7 +172,8 @@ class ThirdCumulant:
 class State:
     """One site's cumulants: mean [n]; cov [n, n] (None on the diagonal path); var [n];
     k3 (pairs, dense path, K ≥ 3) or k3_diag [n] (diagonal path); k4_diag [n] (K = 4);
-    k4_slice [n, n] (K = 4, dense path: κ₄_iiij of post-activations)."""
+    k4_origins (K = 4, dense path, post-activation): one `_Origin` per earlier activation
+    layer, whose tree-level fourth cumulants reach this layer through the linearised map G."""
 
     mean: torch.Tensor
     var: torch.Tensor
@@ -180,8 +181,52 @@ class State:
     k3: ThirdCumulant | None = None
     k3_diag: torch.Tensor | None = None
     k4_diag: torch.Tensor | None = None
-    k4_slice: torch.Tensor | None = None
-    k4_pairs: torch.Tensor | None = None
+    k4_origins: list | None = None
+    k4_maps: list | None = None  # pre-activation: M = W·G per origin (of k4_origins)
+
+
+@dataclass
+class _Origin:
+    """An activation layer's data for tree-level fourth cumulants (K = 4): vertex coefficients
+    ã_1..ã_3, ∂_μVar and ∂²_μVar of each unit, κ₄_aaaa (d4), the slices κ₄_aaab (s31) and
+    κ₄_aabb (s22), the pre-activation Σ_off, and G (its units → the current layer's, the
+    activations linearised as x ≈ ã_1·z; None = identity)."""
+
+    a1: torch.Tensor
+    a2: torch.Tensor
+    a3: torch.Tensor
+    dvar: torch.Tensor
+    d2var: torch.Tensor
+    d4: torch.Tensor
+    s31: torch.Tensor
+    s22: torch.Tensor
+    off: torch.Tensor
+    G: torch.Tensor | None = None
+
+
+def _tree_q(M: torch.Tensor, o: _Origin) -> tuple[torch.Tensor, float]:
+    """κ₄(z)_iiii for z = M x from the origin's tree diagrams (one vertex; two vertices with
+    legs (3,1), (2,2); three vertices (2,1,1) with the two-leg vertex inside, coefficient
+    ∂²_μVar, or at the end; four vertices: star ã_3 and path ã_2ã_2), each leaf carrying
+    ã_1, each edge Σ_ab; and its FLOPs. Derivation: a unit linked by one edge acts as its
+    regression on the other's pre-activation, and κ(X, …, X, z, …, z) = σ^{2e}·∂_μ^e κ_m(X) for
+    Gaussian z (Stein)."""
+    n_out, n_in = M.shape
+    M2 = M * M
+    q = (M2 * M2) @ o.d4
+    q = q + 4 * ((M2 * M) * (M @ o.s31.T)).sum(1)
+    q = q + 3 * ((M2 @ o.s22) * M2).sum(1)
+    P = (M * o.a1) @ o.off
+    Q = (M2 * o.dvar) @ o.off
+    off2 = o.off * o.off
+    # coincident leaf units are other diagrams (the (2,2) double edge is in s22): removed
+    PP = P * P - (M2 * o.a1 * o.a1) @ off2
+    PQ = P * Q - (M2 * M * o.dvar * o.a1) @ off2
+    q = q + 6 * (M2 * o.d2var * PP).sum(1) + 12 * (M * o.a2 * PQ).sum(1)
+    q = q + 4 * (M * o.a3 * P ** 3).sum(1)
+    u = M * o.a2 * P
+    q = q + 12 * ((u @ o.off) * u).sum(1)
+    return q, 2.0 * n_out * n_in * (6 * n_in + 1) + 40.0 * n_out * n_in
 
 
 @dataclass
@@ -245,17 +290,19 @@ def linear_state(x: State, W: torch.Tensor, b: torch.Tensor | None, K: int, diag
             st.k3_diag = torch.zeros_like(mean)
     if K >= 4:
         q = torch.zeros_like(mean)
-        if x.k4_diag is not None:
+        st.k4_maps = []
+        for o in x.k4_origins or []:
+            M = W if o.G is None else W @ o.G
+            if o.G is not None:
+                f.matmul += 2.0 * n_out * n_in * o.G.shape[1]
+            dq, fl = _tree_q(M, o)
+            q = q + dq
+            f.matmul += fl
+            st.k4_maps.append(M)
+        st.k4_origins = x.k4_origins
+        if not x.k4_origins and x.k4_diag is not None:
             q = q + (W2 * W2) @ x.k4_diag
             f.matmul += 2.0 * n_out * n_in
-        if x.k4_slice is not None:
-            q = q + 4 * ((W2 * W) * (W @ x.k4_slice.T)).sum(1)
-            f.matmul += 2.0 * n_out * n_in * n_in
-            f.elementwise += 3.0 * n_out * n_in
-        if x.k4_pairs is not None:
-            q = q + 3 * ((W2 @ x.k4_pairs) * W2).sum(1)
-            f.matmul += 2.0 * n_out * n_in * n_in
-            f.elementwise += 2.0 * n_out * n_in
         st.k4_diag = q
     return st, f
 
@@ -307,19 +354,31 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
         x.k3, fl = _post_third(z, V, a, E, s, q, K, off, K3, x.k3_diag)
         f.elementwise += fl
     if K >= 4:
-        # κ₄_iiij ≈ Σ_ij ã_1(j)·∂_μ κ₃(x_i); ∂_μ E[φ^p] = E[(φ^p)'] (marginal law)
-        D = [None] + [edgeworth(V[p], 1, s, q, K) for p in range(1, 4)]
-        dk3 = D[3] - 3 * (D[2] * E[1] + E[2] * D[1]) + 6 * E[1] ** 2 * D[1]
-        x.k4_slice = off * torch.outer(dk3, a[1])
-        # κ₄_iijj = Cov(X², Y²) − 2E[Y]Cov(X², Y) − 2E[X]Cov(X, Y²) + 4E[X]E[Y]Cov(X, Y)
-        #          − 2Cov(X, Y)², each Cov by the series to second order in Σ_ij
-        c1 = edgeworth(V[2], 1, s, q, K) - 2 * E[1] * a[1]
-        c2 = edgeworth(V[2], 2, s, q, K) - 2 * E[1] * a[2]
-        cov_off = x.cov * (1 - eye)
-        x.k4_pairs = off * torch.outer(c1, c1) + 0.5 * off * off * torch.outer(c2, c2) \
-            - 2 * cov_off * cov_off
-        f.elementwise += 10.0 * n * n
+        x.k4_origins = _origins(z, V, a, E, s, q, K, off, x)
+        f.elementwise += 20.0 * n * n
     return x, f
+
+
+def _origins(z: State, V, a, E, s, q, K, off, x: State) -> list[_Origin]:
+    """The K = 4 origins after an activation: the older ones pushed through x ≈ ã_1·z, and this
+    layer's own (κ₄_aaab ≈ Σ_ab ã_1(b)∂_μκ₃(x_a), first order; κ₄_aabb = Cov(X², Y²) −
+    2E[Y]Cov(X², Y) − 2E[X]Cov(X, Y²) + 4E[X]E[Y]Cov(X, Y) − 2Cov(X, Y)², each covariance by
+    the series to second order in Σ_ab)."""
+    out = [_Origin(**{**o.__dict__, "G": a[1].unsqueeze(1) * M})
+           for o, M in zip(z.k4_origins or [], z.k4_maps or [])]
+    D = [None] + [edgeworth(V[p], 1, s, q, K) for p in range(1, 4)]
+    dk3 = D[3] - 3 * (D[2] * E[1] + E[2] * D[1]) + 6 * E[1] ** 2 * D[1]
+    c1 = edgeworth(V[2], 1, s, q, K) - 2 * E[1] * a[1]
+    c2 = edgeworth(V[2], 2, s, q, K) - 2 * E[1] * a[2]
+    d2var = c2 - 2 * a[1] ** 2
+    eye = torch.eye(off.shape[0], dtype=off.dtype, device=off.device)
+    cov_off = x.cov * (1 - eye)
+    s22 = off * torch.outer(c1, c1) + 0.5 * off * off * torch.outer(c2, c2) \
+        - 2 * cov_off * cov_off
+    a3 = a[3] if len(a) > 3 else edgeworth(V[1], 3, s, q, K)
+    out.append(_Origin(a[1], a[2], a3, c1, d2var, x.k4_diag, off * torch.outer(dk3, a[1]),
+                       s22, off))
+    return out
 
 
 def _post_third(z: State, V, a, E, s, q, K, off, K3, t) -> tuple[ThirdCumulant, float]:
@@ -514,8 +573,7 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
                     x.k3 = _pairs_of(prev, x.mean)
             if K >= 4:
                 x.k4_diag = prev.k4_diag if prev is not None else torch.zeros_like(x.mean)
-                x.k4_slice = None if (diagonal or prev is None) else prev.k4_slice
-                x.k4_pairs = None if (diagonal or prev is None) else prev.k4_pairs
+                x.k4_origins = None if (diagonal or prev is None) else prev.k4_origins
             z, f = linear_state(x, W, b, K, diagonal)
             if has_act:
                 y, f2 = activation_state(z, mlp.activation, K, hermite_order, diagonal)
