@@ -15,14 +15,19 @@ regression estimator, bias O(1/n)). Variance reduction: Var(f_j)/Var(f_j − β_
 The propagation estimate μ_prop (cumulants K, bias b_j, no variance) and the control-variate
 estimate μ_cv (variance v_j = Var(f_j − β_j g_j)/n, no bias up to O(1/n)) are combined per
 output as w_j·μ_prop + (1 − w_j)·μ_cv with w_j = v_j/(v_j + B·Var_j), where B, the mean squared
-relative bias of the propagation, is estimated over all outputs from
-mean_j[((μ_cv − μ_prop)_j² − v_j)/Var_j]₊ (empirical Bayes / James–Stein-type shrinkage). With
-many outputs its MSE is close to min over w of w²b² + (1 − w)²v ≤ min(b², v).
+relative bias of the propagation, is estimated from T = Σ_j (μ_cv − μ_prop)_j²/Var_j: B =
+(T − E₀T − 2·sd₀T)₊/d_out, E₀ and sd₀ its mean and standard deviation were the propagation
+unbiased, from the residuals' covariance across outputs (the outputs are strongly correlated,
+so T fluctuates like a sum of few χ² terms). Empirical Bayes / James–Stein-type shrinkage,
+conservative: the samples replace the propagation only on evidence that it is biased. With many outputs its MSE is close to
+min over w of w²b² + (1 − w)²v ≤ min(b², v).
 
 Budget split (automatic): the largest K ∈ {4, 3, 2} whose propagation costs at most half of
-the budget (none if even K = 2 does not fit), the cost of C, and the rest on samples.
+the budget (none if even K = 2 does not fit), the cost of C, and the rest on samples; when
+fewer than `min_samples` (256) samples remain, the propagation alone is returned.
 FLOPs: 2·m·n·k per matrix product as computed (`cumulants.Flops`), per sample Σ 2·n_out·n_in
-(the forward pass) + 2·d_out·n₁ (g).
+(the forward pass) + 2·d_out·n₁ (g), and 2·(2d_out)² per sample for the first 4096 (the
+residual covariance).
 """
 
 from __future__ import annotations
@@ -66,6 +71,15 @@ def propagation_flops(mlp, cumulants: int, hermite_order: int = 4) -> float:
     return r.flops.total
 
 
+def control_flops(mlp) -> float:
+    """FLOPs of `_control` (counted as it computes them)."""
+    layers = list(mlp.layers)
+    n1, d = layers[0].weight.shape
+    f = 2.0 * n1 * d * (d + 1) + sum(4.0 * l.weight.numel() for l in layers[1:-1])
+    d_out = layers[-1].weight.shape[0]
+    return f + sum(2.0 * d_out * l.weight.shape[0] * l.weight.shape[1] for l in layers[1:-1])
+
+
 @torch.no_grad()
 def _control(mlp, mean, cov):
     """C [d_out, n₁] and E[φ(z₁)] [n₁]; FLOPs. Slopes from the diagonal propagation."""
@@ -96,7 +110,7 @@ def _control(mlp, mean, cov):
 @torch.no_grad()
 def hybrid_estimate(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, budget_flops: float,
                     seed: int = 0, hermite_order: int = 4, cumulants: int | None = None,
-                    batch: int = 65536) -> HybridResult:
+                    batch: int = 65536, min_samples: int = 256) -> HybridResult:
     """Estimate E[mlp(x)], x ~ N(input_mean, input_cov), within `budget_flops` (module
     docstring). cumulants=None picks K automatically; 0 means no propagation (control variate
     only). ValueError when the budget does not cover the control variate and 2 samples."""
@@ -104,8 +118,9 @@ def hybrid_estimate(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, budg
     if getattr(mlp, "final_activation", False) or len(mlp.layers) < 2:
         raise ValueError("the hybrid estimator needs ≥ 2 layers and no final activation")
     mean, cov = input_mean.to(D), input_cov.to(D)
-    C, e1, f_ctrl = _control(mlp, mean, cov)
-    per = per_sample_flops(mlp) + 2.0 * C.shape[0] * C.shape[1]
+    f_ctrl = control_flops(mlp)
+    d_out, n1 = mlp.layers[-1].weight.shape[0], mlp.layers[0].weight.shape[0]
+    per = per_sample_flops(mlp) + 2.0 * d_out * n1
     K = cumulants
     f_prop = 0.0
     if K is None:
@@ -119,16 +134,31 @@ def hybrid_estimate(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, budg
     if K:
         r = propagate_mlp(mlp, mean, cov, K, hermite_order)
         mu_prop, f_prop = r.output_mean, r.flops.total
-    n = int((budget_flops - f_prop - f_ctrl) // per)
-    if n < 2:
-        raise ValueError(f"budget {budget_flops:.3g} FLOPs does not cover the propagation, the "
-                         f"control variate ({f_ctrl:.3g}) and 2 samples ({per:.3g} each)")
+    rem, corr_per, corr_samples = budget_flops - f_prop - f_ctrl, 8.0 * d_out * d_out, 4096
+    n = int(rem // (per + corr_per))
+    if n > corr_samples:
+        n = int((rem - corr_samples * corr_per) // per)
+    if n < min_samples:
+        if mu_prop is not None and cumulants is None:
+            zero = torch.zeros_like(mu_prop)
+            return HybridResult(mu_prop, mu_prop, mu_prop, zero, torch.ones_like(zero),
+                                torch.ones_like(zero), f_prop, 0, K,
+                                {"note": f"fewer than {min_samples} samples affordable after "
+                                         f"the propagation: propagation only",
+                                 "per_sample_flops": per, "propagation_flops": f_prop,
+                                 "control_flops": 0.0})
+        raise ValueError(f"budget {budget_flops:.3g} FLOPs does not cover the propagation "
+                         f"({f_prop:.3g}), the control variate ({f_ctrl:.3g}) and "
+                         f"{min_samples} samples ({per:.3g} each)")
+    C, e1, f_ctrl = _control(mlp, mean, cov)
     g = torch.Generator().manual_seed(int(seed))
     evals, evecs = torch.linalg.eigh(cov)
     L = evecs * evals.clamp_min(0).sqrt()
     layers = list(mlp.layers)
-    d_out = C.shape[0]
     sf, sg = torch.zeros(d_out, dtype=D), torch.zeros(d_out, dtype=D)
+    joint = torch.zeros(2 * d_out, 2 * d_out, dtype=D)
+    joint_sum = torch.zeros(2 * d_out, dtype=D)
+    joint_n, extra_flops = 0, 0.0
     sff, sgg, sfg = (torch.zeros(d_out, dtype=D) for _ in range(3))
     done = 0
     while done < n:
@@ -147,6 +177,12 @@ def hybrid_estimate(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, budg
         sff += (f * f).sum(0)
         sgg += (gv * gv).sum(0)
         sfg += (f * gv).sum(0)
+        if done < corr_samples:  # joint second moments for the outputs' correlation
+            fg = torch.cat([f, gv], 1)[: corr_samples - done]
+            joint = joint + fg.T @ fg
+            joint_sum = joint_sum + fg.sum(0)
+            joint_n += fg.shape[0]
+            extra_flops += 2.0 * fg.shape[0] * fg.shape[1] ** 2
         done += b
     mf, mg = sf / n, sg / n
     var_f = (sff / n - mf * mf) * n / (n - 1)
@@ -159,13 +195,22 @@ def hybrid_estimate(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, budg
     vr = var_f / resid.clamp_min(1e-300)
     if mu_prop is not None:
         scale = var_f.clamp_min(1e-300)
-        B = float((((mu_cv - mu_prop) ** 2 - v) / scale).mean().clamp_min(0))
-        w = v / (v + B * scale)
+        # the residuals' covariance S/n (from the first ≤ 4096 samples): under "no bias",
+        # T = Σ_j (μ_cv − μ_prop)_j²/Var_j has mean tr(D⁻¹S)/n and variance 2·tr((D⁻¹S)²)/n²
+        jm = joint_sum / joint_n
+        jc = joint / joint_n - torch.outer(jm, jm)
+        Cff, Cfg, Cgg = jc[:d_out, :d_out], jc[:d_out, d_out:], jc[d_out:, d_out:]
+        S = Cff - Cfg * beta - (Cfg * beta).T + Cgg * torch.outer(beta, beta)
+        M = S / scale.unsqueeze(1) / n
+        T = float((((mu_cv - mu_prop) ** 2) / scale).sum())
+        T0, sdT = float(torch.trace(M)), float(2 * (M * M.T).sum()) ** 0.5
+        B = max(T - T0 - 2 * sdT, 0.0) / d_out  # conservative: trust samples on evidence
+        w = v / (v + B * scale).clamp_min(1e-300)
         est = w * mu_prop + (1 - w) * mu_cv
     else:
         w = torch.zeros_like(mu_cv)
         est = mu_cv
-    flops = f_prop + f_ctrl + n * per
+    flops = f_prop + f_ctrl + n * per + extra_flops
     return HybridResult(est, mu_prop, mu_cv, v, w, vr, flops, n, K or None,
                         {"per_sample_flops": per, "propagation_flops": f_prop,
                          "control_flops": f_ctrl})
