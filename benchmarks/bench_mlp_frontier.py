@@ -8,7 +8,8 @@ MSE/Var = mean over output units of (estimate − truth)² / Var(output unit).
 Truth: the control-variate sampler of `hybrid.py` with N samples and no propagation (unbiased;
 its own MSE/Var noise, mean_j v_j/Var_j ≈ 1/(N·VR), is printed: errors below ~3× it are not
 resolved). Monte Carlo at F FLOPs: n = ⌊F / forward FLOPs⌋ samples, MSE/Var = 1/n exactly in
-expectation (no simulation needed). Hybrid: mean over `--runs` seeds. FLOPs: 2·m·n·k per
+expectation (no simulation needed). Hybrid: mean over `--runs` seeds (1000, 1001, …: the
+sampler's seeds must differ from the MLP's, or the first input is the first weight row). FLOPs: 2·m·n·k per
 matrix product plus the elementwise work the propagation counts (cumulants.py).
 
     .venv/bin/python benchmarks/bench_mlp_frontier.py [--widths 64 128 256] [--depth 4]
@@ -77,7 +78,7 @@ def run(args) -> dict:
             errs, hs = [], []
             try:
                 for s in range(args.runs):
-                    h = hybrid_estimate(mlp, mu, cov, F, seed=s,
+                    h = hybrid_estimate(mlp, mu, cov, F, seed=1000 + s,
                                         hermite_order=args.hermite_order)
                     errs.append(rel_mse(h.mean, truth, var))
                     hs.append(h)

@@ -31,10 +31,9 @@ FLOPs: 2·m·n·k per matrix product as computed (`cumulants.Flops`), per sample
 (the forward pass) + 2·d_out·n₁ (g) + 2·d_in (r), and 2·(2d_out + 1)² per sample for the
 first 4096 (the residual covariance).
 
-Known weakness (measured): with ~10³ samples a heavy-tailed draw (deep ReLU outputs are
-heavy-tailed) can make the control-variate estimate several standard errors off while its own
-variance estimate stays small; the bias test then trusts it (1 seed in 8 at width 64,
-10⁸ FLOPs) and the combination is worse than the propagation alone at that budget.
+Seeds: `seed` seeds torch's generator for the inputs; with `random_mlp(seed=s)` and the same
+s the first input would be the first weight row (an extreme pre-activation): use different
+seeds for the network and the estimator.
 """
 
 from __future__ import annotations
