@@ -39,7 +39,7 @@ def test_control_variate_is_unbiased_and_reduces_variance():
     per = per_sample_flops(mlp)
     ref = hybrid_estimate(mlp, mu, cov, per * 5e5, seed=99, cumulants=0)
     ests = torch.stack([hybrid_estimate(mlp, mu, cov, per * 600, seed=s, cumulants=0).mu_cv
-                        for s in range(40)])
+                        for s in range(100, 140)])
     se = ests.std(0) / math.sqrt(40)
     assert bool(((ests.mean(0) - ref.mu_cv).abs() < 4 * se + 4 * ref.v.sqrt()).all())
     assert float(ref.variance_reduction.mean()) > 1.5
