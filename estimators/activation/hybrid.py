@@ -157,6 +157,22 @@ def hybrid_estimate(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, budg
                          f"({f_prop:.3g}), the control variate ({f_ctrl:.3g}) and "
                          f"{min_samples} samples ({per:.3g} each)")
     C, e1, f_ctrl = _control(mlp, mean, cov)
+    acc, joint, extra_flops = _sample_stats(mlp, mean, cov, C, e1, n, seed, batch,
+                                            corr_samples)
+    mu_cv, v, vr, b1, b2 = _regress(acc, n)
+    est, w = _combine(mu_prop, mu_cv, v, b1, b2, acc, joint, n)
+    flops = f_prop + f_ctrl + n * per + extra_flops
+    return HybridResult(est, mu_prop, mu_cv, v, w, vr, flops, n, K or None,
+                        {"per_sample_flops": per, "propagation_flops": f_prop,
+                         "control_flops": f_ctrl})
+
+
+@torch.no_grad()
+def _sample_stats(mlp, mean, cov, C, e1, n, seed, batch, corr_samples):
+    """Sums over n samples of f, g, r and their products (per output), and the joint second
+    moments of [f, g, r] over the first `corr_samples`; FLOPs of the latter."""
+    D = torch.float64
+    d_out = C.shape[0]
     g = torch.Generator().manual_seed(int(seed))
     evals, evecs = torch.linalg.eigh(cov)
     L = evecs * evals.clamp_min(0).sqrt()
@@ -193,6 +209,14 @@ def hybrid_estimate(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, budg
             joint_n += zz.shape[0]
             extra_flops += 2.0 * zz.shape[0] * zz.shape[1] ** 2
         done += b
+    acc["r"], acc["rr"] = sr, srr
+    return acc, (joint, joint_sum, joint_n), extra_flops
+
+
+def _regress(acc, n):
+    """Least squares of f_j on (g_j, r): the control-variate estimate, its variance, the
+    variance reduction and the coefficients."""
+    sr, srr = acc["r"], acc["rr"]
     k1 = n / (n - 1)
     mf, mg, mr = acc["f"] / n, acc["g"] / n, sr / n
     var_f = (acc["ff"] / n - mf * mf) * k1
@@ -211,6 +235,16 @@ def hybrid_estimate(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, budg
     resid = (var_f - b1 * c_fg - b2 * c_fr).clamp_min(0)
     v = resid / n
     vr = var_f / resid.clamp_min(1e-300)
+    acc["var_f"] = var_f
+    return mu_cv, v, vr, b1, b2
+
+
+def _combine(mu_prop, mu_cv, v, b1, b2, acc, joint, n):
+    """Per-output weights on the propagation (module docstring) and the combined estimate."""
+    D = torch.float64
+    d_out = mu_cv.shape[0]
+    var_f = acc["var_f"]
+    joint, joint_sum, joint_n = joint
     if mu_prop is not None:
         scale = var_f.clamp_min(1e-300)
         # the residuals' covariance S/n (from the first ≤ 4096 samples): under "no bias",
@@ -228,10 +262,7 @@ def hybrid_estimate(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, budg
     else:
         w = torch.zeros_like(mu_cv)
         est = mu_cv
-    flops = f_prop + f_ctrl + n * per + extra_flops
-    return HybridResult(est, mu_prop, mu_cv, v, w, vr, flops, n, K or None,
-                        {"per_sample_flops": per, "propagation_flops": f_prop,
-                         "control_flops": f_ctrl})
+    return est, w
 
 
 def mlp_act(x: torch.Tensor, act: str) -> torch.Tensor:
