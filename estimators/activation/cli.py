@@ -66,6 +66,12 @@ def register(subparsers) -> None:
                         "output (steps with argument_bits, data_bits, total_bits, switched_on)")
     p.add_argument("--search-steps", type=int, default=5,
                    help="greedy steps or gradient updates (default 5)")
+    p.add_argument("--cumulants", type=int, choices=(2, 3, 4), default=None,
+                   help="plain MLPs: cumulant order tracked (2 Gaussian closure, default; 3 + "
+                   "factored third cumulants; 4 + marginal fourth cumulants)")
+    p.add_argument("--hermite-order", type=int, default=None,
+                   help="plain MLPs: terms of the Hermite series for covariances (1-12, "
+                   "default 4)")
     add_common_json(p)
     p.set_defaults(func=run_cli)
 
@@ -132,7 +138,7 @@ def page_positions(lm, n_ctx: int) -> list[int]:
 
 def build_chain(args):
     from estimators import conformance
-    from estimators.activation.chain import chain_for_zoo, mlp_chain, transformer_chain
+    from estimators.activation.chain import chain_for_zoo, transformer_chain
     from estimators.activation.mlp import is_mlp_folder, load_input_distribution, load_mlp
     from estimators.device import resolve_device
     from estimators.loading import load_model, load_sae
@@ -141,6 +147,8 @@ def build_chain(args):
     if args.n_inputs < 2:
         raise ValueError("--n-inputs must be at least 2")
     if is_mlp_folder(args.model):
+        from estimators.activation.cumulants import cumulant_chain
+
         if args.sae:
             raise ValueError("--sae applies to transformers, not plain MLPs")
         if args.data or args.tokens:
@@ -157,8 +165,13 @@ def build_chain(args):
             cov = torch.eye(d_in, dtype=torch.float64)
         if not args.epsilon > 0:
             raise ValueError("--epsilon must be > 0")
-        return mlp_chain(mlp, mean.to(device), cov.to(device), n_empirical=args.n_inputs,
-                         seed=args.seed, epsilon=args.epsilon, device=device)
+        return cumulant_chain(mlp, mean.to(device), cov.to(device),
+                              cumulants=args.cumulants or 2,
+                              hermite_order=4 if args.hermite_order is None else
+                              args.hermite_order, n_empirical=args.n_inputs, seed=args.seed,
+                              epsilon=args.epsilon, device=device)
+    if args.cumulants is not None or args.hermite_order is not None:
+        raise ValueError("--cumulants and --hermite-order are for plain MLP folders")
     if args.input_dist:
         raise ValueError("--input-dist is for plain MLP folders; transformers take --data")
     lm = load_model(args.model, device)
@@ -267,4 +280,7 @@ def run_cli(args) -> dict:
     out["mask_hash"] = mask.hash()
     out["chain"] = chain.to_dict()
     out["cost"]["total_seconds_with_ground_truth"] = time.perf_counter() - t0
+    out["layers"] = [{"name": name, "estimate_mean": est.mean.tolist(),
+                      "empirical_mean": chain.empirical_stats(name)[0].tolist()}
+                     for name, est in res.sites.items()]
     return out

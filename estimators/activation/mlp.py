@@ -1,9 +1,12 @@
 """Plain torch MLPs (Linear + ReLU/GELU) and their file formats.
 
 Model folder:
-  config.json        {"kind": "mlp", "widths": [d_in, h_1, ..., d_out], "activation": "relu"|"gelu"}
+  config.json        {"kind": "mlp", "widths": [d_in, h_1, ..., d_out], "activation": "relu"|"gelu",
+                      "final_activation": false}
   model.safetensors  layers.{i}.weight [widths[i+1], widths[i]], layers.{i}.bias [widths[i+1]]
-The activation follows every layer but the last (GELU is the exact erf form).
+The activation follows every layer but the last (GELU is the exact erf form); with
+"final_activation": true (optional, default false) it follows the last layer too (the
+WhestBench convention: the output is a post-activation layer).
 
 Input distribution JSON: {"mean": [d_in numbers], "cov": [[d_in × d_in numbers]]}, checked for
 shape, finiteness, symmetry (relative tolerance 1e-6) and positive semi-definiteness (smallest
@@ -23,7 +26,8 @@ from estimators.activation.closed_form import ACTIVATIONS, apply_activation
 
 
 class PlainMLP(nn.Module):
-    def __init__(self, widths: list[int], activation: str = "relu"):
+    def __init__(self, widths: list[int], activation: str = "relu",
+                 final_activation: bool = False):
         super().__init__()
         if len(widths) < 2 or any((not isinstance(w, int)) or w < 1 for w in widths):
             raise ValueError(f"widths must be ≥ 2 positive integers, not {widths!r}")
@@ -31,28 +35,37 @@ class PlainMLP(nn.Module):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
         self.widths = list(widths)
         self.activation = activation
+        if not isinstance(final_activation, bool):
+            raise ValueError(f"final_activation must be true or false, not {final_activation!r}")
+        self.final_activation = final_activation
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
     def forward(self, x: torch.Tensor, return_hidden: bool = False):
         """x [n, d_in] → output [n, d_out]; with return_hidden also the list of post-activation
-        hidden layers."""
+        hidden layers (the output, post-activation when final_activation, is not in it)."""
         hidden = []
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
                 x = apply_activation(x, self.activation)
                 hidden.append(x)
+            elif self.final_activation:
+                x = apply_activation(x, self.activation)
         return (x, hidden) if return_hidden else x
 
     def config(self) -> dict:
-        return {"kind": "mlp", "widths": self.widths, "activation": self.activation}
+        cfg = {"kind": "mlp", "widths": self.widths, "activation": self.activation}
+        if self.final_activation:
+            cfg["final_activation"] = True
+        return cfg
 
 
 def random_mlp(widths: list[int], activation: str = "relu", seed: int = 0,
-               bias_std: float = 0.0, dtype=torch.float64) -> PlainMLP:
+               bias_std: float = 0.0, dtype=torch.float64,
+               final_activation: bool = False) -> PlainMLP:
     """He-initialised MLP: W ~ N(0, 2/fan_in), b ~ N(0, bias_std²)."""
     g = torch.Generator().manual_seed(int(seed))
-    m = PlainMLP(widths, activation).to(dtype)
+    m = PlainMLP(widths, activation, final_activation).to(dtype)
     with torch.no_grad():
         for layer in m.layers:
             fan_in = layer.weight.shape[1]
@@ -95,7 +108,7 @@ def load_mlp(folder: str | Path, device="cpu", dtype=torch.float64) -> PlainMLP:
     widths = cfg.get("widths")
     if not isinstance(widths, list) or not all(isinstance(w, int) for w in widths):
         raise ValueError(f"{folder}/config.json: 'widths' must be a list of integers")
-    mlp = PlainMLP(widths, cfg.get("activation", "relu"))
+    mlp = PlainMLP(widths, cfg.get("activation", "relu"), cfg.get("final_activation", False))
     state = read_safetensors(folder / "model.safetensors")
     expected = mlp.state_dict()
     missing = sorted(set(expected) - set(state))

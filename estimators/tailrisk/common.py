@@ -19,6 +19,9 @@ ProgressFn = Callable[[float], None]
 
 FORWARD_CALLS = 1
 FORWARD_BACKWARD_CALLS = 2
+CALLS_CONVENTION = ("1 call = one input's forward pass, a backward pass = 1 more call; "
+                    "samples = inputs evaluated (with gradient: 2 calls each; the literature "
+                    "counts one forward+backward as one sample)")
 
 
 class Cancelled(Exception):

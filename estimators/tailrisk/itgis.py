@@ -9,20 +9,37 @@ mean is unbiased and so is their average:
     p̂ = mean over all samples of value(x)·Π_i p_i(x_i)/q_i(x_i).
 
 Budget: every sample is evaluated with its gradient (forward + backward = 2 calls), so a budget
-of N calls draws N/2 samples. The interval is the normal approximation on the weighted values
-(approximate; it can be too narrow when the weights are heavy-tailed).
+of N calls draws N/2 samples (`samples` in the diagnostics; the literature counts one
+forward+backward as one sample and quotes budgets in samples). The interval is the normal
+approximation on the weighted values (approximate; it can be too narrow when the weights are
+heavy-tailed).
+
+Safe defaults (auto_temperature, defensive):
+* the proposal is a defensive mixture per position, q_i = α·p_i + (1 − α)·q_{T,i} (Hesterberg
+  1995), so every weight Π p_i/q_i ≤ α^{−k}: never worse than k-fold bounded;
+* the temperature is chosen before every batch from the batches already drawn (so each batch
+  stays unbiased): while no sample has hit, T is halved each batch (more tilt, from
+  `temperature` down to `min_temperature`); after the first hit, T is the grid value (T₀·2^j,
+  j = −8…2) that minimises the importance-sampling second moment estimated by re-weighting
+  every earlier sample, m₂(T) = mean_j v_j²·p(x_j)²/(q_T(x_j)·q_j(x_j)) (adaptive importance
+  sampling; the same criterion as cross-entropy/variance-minimising schemes). T never goes
+  below a tenth of the gains' spread over each position's support (a tilt of e^{±10}: beyond
+  it the proposal collapses onto the tokens with the largest first-order gain).
+auto_temperature=False keeps `temperature` fixed (the literature's tuned runs).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from estimators.estimate import Cost, Estimate
 from estimators.tailrisk.behaviours import Behaviour, model_device
-from estimators.tailrisk.common import (FORWARD_BACKWARD_CALLS, Clock, EstimatorConfig,
-                                        ProgressFn, batches, generator, normal_interval, report)
+from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS, Clock,
+                                        EstimatorConfig, ProgressFn, batches, generator,
+                                        normal_interval, report)
 from estimators.tailrisk.distributions import InputDistribution
 
 
@@ -32,6 +49,9 @@ class ITGISConfig(EstimatorConfig):
     temperature: float = 1.0
     ema_decay: float = 0.9
     confidence: float = 0.95
+    auto_temperature: bool = True
+    defensive: float = 0.1
+    min_temperature: float = 1e-3
 
     def __post_init__(self):
         super().__post_init__()
@@ -39,11 +59,62 @@ class ITGISConfig(EstimatorConfig):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.defensive < 1:
+            raise ValueError(f"defensive must be in [0, 1), got {self.defensive}")
+        if not 0 < self.min_temperature <= self.temperature:
+            raise ValueError(f"min_temperature must be in (0, temperature], got "
+                             f"{self.min_temperature}")
+        if not isinstance(self.auto_temperature, bool):
+            raise ValueError("auto_temperature must be true or false")
 
 
 def proposal_logits(log_p: torch.Tensor, s: torch.Tensor, temperature: float) -> torch.Tensor:
     """log q_i(v) up to a constant: log p_i(v) + s_{i,v}/T (−inf off D's support)."""
     return log_p + s / temperature
+
+
+def _log_q(log_p: torch.Tensor, s: torch.Tensor | None, T: float,
+           alpha: float) -> torch.Tensor:
+    """[k, V] log of the defensive mixture α·p + (1 − α)·softmax(log p + s/T) per position."""
+    if s is None:
+        return log_p
+    log_tilt = torch.log_softmax(proposal_logits(log_p, s, T), -1)
+    if alpha <= 0:
+        return log_tilt
+    return torch.logaddexp(log_p + math.log(alpha), log_tilt + math.log1p(-alpha))
+
+
+def _gain_spread(s: torch.Tensor, log_p: torch.Tensor) -> float:
+    """Mean over positions of the standard deviation of the gains s_{i,v} over D's support."""
+    sup = torch.isfinite(log_p)
+    sd = []
+    for i in range(s.shape[0]):
+        v = s[i][sup[i]]
+        if v.numel() > 1:
+            sd.append(float(v.std()))
+    return sum(sd) / len(sd) if sd else 0.0
+
+
+def _best_temperature(log_p, s, T0, alpha, xs, vals, log_qs, grid_lo) -> float:
+    """argmin over T = T₀·2^j (j = −8…2, ≥ grid_lo) of the re-weighted second moment."""
+    x = torch.cat(xs)  # [n, k]
+    v = torch.cat(vals).double()
+    lq_used = torch.cat(log_qs)
+    hit = v != 0
+    x, v, lq_used = x[hit], v[hit], lq_used[hit]
+    k = log_p.shape[0]
+    rows = torch.arange(k)
+    lp = log_p[rows, x].sum(1)
+    best, best_m2 = T0, math.inf
+    for j in range(-8, 3):
+        T = T0 * 2.0 ** j
+        if T < grid_lo:
+            continue
+        lq = _log_q(log_p, s, T, alpha)[rows, x].sum(1)
+        m2 = float(torch.logsumexp(2 * v.log() + 2 * lp - lq - lq_used, 0))
+        if m2 < best_m2:
+            best, best_m2 = T, m2
+    return best
 
 
 def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config: ITGISConfig,
@@ -54,19 +125,34 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     n = config.budget // FORWARD_BACKWARD_CALLS
     log_p = dist.probs.log()  # [k, V] float64, cpu
     k, V = log_p.shape
+    alpha = config.defensive if config.auto_temperature else 0.0
     ema = torch.zeros(k, V, dtype=torch.float64)
     updates = 0
-    weighted = []
+    weighted, xs, vals, log_qs, temps = [], [], [], [], []
+    T = config.temperature
+    hits = 0
     for start, m in batches(n, config.batch_size):
-        if updates:
-            s = ema / (1 - config.ema_decay ** updates)
-            log_q = torch.log_softmax(proposal_logits(log_p, s, config.temperature), -1)
-        else:
-            log_q = log_p
+        s = ema / (1 - config.ema_decay ** updates) if updates else None
+        if config.auto_temperature and updates:
+            floor = max(config.min_temperature, 0.1 * _gain_spread(s, log_p))
+            if hits == 0:
+                T = max(T / 2, floor)
+            else:
+                T = _best_temperature(log_p, s, config.temperature, alpha, xs, vals, log_qs,
+                                      floor)
+        log_q = _log_q(log_p, s, T, alpha)
         x = torch.multinomial(log_q.exp().float(), m, replacement=True, generator=gen).T
-        log_w = (log_p.gather(1, x.T) - log_q.gather(1, x.T)).sum(0)  # [m]
+        lq = log_q.gather(1, x.T).sum(0)
+        log_w = log_p.gather(1, x.T).sum(0) - lq  # [m]
         v, _, grad = behaviour.evaluate_with_grad(model, x.to(dev))
-        weighted.append(v.cpu() * log_w.exp())
+        v = v.cpu()
+        weighted.append(v * log_w.exp())
+        hits += int((v != 0).sum())
+        if config.auto_temperature:
+            xs.append(x)
+            vals.append(v)
+            log_qs.append(lq)
+        temps.append(T if updates else None)
         # update only after this batch is weighted: later batches see it, this one did not
         ema = config.ema_decay * ema + (1 - config.ema_decay) * grad.double().mean(0).cpu()
         updates += 1
@@ -74,8 +160,13 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     w = torch.cat(weighted)
     value = float(w.mean())
     interval = normal_interval(w, config.confidence, upper_clip=1.0)
+    used = [t for t in temps if t is not None]
     return Estimate(value=value, interval=interval,
                     cost=Cost(calls=n * FORWARD_BACKWARD_CALLS, seconds=clock.seconds),
                     diagnostics={"samples": n, "hits": int((w > 0).sum()),
-                                 "temperature": config.temperature, "batches": updates,
+                                 "temperature": used[-1] if used else config.temperature,
+                                 "temperatures_used": sorted(set(used)),
+                                 "auto_temperature": config.auto_temperature,
+                                 "defensive": alpha, "batches": updates,
+                                 "calls_convention": CALLS_CONVENTION,
                                  "interval_kind": "normal (approximate)"})

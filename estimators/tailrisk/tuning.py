@@ -3,7 +3,9 @@
 The importance samplers' temperature T trades exploration against the proposal's tilt; the
 literature tunes it per distribution. `tune_temperature` runs the method at each T of a grid on
 the held-out targets and keeps the T with the lowest mean Itakura–Saito loss (unfitted, floored
-as in `scoring`). Score the tuned method on *other* targets.
+as in `scoring`). Score the tuned method on *other* targets. The grid runs are at *fixed* T
+(auto_temperature=False unless the overrides say otherwise): the estimators' default is an
+automatic temperature (itgis.py, mhis.py), which needs no held-out targets.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def tune_temperature(method: str, model, dist: InputDistribution,
         est = []
         for i, b in enumerate(behaviours):
             e = run_estimator(method, model, dist, b, budget, seed + i, temperature=T,
-                              **overrides)
+                              **{"auto_temperature": False, **overrides})
             est.append(e.value)
             done += 1
             if progress is not None:

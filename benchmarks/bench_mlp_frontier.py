@@ -1,0 +1,118 @@
+"""MLP frontier: error against FLOPs for cumulant propagation (K = 2, 3, 4), the hybrid
+estimator and Monte Carlo, on random ReLU MLPs.
+
+MLP: widths [w]·(depth+2) (input w, `depth` hidden layers of width w, output w), He
+initialisation, zero biases, N(0, I) input (the issue's and the kprop paper's setup). Error:
+MSE/Var = mean over output units of (estimate − truth)² / Var(output unit).
+
+Truth: the control-variate sampler of `hybrid.py` with N samples and no propagation (unbiased;
+its own MSE/Var noise, mean_j v_j/Var_j ≈ 1/(N·VR), is printed: errors below ~3× it are not
+resolved). Monte Carlo at F FLOPs: n = ⌊F / forward FLOPs⌋ samples, MSE/Var = 1/n exactly in
+expectation (no simulation needed). Hybrid: mean over `--runs` seeds (1000, 1001, …: the
+sampler's seeds must differ from the MLP's, or the first input is the first weight row). FLOPs: 2·m·n·k per
+matrix product plus the elementwise work the propagation counts (cumulants.py).
+
+    .venv/bin/python benchmarks/bench_mlp_frontier.py [--widths 64 128 256] [--depth 4]
+        [--truth-samples N] [--budgets 1e7 1e8 1e9 4e9] [--runs 3] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+D = torch.float64
+DEFAULT_TRUTH = {64: 4_000_000, 128: 2_000_000, 256: 500_000, 512: 100_000}
+
+
+def rel_mse(est, truth, var) -> float:
+    return float((((est - truth) ** 2) / var).mean())
+
+
+def run(args) -> dict:
+    from estimators.activation.cumulants import propagate_mlp
+    from estimators.activation.hybrid import hybrid_estimate, per_sample_flops
+    from estimators.activation.mlp import random_mlp
+
+    torch.set_num_threads(1)
+    rows = []
+    for w in args.widths:
+        mlp = random_mlp([w] * (args.depth + 2), "relu", seed=args.seed)
+        mu, cov = torch.zeros(w, dtype=D), torch.eye(w, dtype=D)
+        per = per_sample_flops(mlp)
+        n_truth = args.truth_samples or DEFAULT_TRUTH.get(w, 100_000)
+        t0 = time.perf_counter()
+        ref = hybrid_estimate(mlp, mu, cov, per * n_truth * 1.3, seed=10_000 + args.seed,
+                              cumulants=0)
+        truth, var = ref.mu_cv, ref.v * ref.samples * ref.variance_reduction
+        noise = float((ref.v / var).mean())
+        print(f"\nwidth {w}, {args.depth} hidden layers: truth {ref.samples:,} control-variate "
+              f"samples in {time.perf_counter() - t0:.0f}s (variance reduction "
+              f"{float(ref.variance_reduction.mean()):.2f}), truth noise MSE/Var {noise:.2e}")
+        print(f"{'method':28s} {'FLOPs':>9s} {'MSE/Var':>10s} {'MC at same':>10s} "
+              f"{'MC/method':>9s}")
+
+        def emit(method, flops, err, extra=None):
+            mc = per / flops
+            row = {"width": w, "method": method, "flops": flops, "rel_mse": err,
+                   "mc_rel_mse": mc, "truth_samples": ref.samples, "truth_noise": noise,
+                   **(extra or {})}
+            rows.append(row)
+            print(f"{method:28s} {flops:9.3g} {err:10.3g} {mc:10.3g} {mc / err:9.1f}")
+
+        for K in (2, 3, 4):
+            for diagonal in ((True, False) if K == 2 else (False,)):
+                r = propagate_mlp(mlp, mu, cov, K, args.hermite_order, diagonal=diagonal)
+                name = f"propagation K={K}" + (" naive" if diagonal else "")
+                emit(name, r.flops.total, rel_mse(r.output_mean, truth, var),
+                     {"matmul_flops": r.flops.matmul, "elementwise_flops": r.flops.elementwise})
+        for F in args.budgets:
+            errs, hs = [], []
+            try:
+                for s in range(args.runs):
+                    h = hybrid_estimate(mlp, mu, cov, F, seed=1000 + s,
+                                        hermite_order=args.hermite_order)
+                    errs.append(rel_mse(h.mean, truth, var))
+                    hs.append(h)
+            except ValueError as e:
+                print(f"hybrid at {F:.3g} FLOPs: {e}")
+                continue
+            emit(f"hybrid (K={hs[0].cumulants}, n={hs[0].samples})", hs[0].flops,
+                 sum(errs) / len(errs),
+                 {"budget": F, "runs": args.runs, "samples": hs[0].samples,
+                  "cumulants": hs[0].cumulants,
+                  "variance_reduction": float(hs[0].variance_reduction.mean()),
+                  "weight_on_propagation": float(hs[0].w.mean())})
+    return {"benchmark": "MLP output mean: cumulant propagation, hybrid, Monte Carlo",
+            "setup": f"ReLU, widths [w]*{args.depth + 2}, He init, zero bias, N(0, I) input",
+            "rows": rows}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--depth", type=int, default=4, help="hidden layers (default 4)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--truth-samples", type=int, default=None)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[1e7, 1e8, 1e9, 4e9])
+    ap.add_argument("--runs", type=int, default=3, help="hybrid seeds per budget")
+    ap.add_argument("--hermite-order", type=int, default=4)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    res = run(args)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

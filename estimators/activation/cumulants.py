@@ -1,0 +1,633 @@
+"""Cumulant propagation beyond the Gaussian closure for plain MLPs (Linear + ReLU/GELU).
+
+The Gaussian closure (`closed_form.py`, "K = 2") keeps each layer's mean and covariance. Here
+the pre-activations z = W x + b also carry their third joint cumulant κ₃ (K = 3) and, for
+K = 4, their marginal fourth cumulants. The activation step is the Edgeworth/Wick expansion of
+E[Π φ(z_i)] around independent Gaussians with the same means and variances (the "Hermite
+series"; background.md §2; the same expansion as ARC's cumulant propagation, "Estimating the
+expected output of wide random MLPs more efficiently than sampling", 2026 — our own derivation
+and term set, stated below, not theirs):
+
+* vertex coefficients ã_k(i) = E[φ^(k)(z_i)] under the marginal Edgeworth law of z_i:
+  ã_k = a_k + s/6·a_{k+3}  (K ≥ 3)  + q/24·a_{k+4} + s²/72·a_{k+6}  (K = 4),
+  a_k = E_G[φ^(k)], G = N(μ_i, Σ_ii), s = κ₃(z)_iii, q = κ₄(z)_iiii. The output mean is ã_0.
+* covariance (i ≠ j): Σ_{k=1..H} Σ_ij^k/k!·ã_k(i)ã_k(j) + ½κ₃(z)_iij ã_2(i)ã_1(j)
+  + ½κ₃(z)_ijj ã_1(i)ã_2(j) (H = `hermite_order`); variance: exact under the marginal law.
+* third cumulant of x = φ(z), kept as a sum of symmetric rank-n "pairs" (U, V) meaning
+  T_abc = Σ_r (U_ar U_br V_cr + U_ar V_br U_cr + V_ar U_br U_cr), so a linear map costs two
+  matrix products per pair (the factored form; O(n³) per layer, never the n³-entry tensor):
+    - distinct indices: ã_1ã_1ã_1·κ₃(z)_abc (the pre-activation pairs with legs scaled by ã_1)
+      and the two-edge paths ã_1(a)ã_1(b)ã_2(c)Σ_ac Σ_bc (pair U = diag(ã_1)Σ_off,
+      V = diag(ã_2));
+    - repeated indices, as corrections to the pairs' values there: the marginal third
+      cumulant d_i exactly (under the marginal law), and the slice κ₃(x)_iij to first order in
+      the off-diagonal cumulants (plus the Σ² term): Σ_ij ã_1(j)c_1(i) + ½κ₃(z)_iij ã_1(j)c_2(i)
+      + ½κ₃(z)_ijj ã_2(j)c_1(i) + ½Σ_ij² ã_2(j)c_2(i), c_k = E[(φ²)^(k)] − 2E[φ]ã_k.
+    Dropped: triangles (ã_2³ Σ_ab Σ_bc Σ_ca), products of a κ₃ and an edge, and everything of
+    higher order in the off-diagonal cumulants.
+* K = 4 adds the marginal fourth cumulant of each pre-activation from the diagonal κ₄(x)_iiii
+  (exact under the marginal law) and the slice κ₄(x)_iiij ≈ Σ_ij ã_1(j)·∂_μκ₃(x_i) (first
+  order); the full fourth-cumulant tensor is not tracked.
+* The naive (diagonal) argument: units independent, O(width²) per layer (W x and (W∘W)·var,
+  plus (W∘W∘W)·d for K ≥ 3).
+
+FLOPs: every matrix product 2·m·n·k as computed (matrix-vector 2·m·n); elementwise work
+(Hermite series, slices, vertex coefficients) is counted separately as one FLOP per entry per
+operation and reported as `elementwise_flops`; `flops` is the sum.
+For ReLU every vertex expectation is closed form; GELU uses 64-node Gauss–Hermite quadrature
+with Stein's identity E[h^(k)(z)] = σ^{−k} E[h(z) He_k((z−μ)/σ)].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from estimators.activation.closed_form import (ACTIVATIONS, _cdf, _pdf, _safe_sigma,
+                                               hermite_he)
+
+CUMULANT_ORDERS = (2, 3, 4)
+_GH = 64
+
+
+# ================================================================== vertex expectations
+
+def _relu_power_moments(mu, sigma, pmax: int) -> list[torch.Tensor]:
+    """M_p = E[z^p 1{z>0}], z ~ N(μ, σ²), p = 0..pmax (Stein recursion
+    M_p = μM_{p−1} + (p−1)σ²M_{p−2}, M_1 = μM_0 + σ²·pdf_z(0))."""
+    u = (mu / sigma).clamp(-40, 40)
+    out = [_cdf(u)]
+    if pmax >= 1:
+        out.append(mu * out[0] + sigma * _pdf(u))
+    for p in range(2, pmax + 1):
+        out.append(mu * out[p - 1] + (p - 1) * sigma * sigma * out[p - 2])
+    return out
+
+
+def _relu_delta_derivs(mu, sigma, mmax: int) -> list[torch.Tensor]:
+    """E[δ^(m)(z)] = σ^{−1−m} He_m(−u) pdf(u), u = μ/σ, m = 0..mmax."""
+    u = (mu / sigma).clamp(-40, 40)
+    he = hermite_he(max(mmax, 0), -u)
+    pdf = _pdf(u)
+    return [sigma ** (-1 - m) * he[m] * pdf for m in range(mmax + 1)]
+
+
+def vertex_table(mu: torch.Tensor, var: torch.Tensor, act: str, pmax: int,
+                 kmax: int) -> list[list[torch.Tensor]]:
+    """V[p][k] = E_G[(φ^p)^(k)(z)] for z ~ N(μ, var) elementwise, p = 1..pmax, k = 0..kmax
+    (V[0] unused). ReLU: (relu^p)^(k) = p!/(p−k)!·relu^{p−k} (k ≤ p; relu⁰ = step) and
+    p!·δ^(k−p−1) (k > p), all closed form. GELU: Gauss–Hermite with Stein's identity."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; choose one of {ACTIVATIONS}")
+    sigma = _safe_sigma(var)
+    table: list[list[torch.Tensor]] = [[]]
+    if act == "relu":
+        M = _relu_power_moments(mu, sigma, pmax)
+        D = _relu_delta_derivs(mu, sigma, kmax)
+        for p in range(1, pmax + 1):
+            row = []
+            for k in range(kmax + 1):
+                if k <= p:
+                    row.append(math.factorial(p) / math.factorial(p - k) * M[p - k])
+                else:
+                    row.append(math.factorial(p) * D[k - p - 1])
+            table.append(row)
+        return table
+    t, w = np.polynomial.hermite_e.hermegauss(_GH)
+    t = torch.tensor(t, dtype=mu.dtype, device=mu.device)
+    w = torch.tensor(w / math.sqrt(2 * math.pi), dtype=mu.dtype, device=mu.device)
+    x = mu.unsqueeze(-1) + sigma.unsqueeze(-1) * t
+    g = torch.nn.functional.gelu(x)
+    he = hermite_he(kmax, t)
+    for p in range(1, pmax + 1):
+        gp = g ** p * w
+        table.append([(gp * he[k]).sum(-1) * sigma ** (-k) for k in range(kmax + 1)])
+    return table
+
+
+def edgeworth(row: list[torch.Tensor], k: int, s, q, K: int) -> torch.Tensor:
+    """E[h^(k)(z)] under the marginal Edgeworth law with third/fourth cumulants s, q, from
+    row[j] = E_G[h^(j)] (module docstring)."""
+    out = row[k]
+    if K >= 3 and s is not None:
+        out = out + s / 6 * row[k + 3]
+    if K >= 4 and q is not None:
+        out = out + q / 24 * row[k + 4] + s * s / 72 * row[k + 6]
+    return out
+
+
+# ================================================================== third cumulants
+
+@dataclass
+class ThirdCumulant:
+    """κ₃ as symmetric pairs (U [n, r], V [n, r]) (module docstring) plus, after an activation,
+    corrections at repeated indices: d [n] (at iii) and R [n, n] (at iij, zero diagonal)."""
+
+    U: torch.Tensor
+    V: torch.Tensor
+    d: torch.Tensor | None = None
+    R: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.U.shape[1])
+
+    def diag(self) -> torch.Tensor:
+        """κ_iii [n] of the pairs alone (no corrections)."""
+        return 3 * (self.U * self.U * self.V).sum(1)
+
+    def slice_iij(self) -> tuple[torch.Tensor, float]:
+        """[n, n] matrix K with K[i, j] = κ_iij of the pairs (valid for i ≠ j), and FLOPs."""
+        n, r = self.U.shape
+        K = (self.U * self.U) @ self.V.T + 2 * (self.U * self.V) @ self.U.T
+        return K, 2 * 2.0 * n * n * r + 4.0 * n * r + n * n
+
+    def linear(self, W: torch.Tensor) -> tuple["ThirdCumulant", float]:
+        """κ₃ of W x (every leg contracted with W), in pair form, and its FLOPs."""
+        n_out, n_in = W.shape
+        Us = [W @ self.U] if self.rank else []
+        Vs = [W @ self.V] if self.rank else []
+        flops = 2 * 2.0 * n_out * n_in * self.rank
+        if self.d is not None or self.R is not None:
+            M = torch.zeros(n_in, n_in, dtype=W.dtype, device=W.device)
+            if self.R is not None:
+                M = M + self.R.T
+            if self.d is not None:
+                M = M + torch.diag(self.d / 3)
+            Us.append(W)
+            Vs.append(W @ M)
+            flops += 2.0 * n_out * n_in * n_in
+        if not Us:
+            z = torch.zeros(n_out, 0, dtype=W.dtype, device=W.device)
+            return ThirdCumulant(z, z.clone()), flops
+        return ThirdCumulant(torch.cat(Us, 1), torch.cat(Vs, 1)), flops
+
+
+# ================================================================== the layer state
+
+@dataclass
+class State:
+    """One site's cumulants: mean [n]; cov [n, n] (None on the diagonal path); var [n];
+    k3 (pairs, dense path, K ≥ 3) or k3_diag [n] (diagonal path); k4_diag [n] (K = 4);
+    k4_origins (K = 4, dense path, post-activation): one `_Origin` per earlier activation
+    layer, whose tree-level fourth cumulants reach this layer through the linearised map G."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    cov: torch.Tensor | None = None
+    k3: ThirdCumulant | None = None
+    k3_diag: torch.Tensor | None = None
+    k4_diag: torch.Tensor | None = None
+    k4_origins: list | None = None
+    k4_maps: list | None = None  # pre-activation: M = W·G per origin (of k4_origins)
+
+
+@dataclass
+class _Origin:
+    """An activation layer's data for tree-level fourth cumulants (K = 4): vertex coefficients
+    ã_1..ã_3, ∂_μVar and ∂²_μVar of each unit, κ₄_aaaa (d4), the slices κ₄_aaab (s31) and
+    κ₄_aabb (s22), the pre-activation Σ_off, and G (its units → the current layer's, the
+    activations linearised as x ≈ ã_1·z; None = identity)."""
+
+    a1: torch.Tensor
+    a2: torch.Tensor
+    a3: torch.Tensor
+    dvar: torch.Tensor
+    d2var: torch.Tensor
+    d4: torch.Tensor
+    s31: torch.Tensor
+    s22: torch.Tensor
+    off: torch.Tensor
+    G: torch.Tensor | None = None
+
+
+def _tree_q(M: torch.Tensor, o: _Origin) -> tuple[torch.Tensor, float]:
+    """κ₄(z)_iiii for z = M x from the origin's tree diagrams (one vertex; two vertices with
+    legs (3,1), (2,2); three vertices (2,1,1) with the two-leg vertex inside, coefficient
+    ∂²_μVar, or at the end; four vertices: star ã_3 and path ã_2ã_2), each leaf carrying
+    ã_1, each edge Σ_ab; and its FLOPs. Derivation: a unit linked by one edge acts as its
+    regression on the other's pre-activation, and κ(X, …, X, z, …, z) = σ^{2e}·∂_μ^e κ_m(X) for
+    Gaussian z (Stein)."""
+    n_out, n_in = M.shape
+    M2 = M * M
+    q = (M2 * M2) @ o.d4
+    q = q + 4 * ((M2 * M) * (M @ o.s31.T)).sum(1)
+    q = q + 3 * ((M2 @ o.s22) * M2).sum(1)
+    P = (M * o.a1) @ o.off
+    Q = (M2 * o.dvar) @ o.off
+    off2 = o.off * o.off
+    # coincident leaf units are other diagrams (the (2,2) double edge is in s22): removed
+    PP = P * P - (M2 * o.a1 * o.a1) @ off2
+    PQ = P * Q - (M2 * M * o.dvar * o.a1) @ off2
+    q = q + 6 * (M2 * o.d2var * PP).sum(1) + 12 * (M * o.a2 * PQ).sum(1)
+    q = q + 4 * (M * o.a3 * P ** 3).sum(1)
+    u = M * o.a2 * P
+    q = q + 12 * ((u @ o.off) * u).sum(1)
+    return q, 2.0 * n_out * n_in * (6 * n_in + 1) + 40.0 * n_out * n_in
+
+
+@dataclass
+class Flops:
+    matmul: float = 0.0
+    elementwise: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.matmul + self.elementwise
+
+    def add(self, other: "Flops") -> None:
+        self.matmul += other.matmul
+        self.elementwise += other.elementwise
+
+
+def linear_state(x: State, W: torch.Tensor, b: torch.Tensor | None, K: int, diagonal: bool,
+                 want_cov: bool = True) -> tuple[State, Flops]:
+    """Exact cumulants of z = W x + b from x's (pairs contract W on every leg).
+    want_cov=False computes only diag(W Σ Wᵀ) (a layer whose covariance nobody reads); when x
+    has no covariance (its own was not needed) only the mean is computed."""
+    n_out, n_in = W.shape
+    f = Flops(matmul=2.0 * n_out * n_in)
+    mean = W @ x.mean + (b if b is not None else 0)
+    if not diagonal and x.cov is None:
+        return State(mean, torch.full_like(mean, float("nan"))), f
+    W2 = W * W
+    if diagonal:
+        var = W2 @ x.var
+        f.matmul += 2.0 * n_out * n_in
+        f.elementwise += n_out * n_in
+        st = State(mean, var)
+        if K >= 3 and x.k3_diag is not None:
+            st.k3_diag = (W2 * W) @ x.k3_diag
+            f.matmul += 2.0 * n_out * n_in
+            f.elementwise += n_out * n_in
+        if K >= 4 and x.k4_diag is not None:
+            st.k4_diag = (W2 * W2) @ x.k4_diag
+            f.matmul += 2.0 * n_out * n_in
+            f.elementwise += n_out * n_in
+        return st, f
+    WS = W @ x.cov
+    f.matmul += 2.0 * n_out * n_in * n_in
+    if want_cov:
+        cov = WS @ W.T
+        cov = 0.5 * (cov + cov.T)
+        f.matmul += 2.0 * n_out * n_in * n_out
+        var = torch.diagonal(cov).clone()
+    else:
+        cov = None
+        var = (WS * W).sum(1)
+        f.elementwise += 2.0 * n_out * n_in
+    st = State(mean, var, cov)
+    if K >= 3:
+        if x.k3 is not None:
+            st.k3, fl = x.k3.linear(W)
+            f.matmul += fl
+            st.k3_diag = st.k3.diag()
+            f.elementwise += 3.0 * n_out * st.k3.rank
+        else:
+            st.k3_diag = torch.zeros_like(mean)
+    if K >= 4:
+        q = torch.zeros_like(mean)
+        st.k4_maps = []
+        for o in x.k4_origins or []:
+            M = W if o.G is None else W @ o.G
+            if o.G is not None:
+                f.matmul += 2.0 * n_out * n_in * o.G.shape[1]
+            dq, fl = _tree_q(M, o)
+            q = q + dq
+            f.matmul += fl
+            st.k4_maps.append(M)
+        st.k4_origins = x.k4_origins
+        if not x.k4_origins and x.k4_diag is not None:
+            q = q + (W2 * W2) @ x.k4_diag
+            f.matmul += 2.0 * n_out * n_in
+        st.k4_diag = q
+    return st, f
+
+
+def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
+                     want_cov: bool = True) -> tuple[State, Flops]:
+    """Cumulants of x = φ(z) from z's (module docstring). want_cov=False: mean and variance
+    only (the last hidden layer when only the output mean is read)."""
+    n = z.mean.shape[0]
+    s = z.k3_diag if K >= 3 else None
+    q = z.k4_diag if K >= 4 else None
+    extra = 0 if K == 2 else (3 if K == 3 else 6)
+    pmax = 2 if K == 2 else K
+    V = vertex_table(z.mean, z.var.clamp_min(0), act, pmax, max(order, 2) + extra + 1)
+    f = Flops(elementwise=float(n * pmax * (order + extra + 2) * 4))
+    E = [None] + [edgeworth(V[p], 0, s, q, K) for p in range(1, pmax + 1)]
+    mean = E[1]
+    var = (E[2] - E[1] ** 2).clamp_min(0)
+    x = State(mean, var)
+    if K >= 3:
+        x.k3_diag = E[3] - 3 * E[2] * E[1] + 2 * E[1] ** 3
+    if K >= 4:
+        x.k4_diag = E[4] - 4 * E[3] * E[1] - 3 * E[2] ** 2 + 12 * E[2] * E[1] ** 2 \
+            - 6 * E[1] ** 4
+    if diagonal or not want_cov:
+        return x, f
+    a = [edgeworth(V[1], k, s, q, K) for k in range(order + 1)]  # ã_0..ã_H
+    Sig = z.cov
+    eye = torch.eye(n, dtype=Sig.dtype, device=Sig.device)
+    off = Sig * (1 - eye)
+    cov = torch.zeros_like(Sig)
+    power = torch.ones_like(Sig)
+    fact = 1.0
+    for k in range(1, order + 1):
+        power = power * off
+        fact *= k
+        cov = cov + power * torch.outer(a[k], a[k]) / fact
+    f.elementwise += 4.0 * n * n * order
+    if K >= 3 and z.k3 is not None and z.k3.rank:
+        K3, fl = z.k3.slice_iij()
+        f.elementwise += fl
+        cov = cov + 0.5 * K3 * torch.outer(a[2], a[1]) + 0.5 * K3.T * torch.outer(a[1], a[2])
+        f.elementwise += 6.0 * n * n
+    else:
+        K3 = None
+    cov = cov * (1 - eye) + torch.diag(var)
+    x.cov = 0.5 * (cov + cov.T)
+    if K >= 3:
+        x.k3, fl = _post_third(z, V, a, E, s, q, K, off, K3, x.k3_diag)
+        f.elementwise += fl
+    if K >= 4:
+        x.k4_origins = _origins(z, V, a, E, s, q, K, off, x)
+        f.elementwise += 20.0 * n * n
+    return x, f
+
+
+def _origins(z: State, V, a, E, s, q, K, off, x: State) -> list[_Origin]:
+    """The K = 4 origins after an activation: the older ones pushed through x ≈ ã_1·z, and this
+    layer's own (κ₄_aaab ≈ Σ_ab ã_1(b)∂_μκ₃(x_a), first order; κ₄_aabb = Cov(X², Y²) −
+    2E[Y]Cov(X², Y) − 2E[X]Cov(X, Y²) + 4E[X]E[Y]Cov(X, Y) − 2Cov(X, Y)², each covariance by
+    the series to second order in Σ_ab)."""
+    out = [_Origin(**{**o.__dict__, "G": a[1].unsqueeze(1) * M})
+           for o, M in zip(z.k4_origins or [], z.k4_maps or [])]
+    D = [None] + [edgeworth(V[p], 1, s, q, K) for p in range(1, 4)]
+    dk3 = D[3] - 3 * (D[2] * E[1] + E[2] * D[1]) + 6 * E[1] ** 2 * D[1]
+    c1 = edgeworth(V[2], 1, s, q, K) - 2 * E[1] * a[1]
+    c2 = edgeworth(V[2], 2, s, q, K) - 2 * E[1] * a[2]
+    d2var = c2 - 2 * a[1] ** 2
+    eye = torch.eye(off.shape[0], dtype=off.dtype, device=off.device)
+    cov_off = x.cov * (1 - eye)
+    s22 = off * torch.outer(c1, c1) + 0.5 * off * off * torch.outer(c2, c2) \
+        - 2 * cov_off * cov_off
+    a3 = a[3] if len(a) > 3 else edgeworth(V[1], 3, s, q, K)
+    out.append(_Origin(a[1], a[2], a3, c1, d2var, x.k4_diag, off * torch.outer(dk3, a[1]),
+                       s22, off))
+    return out
+
+
+def _post_third(z: State, V, a, E, s, q, K, off, K3, t) -> tuple[ThirdCumulant, float]:
+    """κ₃ of x = φ(z) in pair form with repeated-index corrections d, R (module docstring)."""
+    n = z.mean.shape[0]
+    a1, a2 = a[1], a[2]
+    Us, Vs = [], []
+    if z.k3 is not None and z.k3.rank:
+        Us.append(a1.unsqueeze(1) * z.k3.U)
+        Vs.append(a1.unsqueeze(1) * z.k3.V)
+    Us.append(a1.unsqueeze(1) * off)
+    Vs.append(torch.diag(a2))
+    pairs = ThirdCumulant(torch.cat(Us, 1), torch.cat(Vs, 1))
+    # corrections at repeated indices
+    zero_s = s if s is not None else torch.zeros_like(a1)
+    d = t - a1 ** 3 * zero_s
+    c1 = edgeworth(V[2], 1, s, q, K) - 2 * E[1] * a1
+    c2 = edgeworth(V[2], 2, s, q, K) - 2 * E[1] * a2
+    off2 = off * off
+    true_iij = off * torch.outer(c1, a1) + 0.5 * off2 * torch.outer(c2, a2)
+    pair_iij = off2 * torch.outer(a1 ** 2, a2)
+    if K3 is not None:
+        true_iij = true_iij + 0.5 * K3 * torch.outer(c2, a1) + 0.5 * K3.T * torch.outer(c1, a2)
+        pair_iij = pair_iij + K3 * torch.outer(a1 ** 2, a1)
+    eye = torch.eye(n, dtype=off.dtype, device=off.device)
+    R = (true_iij - pair_iij) * (1 - eye)
+    pairs.d, pairs.R = d, R
+    return pairs, 20.0 * n * n + 2.0 * n * pairs.rank
+
+
+# ================================================================== whole MLPs
+
+@dataclass
+class MLPPropagation:
+    """Result of `propagate_mlp`: per-layer means (post-activation hidden layers, then the
+    output), the output mean (and covariance when asked), FLOPs."""
+
+    layer_means: list[torch.Tensor]
+    output_mean: torch.Tensor
+    output_cov: torch.Tensor | None
+    flops: Flops
+    info: dict = field(default_factory=dict)
+
+
+def _check(K: int, order: int) -> None:
+    if K not in CUMULANT_ORDERS:
+        raise ValueError(f"cumulants must be one of {CUMULANT_ORDERS}, not {K!r}")
+    if not isinstance(order, int) or order < 1 or order > 12:
+        raise ValueError(f"hermite order must be an integer from 1 to 12, not {order!r}")
+
+
+@torch.no_grad()
+def propagate_mlp(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, cumulants: int = 3,
+                  hermite_order: int = 4, diagonal: bool = False,
+                  output_cov: bool = False) -> MLPPropagation:
+    """Propagate N(input_mean, input_cov) through a `PlainMLP` tracking cumulants up to order
+    `cumulants` (2: Gaussian closure; 3: + factored third cumulants; 4: + marginal fourth
+    cumulants) with `hermite_order` terms of the covariance series.
+
+    diagonal=True is the naive argument (independent units, O(width²) per layer).
+    output_cov=False skips the covariances nobody reads (the last layer's): FLOPs count only
+    what is computed. Shapes: input_mean [d_in], input_cov [d_in, d_in]. ValueError on bad
+    K/order. The input is Gaussian (third and higher cumulants zero).
+    """
+    _check(cumulants, hermite_order)
+    dtype = torch.float64
+    mean = input_mean.to(dtype)
+    cov = input_cov.to(dtype)
+    x = State(mean, torch.diagonal(cov).clone(), None if diagonal else cov)
+    if diagonal and cumulants >= 3:
+        x.k3_diag = torch.zeros_like(mean)
+        if cumulants >= 4:
+            x.k4_diag = torch.zeros_like(mean)
+    f = Flops()
+    means = []
+    layers = list(mlp.layers)
+    final_act = bool(getattr(mlp, "final_activation", False))
+    for i, layer in enumerate(layers):
+        W = layer.weight.detach().to(dtype)
+        b = None if layer.bias is None else layer.bias.detach().to(dtype)
+        last = i == len(layers) - 1
+        has_act = (not last) or final_act
+        # the covariance of z is needed unless nothing after it reads more than marginals
+        need_cov_z = output_cov or not (last or (i == len(layers) - 2 and not final_act))
+        z, fl = linear_state(x, W, b, cumulants, diagonal, want_cov=need_cov_z)
+        f.add(fl)
+        if has_act:
+            x, fl = activation_state(z, mlp.activation, cumulants, hermite_order, diagonal,
+                                     want_cov=need_cov_z and z.cov is not None)
+            f.add(fl)
+        else:
+            x = z
+        means.append(x.mean)
+    return MLPPropagation(means, x.mean, x.cov if output_cov else None, f,
+                          {"cumulants": cumulants, "hermite_order": hermite_order,
+                           "diagonal": diagonal})
+
+
+# ================================================================== the engine's chain
+
+class _DiagonalMoments:
+    """Moments of a site reached on the diagonal (naive) path: mean and variances computed at
+    O(width²); any covariance block a mask asks for is formed lazily from the parent's
+    variances (W_b diag(v) W_bᵀ, then the Gaussian Hermite series), 2·b²·n_in FLOPs each."""
+
+    samples = None
+
+    def __init__(self, mean, var, W, parent_var, coeffs):
+        self.mean, self._var, self._W, self._pv, self._coeffs = mean, var, W, parent_var, coeffs
+        self._cov = None
+        self.shrinkage = 0.0
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    n = 0
+
+    @property
+    def var(self):
+        return self._var
+
+    def block(self, idx):
+        Wb = self._W[idx]
+        pre = (Wb * self._pv) @ Wb.T
+        out = torch.zeros_like(pre)
+        power = torch.ones_like(pre)
+        fact = 1.0
+        for k, a in enumerate(self._coeffs, start=1):
+            power = power * pre
+            fact *= k
+            out = out + power * torch.outer(a[idx], a[idx]) / fact
+        eye = torch.eye(len(idx), dtype=pre.dtype, device=pre.device)
+        out = out * (1 - eye) + torch.diag(self._var[idx])
+        return 0.5 * (out + out.T)
+
+    @property
+    def cov(self):
+        if self._cov is None:
+            self._cov = self.block(torch.arange(self.dim, device=self.mean.device))
+        return self._cov
+
+    def block_flops(self, sizes: list[int]) -> float:
+        n_in = self._W.shape[1]
+        return float(sum(2.0 * b * b * n_in + 4.0 * b * b * len(self._coeffs) for b in sizes))
+
+
+def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
+                   cumulants: int = 2, hermite_order: int = 4, n_empirical: int = 4096,
+                   seed: int = 0, epsilon: float = 1e-2, device=None):
+    """`chain.mlp_chain`'s sites and ground truth with cumulant-propagation transitions.
+
+    Each step reads its parent's masked Gaussian: a diagonal parent (naive mask there) takes the
+    O(width²) diagonal path (variances, and marginal third/fourth cumulants for K ≥ 3), with
+    any covariance block the child's mask tracks formed lazily; a parent with tracked pairs
+    takes the dense path (masked covariance, and the factored κ₃ carried from the step
+    before). A final activation (`mlp.final_activation`) is applied after the last layer.
+    FLOPs: as counted by `linear_state`/`activation_state` (matrix products 2·m·n·k plus
+    elementwise work).
+    """
+    from estimators.activation.chain import Step, mlp_chain
+    from estimators.activation.closed_form import hermite_coefficients
+    from estimators.activation.gaussian import Moments
+
+    _check(cumulants, hermite_order)
+    K = cumulants
+    chain = mlp_chain(_AsPlain(mlp), input_mean, input_cov, n_empirical=n_empirical, seed=seed,
+                      order=hermite_order, epsilon=epsilon, device=device)
+    if getattr(mlp, "final_activation", False):
+        x = chain.empirical["input"]
+        with torch.no_grad():
+            chain.empirical["output"] = mlp.to(x.device, x.dtype)(x)
+        chain.output.observations = chain.empirical["output"]
+        chain._emp_stats.clear()
+    side: dict[int, State] = {}
+    spent: dict[int, float] = {}
+    layers = list(mlp.layers)
+    final_act = bool(getattr(mlp, "final_activation", False))
+    steps = []
+    for i, layer in enumerate(layers):
+        has_act = i < len(layers) - 1 or final_act
+
+        def run(parent, i=i, layer=layer, has_act=has_act):
+            W = layer.weight.detach().to(torch.float64)
+            b = None if layer.bias is None else layer.bias.detach().to(torch.float64)
+            prev = side.get(i)
+            diagonal = parent.diagonal
+            x = State(parent.mean, parent.var, None if diagonal else parent.cov)
+            if K >= 3:
+                x.k3_diag = prev.k3_diag if prev is not None else torch.zeros_like(x.mean)
+                if not diagonal:
+                    x.k3 = _pairs_of(prev, x.mean)
+            if K >= 4:
+                x.k4_diag = prev.k4_diag if prev is not None else torch.zeros_like(x.mean)
+                x.k4_origins = None if (diagonal or prev is None) else prev.k4_origins
+            z, f = linear_state(x, W, b, K, diagonal)
+            if has_act:
+                y, f2 = activation_state(z, mlp.activation, K, hermite_order, diagonal)
+                f.add(f2)
+            else:
+                y = z
+            side[i + 1] = y
+            spent[i] = f.total
+            if not diagonal:
+                return [Moments(y.mean, cov=y.cov)]
+            coeffs = hermite_coefficients(z.mean, z.var, mlp.activation, hermite_order) \
+                if has_act else [torch.ones_like(z.mean)]
+            return [_DiagonalMoments(y.mean, y.var, W, parent.var, coeffs)]
+
+        def flops(parent, i=i):
+            return spent.get(i, 0.0)
+
+        desc = f"layers.{i}: exact linear" + (
+            f" + {mlp.activation} (cumulants K={K}, Hermite order {hermite_order})"
+            if has_act else "")
+        steps.append(Step(i, [i + 1], run, flops, sampled=False, description=desc))
+    chain.steps = steps
+    chain.info.update({"cumulants": K, "hermite_order": hermite_order,
+                       "final_activation": final_act})
+    return chain
+
+
+def _pairs_of(prev: State | None, mean: torch.Tensor) -> ThirdCumulant:
+    """The parent's κ₃ in pair form; a parent reached on the diagonal path has only its
+    marginal third cumulants (the d correction)."""
+    if prev is not None and prev.k3 is not None:
+        return prev.k3
+    empty = torch.zeros(mean.shape[0], 0, dtype=mean.dtype, device=mean.device)
+    return ThirdCumulant(empty, empty.clone(), d=None if prev is None else prev.k3_diag)
+
+
+class _AsPlain(torch.nn.Module):
+    """A view of a PlainMLP without its final activation, for `mlp_chain`'s bookkeeping (its
+    own transitions are replaced by `cumulant_chain`)."""
+
+    def __init__(self, mlp):
+        super().__init__()
+        self.inner = mlp
+        self.widths = mlp.widths
+        self.activation = mlp.activation
+        self.layers = mlp.layers
+
+    def forward(self, x, return_hidden: bool = False):
+        from estimators.activation.closed_form import apply_activation
+
+        hidden = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = apply_activation(x, self.activation)
+                hidden.append(x)
+        return (x, hidden) if return_hidden else x
