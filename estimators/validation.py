@@ -240,6 +240,10 @@ CLI_LIMITS: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("tail-risk", "unit"): (0, None, True),
     ("ground-truth", "max_exact"): (1, 2 ** 30, True),
     ("ground-truth", "samples"): (1, 2 ** 30, True),
+    ("ground-truth", "sampled"): (1, 2 ** 36, True),  # 2^32 is the literature's size (a cluster)
+    ("ground-truth", "shard_samples"): (1, 2 ** 24, True),
+    ("ground-truth", "chunk"): (1, 2 ** 20, True),
+    ("ground-truth", "workers"): (1, 4096, True),
     ("ground-truth", "seed"): (0, 2 ** 63 - 1, True),
     ("ground-truth", "sampling_temperature"): (1e-6, 1e6, False),
     ("ground-truth", "feature"): (0, None, True),

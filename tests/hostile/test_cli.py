@@ -57,6 +57,8 @@ NUMBERS = [  # (command, flag, value, words the message must contain)
     ("tail-risk", "--sampling-temperature", "0", "must be ≥"),
     ("tail-risk", "--bias", "inf", "finite"),
     ("ground-truth", "--samples", "2^40", "must be ≤"),
+    ("ground-truth", "--sampled", "2^50", "must be ≤"),
+    ("ground-truth", "--shard-samples", "2^40", "must be ≤"),
     ("ground-truth", "--max-exact", "abc", "invalid integer"),
     ("circuit", "--samples", "1e12", "must be ≤"),
     ("circuit", "--order", "100", "must be ≤"),
