@@ -1,0 +1,118 @@
+"""The sidebar's Data field (app/data_source.py) driving every page for a model outside the zoo:
+a tiny TransformerLens checkpoint with random weights, its SAE, a token-id file and a `datasets`
+folder, all built in tmp_path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from estimators.loading import load_model, save_checkpoint, load_sae
+
+from .conftest import assert_no_exception, open_page
+from ..data.conftest import tiny_model, tiny_sae
+
+HOOK = "blocks.1.hook_resid_pre"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEW_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """(model folder, SAE folder, tokens spec, hf spec) with 12 sequences of 8 tokens each."""
+    from datasets import Dataset
+
+    root = tmp_path_factory.mktemp("world")
+    save_checkpoint(tiny_model(), root / "model")
+    tiny_sae(HOOK).save_model(str(root / "sae"))
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, 300, (12, 8), generator=g).tolist()
+    (root / "seqs.json").write_text(json.dumps(seqs))
+    Dataset.from_dict({"input_ids": seqs}).save_to_disk(str(root / "ds"))
+    return (str(root / "model"), str(root / "sae"), f"tokens:{root / 'seqs.json'}",
+            f"hf:{root / 'ds'},len=4")
+
+
+def _open(world, page=None, data=None):
+    model, sae, tokens_spec, _ = world
+    return open_page(page, {"model": model, "sae": sae, "data": data or tokens_spec})
+
+
+def _errors(at) -> list[str]:
+    return [e.value for e in at.error]  # the main area and the sidebar
+
+
+def test_every_page_runs_on_the_data(world):
+    said = {"activation.py": "Real inputs: the first N sequences of tokens:",
+            "scrubbing.py": "Examples: tokens:"}
+    for page in ("model.py", "activation.py", "scrubbing.py", "tail_risk.py"):
+        at = _open(world, page)
+        assert_no_exception(at)
+        assert not _errors(at), (page, _errors(at))
+        assert at.session_state["data_spec"] == world[2]
+        if page in said:
+            assert any(c.value.startswith(said[page]) for c in at.caption), page
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "12 sequences × 8 tokens" in captions
+    # tail risk: an input distribution from the data
+    at.selectbox(key="tr_w_dist").set_value("from data: empirical").run()
+    assert_no_exception(at)
+    assert any(c.value.startswith("empirical(tokens:") or "empirical(tokens:" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+
+
+def test_model_page_sae_quality_equals_the_library(world):
+    from estimators.sae_stats import sae_quality_on_data
+
+    at = _open(world, "model.py")
+    assert_no_exception(at)
+    lm = load_model(world[0])
+    _, want = sae_quality_on_data(lm, load_sae(world[1], lm), world[2])
+    got = {m.label: m.value for m in at.metric}
+    assert got["Explained variance"] == f"{want['explained_variance']:.3f}"
+    assert got["L0 (mean active latents)"] == f"{want['l0']:.2f}"
+    assert got["MSE per element"] == f"{want['mse']:.3g}"
+    assert got["Dead latents"] == f"{want['dead_fraction']:.1%}"
+    assert want["n_activations"] == 12 * 8
+    assert len(at.dataframe) >= 2  # the data sequence's predictions, the config
+
+
+def test_a_datasets_folder_drives_the_model_and_scrubbing_pages(world):
+    for page in ("model.py", "scrubbing.py"):
+        at = _open(world, page, data=world[3])
+        assert_no_exception(at)
+        assert not _errors(at), _errors(at)
+    assert any("24 sequences × 4 tokens" in c.value for c in at.sidebar.caption)
+
+
+def test_a_bad_spec_is_one_error_and_keeps_the_data(world):
+    at = _open(world, "model.py")
+    before = [c.value for c in at.sidebar.caption]
+    at.sidebar.text_input(key="_data_typed").set_value("tokens:/no/such/file.json").run()
+    assert_no_exception(at)
+    assert len(_errors(at)) == 1, _errors(at)
+    assert "keeping" in at.sidebar.error[0].value
+    assert at.session_state["data_spec"] == world[2]
+    assert [c.value for c in at.sidebar.caption] == before
+    assert at.query_params["data"] == world[2]
+
+
+def test_the_url_round_trips(world):
+    at = _open(world, None, data=world[3])
+    assert at.session_state["data_spec"] == world[3]
+    new = world[2] + ",n=5"
+    at.sidebar.text_input(key="_data_typed").set_value(new).run()
+    assert at.session_state["data_spec"] == new
+    assert at.query_params["data"] == new
+    again = open_page(None, {"model": world[0], "data": new})
+    assert again.session_state["data_spec"] == new
+    assert any("5 sequences × 8 tokens" in c.value for c in again.sidebar.caption)
+    # a zoo model's default (zoo) is left out of the link
+    zoo = open_page(None, {})
+    assert zoo.session_state["data_spec"] == "zoo"
+    assert "data" not in zoo.query_params
