@@ -5,8 +5,9 @@ The spec is one string — `zoo`, `tokens:FILE.json`, `text:PATH`, `hf:FOLDER[:C
 `,n=`, `len=`, `seed=` options — kept in the URL as `?data=...` (left out when it is the model's
 default: `zoo` for a zoo model, empty otherwise) and written into every page's explanation file
 (`context["data"]`). A spec that does not parse or load for the current model is reported in
-one st.error line and the last good spec is kept. Loaded data is cached per (model, device,
-spec) with `st.cache_resource`; the loads themselves are memoised by `estimators.data` too.
+one st.error line and the last good spec is kept. A new spec is read inside an st.status box
+in the sidebar. Loaded data is cached per (model, spec): zoo samples with `st.cache_resource`,
+files by `estimators.data`'s memo (which also notices an edited file).
 
 Pages ask `current_data(lm)` for a `Data` (tokens [n, len] int64 on the CPU) or None when the
 field is empty.
@@ -38,16 +39,33 @@ def current_spec() -> str:
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _cached_data(model_source: str, device: str, spec: str, _lm: LoadedModel) -> Data:
+def _cached_zoo_data(model_source: str, device: str, spec: str, _lm: LoadedModel) -> Data:
     return parse_spec(spec).load(_lm)
 
 
-def load(lm: LoadedModel, spec: str, model_source: str, device: str) -> Data:
-    """The data of `spec` for the model (cached per model, device and spec), read inside an
-    st.status box that says what is being read. Raises DataError / ValueError (one line)."""
-    with st.status(f"Reading data `{spec}`…", expanded=False) as box:
-        data = _cached_data(model_source, device, spec, lm)
-        box.update(label=f"Data: {data.describe()}", state="complete")
+def _data(lm: LoadedModel, spec: str, model_source: str, device: str) -> Data:
+    """The data of `spec` for the model. Zoo generator samples are cached here per (model,
+    device, spec); files are memoised by `estimators.data` per (spec, model vocabulary, context
+    and tokenizer, the files' sizes and modification times), so an edited file is read again.
+    Raises DataError / ValueError (one line)."""
+    src = parse_spec(spec)
+    if src.kind == "zoo":
+        return _cached_zoo_data(model_source, device, spec, lm)
+    return src.load(lm)
+
+
+def load(lm: LoadedModel, spec: str, model_source: str, device: str, where=None) -> Data:
+    """`_data` inside an st.status box (in `where`, default the sidebar) that says what is being
+    read and then what was read; a rerun (navigating away, any click) abandons the page after
+    the read. Raises DataError / ValueError (one line)."""
+    where = where if where is not None else st.sidebar
+    with where.status(f"Reading data `{spec}`…", expanded=False) as box:
+        try:
+            data = _data(lm, spec, model_source, device)
+        except (DataError, ValueError, OSError):
+            box.update(label="Data not read", state="error")
+            raise
+        box.update(label=f"Read {len(data):,} × {data.seq_len} tokens", state="complete")
     return data
 
 
@@ -60,7 +78,7 @@ def current_data(lm: LoadedModel) -> Data | None:
     if not spec:
         return None
     try:
-        return _cached_data(store.current_model_source(), store.current_device(), spec, lm)
+        return _data(lm, spec, store.current_model_source(), store.current_device())
     except (DataError, ValueError, OSError) as e:
         st.error(f"The data `{spec}` could not be read: {e}")
         return None
@@ -110,7 +128,7 @@ def sidebar(lm: LoadedModel, model_source: str, device: str) -> None:
     spec = ss[SPEC_KEY]
     if spec:
         try:
-            sb.caption(_cached_data(model_source, device, spec, lm).describe())
+            sb.caption(_data(lm, spec, model_source, device).describe())
         except (DataError, ValueError, OSError) as e:
             sb.error(f"The data `{spec}` could not be read: {e}")
     else:

@@ -116,3 +116,22 @@ def test_the_url_round_trips(world):
     zoo = open_page(None, {})
     assert zoo.session_state["data_spec"] == "zoo"
     assert "data" not in zoo.query_params
+
+
+def test_the_activation_chain_reads_the_first_n_sequences_of_the_data(world):
+    from app import activation as glue
+    from estimators.activation.chain import transformer_chain
+    from estimators.data import parse_spec
+
+    lm = load_model(world[0])
+    data = parse_spec(world[2]).load(lm)
+    s = glue.Settings((6, 7), n_inputs=5, samples=8)
+    assert glue.default_settings(lm, data).positions[-1] == data.seq_len - 1
+    got = glue.build_chain(lm, None, s, data.tokens)
+    want = transformer_chain(lm.model, data.tokens[:5], sites=glue.default_sites(lm, None),
+                             positions=[6, 7], samples=8, seed=0, logits_position=-1)
+    assert got.n_inputs == 5
+    for site, x in want.empirical.items():
+        assert torch.equal(got.empirical[site], x), site
+    typed = glue.Settings((2,), n_inputs=5, samples=8, tokens="1 2 3\n4 5 6")
+    assert glue.build_chain(lm, None, typed, data.tokens).n_inputs == 2  # typed ids win
