@@ -25,6 +25,7 @@ URL_KEY = "data"
 SPEC_KEY = "data_spec"          # session: the last good spec ("" = none)
 SPEC_MODEL_KEY = "data_spec_model"  # session: the model source the spec was checked against
 WIDGET_KEY = "_data_typed"
+BAD_KEY = "data_spec_bad"  # session: (model source, spec, error) of the last spec that failed
 ZOO = "zoo"
 
 
@@ -111,18 +112,27 @@ def sidebar(lm: LoadedModel, model_source: str, device: str) -> None:
             else:
                 sb.error(f"Data from the link not used: {error}")
         ss[WIDGET_KEY] = ss[SPEC_KEY]
+    elif WIDGET_KEY not in ss:  # Streamlit dropped the widget's state (a run without it)
+        ss[WIDGET_KEY] = ss[SPEC_KEY]
     typed = sb.text_input(
         "Data spec", key=WIDGET_KEY, placeholder="tokens:FILE.json, text:PATH, hf:FOLDER",
         help="The inputs the pages use for this model: zoo (a built-in model's generator), "
              "tokens:FILE.json (token-id lists), text:FILE_OR_FOLDER (tokenized with the "
              "model's tokenizer), hf:FOLDER[:COLUMN] (a datasets folder from save_to_disk); "
-             "options ,n=128,len=64,seed=0. Empty: no data.").strip()
+             "options ,n=128,len=64,seed=0. Empty: the model's default (zoo for a built-in "
+             "model, else no data).").strip()
     typed = typed or default_spec(lm)  # an emptied field: the model's default
     if typed != ss[SPEC_KEY]:
-        error = None if not typed else _check(lm, typed, model_source, device)
+        bad = ss.get(BAD_KEY)
+        if bad is not None and bad[:2] == (model_source, typed):
+            error = bad[2]  # the same text failed on an earlier run: not read again
+        else:
+            error = _check(lm, typed, model_source, device)
         if error is None:
             ss[SPEC_KEY] = typed
+            ss.pop(BAD_KEY, None)
         else:
+            ss[BAD_KEY] = (model_source, typed, error)
             sb.error(f"Data not used ({error}); keeping "
                      f"{('`' + ss[SPEC_KEY] + '`') if ss[SPEC_KEY] else 'no data'}.")
     spec = ss[SPEC_KEY]

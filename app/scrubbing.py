@@ -104,19 +104,42 @@ def evaluate_many(scrubber: Scrubber, model_key: str, parts: list[PathPartition]
             for p in parts]
 
 
+def anomaly_normal(lm, n: int, seed: int) -> ScrubData:
+    """Fresh normal inputs for the anomaly demo: a zoo model's generator at seed + 1; for a
+    model outside the zoo the sidebar data's sequences after the N that scrubbing uses (up to
+    N of them). Raises PathError when fewer than 2 are left."""
+    if lm.kind == "zoo":
+        return ScrubData.from_zoo(lm.name, n=n, seed=seed + 1)
+    data = page_data(lm)
+    rest = [] if data is None else data.tokens[n:2 * n].tolist()
+    if len(rest) < 2:
+        raise PathError(f"the anomaly demo needs normal inputs beyond the {n} that scrubbing "
+                        f"uses: give more data (n= in the Data field) or lower Examples N")
+    cfg = lm.model.cfg
+    return ScrubData.from_sequences(rest, int(cfg.d_vocab), int(cfg.n_ctx),
+                                    f"{data.source.spec} (sequences {n}..{n + len(rest) - 1})",
+                                    int(getattr(cfg, "d_vocab_out", 0) or cfg.d_vocab))
+
+
 def anomaly(_scrubber: Scrubber, model_key: str, partition_hash: str, partition_json: str,
-            n: int, seed: int, device: str) -> dict:
+            n: int, seed: int, device: str, _lm=None) -> dict:
+    """ROC of scrubbed losses on normal inputs (`anomaly_normal`) against the same inputs with
+    their second halves shuffled; cached by the model's fingerprint, `model_key` (which carries
+    a non-zoo model's data fingerprint), partition and settings. Raises PathError."""
     return _anomaly(_scrubber, conformance.model_fingerprint(_scrubber.model), model_key,
-                    partition_hash, partition_json, n, seed, device)
+                    partition_hash, partition_json, n, seed, device, _lm)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _anomaly(_scrubber: Scrubber, fingerprint: str, model_key: str, partition_hash: str,
-             partition_json: str, n: int, seed: int, device: str) -> dict:
+             partition_json: str, n: int, seed: int, device: str, _lm) -> dict:
     from estimators.scrubbing.anomaly import anomaly_demo
 
-    model_name = model_key.split(":", 1)[1].split("|data=")[0]
-    normal = ScrubData.from_zoo(model_name, n=n, seed=seed + 1)
+    if _lm is None:
+        model_name = model_key.split(":", 1)[1].split("|data=")[0]
+        normal = ScrubData.from_zoo(model_name, n=n, seed=seed + 1)
+    else:
+        normal = anomaly_normal(_lm, n, seed)
     with _lock():
         return anomaly_demo(_scrubber, PathPartition.from_json(partition_json), normal, seed)
 

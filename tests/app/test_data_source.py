@@ -135,3 +135,13 @@ def test_the_activation_chain_reads_the_first_n_sequences_of_the_data(world):
         assert torch.equal(got.empirical[site], x), site
     typed = glue.Settings((2,), n_inputs=5, samples=8, tokens="1 2 3\n4 5 6")
     assert glue.build_chain(lm, None, typed, data.tokens).n_inputs == 2  # typed ids win
+
+
+def test_scrubbing_anomaly_demo_on_the_data(world):
+    model, sae, tokens_spec, _ = world
+    at = open_page("scrubbing.py", {"model": model, "data": tokens_spec, "scrub_n": "8"})
+    at.checkbox(key="_scrub_anomaly").check().run()
+    assert_no_exception(at)
+    assert not _errors(at), _errors(at)
+    auc = [m for m in at.metric if m.label == "ROC AUC (scrubbed)"]
+    assert len(auc) == 1 and 0.0 <= float(auc[0].value) <= 1.0
