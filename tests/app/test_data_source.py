@@ -145,3 +145,14 @@ def test_scrubbing_anomaly_demo_on_the_data(world):
     assert not _errors(at), _errors(at)
     auc = [m for m in at.metric if m.label == "ROC AUC (scrubbed)"]
     assert len(auc) == 1 and 0.0 <= float(auc[0].value) <= 1.0
+
+
+def test_tail_risk_runs_on_a_distribution_from_the_data(world):
+    at = _open(world, "tail_risk.py")
+    assert at.selectbox(key="tr_w_dist").value == "from data: empirical"  # the default here
+    at.selectbox(key="tr_w_dist").set_value("from data: data tokens").run()
+    assert any(c.value.startswith("data-tokens(tokens:") for c in at.caption)
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert_no_exception(at)
+    assert not _errors(at), _errors(at)
+    assert any(s.value.startswith("Results (truth: ") for s in at.subheader)
