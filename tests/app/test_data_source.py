@@ -116,6 +116,10 @@ def test_the_url_round_trips(world):
     zoo = open_page(None, {})
     assert zoo.session_state["data_spec"] == "zoo"
     assert "data" not in zoo.query_params
+    # a link whose data does not fit the model: one line, the model's default
+    bad = open_page(None, {"data": world[2]})  # ids up to 299 for a 32-token zoo model
+    assert len(bad.error) == 1 and "Data from the link not used" in bad.error[0].value
+    assert bad.session_state["data_spec"] == "zoo"
 
 
 def test_the_activation_chain_reads_the_first_n_sequences_of_the_data(world):
