@@ -68,7 +68,8 @@ def settings_file_box(lm, s: tr.Settings, model, sae) -> None:
     """Download the settings as an explanation file; an uploaded one (also edited) applies."""
     with st.expander("Settings file", expanded=False):
         st.download_button("Download settings", state.explanation_bytes(
-            tr.SETTINGS_KIND, s.to_dict(), {"model": lm.name, "data": _data_spec()}), file_name="tail_risk.json",
+            tr.SETTINGS_KIND, s.to_dict(), {"model": lm.name, "data": _data_spec()}),
+            file_name="tail_risk.json",
             mime="application/json")
         up = st.file_uploader("Upload settings", type=["json"], key="tr_settings_file")
         if up is None or st.session_state.get("tr_settings_seen") == up.file_id:
