@@ -140,15 +140,30 @@ def default_positions(lm) -> tuple[int, ...]:
                                  -1 if lp is None else lp))
 
 
-def _context_length(lm) -> int:
+def _context_length(lm, data=None) -> int:
+    """The input length: the zoo generator's, else the sidebar data's (`data`, see
+    `page_data`), else min(n_ctx, 16) for uniform random inputs."""
     entry = lm.zoo_entry
     if entry is not None:
         return int(entry.sample(1, seed=0).tokens.shape[1])
+    if data is not None:
+        return int(data.seq_len)
     return int(min(lm.model.cfg.n_ctx, 16))
 
 
-def default_settings(lm) -> Settings:
-    return Settings(default_positions(lm))
+def default_settings(lm, data=None) -> Settings:
+    lp = label_position(lm)
+    return Settings(tuple(chain_positions(_context_length(lm, data), lm.model.cfg.d_model,
+                                          DEFAULT_MAX_DIM, -1 if lp is None else lp)))
+
+
+def page_data(lm):
+    """The sidebar's data for a model outside the zoo (its real inputs), else None: a zoo
+    model keeps its own generator."""
+    if lm.zoo_entry is not None:
+        return None
+    from app import data_source
+    return data_source.current_data(lm)
 
 
 def candidate_sites(lm, sae) -> list[str]:
@@ -180,9 +195,16 @@ def _sae_hook(sae) -> str:
 
 
 # ============================================================================ the chain
-def model_key() -> tuple[str, str, str]:
-    """(model source, SAE source, device) of the sidebar's choice."""
-    return store.current_model_source(), store.current_sae_source(), store.current_device()
+def model_key() -> tuple[str, ...]:
+    """(model source, SAE source, device) of the sidebar's choice, plus the sidebar's data spec
+    for a model outside the zoo (its inputs; a zoo model reads its own generator)."""
+    from app import data_source
+    from estimators import zoo
+
+    key = (store.current_model_source(), store.current_sae_source(), store.current_device())
+    if key[0] in zoo.names():
+        return key
+    return key + (data_source.current_spec(),)
 
 
 def parse_tokens(text: str, d_vocab: int) -> torch.Tensor:
@@ -203,16 +225,21 @@ def parse_tokens(text: str, d_vocab: int) -> torch.Tensor:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Running real inputs through the model…")
-def _cached_chain(key: tuple, settings_key: str, _lm, _sae) -> Chain:
+def _cached_chain(key: tuple, settings_key: str, data_fp: str | None, _lm, _sae,
+                  _data_tokens) -> Chain:
     s = Settings.from_dict(json.loads(settings_key))
-    return build_chain(_lm, _sae, s)
+    return build_chain(_lm, _sae, s, _data_tokens)
 
 
-def build_chain(lm, sae, s: Settings) -> Chain:
+def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -> Chain:
     """The chain for these settings (plain function: tests call it to get the page's numbers).
     Sizes that would not fit (a site's covariance, the sampled activations) are refused with a
     ValueError before anything runs; so is a model the activation engine's conformance check
-    refuses (one line, `conformance.EngineUnsupported`)."""
+    refuses (one line, `conformance.EngineUnsupported`).
+
+    data_tokens: [n, len] real inputs for a model outside the zoo (the sidebar's data); the
+    first N (`s.n_inputs`) rows are used, unless token ids are typed into the settings. Neither:
+    N uniform random sequences."""
     conformance.require(lm.model, "activation")
     cfg = lm.model.cfg
     tokens = None
@@ -222,6 +249,12 @@ def build_chain(lm, sae, s: Settings) -> Chain:
         if ctx > cfg.n_ctx:
             raise ValueError(f"token sequences have {ctx} tokens; the model's context is "
                              f"{cfg.n_ctx}")
+    elif lm.zoo_entry is None and data_tokens is not None:
+        if data_tokens.shape[0] < 2:
+            raise ValueError("the data holds fewer than 2 sequences; the activation model needs "
+                             "at least 2 real inputs")
+        tokens = data_tokens[:s.n_inputs].clone()
+        ctx = int(tokens.shape[1])
     else:
         ctx = _context_length(lm)
     bad = [p for p in s.positions if p >= ctx]
@@ -252,8 +285,10 @@ def build_chain(lm, sae, s: Settings) -> Chain:
 
 
 def get_chain(lm, sae, s: Settings) -> Chain:
+    data = page_data(lm)
     with compute_scope():
-        return _cached_chain(model_key(), s.key(), lm, sae)
+        return _cached_chain(model_key(), s.key(), None if data is None else data.fingerprint,
+                             lm, sae, None if data is None else data.tokens)
 
 
 def get_propagator(chain: Chain, chain_key: str) -> tuple[Propagator, str | None]:
@@ -418,10 +453,16 @@ def write_url(settings: Settings, default: Settings, mask: CovarianceMask,
 
 def explanation(prop: Propagator, settings: Settings, bpp: float | None, res) -> bytes:
     mk = model_key()
-    context = {"model": mk[0], "sae": mk[1], "settings": settings.to_dict(),
+    context = {"model": mk[0], "sae": mk[1], "data": _data_spec(),
+               "settings": settings.to_dict(),
                "bits_per_parameter": bpp, "mask_hash": prop.mask.hash(),
                "surprise": res.surprise.to_dict()}
     return state.explanation_bytes(EXPLANATION_KIND, prop.mask.to_dict(), context)
+
+
+def _data_spec() -> str:
+    from app import data_source
+    return data_source.current_spec()
 
 
 def read_explanation(data: bytes) -> tuple[CovarianceMask, Settings | None, float | None]:

@@ -80,7 +80,8 @@ def settings_form(lm, sae, ctx: int, site_options: list[str]) -> None:
                                 "positions "
                                 "stay at their real values. Dimension = positions × units.")
             if lm.zoo_entry is None:
-                st.text_area("Input token ids, one sequence per line (empty: uniform random)",
+                st.text_area("Input token ids, one sequence per line (empty: the sidebar's "
+                             "data, else uniform random)",
                              key="_act_tokens")
         with c2:
             a, b, c = st.columns(3)

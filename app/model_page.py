@@ -85,3 +85,67 @@ def _sae_report(model_name: str, sae_key: str, device: str, _lm: LoadedModel, _s
 
 def sae_report(lm: LoadedModel, sae) -> tuple[dict, list[dict]]:
     return _sae_report(lm.name, store.current_sae_source(), str(lm.model.cfg.device), lm, sae)
+
+
+# ------------------------------------------------------------------- any model with data
+def token_label(lm: LoadedModel, i: int) -> str:
+    """Token id `i` as text through the model's tokenizer (repr, so spaces show), else the id."""
+    from estimators.data import decode
+
+    text = decode(lm, [int(i)])
+    return repr(text) if text else str(int(i))
+
+
+def data_prediction_frame(lm: LoadedModel, tokens: torch.Tensor) -> pd.DataFrame:
+    """One data sequence `tokens` [len] with the model's top-3 next-token predictions per
+    position and the probability of the token that really comes next (none at the last)."""
+    V_out = int(getattr(lm.model.cfg, "d_vocab_out", 0) or lm.model.cfg.d_vocab)
+    n = int(tokens.shape[0])
+    targets = torch.cat([tokens[1:], tokens[:1]]).clamp(max=V_out - 1)
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[-1] = False
+    mask[:-1] &= tokens[1:] < V_out  # a next token the output vocabulary lacks: not scored
+    ids = [str(i) for i in range(max(V_out, int(lm.model.cfg.d_vocab)))]
+    rows = model_info.token_predictions(lm.model, tokens, ids, targets, mask)
+    lab = {}
+
+    def name(s: str | None) -> str:
+        if s is None:
+            return ""
+        if s not in lab:
+            lab[s] = token_label(lm, int(s))
+        return lab[s]
+
+    return pd.DataFrame({
+        "pos": [r.position for r in rows],
+        "token": [name(r.token) for r in rows],
+        "top-1": [name(r.top[0][0]) for r in rows],
+        "p(top-1)": [round(r.top[0][1], 4) for r in rows],
+        "top-3": [", ".join(f"{name(t)} ({p:.2f})" for t, p in r.top) for r in rows],
+        "next": [name(r.target) for r in rows],
+        "p(next)": [round(r.target_prob, 4) if r.target_prob is not None else None
+                    for r in rows],
+    })
+
+
+def sae_quality_with_progress(lm: LoadedModel, sae, spec: str) -> tuple[dict, dict]:
+    """`estimators.sae_stats.sae_quality_on_data(lm, sae, spec)` (its defaults n=256, seed=1
+    where the spec leaves them unset), in steps shown in an st.status box — read the data, the
+    activations at the SAE's hook (shared activation cache), the statistics — so a rerun
+    (navigating away, any click) cancels it between steps."""
+    from estimators.activation_cache import activations
+    from estimators.data import load_data
+    from estimators.loading import sae_hook_name
+    from estimators.sae_stats import sae_quality_on_data
+
+    with st.status("Measuring the SAE on the data…", expanded=False) as box:
+        box.write(f"Reading `{spec}`…")
+        data = load_data(spec, lm, n=SAE_EVAL_SEQUENCES, seed=SAE_EVAL_SEED)
+        hook = sae_hook_name(sae)
+        box.write(f"{data.describe()}; activations at `{hook}`…")
+        with store.model_lock():
+            activations(lm.model, data, [hook])
+            box.write("SAE statistics…")
+            out = sae_quality_on_data(lm, sae, spec, n=SAE_EVAL_SEQUENCES, seed=SAE_EVAL_SEED)
+        box.update(label=f"SAE measured on {data.describe()}", state="complete")
+    return out

@@ -28,16 +28,41 @@ RESAMPLE_CHOICES = [UNIFORM, "match:label", "match:token_at:-1", "match:token_at
 
 
 # ------------------------------------------------------------------------------ data & caches
-def scrub_data(lm, n: int, seed: int) -> ScrubData:
-    if lm.kind != "zoo":
-        raise PathError("this page scores a zoo model on its own data; for another model use "
-                        "`python -m estimators scrub --data FILE`")
-    return ScrubData.from_zoo(lm.name, n=n, seed=seed)
+def page_data(lm):
+    """The sidebar's data (`app.data_source`) for a model outside the zoo, else None (a zoo
+    model is scored on its own generator, as before)."""
+    if lm.kind == "zoo":
+        return None
+    from app import data_source
+    return data_source.current_data(lm)
+
+
+def data_key(lm) -> str:
+    """What the scores depend on beyond the model: the data's fingerprint for a model outside
+    the zoo ("" for a zoo model). Appended to the model key of the caches."""
+    data = page_data(lm)
+    return "" if data is None else f"|data={data.fingerprint}"
+
+
+def scrub_data(lm, n: int, seed: int, data=None) -> ScrubData:
+    """A zoo model's own task data (N examples by seed), else the first N sequences of `data`
+    (the sidebar's, scored by next-token loss at every position but the last). Raises
+    PathError when a model outside the zoo has no data."""
+    if lm.kind == "zoo":
+        return ScrubData.from_zoo(lm.name, n=n, seed=seed)
+    if data is None:
+        raise PathError("this model is not in the zoo: give its data in the sidebar's Data field "
+                        "(e.g. tokens:FILE.json or text:PATH)")
+    cfg = lm.model.cfg
+    return ScrubData.from_sequences(data.tokens[:n].tolist(), int(cfg.d_vocab), int(cfg.n_ctx),
+                                    f"{data.source.spec} (first {min(n, len(data))})",
+                                    int(getattr(cfg, "d_vocab_out", 0) or cfg.d_vocab))
 
 
 def get_scrubber(_lm, model_key: str, n: int, seed: int, device: str) -> Scrubber:
-    """The Scrubber of (model, N, seed, device), cached by the model's fingerprint (whole
-    config + weights + code version, `estimators.conformance.model_fingerprint`)."""
+    """The Scrubber of (model, data, N, seed, device), cached by the model's fingerprint (whole
+    config + weights + code version, `estimators.conformance.model_fingerprint`); `model_key`
+    carries the data's fingerprint (`data_key`) for a model outside the zoo."""
     return _get_scrubber(_lm, conformance.model_fingerprint(_lm.model), model_key, n, seed,
                          device)
 
@@ -45,7 +70,8 @@ def get_scrubber(_lm, model_key: str, n: int, seed: int, device: str) -> Scrubbe
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _get_scrubber(_lm, fingerprint: str, model_key: str, n: int, seed: int,
                   device: str) -> Scrubber:
-    return Scrubber(_lm.model, scrub_data(_lm, n, seed), seed=seed, device=device)
+    return Scrubber(_lm.model, scrub_data(_lm, n, seed, page_data(_lm)), seed=seed,
+                    device=device)
 
 
 def _lock():
@@ -78,19 +104,42 @@ def evaluate_many(scrubber: Scrubber, model_key: str, parts: list[PathPartition]
             for p in parts]
 
 
+def anomaly_normal(lm, n: int, seed: int) -> ScrubData:
+    """Fresh normal inputs for the anomaly demo: a zoo model's generator at seed + 1; for a
+    model outside the zoo the sidebar data's sequences after the N that scrubbing uses (up to
+    N of them). Raises PathError when fewer than 2 are left."""
+    if lm.kind == "zoo":
+        return ScrubData.from_zoo(lm.name, n=n, seed=seed + 1)
+    data = page_data(lm)
+    rest = [] if data is None else data.tokens[n:2 * n].tolist()
+    if len(rest) < 2:
+        raise PathError(f"the anomaly demo needs normal inputs beyond the {n} that scrubbing "
+                        f"uses: give more data (n= in the Data field) or lower Examples N")
+    cfg = lm.model.cfg
+    return ScrubData.from_sequences(rest, int(cfg.d_vocab), int(cfg.n_ctx),
+                                    f"{data.source.spec} (sequences {n}..{n + len(rest) - 1})",
+                                    int(getattr(cfg, "d_vocab_out", 0) or cfg.d_vocab))
+
+
 def anomaly(_scrubber: Scrubber, model_key: str, partition_hash: str, partition_json: str,
-            n: int, seed: int, device: str) -> dict:
+            n: int, seed: int, device: str, _lm=None) -> dict:
+    """ROC of scrubbed losses on normal inputs (`anomaly_normal`) against the same inputs with
+    their second halves shuffled; cached by the model's fingerprint, `model_key` (which carries
+    a non-zoo model's data fingerprint), partition and settings. Raises PathError."""
     return _anomaly(_scrubber, conformance.model_fingerprint(_scrubber.model), model_key,
-                    partition_hash, partition_json, n, seed, device)
+                    partition_hash, partition_json, n, seed, device, _lm)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _anomaly(_scrubber: Scrubber, fingerprint: str, model_key: str, partition_hash: str,
-             partition_json: str, n: int, seed: int, device: str) -> dict:
+             partition_json: str, n: int, seed: int, device: str, _lm) -> dict:
     from estimators.scrubbing.anomaly import anomaly_demo
 
-    model_name = model_key.split(":", 1)[1]
-    normal = ScrubData.from_zoo(model_name, n=n, seed=seed + 1)
+    if _lm is None:
+        model_name = model_key.split(":", 1)[1].split("|data=")[0]
+        normal = ScrubData.from_zoo(model_name, n=n, seed=seed + 1)
+    else:
+        normal = anomaly_normal(_lm, n, seed)
     with _lock():
         return anomaly_demo(_scrubber, PathPartition.from_json(partition_json), normal, seed)
 
@@ -204,3 +253,9 @@ def assignment_or_empty(p: PathPartition, graph) -> np.ndarray:
         return p.assign(graph)
     except PathError:
         return np.full(graph.n_paths, REST, dtype=np.int64)
+
+
+def data_spec() -> str:
+    """The sidebar's data spec, for the explanation file's context."""
+    from app import data_source
+    return data_source.current_spec()

@@ -160,8 +160,7 @@ def compare_box(scrubber, part, refs, model_key: str, n: int, seed: int, device:
 def anomaly_box(lm, scrubber, part, model_key: str, n: int, seed: int, device: str) -> None:
     """ROC of scrubbed loss on normal vs shuffled inputs, for next-token zoo tasks."""
     with st.expander("Anomaly detection with this partition", expanded=False):
-        entry = lm.zoo_entry
-        if entry is None or scrubber.data.batch.targets is None:
+        if scrubber.data.batch.targets is None:
             st.info("The anomaly demo shuffles the second half of next-token sequences; this "
                     "model's task has no next-token targets.")
         elif st.checkbox("Run the demo (normal inputs vs second halves shuffled)",
@@ -169,9 +168,13 @@ def anomaly_box(lm, scrubber, part, model_key: str, n: int, seed: int, device: s
             kind = st.radio("Score", ["scrubbed", "excess"], horizontal=True, key="_scrub_akind",
                             format_func={"scrubbed": "scrubbed loss",
                                          "excess": "scrubbed − original loss"}.get)
-            with st.spinner("Scoring inputs…"):
-                demo = glue.anomaly(scrubber, model_key, part.hash, json.dumps(part.to_dict()), n,
-                                    seed, device)
+            try:
+                with st.spinner("Scoring inputs…"):
+                    demo = glue.anomaly(scrubber, model_key, part.hash,
+                                        json.dumps(part.to_dict()), n, seed, device, lm)
+            except PathError as e:
+                st.info(str(e))
+                return
             st.metric(f"ROC AUC ({kind})", f"{demo[kind]['auc']:.3f}")
             st.plotly_chart(anomaly_histogram(demo[kind]["normal"], demo[kind]["anomalous"],
                                               demo[kind]["auc"], kind), config=PNG_CONFIG,

@@ -13,7 +13,7 @@ import threading
 
 import streamlit as st
 
-from app import state
+from app import data_source, state
 from estimators import zoo
 from estimators.device import available_devices, default_device, device_summary
 from estimators.loading import LoadError, LoadedModel, load_model, load_sae
@@ -187,6 +187,7 @@ def sidebar() -> None:
                 f"SAE {sae_wanted!r}"):
             st.session_state["sae_source"] = sae_wanted
 
+    data_source.sidebar(lm, st.session_state["model_source"], current_device())
     _sync_url()
 
 

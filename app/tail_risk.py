@@ -22,6 +22,8 @@ from estimators.tailrisk.actmodel import MASKS as ACTIVATION_MASKS
 SETTINGS_KIND = "tail-risk"
 URL_KEY = "tr"
 UPLOADED = "uploaded file"
+FROM_DATA = {"from data: empirical": "empirical",      # per-position frequencies
+             "from data: data tokens": "data-tokens"}  # uniform over the data's tokens
 BEHAVIOURS = {"argmax": "t is the argmax (temperature 0)",
               "sampled": "probability of sampling t at temperature τ",
               "logit": "logit of t above a threshold",
@@ -210,9 +212,20 @@ def default_length(full: InputDistribution, max_inputs: int = DEFAULT_MAX_INPUTS
     return length
 
 
-def build_distribution(s: Settings, model, entry, vocab) -> InputDistribution:
+def build_distribution(s: Settings, model, entry, vocab, data=None) -> InputDistribution:
+    """The settings' input distribution: a built-in, the uploaded file, or one of FROM_DATA
+    built from `data` (`estimators.data.Data`, the sidebar's; `distributions.from_tokens`:
+    empirical per-position frequencies, or uniform over the tokens that occur), kept to the
+    last `s.length` positions (0: the longest with ≤ 2^16 inputs). Raises DistributionError."""
     V = int(model.cfg.d_vocab)
-    if s.distribution == UPLOADED:
+    if s.distribution in FROM_DATA:
+        from estimators.tailrisk.distributions import from_tokens
+
+        if data is None:
+            raise DistributionError("no data: give a data spec in the sidebar's Data field")
+        kind = FROM_DATA[s.distribution]
+        full = from_tokens(data.tokens, V, kind, f"{kind}({data.source.spec})", vocab)
+    elif s.distribution == UPLOADED:
         if s.uploaded is None:
             raise DistributionError("no distribution file uploaded yet")
         full = from_json(s.uploaded, V, int(model.cfg.n_ctx), vocab, "uploaded")

@@ -59,11 +59,17 @@ def load_settings(lm, model, sae) -> tr.Settings:
     return st.session_state["tr_settings"]
 
 
+def _data_spec() -> str:
+    from app import data_source
+    return data_source.current_spec()
+
+
 def settings_file_box(lm, s: tr.Settings, model, sae) -> None:
     """Download the settings as an explanation file; an uploaded one (also edited) applies."""
     with st.expander("Settings file", expanded=False):
         st.download_button("Download settings", state.explanation_bytes(
-            tr.SETTINGS_KIND, s.to_dict(), {"model": lm.name}), file_name="tail_risk.json",
+            tr.SETTINGS_KIND, s.to_dict(), {"model": lm.name, "data": _data_spec()}),
+            file_name="tail_risk.json",
             mime="application/json")
         up = st.file_uploader("Upload settings", type=["json"], key="tr_settings_file")
         if up is None or st.session_state.get("tr_settings_seen") == up.file_id:

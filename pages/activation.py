@@ -20,14 +20,19 @@ st.markdown(
 lm = store.current_model()
 sae = store.current_sae()
 mk = glue.model_key()
-defaults = glue.default_settings(lm)
-ctx = glue._context_length(lm)
+data = glue.page_data(lm)  # real inputs for a model outside the zoo (sidebar's Data)
+defaults = glue.default_settings(lm, data)
+ctx = glue._context_length(lm, data)
 site_options = glue.candidate_sites(lm, sae)
 ss.setdefault("act_msgs", [])
 
 
 # ---- settings (URL on first visit), the chain, the propagator: app/activation_view.py ---------
 view.bind(lm=lm, sae=sae)
+if lm.zoo_entry is None:
+    st.caption(f"Real inputs: the first N sequences of {data.describe()}" if data is not None
+               else "Real inputs: the token ids typed below, else uniform random tokens "
+                    "(give data in the sidebar's Data field for real ones).")
 view.init_settings(mk, defaults)
 view.settings_form(lm, sae, ctx, site_options)
 settings, chain, prop = view.build(lm, sae, mk, defaults)

@@ -31,6 +31,7 @@ except PathError as e:
     st.error(str(e))
     st.stop()
 model_key = f"{lm.kind}:{lm.name}"
+score_key = model_key + glue.data_key(lm)  # scores also depend on a non-zoo model's data
 
 # ---- settings (URL) ----------------------------------------------------------------------------
 c1, c2, c3 = st.columns([1, 1, 3])
@@ -41,10 +42,15 @@ seed = int(c2.number_input("Seed", 0, 2**31 - 1, view.int_param("scrub_seed", 0,
 state.set_param("scrub_n", str(n))
 state.set_param("scrub_seed", str(seed))
 try:
-    scrubber = glue.get_scrubber(lm, model_key, n, seed, device)
+    with st.spinner("Running the data through the model…"):
+        scrubber = glue.get_scrubber(lm, score_key, n, seed, device)
 except (PathError, ValueError) as e:
     st.error(str(e))
     st.stop()
+
+if lm.kind != "zoo":
+    st.caption(f"Examples: {scrubber.data.source}; loss: next-token loss at every position but "
+               f"the last.")
 
 # ---- the partition: session state, seeded from the URL once per model -------------------------
 view.init_partition(graph, model_key)
@@ -69,7 +75,8 @@ with st.expander("Upload / download the partition", expanded=False):
     st.file_uploader("Partition JSON or explanation file", type=["json"], key="_scrub_upload",
                      on_change=view.on_upload)
     st.download_button("Download explanation (JSON)",
-                       glue.download_bytes(part, {"model": lm.name, "n": n, "seed": seed}),
+                       glue.download_bytes(part, {"model": lm.name, "n": n, "seed": seed,
+                                                 "data": glue.data_spec()}),
                        file_name="scrubbing-explanation.json", mime="application/json",
                        key="_scrub_download")
 
@@ -134,7 +141,7 @@ with right:
 
 # ---- scores -----------------------------------------------------------------------------------
 with st.spinner("Scrubbing…"):
-    res = glue.evaluate(scrubber, model_key, part.hash, json.dumps(part.to_dict()), n, seed,
+    res = glue.evaluate(scrubber, score_key, part.hash, json.dumps(part.to_dict()), n, seed,
                         device)
 sur = SurpriseBreakdown.from_dict(res["surprise"])
 m = st.columns(4) + st.columns(3)  # two rows: a value never truncated ("100.0…")
@@ -155,6 +162,6 @@ with st.expander("S(π) per block"):
                  hide_index=True)
     st.caption(sur.notes)
 
-view.compare_box(scrubber, part, refs, model_key, n, seed, device)
-view.anomaly_box(lm, scrubber, part, model_key, n, seed, device)
+view.compare_box(scrubber, part, refs, score_key, n, seed, device)
+view.anomaly_box(lm, scrubber, part, score_key, n, seed, device)
 view.search_box(scrubber, part)

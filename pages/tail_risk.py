@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import messages, store
+from app import data_source, messages, store
 from app import tail_risk as tr
 from app import tail_risk_widgets as w
 from app.plots import tail_risk as plots
@@ -30,10 +30,12 @@ def label(t: int) -> str:
 
 
 s = w.load_settings(lm, model, sae)
+data = data_source.current_data(lm) if data_source.current_spec() != data_source.ZOO else None
 builtins = list(entry.input_distributions()) if entry is not None else []
-dist_options = builtins + [tr.UPLOADED]
+dist_options = builtins + (list(tr.FROM_DATA) if data is not None else []) + [tr.UPLOADED]
 if s.distribution not in dist_options:
-    s.distribution = builtins[0] if builtins else tr.UPLOADED
+    s.distribution = (builtins or [o for o in dist_options if o in tr.FROM_DATA] or
+                      [tr.UPLOADED])[0]
 w.settings_file_box(lm, s, model, sae)
 w.show_notes()
 
@@ -56,7 +58,7 @@ with c6:
 s = w.commit(st.session_state["tr_settings"], fields)
 
 try:
-    dist = tr.build_distribution(s, model, entry, vocab)
+    dist = tr.build_distribution(s, model, entry, vocab, data)
     st.caption(dist.describe())
 except (DistributionError, ValueError) as e:
     if not st.session_state.get("tr_upload_failed"):  # else the upload's error said it all
