@@ -151,3 +151,20 @@ def test_cli_engine_edges(tmp_path, capsys):
                "--engine", "edges", "--json"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "more than one edge" in err
+
+
+@pytest.mark.parametrize("option", __import__("tests.conformance_grid",
+                                              fromlist=["OPTIONS"]).OPTIONS)
+def test_conformance_grid_float32(option):
+    """Every grid config TransformerLens runs passes the edge check, except post-norm blocks,
+    refused by structure in one line (the edge pass runs the model's own modules, so attention
+    sinks, which the treeified pass refuses, pass here)."""
+    from tests.conformance_grid import grid_model
+
+    model = grid_model(option, "float32")
+    v = conformance.verdict(model, "scrubbing-edges")
+    if "before_and_after" in option:
+        assert not v.ok and "use_normalization_before_and_after" in v.reason
+        assert "\n" not in v.reason
+    else:
+        assert v.ok, v.reason
