@@ -30,6 +30,18 @@ matters (a sender hop with a fixed channel such as `*>a1.0:k>logits`, or three o
 a `PathError` of one line. Two groups whose edges lie on one path would both claim that path,
 so, as in the treeified engine, overlapping groups are refused.
 
+Configs: the patched pass is the model's own forward pass (`model.run_with_hooks` with
+`use_split_qkv_input` and `use_hook_mlp_in` switched on for its duration: every head reads its
+own q/k/v input through the block's ln1 and attention, every MLP through ln2), so whatever the
+model's modules do is done (rotary, alibi, soft caps, QK-norm, local/bidirectional attention,
+MoE, attention sinks, ...); whether it equals `model(tokens)` is decided numerically by
+`estimators.scrubbing.edges_conformance`. Two consequences: grouped-query heads of one key/value
+group read one key and one value input, so a partition must give their k (and v) edges the same
+groups (else PathError); with OLMo's joint QK-norm a head whose q/k input differs from its
+layer-mates' is normalised jointly with their projections of *their* inputs (TransformerLens'
+split-input semantics), where the treeified engine normalises each copy as if all heads read
+its input — so on those models the two engines differ for such partitions.
+
 Surprise: the same code as `PathPartition.description_parts` (estimators/surprise.py), over the
 model's E edges instead of its P treeified paths: S(π) pays b bits per *edge* kept (important,
 or the matched share of a matched block's edges), not per path.

@@ -168,3 +168,45 @@ def test_conformance_grid_float32(option):
         assert "\n" not in v.reason
     else:
         assert v.ok, v.reason
+
+
+_GRID_PARTS = [
+    {"blocks": [{"paths": ["embed>a1.0:q>*"]}], "important": ["embed>a1.1:q>*"]},
+    {"blocks": [{"paths": ["*>a0.1:*>a1.2:k>*", "*>a0.1:*>a1.3:k>*", "embed>a1.3:v>*",
+                           "embed>a1.2:v>*"]}],
+     "important": ["*>a1.0:*>logits"]},
+]
+
+
+@pytest.mark.parametrize("option", [o for o in __import__(
+    "tests.conformance_grid", fromlist=["OPTIONS"]).OPTIONS
+    if o not in __import__("tests.conformance_grid",
+                           fromlist=["SCRUBBING_REFUSES"]).SCRUBBING_REFUSES])
+def test_edges_equal_treeified_on_grid(option):
+    """Inner edges (into q/k/v of layer-1 heads) on every grid config both engines accept:
+    equal to float tolerance, except OLMo's joint QK-norm, where the two engines define a
+    head whose q input differs from its layer-mates' differently (documented)."""
+    from tests.conformance_grid import grid_model
+
+    model = grid_model(option, "float32")
+    data = ScrubData.from_sequences(
+        torch.randint(0, 6, (8, 6), generator=torch.Generator().manual_seed(0)).tolist(), 10, 6)
+    parts = [PathPartition.from_dict(d) for d in _GRID_PARTS]
+    tree = Scrubber(model, data).evaluate(parts)
+    edge = EdgeScrubber(model, data).evaluate(parts)
+    diff = max(abs(a.loss_scrubbed - b.loss_scrubbed) for a, b in zip(tree, edge))
+    if "joint QK-norm" in option:
+        assert diff > 1e-5
+    else:
+        assert diff < 1e-5
+
+
+def test_grouped_query_split_group_refused():
+    from tests.conformance_grid import grid_model
+
+    model = grid_model("grouped-query (n_key_value_heads=2 of 4)", "float32")
+    data = ScrubData.from_sequences(
+        torch.randint(0, 6, (4, 6), generator=torch.Generator().manual_seed(0)).tolist(), 10, 6)
+    p = PathPartition.from_dict({"blocks": [{"paths": ["embed>a1.2:k>*"]}]})
+    with pytest.raises(PathError, match="share one k input"):
+        EdgeScrubber(model, data).evaluate([p])
