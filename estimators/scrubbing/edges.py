@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -593,6 +594,10 @@ class EdgeScrubber(_scrubber_class()):
                             diag["fallbacks"][key] = fb
                     lab[assignments[i] == bid] = keys[key]
                 labels.append(lab)
+            base = g0 == 0 and not self._has_baseline(reference)
+            orig, rand = [], []
+            used = sorted({int(v) for lab in labels for v in np.unique(lab) if v >= 0} | {1}
+                          | ({0} if base else set()))
             for a in range(0, len(reference), self.batch_size):
                 if should_stop is not None and should_stop():
                     raise InterruptedError("stopped")
@@ -600,13 +605,41 @@ class EdgeScrubber(_scrubber_class()):
                 ref = take(reference.batch, sl)
                 streams = [ref.tokens] + [self.data.batch.tokens[draws[key][sl]]
                                           for key in list(keys)[1:]]
-                logits = edge_logits(self.model, self.graph, labels,
-                                     torch.stack(streams).to(self.device), rest=1)
+                stream_tokens = torch.stack(streams).to(self.device)
+                cleans = [clean_run(self.model, stream_tokens[i], self.graph) if i in used
+                          else None for i in range(len(streams))]
                 ref_dev = ref.to(self.device)
+                if base:  # the clean real and rest runs are the baseline passes themselves
+                    orig.append(reference.loss_fn(cleans[0].logits, ref_dev).float().cpu())
+                    rand.append(reference.loss_fn(cleans[1].logits, ref_dev).float().cpu())
+                logits = edge_logits(self.model, self.graph, labels, stream_tokens, rest=1,
+                                     cleans=cleans)
                 out[g0:g0 + len(group), sl] = torch.stack(
                     [reference.loss_fn(logits[j], ref_dev) for j in range(len(group))]
                 ).float().cpu()
+            if base:
+                self._base_cache[id(reference)] = (reference, (torch.cat(orig),
+                                                               torch.cat(rand)))
         return out, diag
+
+    def _has_baseline(self, reference) -> bool:
+        hit = self._base_cache.get(id(reference))
+        return hit is not None and hit[0] is reference
+
+    def evaluate(self, partitions, reference=None, should_stop=None):
+        """As `Scrubber.evaluate`; the first pass's clean real and rest runs also give the
+        original and all-resampled losses (the same `model(tokens)` passes, bit for bit), so a
+        first hypothesis costs no separate baseline passes."""
+        reference = reference or self.data
+        if partitions and not self._has_baseline(reference):
+            t0 = time.perf_counter()
+            scrubbed, diag = self.scrubbed_losses(partitions, reference, should_stop)
+            orig, rand = self.baseline_losses(reference)  # cached by the pass
+            seconds = time.perf_counter() - t0
+            return [self._result(p, orig, scrubbed[i], rand, dict(
+                diag, seconds=seconds, n=len(reference), seed=self.seed,
+                source=reference.source)) for i, p in enumerate(partitions)]
+        return super().evaluate(partitions, reference, should_stop)
 
     def surprise(self, partition, orig, scrubbed):
         from estimators.surprise import LN2, SurpriseBreakdown, mdl_bits_per_parameter
