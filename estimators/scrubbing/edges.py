@@ -31,8 +31,8 @@ a `PathError` of one line. Two groups whose edges lie on one path would both cla
 so, as in the treeified engine, overlapping groups are refused.
 
 Configs: the patched pass is the model's own forward pass (`model.run_with_hooks` with
-`use_split_qkv_input` and `use_hook_mlp_in` switched on for its duration: every head reads its
-own q/k/v input through the block's ln1 and attention, every MLP through ln2), so whatever the
+`use_split_qkv_input` (in the layers whose heads need it) and `use_hook_mlp_in` switched on for
+its duration: every head reads its own q/k/v input through the block's ln1 and attention, every MLP through ln2), so whatever the
 model's modules do is done (rotary, alibi, soft caps, QK-norm, local/bidirectional attention,
 MoE, attention sinks, ...); whether it equals `model(tokens)` is decided numerically by
 `estimators.scrubbing.edges_conformance`. Two consequences: grouped-query heads of one key/value
@@ -414,6 +414,11 @@ class _Patcher:
         L, H = eg.n_layers, eg.n_heads
         out = [("blocks.0.hook_resid_pre", self._embed_hook)]
         for l in range(L):
+            # A layer whose q/k/v receivers all read the plain residual stream runs unsplit
+            # (the flag is read by the block after its hook_resid_pre).
+            split = any(plan[eg.dest_index[(f"a{l}.{h}", c)]][0] != "base"
+                        for plan in self.plans for h in range(H) for c in "qkv")
+            out.append((f"blocks.{l}.hook_resid_pre", self._split_hook(split)))
             for c in "qkv":
                 heads = [eg.dest_index[(f"a{l}.{h}", c)] for h in range(H)]
                 out.append((f"blocks.{l}.hook_{c}_input", self._qkv_hook(heads)))
@@ -425,6 +430,12 @@ class _Patcher:
         out.append((f"blocks.{L - 1}.hook_resid_post",
                     self._single_hook(eg.dest_index[("logits", None)])))
         return out
+
+    def _split_hook(self, split: bool):
+        def fn(act, hook):
+            self.model.cfg.use_split_qkv_input = split
+            return act
+        return fn
 
     def _embed_hook(self, act, hook):
         self._store(0, act, lambda g: self.cleans[g].acts["blocks.0.hook_resid_pre"])
