@@ -34,7 +34,8 @@ Configs: the patched pass is the model's own forward pass (`model.run_with_hooks
 `use_split_qkv_input` (in the layers whose heads need it) and `use_hook_mlp_in` switched on for
 its duration: every head reads its own q/k/v input through the block's ln1 and attention, every
 MLP its input through ln2), so whatever the model's modules do is done (rotary, alibi, soft
-caps, QK-norm, local/bidirectional attention, MoE, attention sinks, ...); whether it equals `model(tokens)` is decided numerically by
+caps, QK-norm, local/bidirectional attention, MoE, attention sinks, ...); whether it equals
+`model(tokens)` is decided numerically by
 `estimators.scrubbing.edges_conformance`. Two consequences: grouped-query heads of one key/value
 group read one key and one value input, so a partition must give their k (and v) edges the same
 groups (else PathError); with OLMo's joint QK-norm a head whose q/k input differs from its
