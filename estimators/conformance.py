@@ -82,7 +82,8 @@ def engines() -> list[str]:
 def _import_engine_checks() -> None:
     """Import the modules that register checks (each engine package's `conformance` module)."""
     import importlib
-    for mod in ("estimators.scrubbing.conformance", "estimators.activation.conformance",
+    for mod in ("estimators.scrubbing.conformance", "estimators.scrubbing.edges_conformance",
+                "estimators.activation.conformance",
                 "estimators.tailrisk.conformance"):
         try:
             importlib.import_module(mod)

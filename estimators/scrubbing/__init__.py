@@ -8,8 +8,9 @@
 Modules: `paths` (the path graph and pattern language), `partition` (the argument, its JSON
 form and description length), `sampling` (uniform and feature-matched resampling),
 `treeify` (batched-stream evaluation), `evaluate` (losses, loss recovered, surprise),
-`search` (greedy search), `anomaly` (per-input scores, ROC AUC), `heads` (finding
-previous-token and induction heads), `references` (shipped reference hypotheses), `cli`.
+`edges` (edge patching, `EdgeScrubber`, for models too large to treeify), `search` (greedy
+search), `anomaly` (per-input scores, ROC AUC), `heads` (finding previous-token and induction
+heads), `references` (shipped reference hypotheses), `cli`.
 """
 
 from estimators.scrubbing.evaluate import ScrubConfig, ScrubData, ScrubResult, Scrubber

@@ -68,9 +68,27 @@ def _setup(args):
     bpp = args.bits_per_parameter
     if bpp is not None and not (bpp >= 0 and bpp != float("inf")):
         raise UserError("--bits-per-parameter must be a number ≥ 0")
-    scrubber = Scrubber(loaded.model, data, seed=args.seed, batch_size=args.batch_size,
-                        device=args.device, bits_per_parameter=bpp)
+    cls = Scrubber
+    if _engine(args, loaded.model) == "edges":
+        from estimators.scrubbing.edges import EdgeScrubber as cls
+    scrubber = cls(loaded.model, data, seed=args.seed, batch_size=args.batch_size,
+                   device=args.device, bits_per_parameter=bpp)
     return loaded, data, scrubber
+
+
+def _engine(args, model) -> str:
+    """`--engine`: treeified, edges, or auto (treeified when the model's treeified paths can
+    be enumerated, edges otherwise)."""
+    engine = getattr(args, "engine", "treeified") or "treeified"
+    if engine != "auto":
+        return engine
+    from estimators.scrubbing.paths import PathError, PathGraph
+
+    try:
+        PathGraph.from_model(model)
+    except PathError as e:
+        return "edges" if "treeified paths" in str(e) else "treeified"
+    return "treeified"
 
 
 def run_scrub(args) -> dict:
@@ -85,7 +103,9 @@ def run_scrub(args) -> dict:
         partition = references.get(loaded.name, args.reference).partition
     [res] = scrubber.evaluate([partition])
     out = {"model": loaded.name, "n": len(data), "seed": args.seed,
-           "partition_hash": partition.hash, "n_paths": scrubber.graph.n_paths,
+           "partition_hash": partition.hash, "engine": scrubber.ENGINE,
+           **({"n_edges": scrubber.graph.n_edges} if hasattr(scrubber.graph, "n_edges")
+              else {"n_paths": scrubber.graph.n_paths}),
            "loss_original": res.loss_original, "loss_scrubbed": res.loss_scrubbed,
            "loss_random": res.loss_random, "loss_recovered": res.loss_recovered,
            "surprise": res.surprise.to_dict(), "seconds": res.diagnostics["seconds"]}
@@ -158,6 +178,10 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("--partition", help="partition JSON file (or an app explanation file)")
     p.add_argument("--reference", help="name of a shipped reference hypothesis")
+    p.add_argument("--engine", default="auto", choices=["auto", "treeified", "edges"],
+                   help="treeified paths, patched edges (any model size; single-edge and "
+                        "whole-node patterns), or auto: treeified when the model's paths can "
+                        "be enumerated, else edges")
     p.add_argument("--anomaly", action="store_true",
                    help="also run the anomaly demo (shuffled second halves) and print ROC AUC")
     p.set_defaults(func=run_scrub)

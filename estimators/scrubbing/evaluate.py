@@ -221,8 +221,8 @@ class Scrubber:
         device = config.device
         self.device = resolve_device(device) if device is not None else torch.device(
             str(model.cfg.device))
-        self.graph = graph or PathGraph.from_model(model)
-        conformance.require(model, "scrubbing")  # no scrubbing number on a model it fails
+        self.graph = graph or self._make_graph(model)
+        conformance.require(model, self.ENGINE)  # no scrubbing number on a model it fails
         if len(data) < 2:
             raise ValueError("causal scrubbing needs at least 2 examples to resample from")
         if data.batch.tokens.shape[1] > model.cfg.n_ctx:
@@ -232,11 +232,20 @@ class Scrubber:
         self._base_cache: dict[int, tuple] = {}
         self._assign_cache: dict[PathPartition, np.ndarray] = {}
 
+    ENGINE = "scrubbing"  # the conformance check this evaluator requires
+
+    @staticmethod
+    def _make_graph(model):
+        return PathGraph.from_model(model)
+
+    def _assign_uncached(self, partition: PathPartition) -> np.ndarray:
+        return partition.assign(self.graph)
+
     def assign(self, partition: PathPartition) -> np.ndarray:
         """The partition's block id per path (cached: a search re-scores the same ones)."""
         hit = self._assign_cache.get(partition)
         if hit is None:
-            hit = self._assign_cache[partition] = partition.assign(self.graph)
+            hit = self._assign_cache[partition] = self._assign_uncached(partition)
             if len(self._assign_cache) > 4096:
                 self._assign_cache.pop(next(iter(self._assign_cache)))
         return hit
