@@ -34,13 +34,10 @@ def test_page_mask_file_runs_in_the_cli(tmp_path, capsys):
                      capsys)
     # the CLI's default positions are the page's
     assert base["chain"]["info"]["positions"] == list(s.positions)
-    import argparse
-
     from estimators.activation.cli import build_chain
-    args = argparse.Namespace(model="charlm", sae=None, sites=None, positions=None,
-                              mask="naive", samples=8, n_inputs=8, seed=0, device="cpu",
-                              input_dist=None, tokens=None, data=None, bits_per_parameter=None,
-                              epsilon=1e-2)
+    from estimators.cli import build_parser
+    args = build_parser().parse_args(["propagate", "--model", "charlm", "--samples", "8",
+                                      "--n-inputs", "8", "--device", "cpu"])
     chain = build_chain(args)
     mask = CovarianceMask.preset("full", chain.layouts)
     path = tmp_path / "activation_explanation.json"
