@@ -13,7 +13,7 @@ Units a site does not model are held at the real activations of the input that c
 sample (chain.py): the estimate for the chosen units is the same chain restricted to them.
 
 Time budget (`--time-budget SECONDS`): one pilot chain (K = N = PILOT_ROWS) is built and
-propagated, timed in three parts — the ground truth (∝ N), the sampled transitions (∝ K) and the
+propagated (after an untimed 2-row warm-up), timed in three parts — the ground truth (∝ N), the sampled transitions (∝ K) and the
 rest (distances, accounting: fixed) — and `size_to_budget` picks the largest K and N (K = N
 while the data lasts) whose predicted time fits the budget.
 """
@@ -130,6 +130,7 @@ class BudgetPlan:
     pilot_rows: int
     pilot_seconds: float = 0.0
     limited_by: str = "budget"
+    run_seconds: float | None = None  # the run's measured time (filled in by the caller)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,7 +142,8 @@ def size_to_budget(budget: float, per_sample: float, per_input: float, fixed: fl
                    ) -> BudgetPlan:
     """The largest K (samples per transition) and N (real inputs) with predicted time
     fixed + per_sample·K + per_input·N ≤ budget (seconds), K = N while the data lasts (then the
-    rest of the budget goes to K), each within its bounds and N ≤ n_available. When even the
+    rest of the budget goes to K), each within its bounds and N ≤ n_available. The budget covers
+    the run itself (ground truth + propagation + distances), not loading or the pilot. When even the
     lower bounds exceed the budget they are used and `limited_by` says "minimum". Raises
     ValueError for a budget that is not a positive finite number."""
     if not (isinstance(budget, (int, float)) and 0 < budget < math.inf):
@@ -172,13 +174,17 @@ def size_to_budget(budget: float, per_sample: float, per_input: float, fixed: fl
 
 def pilot(build, mask_for, n_available: int, budget: float, rows: int = PILOT_ROWS
           ) -> BudgetPlan:
-    """Time one pilot: `build(samples=rows, n_inputs=rows)` (a Chain; its time counts per
-    input) and a `Propagator(chain, mask_for(chain)).run()` (the sampled steps' seconds count
+    """Time one pilot: after an untimed warm-up `build(samples=2, n_inputs=2)` (the model's
+    one-off conformance check and fingerprints), `build(samples=rows, n_inputs=rows)` (a
+    Chain; its time counts per input) and a `Propagator(chain, mask_for(chain)).run()` (the sampled steps' seconds count
     per sample, the rest as fixed); then `size_to_budget`."""
     from estimators.activation.engine import Propagator
 
+    n_p = min(rows, max(2, n_available))
+    warm = build(samples=2, n_inputs=2)  # untimed: one-off checks, fingerprints, first calls
+    Propagator(warm, mask_for(warm)).run()
     t0 = time.perf_counter()
-    chain = build(samples=rows, n_inputs=min(rows, max(2, n_available)))
+    chain = build(samples=rows, n_inputs=n_p)
     t1 = time.perf_counter()
     prop = Propagator(chain, mask_for(chain))
     res = prop.run()
