@@ -12,10 +12,11 @@ Unit specs (`--units`, `transformer_chain(units=…)`):
 Units a site does not model are held at the real activations of the input that completes each
 sample (chain.py): the estimate for the chosen units is the same chain restricted to them.
 
-Time budget (`--time-budget SECONDS`): one pilot chain (K = N = PILOT_ROWS) is built and
-propagated (after an untimed 2-row warm-up), timed in three parts — the ground truth (∝ N), the sampled transitions (∝ K) and the
-rest (distances, accounting: fixed) — and `size_to_budget` picks the largest K and N (K = N
-while the data lasts) whose predicted time fits the budget.
+Time budget (`--time-budget SECONDS`): a timed pilot (`pilot`: chains of PILOT_ROWS/4 and
+PILOT_ROWS rows after an untimed warm-up) splits the time into the ground truth (∝ N), the
+sampled transitions (∝ K) and the rest (fixed), and `size_to_budget` picks the largest K and N
+(K = N while the data lasts) whose predicted time fits the budget. Real activations already in
+the shared cache cost nearly nothing, so a pilot on cached data under-predicts a run on new data.
 """
 
 from __future__ import annotations
@@ -172,26 +173,49 @@ def size_to_budget(budget: float, per_sample: float, per_input: float, fixed: fl
                       float(per_input), float(fixed), int(pilot_rows), limited_by=limited)
 
 
-def pilot(build, mask_for, n_available: int, budget: float, rows: int = PILOT_ROWS
-          ) -> BudgetPlan:
-    """Time one pilot: after an untimed warm-up `build(samples=2, n_inputs=2)` (the model's
-    one-off conformance check and fingerprints), `build(samples=rows, n_inputs=rows)` (a
-    Chain; its time counts per input) and a `Propagator(chain, mask_for(chain)).run()` (the sampled steps' seconds count
-    per sample, the rest as fixed); then `size_to_budget`."""
+def _timed(build, mask_for, rows: int, n_p: int) -> tuple[float, float, float, int]:
+    """(build seconds, sampled-step seconds, other propagation seconds, N) of one chain."""
     from estimators.activation.engine import Propagator
 
-    n_p = min(rows, max(2, n_available))
-    warm = build(samples=2, n_inputs=2)  # untimed: one-off checks, fingerprints, first calls
-    Propagator(warm, mask_for(warm)).run()
     t0 = time.perf_counter()
     chain = build(samples=rows, n_inputs=n_p)
     t1 = time.perf_counter()
-    prop = Propagator(chain, mask_for(chain))
-    res = prop.run()
+    res = Propagator(chain, mask_for(chain)).run()
     t2 = time.perf_counter()
-    n_p = chain.n_inputs
     steps = float(res.cost.seconds)
-    plan = size_to_budget(budget, steps / rows, (t1 - t0) / n_p,
-                          max(0.0, (t2 - t1) - steps), n_available, pilot_rows=rows)
-    plan.pilot_seconds = t2 - t0
+    return t1 - t0, steps, max(0.0, (t2 - t1) - steps), chain.n_inputs
+
+
+def _slope(t_small: float, t_big: float, n_small: int, n_big: int) -> tuple[float, float]:
+    """(per-row seconds, fixed seconds) of the line through two timings; a non-positive slope
+    (timing noise) falls back to all-proportional t_big / n_big."""
+    if n_big > n_small and t_big > t_small:
+        per = (t_big - t_small) / (n_big - n_small)
+        return per, max(0.0, t_small - per * n_small)
+    return t_big / n_big, 0.0
+
+
+def pilot(build, mask_for, n_available: int, budget: float, rows: int = PILOT_ROWS
+          ) -> BudgetPlan:
+    """K, N for `budget` seconds from a timed pilot. `build(samples, n_inputs)` returns a Chain;
+    `mask_for(chain)` its mask. After an untimed warm-up (2 rows: the model's one-off
+    conformance check, fingerprints, first calls), chains of rows/4 and `rows` rows (K = N)
+    are built and propagated: the ground truth's time gives seconds per input, the sampled
+    steps' time seconds per sample, each as the slope through the two sizes (their intercepts
+    and the rest of the propagation — distances, accounting — count as fixed); then
+    `size_to_budget`."""
+    from estimators.activation.engine import Propagator
+
+    t_start = time.perf_counter()
+    warm = build(samples=2, n_inputs=2)
+    Propagator(warm, mask_for(warm)).run()
+    n_big = min(rows, max(2, n_available))
+    n_small = max(2, n_big // 4)
+    b1, s1, o1, m1 = _timed(build, mask_for, max(2, rows // 4), n_small)
+    b2, s2, o2, m2 = _timed(build, mask_for, rows, n_big)
+    per_input, fix_b = _slope(b1, b2, m1, m2)
+    per_sample, fix_s = _slope(s1, s2, max(2, rows // 4), rows)
+    plan = size_to_budget(budget, per_sample, per_input, fix_b + fix_s + o2, n_available,
+                          pilot_rows=rows)
+    plan.pilot_seconds = time.perf_counter() - t_start
     return plan
