@@ -13,6 +13,15 @@ topk:K, position-blocks, or a JSON file written by CovarianceMask.to_dict().
 `estimators.data` (zoo, tokens:FILE.json, text:PATH, hf:FOLDER; ,n=,len=,seed=); --tokens FILE is
 the same as --data tokens:FILE.
 --input-dist: {"mean": [...], "cov": [[...]]} (MLPs; default standard normal).
+--units SPEC [SPEC]: model only some units, the rest held at the real activations
+(`estimators.activation.scale`): first:K, top-variance:K or 3,17,42 at the residual sites;
+firing:K for the SAE site's K most frequent features.
+--time-budget SECONDS: K (--samples) and N (--n-inputs) chosen from a timed pilot to fit the
+run into SECONDS; the plan (per-sample and per-input seconds, predicted and measured seconds)
+is printed under "budget".
+--distance-method auto (default: Ledoit–Wolf covariance of the real activations when N < the
+site's dimension, else the ridge) | ridge | ledoit-wolf; every site also reports kl_marginal,
+the mean over units of the per-unit Gaussian KL(real ‖ est).
 --output-code continuous (default: the output site's real values, e.g. the logits, coded jointly
 under the propagated Gaussian at --epsilon per coordinate) | argmax (the model's argmax tokens);
 accounting.py derives both.
