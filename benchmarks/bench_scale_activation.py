@@ -54,7 +54,8 @@ def main() -> dict:
         ap.add_argument("--n", type=int, default=64, help="sequences of data (N)")
         ap.add_argument("--len", type=int, default=32, help="tokens per sequence")
         ap.add_argument("--samples", type=int, default=64, help="K samples per transition")
-        ap.add_argument("--units", default="first:64", help="residual unit spec")
+        ap.add_argument("--units", default="first:64",
+                        help="residual unit spec; 'all' models every unit (for comparison)")
         ap.add_argument("--positions", type=int, default=4, help="the last P positions")
         ap.add_argument("--threads", type=int, default=1, help="torch threads")
         ap.add_argument("--device", default="cpu")
@@ -87,7 +88,8 @@ def main() -> dict:
     stage("model_fingerprint", lambda: model_fingerprint(model))
     positions = list(range(args.len - args.positions, args.len))
     chain = stage("chain_build", lambda: transformer_chain(
-        model, tokens, positions=positions, samples=args.samples, seed=0, units=args.units))
+        model, tokens, positions=positions, samples=args.samples, seed=0,
+        units=None if args.units == "all" else args.units))
     res = stage("propagate_naive", lambda: Propagator(chain).run())
     fwd = rows["forward_pass"]
     total = {k: rows["chain_build"][k] + rows["propagate_naive"][k]
