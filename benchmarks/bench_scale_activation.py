@@ -109,7 +109,8 @@ def main() -> dict:
               "propagation_flops": res.cost.flops, "stages": rows,
               "chain_build_plus_propagate": total, "distances": dists}
     print(json.dumps(result, indent=2))
-    print(f"wrote {write_result(f'scale_activation_{args.device.split(chr(58))[0]}', result, args.out)}")
+    name = f"scale_activation_{args.device.split(':')[0]}"
+    print(f"wrote {write_result(name, result, args.out)}")
     return result
 
 

@@ -3,7 +3,6 @@ and per-unit marginal KL distances, K and N sized to a time budget."""
 
 import json
 import math
-import os
 
 import pytest
 import torch
