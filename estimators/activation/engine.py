@@ -22,7 +22,7 @@ import torch
 from estimators.activation.accounting import DataCode, data_bits
 from estimators.activation.chain import Chain
 from estimators.activation.gaussian import MaskedGaussian, Moments, SiteDistance, \
-    mask_covariance, psd_sqrt, site_distance, site_distance_shrunk
+    ledoit_wolf, mask_covariance, psd_sqrt, site_distance, site_distance_shrunk
 from estimators.activation.masks import CovarianceMask, SiteMask
 from estimators.activation.sites import Site
 from estimators.estimate import Cost
@@ -255,7 +255,13 @@ class Propagator:
             name = self.chain.sites[i].name
             emp = self.chain.empirical[name]
             if self._shrunk_distance(emp):
-                self._dist[i] = site_distance_shrunk(est.mean, est.cov, emp)
+                lw = getattr(self, "_lw", None)
+                if lw is None:
+                    lw = self._lw = {}
+                if i not in lw:  # the real side is fixed: once per site
+                    m_lw, c_lw, delta = ledoit_wolf(emp)
+                    lw[i] = ((m_lw, c_lw, delta), psd_sqrt(c_lw))
+                self._dist[i] = site_distance_shrunk(est.mean, est.cov, emp, *lw[i])
                 return self._dist[i]
             mu_e, cov_e = self.chain.empirical_stats(name)
             if self._emp_sqrt[i] is None:

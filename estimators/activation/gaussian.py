@@ -386,7 +386,8 @@ def marginal_kl(mu0: torch.Tensor, var0: torch.Tensor, mu1: torch.Tensor, var1: 
 
 
 def site_distance_shrunk(mu_est: torch.Tensor, cov_est: torch.Tensor,
-                         empirical: torch.Tensor) -> SiteDistance:
+                         empirical: torch.Tensor, lw: tuple | None = None,
+                         lw_sqrt: torch.Tensor | None = None) -> SiteDistance:
     """Estimate vs the real activations empirical [N, d] when N < d: the joint KLs and W2
     against the Ledoit–Wolf covariance of the real activations (`ledoit_wolf`, intensity δ),
     the estimate's covariance shrunk by the same δ toward its own μ·I (so the same
@@ -394,9 +395,10 @@ def site_distance_shrunk(mu_est: torch.Tensor, cov_est: torch.Tensor,
     real one; a jitter of JITTER_REL·mean variance + RIDGE_ABS only for dead units), plus the mean
     over units of the per-unit marginal KL(real ‖ est) (`marginal_kl`, Gaussian marginals,
     unbiased real variances). extra: covariance_method, shrinkage, kl_marginal,
-    kl_marginal_est_emp, n_inputs, dim."""
+    kl_marginal_est_emp, n_inputs, dim. lw: a cached `ledoit_wolf(empirical)`; lw_sqrt: a
+    cached `psd_sqrt` of its covariance."""
     with torch.no_grad():
-        mu_emp, cov_lw, delta = ledoit_wolf(empirical)
+        mu_emp, cov_lw, delta = lw if lw is not None else ledoit_wolf(empirical)
         mu_est, cov_est = mu_est.detach().double(), cov_est.detach().double()
         jit = float(JITTER_REL * torch.diagonal(cov_lw).mean().clamp_min(0) + RIDGE_ABS)
         d = cov_est.shape[0]
@@ -404,7 +406,7 @@ def site_distance_shrunk(mu_est: torch.Tensor, cov_est: torch.Tensor,
         cov_est_s = delta * float(torch.diagonal(cov_est).mean()) * eye + (1 - delta) * cov_est
         kl1 = gaussian_kl(mu_emp, cov_lw, mu_est, cov_est_s, jit)
         kl2 = gaussian_kl(mu_est, cov_est_s, mu_emp, cov_lw, jit)
-        w2 = gaussian_w2(mu_est, cov_est_s, mu_emp, cov_lw)
+        w2 = gaussian_w2(mu_est, cov_est_s, mu_emp, cov_lw, lw_sqrt)
         n = empirical.shape[0]
         var_emp = empirical.double().var(0, unbiased=n > 1)
         var_est = torch.diagonal(cov_est)
