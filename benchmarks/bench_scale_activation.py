@@ -9,7 +9,8 @@ and the logits at the last position (1,024 logit units), positions the last 4, r
 `--units` (default first:64, so 256 dimensions per residual site), K = `--samples` samples per
 transition, naive mask. Measured: the plain forward pass `model(tokens)` (full logits), the
 chain's construction (real activations through the shared activation cache, cold: a fresh
-cache directory), the propagation with distances (Ledoit–Wolf when N < dim, stated), and the
+cache directory), the propagation with distances (Ledoit–Wolf when N < dim, stated), one
+mask-entry toggle at the second-to-last residual site (re-propagation from there), and the
 whole; peak RSS after each stage (the process's high-water mark, so it includes the model).
 Wall seconds depend on the machine's other load; CPU seconds of this process (one torch
 thread by default) measure the work. Ratios to the forward pass are given for both.
@@ -90,14 +91,17 @@ def main() -> dict:
     chain = stage("chain_build", lambda: transformer_chain(
         model, tokens, positions=positions, samples=args.samples, seed=0,
         units=None if args.units == "all" else args.units))
-    res = stage("propagate_naive", lambda: Propagator(chain).run())
+    prop = Propagator(chain)
+    res = stage("propagate_naive", prop.run)
+    late = f"blocks.{model.cfg.n_layers - 2}.hook_resid_post"
+    stage("toggle_one_entry", lambda: prop.toggle(late, 0, 1))  # re-propagates from `late`
     fwd = rows["forward_pass"]
     total = {k: rows["chain_build"][k] + rows["propagate_naive"][k]
              for k in ("seconds", "cpu_seconds")}
     total["x_forward"] = round(total["seconds"] / fwd["seconds"], 2)
     total["x_forward_cpu"] = round(total["cpu_seconds"] / fwd["cpu_seconds"], 2)
     total["peak_rss_mib"] = rows["propagate_naive"]["peak_rss_mib"]
-    for k in ("chain_build", "propagate_naive"):
+    for k in ("chain_build", "propagate_naive", "toggle_one_entry"):
         rows[k]["x_forward_cpu"] = round(rows[k]["cpu_seconds"] / fwd["cpu_seconds"], 2)
     dists = {n: {k: (round(v, 4) if isinstance(v, float) else v)
                  for k, v in d.to_dict().items()
