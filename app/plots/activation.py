@@ -83,14 +83,19 @@ def grid_states(fig: go.Figure) -> dict[tuple[int, int], str]:
 
 def distance_by_layer(sites: Sequence[str], rows: Sequence[dict],
                       title: str = "Distance to the real activations, by site") -> go.Figure:
-    """Per-site distances (rows: dicts with kl_emp_est, kl_est_emp, w2, mean_error, var_error)
-    in three panels with their own units, each on a log axis: KL (nats), W2 (activation units),
-    relative errors (ratios). 0 and ∞ are left out (a log axis cannot draw them). Lines that
+    """Per-site distances (rows: dicts with kl_emp_est, kl_est_emp, w2, mean_error, var_error,
+    and optionally kl_marginal and covariance_method — ridge or ledoit-wolf, named in the KL
+    panel's title) in three panels with their own units, each on a log axis: KL (nats), W2
+    (activation units), relative errors (ratios). 0 and ∞ are left out (a log axis cannot draw them). Lines that
     coincide stay visible: different dashes and marker symbols."""
     from plotly.subplots import make_subplots
 
-    panels = [("KL divergence (nats)", [("kl_emp_est", "KL(real ‖ est) nats", "solid", "circle"),
-                                        ("kl_est_emp", "KL(est ‖ real) nats", "dash", "x")]),
+    methods = sorted({str(r.get("covariance_method", "ridge")) for r in rows})
+    cov_label = "+".join(m if m != "ledoit-wolf" else "Ledoit–Wolf" for m in methods)
+    panels = [(f"KL divergence (nats; real cov.: {cov_label})",
+               [("kl_emp_est", "KL(real ‖ est) nats", "solid", "circle"),
+                ("kl_est_emp", "KL(est ‖ real) nats", "dash", "x"),
+                ("kl_marginal", "marginal KL, mean per unit (nats)", "dot", "square")]),
               ("W2 (activation units)", [("w2", "W2", "solid", "circle")]),
               ("relative error", [("mean_error", "mean error (rel.)", "solid", "circle"),
                                   ("var_error", "var error (rel.)", "dot", "diamond")])]

@@ -271,7 +271,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                       samples: int = 512, seed: int = 0, logits_position: int = -1,
                       max_logit_units: int = 1024, max_dim: int = 1024,
                       batch_size: int = 128, output_observations: torch.Tensor | None = None,
-                      ) -> Chain:
+                      units=None) -> Chain:
     """Chain of a TransformerLens HookedTransformer on real inputs `tokens` [N, ctx].
 
     Refuses (conformance.EngineUnsupported, a ValueError with one line) a model on which the
@@ -284,7 +284,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
         model, tokens, sites=sites, positions=positions, sae=sae, sae_max_units=sae_max_units,
         samples=samples, seed=seed, logits_position=logits_position,
         max_logit_units=max_logit_units, max_dim=max_dim, batch_size=batch_size,
-        output_observations=output_observations)
+        output_observations=output_observations, units=units)
 
 
 def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = None,
@@ -292,7 +292,8 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
                             sae_max_units: int = 64, samples: int = 512, seed: int = 0,
                             logits_position: int = -1, max_logit_units: int = 1024,
                             max_dim: int = 1024, batch_size: int = 128,
-                            output_observations: torch.Tensor | None = None) -> Chain:
+                            output_observations: torch.Tensor | None = None,
+                            units=None) -> Chain:
     """`transformer_chain` without the conformance check (the check itself builds chains with
     it). Chain of a TransformerLens HookedTransformer on real inputs `tokens` [N, ctx].
 
@@ -308,7 +309,14 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
     S(Y|π) (accounting.py) codes the logits site's real values, continuous at ε = LOGITS_EPSILON
       (`with_output_code` switches the code); output_observations: [N] tokens (e.g. the task's
       labels) to score by the argmax code instead.
+    units: a unit spec (`scale.parse_units`: "first:64", "top-variance:64", "3,17,42",
+      "firing:32", or a list of such strings, or a `scale.UnitSpec`): the residual sites model
+      only those units of d_model (the rest held at the real activations), the SAE site the
+      `firing:K` most frequent features. None: every residual unit, sae_max_units features.
+    Real activations come from the shared cache (`estimators.activation_cache.activations`);
+    the logits site's from the cached final residual stream through the model's own tail.
     """
+    from estimators.activation import scale
     from estimators import sae_ops
     from estimators.loading import sae_hook_name
 
@@ -382,7 +390,13 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
         boundaries.add(sae_boundary)
     boundaries_sorted = sorted(boundaries)
 
-    # ---- ground truth: one batched pass with names_filter --------------------------------
+    unit_spec = units if isinstance(units, scale.UnitSpec) else scale.parse_units(units)
+    if unit_spec.sae_firing is not None:
+        if sae is None:
+            raise ValueError("--units firing:K needs an SAE site (load an SAE)")
+        sae_max_units = unit_spec.sae_firing
+
+    # ---- ground truth: the shared activation cache -----------------------------------------
     resid_hooks = {b: ("blocks.0.hook_resid_pre" if b == 0 else f"blocks.{b - 1}.hook_resid_post")
                    for b in range(L + 1)}
     hooks_needed = set(resid_hooks.values()) | {f"blocks.{l}.mlp.hook_post" for l in mlp_layers}
@@ -390,17 +404,11 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
         if sae_hook not in model.hook_dict:
             raise ValueError(f"the SAE reads hook {sae_hook!r}, which this model does not have")
         hooks_needed.add(sae_hook)
-    real: dict[str, list[torch.Tensor]] = {h: [] for h in hooks_needed}
-    logits_real = []
+    real_t = _real_activations(model, tokens, sorted(hooks_needed), mdtype, dev)
     with torch.no_grad():
-        for start in range(0, N, batch_size):
-            tb = tokens[start:start + batch_size]
-            logits, cache = model.run_with_cache(tb, names_filter=lambda n: n in hooks_needed)
-            for h in hooks_needed:
-                real[h].append(cache[h])
-            logits_real.append(logits[:, lpos])
-    real_t = {h: torch.cat(v) for h, v in real.items()}
-    logits_all = torch.cat(logits_real).to(dtype)  # [N, vocab]
+        logits_all = torch.cat([read_logits(model, real_t[resid_hooks[L]][s:s + batch_size,
+                                                                          lpos:lpos + 1])[:, 0]
+                                for s in range(0, N, batch_size)]).to(dtype)  # [N, vocab]
     pos_t = torch.tensor(pos, device=dev)
 
     all_pos = pos == list(range(ctx))
@@ -419,8 +427,14 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
 
     site_objs: list[Site] = []
     empirical: dict[str, torch.Tensor] = {}
-    all_units = tuple(range(d_model))
-    u_model = torch.arange(d_model, device=dev)
+    chosen = scale.resolve_resid_units(
+        unit_spec, d_model, [real_t[resid_hooks[b]][:, pos_t].flatten(1)
+                             for b in boundaries_sorted]
+        if unit_spec.resid and unit_spec.resid[0] == "top-variance" else None)
+    full_units = chosen is None or len(chosen) == d_model
+    all_units = tuple(range(d_model)) if full_units else chosen
+    u_model = torch.arange(d_model, device=dev) if full_units else \
+        torch.tensor(all_units, device=dev)
 
     def add_site(site: Site, values: torch.Tensor):
         site_objs.append(site)
@@ -527,11 +541,16 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
         def fn(x: torch.Tensor, parent=parent, children=children, blocks=blocks, b0=b0):
             # x [K, d_parent] (float64) → list of [K, d_child]
             kx = x.shape[0]
-            if parent.kind == "resid" and all_pos:
+            if parent.kind == "resid" and all_pos and full_units:
                 resid = x.view(kx, ctx, d_model).to(mdtype)
-            elif parent.kind == "resid":
+            elif parent.kind == "resid" and full_units:
                 resid = tile_rows(base_resid[b0], kx).clone()
                 resid[:, pos_t] = x.view(kx, len(pos), d_model).to(mdtype)
+            elif parent.kind == "resid":  # a unit subset: the other units stay real
+                resid = tile_rows(base_resid[b0], kx).clone()
+                sub = resid[:, pos_t]
+                sub[:, :, u_model] = x.view(kx, len(pos), len(all_units)).to(mdtype)
+                resid[:, pos_t] = sub
             else:  # SAE parent: write latents, decode at the modelled positions
                 lat = tile_rows(base_lat, kx).clone()
                 sub = lat[:, pos_t]
@@ -615,10 +634,22 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
     info = {"model": getattr(cfg, "model_name", "transformer"), "n_layers": L,
             "d_model": d_model, "n_ctx": ctx, "positions": pos, "samples": K,
             "logits_position": lpos}
+    if not full_units or unit_spec.sae_firing is not None:
+        info["units"] = {**unit_spec.to_dict(), "resid_units": len(all_units)}
     if sae_info is not None:
         info["sae"] = sae_info
     return Chain(site_objs, steps, input_mean, input_cov, empirical, out_spec, dev,
                  info=info, n_inputs=N)
+
+
+def _real_activations(model, tokens: torch.Tensor, hooks: list[str], mdtype, dev
+                      ) -> dict[str, torch.Tensor]:
+    """{hook: [N, ctx, ...]} real activations on `dev`, from the shared activation cache
+    (computed once per model, tokens, hook and dtype; `estimators.activation_cache`)."""
+    from estimators import activation_cache
+
+    acts = activation_cache.activations(model, tokens, hooks, dtype=mdtype)
+    return {h: a.to(dev) for h, a in acts.items()}
 
 
 def with_output_code(chain: Chain, code: str, epsilon: float | None = None) -> Chain:

@@ -13,6 +13,15 @@ topk:K, position-blocks, or a JSON file written by CovarianceMask.to_dict().
 `estimators.data` (zoo, tokens:FILE.json, text:PATH, hf:FOLDER; ,n=,len=,seed=); --tokens FILE is
 the same as --data tokens:FILE.
 --input-dist: {"mean": [...], "cov": [[...]]} (MLPs; default standard normal).
+--units SPEC [SPEC]: model only some units, the rest held at the real activations
+(`estimators.activation.scale`): first:K, top-variance:K or 3,17,42 at the residual sites;
+firing:K for the SAE site's K most frequent features.
+--time-budget SECONDS: K (--samples) and N (--n-inputs) chosen from a timed pilot to fit the
+run into SECONDS; the plan (per-sample and per-input seconds, predicted and measured seconds)
+is printed under "budget".
+--distance-method auto (default: Ledoit–Wolf covariance of the real activations when N < the
+site's dimension, else the ridge) | ridge | ledoit-wolf; every site also reports kl_marginal,
+the mean over units of the per-unit Gaussian KL(real ‖ est).
 --output-code continuous (default: the output site's real values, e.g. the logits, coded jointly
 under the propagated Gaussian at --epsilon per coordinate) | argmax (the model's argmax tokens);
 accounting.py derives both.
@@ -72,6 +81,16 @@ def register(subparsers) -> None:
     p.add_argument("--hermite-order", type=int, default=None,
                    help="plain MLPs: terms of the Hermite series for covariances (1-12, "
                    "default 4)")
+    p.add_argument("--units", nargs="+", default=None, metavar="SPEC",
+                   help="model only these units (the rest stay real): first:K, "
+                        "top-variance:K or a list 3,17,42 at the residual sites; firing:K "
+                        "for the SAE site's most frequent features (transformers)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="choose --samples K and --n-inputs N to fit this many seconds, from "
+                        "one timed pilot (K = N = 16); stated under 'budget'")
+    p.add_argument("--distance-method", choices=["auto", "ridge", "ledoit-wolf"],
+                   default="auto", help="covariance of the real side of the joint KL/W2: "
+                   "ridge λ·I, Ledoit-Wolf shrinkage, or auto (Ledoit-Wolf when N < dim)")
     add_common_json(p)
     p.set_defaults(func=run_cli)
 
@@ -144,6 +163,8 @@ def build_chain(args):
     from estimators.loading import load_model, load_sae
 
     device = str(resolve_device(args.device))
+    if getattr(args, "units", None) and is_mlp_folder(args.model):
+        raise ValueError("--units applies to transformers, not plain MLPs")
     if args.n_inputs < 2:
         raise ValueError("--n-inputs must be at least 2")
     if is_mlp_folder(args.model):
@@ -174,25 +195,32 @@ def build_chain(args):
         raise ValueError("--cumulants and --hermite-order are for plain MLP folders")
     if args.input_dist:
         raise ValueError("--input-dist is for plain MLP folders; transformers take --data")
-    lm = load_model(args.model, device)
+    lm = getattr(args, "_lm", None) or load_model(args.model, device)
+    args._lm = lm  # a --time-budget pilot and the run share the model
     conformance.require(lm.model, "activation")  # one line when this engine refuses the model
     from estimators.validation import require_memory, transformer_activation_bytes
     require_memory(transformer_activation_bytes(lm.model.cfg, args.n_inputs + args.samples),
                    f"--n-inputs {args.n_inputs} with --samples {args.samples}")
-    sae = load_sae(args.sae, lm, device) if args.sae else None
-    data = _data(args, lm)
-    args.data_tokens = None if data is None else data.tokens  # the search's mixture variables
+    sae = getattr(args, "_sae", None) or (load_sae(args.sae, lm, device) if args.sae else None)
+    args._sae = sae
+    units = getattr(args, "units", None)
+    data = args._data if hasattr(args, "_data") else _data(args, lm)
+    args._data = data
+    tokens = None if data is None else data.tokens
+    if tokens is not None and getattr(args, "time_budget", None) is not None:
+        tokens = tokens[:args.n_inputs]  # the budget's N (the pilot's, then the run's)
+    args.data_tokens = tokens  # the search's mixture variables
     if data is not None:
-        positions = args.positions or page_positions(lm, int(data.tokens.shape[1]))
-        return transformer_chain(lm.model, data.tokens, sites=args.sites, positions=positions,
-                                 sae=sae, samples=args.samples, seed=args.seed)
+        positions = args.positions or page_positions(lm, int(tokens.shape[1]))
+        return transformer_chain(lm.model, tokens, sites=args.sites, positions=positions,
+                                 sae=sae, samples=args.samples, seed=args.seed, units=units)
     if lm.kind != "zoo":
         raise ValueError("a non-zoo transformer needs real inputs: pass --data (tokens:FILE."
                          "json, text:PATH or hf:FOLDER)")
     positions = args.positions or page_positions(
         lm, int(lm.zoo_entry.sample(1, seed=0).tokens.shape[1]))
     return chain_for_zoo(lm, sae=sae, n_inputs=args.n_inputs, samples=args.samples,
-                         seed=args.seed, sites=args.sites, positions=positions)
+                         seed=args.seed, sites=args.sites, positions=positions, units=units)
 
 
 def _with_code(chain, args):
@@ -267,12 +295,17 @@ def run_cli(args) -> dict:
     _page_defaults(args)
     if not args.epsilon > 0 or args.epsilon == float("inf"):
         raise ValueError("--epsilon must be a positive number")
+    plan = _plan_budget(args) if args.time_budget is not None else None
+    t_run = time.perf_counter()
     chain = _with_code(build_chain(args), args)
     mask = parse_mask(args.mask, chain.layouts)
-    prop = Propagator(chain, mask, bits_per_parameter=args.bits_per_parameter)
+    prop = Propagator(chain, mask, bits_per_parameter=args.bits_per_parameter,
+                      distance_method=args.distance_method)
     if args.search is not None:
         search = _search(args, prop)
     res = prop.run()
+    if plan is not None:
+        plan.run_seconds = time.perf_counter() - t_run
     out = res.to_dict()
     if args.search is not None:
         out["search"] = search
@@ -283,4 +316,34 @@ def run_cli(args) -> dict:
     out["layers"] = [{"name": name, "estimate_mean": est.mean.tolist(),
                       "empirical_mean": chain.empirical_stats(name)[0].tolist()}
                      for name, est in res.sites.items()]
+    out["distance_method"] = args.distance_method
+    if plan is not None:
+        out["budget"] = plan.to_dict()
     return out
+
+
+def _plan_budget(args):
+    """K and N for --time-budget from one timed pilot (scale.pilot); sets args.samples and
+    args.n_inputs. Transformers only."""
+    from estimators.activation import scale
+    from estimators.activation.mlp import is_mlp_folder
+
+    if is_mlp_folder(args.model):
+        raise ValueError("--time-budget applies to transformers")
+    if not (args.time_budget > 0 and args.time_budget < float("inf")):
+        raise ValueError("--time-budget must be a positive number of seconds")
+    from estimators.device import resolve_device
+    from estimators.loading import load_model
+
+    args._lm = load_model(args.model, str(resolve_device(args.device)))
+    data = args._data = _data(args, args._lm)  # loaded once, kept on args
+    n_available = scale.N_BOUNDS[1] if data is None else len(data)
+
+    def build(samples, n_inputs):
+        args.samples, args.n_inputs = samples, n_inputs
+        return _with_code(build_chain(args), args)
+
+    plan = scale.pilot(build, lambda ch: parse_mask(args.mask, ch.layouts), n_available,
+                       args.time_budget)
+    args.samples, args.n_inputs = plan.samples, plan.n_inputs
+    return plan

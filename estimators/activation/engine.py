@@ -22,7 +22,7 @@ import torch
 from estimators.activation.accounting import DataCode, data_bits
 from estimators.activation.chain import Chain
 from estimators.activation.gaussian import MaskedGaussian, Moments, SiteDistance, \
-    mask_covariance, psd_sqrt, site_distance
+    ledoit_wolf, mask_covariance, psd_sqrt, site_distance, site_distance_shrunk
 from estimators.activation.masks import CovarianceMask, SiteMask
 from estimators.activation.sites import Site
 from estimators.estimate import Cost
@@ -121,8 +121,11 @@ class Propagator:
 
     def __init__(self, chain: Chain, mask: CovarianceMask | None = None,
                  bits_per_parameter: float | None = None, data_code: DataCode | None = None,
-                 distances: bool = True):
+                 distances: bool = True, distance_method: str = "auto"):
         self.chain = chain
+        if distance_method not in ("auto", "ridge", "ledoit-wolf"):
+            raise ValueError("distance_method must be auto, ridge or ledoit-wolf")
+        self.distance_method = distance_method  # _shrunk_distance
         self.bits_per_parameter = (mdl_bits_per_parameter(chain.n_inputs)
                                    if bits_per_parameter is None else float(bits_per_parameter))
         if self.bits_per_parameter < 0:
@@ -250,11 +253,29 @@ class Propagator:
         est = self.estimate(site)
         if self._dist[i] is None:
             name = self.chain.sites[i].name
+            emp = self.chain.empirical[name]
+            if self._shrunk_distance(emp):
+                lw = getattr(self, "_lw", None)
+                if lw is None:
+                    lw = self._lw = {}
+                if i not in lw:  # the real side is fixed: once per site
+                    m_lw, c_lw, delta = ledoit_wolf(emp)
+                    lw[i] = ((m_lw, c_lw, delta), psd_sqrt(c_lw))
+                self._dist[i] = site_distance_shrunk(est.mean, est.cov, emp, *lw[i])
+                return self._dist[i]
             mu_e, cov_e = self.chain.empirical_stats(name)
             if self._emp_sqrt[i] is None:
                 self._emp_sqrt[i] = psd_sqrt(cov_e.double())
             self._dist[i] = site_distance(est.mean, est.cov, mu_e, cov_e, self._emp_sqrt[i])
         return self._dist[i]
+
+    def _shrunk_distance(self, emp: torch.Tensor) -> bool:
+        """Ledoit–Wolf distances (`gaussian.site_distance_shrunk`) for `distance_method`
+        "ledoit-wolf", or "auto" when N < d (the ridge would dominate); else the ridge."""
+        method = getattr(self, "distance_method", "auto")
+        if method == "ledoit-wolf":
+            return True
+        return method == "auto" and emp.shape[0] < emp.shape[1]
 
     def empirical(self, site: str) -> torch.Tensor:
         """Real activations [N, d] at a site."""

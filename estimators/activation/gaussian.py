@@ -340,7 +340,87 @@ def site_distance(mu_est: torch.Tensor, cov_est: torch.Tensor, mu_emp: torch.Ten
         scale_var = (var_emp ** 2).mean().clamp_min(1e-60).sqrt()
         mean_err = ((mu_est - mu_emp) ** 2).mean().sqrt() / scale_sd
         var_err = ((torch.diagonal(cov_est) - var_emp) ** 2).mean().sqrt() / scale_var
-    return SiteDistance(float(kl1), float(kl2), float(w2), float(mean_err), float(var_err), lam)
+        mk = marginal_kl(mu_emp, var_emp, mu_est, torch.diagonal(cov_est), lam).mean()
+    return SiteDistance(float(kl1), float(kl2), float(w2), float(mean_err), float(var_err), lam,
+                        {"covariance_method": "ridge", "kl_marginal": float(mk)})
+
+
+# ----------------------------------------------------- distances when N < dimension
+
+def ledoit_wolf(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Ledoit–Wolf shrinkage covariance of samples [n, d]: (mean [d], Σ* [d, d], δ).
+
+    Σ* = δ·μ·I + (1 − δ)·S with S = XᵀX / n (X centred; the maximum-likelihood covariance),
+    μ = tr S / d, and the intensity δ = min(b̄², d²) / d², where d² = ‖S − μI‖²_F and
+    b̄² = (1/n²) Σ_k ‖x_k x_kᵀ − S‖²_F (Ledoit & Wolf 2004, "A well-conditioned estimator for
+    large-dimensional covariance matrices", J. Multivariate Anal. 88, Lemma 3.2–3.4; Frobenius
+    norms here are unnormalised, which leaves δ unchanged). O(n²·d + n·d²). Σ* is positive
+    definite whenever δ > 0 and tr S > 0, so KL and W2 need no ridge even when n < d.
+    δ = 0 for n < 2 or S = μI."""
+    x = samples.double()
+    n, d = x.shape
+    mean = x.mean(0)
+    c = x - mean
+    s = c.T @ c / max(n, 1)
+    s = 0.5 * (s + s.T)
+    mu = float(torch.diagonal(s).sum()) / d
+    eye = torch.eye(d, dtype=s.dtype, device=s.device)
+    d2 = float(((s - mu * eye) ** 2).sum())
+    if n < 2 or d2 <= 0:
+        return mean, s, 0.0
+    # Σ_k ‖x_k x_kᵀ − S‖² = Σ_k ‖x_k‖⁴ − n‖S‖² (since Σ_k x_k x_kᵀ = nS)
+    row2 = (c * c).sum(1)
+    b2_bar = float((row2 ** 2).sum() - n * (s * s).sum()) / n ** 2
+    delta = min(max(b2_bar, 0.0), d2) / d2
+    return mean, delta * mu * eye + (1 - delta) * s, delta
+
+
+def marginal_kl(mu0: torch.Tensor, var0: torch.Tensor, mu1: torch.Tensor, var1: torch.Tensor,
+                floor: float = 0.0) -> torch.Tensor:
+    """Per-unit KL(N(μ0ᵢ, σ0ᵢ²) ‖ N(μ1ᵢ, σ1ᵢ²)) in nats, [d]: ½(σ0²/σ1² + (μ1−μ0)²/σ1² − 1
+    + ln σ1²/σ0²), with `floor` added to both variances (the closed form for univariate
+    Gaussians, e.g. Bishop, PRML, ex. 1.30 / 2.13)."""
+    v0 = var0.double() + floor
+    v1 = var1.double() + floor
+    return 0.5 * (v0 / v1 + (mu1.double() - mu0.double()) ** 2 / v1 - 1 + torch.log(v1 / v0))
+
+
+def site_distance_shrunk(mu_est: torch.Tensor, cov_est: torch.Tensor,
+                         empirical: torch.Tensor, lw: tuple | None = None,
+                         lw_sqrt: torch.Tensor | None = None) -> SiteDistance:
+    """Estimate vs the real activations empirical [N, d] when N < d: the joint KLs and W2
+    against the Ledoit–Wolf covariance of the real activations (`ledoit_wolf`, intensity δ),
+    the estimate's covariance shrunk by the same δ toward its own μ·I (so the same
+    regularisation acts on both sides: a sampled or fitted estimate is as rank-deficient as the
+    real one; a jitter of JITTER_REL·mean variance + RIDGE_ABS only for dead units), plus the mean
+    over units of the per-unit marginal KL(real ‖ est) (`marginal_kl`, Gaussian marginals,
+    unbiased real variances). extra: covariance_method, shrinkage, kl_marginal,
+    kl_marginal_est_emp, n_inputs, dim. lw: a cached `ledoit_wolf(empirical)`; lw_sqrt: a
+    cached `psd_sqrt` of its covariance."""
+    with torch.no_grad():
+        mu_emp, cov_lw, delta = lw if lw is not None else ledoit_wolf(empirical)
+        mu_est, cov_est = mu_est.detach().double(), cov_est.detach().double()
+        jit = float(JITTER_REL * torch.diagonal(cov_lw).mean().clamp_min(0) + RIDGE_ABS)
+        d = cov_est.shape[0]
+        eye = torch.eye(d, dtype=cov_est.dtype, device=cov_est.device)
+        cov_est_s = delta * float(torch.diagonal(cov_est).mean()) * eye + (1 - delta) * cov_est
+        kl1 = gaussian_kl(mu_emp, cov_lw, mu_est, cov_est_s, jit)
+        kl2 = gaussian_kl(mu_est, cov_est_s, mu_emp, cov_lw, jit)
+        w2 = gaussian_w2(mu_est, cov_est_s, mu_emp, cov_lw, lw_sqrt)
+        n = empirical.shape[0]
+        var_emp = empirical.double().var(0, unbiased=n > 1)
+        var_est = torch.diagonal(cov_est)
+        mk1 = marginal_kl(mu_emp, var_emp, mu_est, var_est, jit).mean()
+        mk2 = marginal_kl(mu_est, var_est, mu_emp, var_emp, jit).mean()
+        scale_sd = var_emp.mean().clamp_min(1e-30).sqrt()
+        scale_var = (var_emp ** 2).mean().clamp_min(1e-60).sqrt()
+        mean_err = ((mu_est - mu_emp) ** 2).mean().sqrt() / scale_sd
+        var_err = ((var_est - var_emp) ** 2).mean().sqrt() / scale_var
+    extra = {"covariance_method": "ledoit-wolf", "shrinkage": float(delta),
+             "kl_marginal": float(mk1), "kl_marginal_est_emp": float(mk2),
+             "n_inputs": int(n), "dim": int(empirical.shape[1])}
+    return SiteDistance(float(kl1), float(kl2), float(w2), float(mean_err), float(var_err),
+                        jit, extra)
 
 
 def multivariate_log2_pdf(y: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor,
