@@ -47,3 +47,12 @@ def test_ground_truth_respects_the_tailrisk_verdict(tmp_path, monkeypatch):
                         EngineVerdict("tailrisk", False, reason="refused for this test"))
     with pytest.raises(EngineUnsupported, match="refused for this test"):
         sharded_ground_truth_vector(model, dist, Argmax(3), use_cache=False)
+
+
+def test_search_steps_are_capped(capsys):
+    """`propagate --search greedy --search-steps 1000000000` ran for minutes (no cap)."""
+    rc = main(["propagate", "--model", str(CASE / "model"), "--tokens",
+               str(CASE / "data8.json"), "--search", "greedy", "--search-steps", "1000000000",
+               "--json"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--search-steps must be ≤ 10,000" in err and "Traceback" not in err
