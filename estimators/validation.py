@@ -217,6 +217,7 @@ CLI_LIMITS: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("propagate", "seed"): (0, 2 ** 63 - 1, True),
     ("propagate", "bits_per_parameter"): (1e-6, 1024, False),
     ("propagate", "epsilon"): (1e-300, 1e6, False),
+    ("propagate", "search_steps"): (1, 10_000, True),
     ("circuit", "order"): (1, 16, True),
     ("circuit", "samples"): (2, 2 ** 24, True),
     ("circuit", "mc_samples"): (2, 2 ** 24, True),

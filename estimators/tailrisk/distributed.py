@@ -27,6 +27,7 @@ import math
 import numpy as np
 import torch
 
+from estimators import conformance
 from estimators.conformance import model_fingerprint
 from estimators.distributed import LocalBackend, shard_seed, shard_sizes, worker_model
 from estimators.tailrisk.behaviours import SampledProbability, behaviour_from_dict
@@ -34,7 +35,7 @@ from estimators.tailrisk.common import (Clock, ProgressFn, clopper_pearson_inter
                                         wilson_interval)
 from estimators.tailrisk.distributions import InputDistribution
 from estimators.tailrisk.ground_truth import (CACHE_VERSION, DEFAULT_SAMPLES, MAX_EXACT_INPUTS,
-                                              _read_cache, _write_cache, cache_dir,
+                                              _read_cache, _write_cache, bounded_chunk, cache_dir,
                                               exact_range, sampled, vector_behaviour)
 
 DEFAULT_SHARD_SAMPLES = 2 ** 20
@@ -149,9 +150,13 @@ def sharded_ground_truth_vector(model, dist: InputDistribution, behaviour, backe
     n_inputs = dist.n_inputs()
     if min(max_exact, n_samples, shard_samples, chunk) < 1 or (force_samples or 1) < 1:
         raise ValueError("sample counts, --max-exact, shard and chunk sizes must be positive")
+    conformance.require(model, "tailrisk")
+    chunk = bounded_chunk(model, dist, chunk)  # one chunk's memory, as the local path does
     use_sampling = force_samples is not None or n_inputs > max_exact
     n = int(force_samples or n_samples)
-    mode = f"sampled:{n}:{seed}:{shard_samples}" if use_sampling else f"exact:{chunk}"
+    # a shard draws its inputs chunk by chunk from one generator, so the chunk size is part of
+    # what a sampled result depends on (and of its cache key)
+    mode = f"sampled:{n}:{seed}:{shard_samples}:{chunk}" if use_sampling else f"exact:{chunk}"
     path = cache_dir() / f"{_key(model, dist, behaviour, mode)}.json"
     if use_cache:
         hit = _read_cache(path)
