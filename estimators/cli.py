@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import math
 import sys
 import warnings
@@ -195,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2
-    if getattr(args, "json", False):  # allow_nan=False: a NaN that slipped through fails loudly
-        print(json.dumps(jsonable_result(result), indent=2, allow_nan=False))
-    else:
-        print(format_text(jsonable_result(result)))
+    text = (json.dumps(jsonable_result(result), indent=2, allow_nan=False)  # a NaN fails loudly
+            if getattr(args, "json", False) else format_text(jsonable_result(result)))
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... --json | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -92,7 +92,8 @@ class DataSource:
     def spec(self) -> str:
         """The canonical spec string (parse_spec(s.spec) == s)."""
         head = self.kind if self.path is None else f"{self.kind}:{self.path}"
-        opts = [("n", self.n), ("len", self.seq_len), ("seed", self.seed),
+        n = None if self.n is not None and self.n >= 2 ** 62 else self.n  # 2^62: every sequence
+        opts = [("n", n), ("len", self.seq_len), ("seed", self.seed),
                 ("bos", 1 if self.bos else None), ("split", self.split),
                 ("column", self.column), ("tokenizer", self.tokenizer)]
         return ",".join([head] + [f"{k}={v}" for k, v in opts if v is not None])
@@ -380,6 +381,10 @@ def _read_token_file(path: Path) -> list[list[int]]:
         if not isinstance(seq, list) or not all(isinstance(t, int) and not isinstance(t, bool)
                                                 for t in seq):
             raise DataError(f"{path}: sequence {i} is not a list of integer token ids")
+        for j, t in enumerate(seq):
+            if not 0 <= t < 2 ** 31:
+                raise DataError(f"{path}: token id {t} (sequence {i}, position {j}) is not a "
+                                f"vocabulary index (0 ≤ id < 2^31)")
     return doc
 
 

@@ -293,6 +293,8 @@ def load_model(source: str, device: str | torch.device | None = "cpu") -> Loaded
     source = (source or "").strip()
     if not source:
         raise LoadError("no model given")
+    if len(source) > 4096 or any(ord(c) < 32 or ord(c) == 127 for c in source):
+        raise LoadError("a model name or path must be printable text of at most 4096 characters")
     if source in zoo.names():
         entry = zoo.get(source)
         return LoadedModel(entry.load_model(device), source, "zoo", entry.card())

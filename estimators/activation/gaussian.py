@@ -305,7 +305,8 @@ def gaussian_w2(mu0: torch.Tensor, cov0: torch.Tensor, mu1: torch.Tensor, cov1: 
 @dataclass
 class SiteDistance:
     """Estimate vs empirical at one site. KLs in nats (ridge `ridge` on both covariances);
-    mean_error / var_error are RMS over units, relative to the RMS empirical std / variance."""
+    mean_error / var_error are RMS over units, relative to the RMS empirical std / variance
+    (absolute where the real activations do not vary: extra["error_kind"], `_moment_errors`)."""
 
     kl_emp_est: float  # KL(empirical ‖ estimate)
     kl_est_emp: float  # KL(estimate ‖ empirical)
@@ -325,6 +326,19 @@ class SiteDistance:
                 "var_error": self.var_error, "ridge": self.ridge, **self.extra}
 
 
+def _moment_errors(mu_est, mu_emp, var_est, var_emp) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(mean error, variance error, kind): RMS over units of the mean and variance errors,
+    relative to the RMS empirical std and variance ("relative"). Where the real activations do
+    not vary (RMS std ≤ 1e-6 · max(1, RMS |mean|): a point-mass input), a relative error would
+    divide rounding noise by ~0, so both are absolute RMS errors instead ("absolute")."""
+    mean_abs = ((mu_est - mu_emp) ** 2).mean().sqrt()
+    var_abs = ((var_est - var_emp) ** 2).mean().sqrt()
+    sd = var_emp.mean().clamp_min(0).sqrt()
+    if float(sd) <= 1e-6 * max(1.0, float((mu_emp ** 2).mean().sqrt())):
+        return mean_abs, var_abs, "absolute"
+    return mean_abs / sd, var_abs / (var_emp ** 2).mean().sqrt(), "relative"
+
+
 def site_distance(mu_est: torch.Tensor, cov_est: torch.Tensor, mu_emp: torch.Tensor,
                   cov_emp: torch.Tensor, emp_sqrt: torch.Tensor | None = None) -> SiteDistance:
     with torch.no_grad():
@@ -336,13 +350,11 @@ def site_distance(mu_est: torch.Tensor, cov_est: torch.Tensor, mu_emp: torch.Ten
         w2 = gaussian_w2(mu_est, cov_est, mu_emp, cov_emp,
                          None if emp_sqrt is None else emp_sqrt.double())
         var_emp = torch.diagonal(cov_emp)
-        scale_sd = var_emp.mean().clamp_min(1e-30).sqrt()
-        scale_var = (var_emp ** 2).mean().clamp_min(1e-60).sqrt()
-        mean_err = ((mu_est - mu_emp) ** 2).mean().sqrt() / scale_sd
-        var_err = ((torch.diagonal(cov_est) - var_emp) ** 2).mean().sqrt() / scale_var
+        mean_err, var_err, kind = _moment_errors(mu_est, mu_emp, torch.diagonal(cov_est), var_emp)
         mk = marginal_kl(mu_emp, var_emp, mu_est, torch.diagonal(cov_est), lam).mean()
-    return SiteDistance(float(kl1), float(kl2), float(w2), float(mean_err), float(var_err), lam,
-                        {"covariance_method": "ridge", "kl_marginal": float(mk)})
+    return SiteDistance(float(kl1), float(kl2), float(w2), float(mean_err),
+                        float(var_err), lam, {"covariance_method": "ridge",
+                                              "kl_marginal": float(mk), "error_kind": kind})
 
 
 # ----------------------------------------------------- distances when N < dimension
@@ -412,11 +424,8 @@ def site_distance_shrunk(mu_est: torch.Tensor, cov_est: torch.Tensor,
         var_est = torch.diagonal(cov_est)
         mk1 = marginal_kl(mu_emp, var_emp, mu_est, var_est, jit).mean()
         mk2 = marginal_kl(mu_est, var_est, mu_emp, var_emp, jit).mean()
-        scale_sd = var_emp.mean().clamp_min(1e-30).sqrt()
-        scale_var = (var_emp ** 2).mean().clamp_min(1e-60).sqrt()
-        mean_err = ((mu_est - mu_emp) ** 2).mean().sqrt() / scale_sd
-        var_err = ((var_est - var_emp) ** 2).mean().sqrt() / scale_var
-    extra = {"covariance_method": "ledoit-wolf", "shrinkage": float(delta),
+        mean_err, var_err, kind = _moment_errors(mu_est, mu_emp, var_est, var_emp)
+    extra = {"covariance_method": "ledoit-wolf", "shrinkage": float(delta), "error_kind": kind,
              "kl_marginal": float(mk1), "kl_marginal_est_emp": float(mk2),
              "n_inputs": int(n), "dim": int(empirical.shape[1])}
     return SiteDistance(float(kl1), float(kl2), float(w2), float(mean_err), float(var_err),
