@@ -382,9 +382,9 @@ def _read_token_file(path: Path) -> list[list[int]]:
                                                 for t in seq):
             raise DataError(f"{path}: sequence {i} is not a list of integer token ids")
         for j, t in enumerate(seq):
-            if not 0 <= t < 2 ** 31:
+            if not -2 ** 31 <= t < 2 ** 31:  # fits int64 below; the vocabulary is checked later
                 raise DataError(f"{path}: token id {t} (sequence {i}, position {j}) is not a "
-                                f"vocabulary index (0 ≤ id < 2^31)")
+                                f"vocabulary index (|id| < 2^31)")
     return doc
 
 
