@@ -13,7 +13,7 @@ import threading
 
 import streamlit as st
 
-from app import data_source, state
+from app import data_source, messages, state
 from estimators import zoo
 from estimators.device import available_devices, default_device, device_summary
 from estimators.loading import LoadError, LoadedModel, load_model, load_sae
@@ -100,6 +100,16 @@ def _try(load, what: str) -> bool:
         return False
 
 
+def _hub_name(source: str, local_names: list[str]) -> bool:
+    """True when `source` would be fetched from the hub: not one of `local_names` (built-in) and
+    not a path on this server. A link must never make the server download anything."""
+    from pathlib import Path
+
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1
+    return (source not in local_names and not looks_local
+            and not Path(source).expanduser().exists())
+
+
 def init_from_url() -> None:
     """First run of a session: take model, SAE and device from the URL when they load."""
     if st.session_state.get("_store_initialised"):
@@ -115,10 +125,17 @@ def init_from_url() -> None:
     st.session_state["model_source"] = zoo.DEFAULT_MODEL
     st.session_state["sae_source"] = NO_SAE
     model_source = state.get_param("model", zoo.DEFAULT_MODEL)
-    if _try(lambda: _cached_model(model_source, device), f"model {model_source!r}"):
+    if _hub_name(model_source, zoo.names()):
+        st.sidebar.error(f"The link's model {messages.code(model_source)} is neither built in "
+                         f"nor a folder on this server; a link never fetches from the hub "
+                         f"(type a hub name under other…).")
+    elif _try(lambda: _cached_model(model_source, device), f"model {model_source!r}"):
         st.session_state["model_source"] = model_source
     sae_source = state.get_param("sae", NO_SAE)
-    if sae_source != NO_SAE and _try(
+    if sae_source != NO_SAE and _hub_name(sae_source, [BUILTIN_SAE, "builtin", *zoo.names()]):
+        st.sidebar.error(f"The link's SAE {messages.code(sae_source)} is neither built in nor "
+                         f"a folder on this server; a link never fetches from the hub.")
+    elif sae_source != NO_SAE and _try(
             lambda: _cached_sae(sae_source, st.session_state["model_source"], device),
             f"SAE {sae_source!r}"):
         st.session_state["sae_source"] = sae_source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from estimators import model_info, zoo
@@ -55,6 +56,15 @@ def test_bad_model_in_link_is_reported_and_default_kept():
     assert_no_exception(at)
     assert any("Could not load model" in e.value for e in at.sidebar.error)
     assert at.title[0].value == "Model & SAE"
+    assert at.sidebar.selectbox(key="_model_choice").value == zoo.DEFAULT_MODEL
+
+
+@pytest.mark.parametrize("name", ["gpt2", "EleutherAI/pythia-70m", "\x00"])
+def test_link_never_fetches_a_hub_model(name):
+    at = open_page(query={"model": name, "sae": "some-release/some-id"})
+    assert_no_exception(at)
+    errors = [e.value for e in at.sidebar.error]
+    assert any("never fetches from the hub" in e for e in errors), errors
     assert at.sidebar.selectbox(key="_model_choice").value == zoo.DEFAULT_MODEL
 
 
