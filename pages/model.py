@@ -37,23 +37,32 @@ with st.expander("Hook points", expanded=False):
     st.dataframe(model_page.hooks_frame(model), hide_index=True, width="stretch")
 
 st.subheader("A sample input and the model's predictions")
-if own_data:
-    seed = st.number_input("Sample seed", min_value=0, value=0, step=1, key="model_sample_seed")
-    with store.model_lock():
-        frame, accuracy = model_page.prediction_frame(lm, int(seed))
-    if accuracy is not None:
-        st.metric("Top-1 accuracy on the scored positions of this sample", f"{accuracy:.1%}")
-    st.dataframe(frame, hide_index=True, width="stretch")
-elif data is not None:
-    i = int(st.number_input(f"Sequence of the data (0..{len(data) - 1})", min_value=0,
-                            max_value=len(data) - 1, value=0, step=1, key="model_data_row"))
-    st.caption(data.describe())
-    with store.model_lock():
-        st.dataframe(model_page.data_prediction_frame(lm, data.tokens[i]), hide_index=True,
-                     width="stretch")
-else:
-    st.info("Per-token predictions need inputs: give a data spec in the sidebar's Data field "
-            "(or pick a built-in model).")
+
+
+# a new seed or row reruns and redraws only this fragment, not the config, checks and SAE report
+@st.fragment
+def sample_predictions() -> None:
+    """The sample input (a seed of the zoo's generator, or a row of the data) and predictions."""
+    if own_data:
+        seed = st.number_input("Sample seed", min_value=0, value=0, step=1, key="model_sample_seed")
+        with store.model_lock():
+            frame, accuracy = model_page.prediction_frame(lm, int(seed))
+        if accuracy is not None:
+            st.metric("Top-1 accuracy on the scored positions of this sample", f"{accuracy:.1%}")
+        st.dataframe(frame, hide_index=True, width="stretch")
+    elif data is not None:
+        i = int(st.number_input(f"Sequence of the data (0..{len(data) - 1})", min_value=0,
+                                max_value=len(data) - 1, value=0, step=1, key="model_data_row"))
+        st.caption(data.describe())
+        with store.model_lock():
+            st.dataframe(model_page.data_prediction_frame(lm, data.tokens[i]), hide_index=True,
+                         width="stretch")
+    else:
+        st.info("Per-token predictions need inputs: give a data spec in the sidebar's Data field "
+                "(or pick a built-in model).")
+
+
+sample_predictions()
 
 st.subheader("SAE")
 sae = store.current_sae()

@@ -71,97 +71,107 @@ with c3:
     else:
         st.caption("No reference hypotheses ship with this model.")
 
-with st.expander("Upload / download the partition", expanded=False):
-    st.file_uploader("Partition JSON or explanation file", type=["json"], key="_scrub_upload",
-                     on_change=view.on_upload)
-    st.download_button("Download explanation (JSON)",
-                       glue.download_bytes(part, {"model": lm.name, "n": n, "seed": seed,
-                                                 "data": glue.data_spec()}),
-                       file_name="scrubbing-explanation.json", mime="application/json",
-                       key="_scrub_download")
+# ---- everything a click on the graph, the table or the buttons changes: one fragment, so such a
+# click reruns and redraws only this part (the settings and the reference above, and the search
+# below, request a full rerun; st.rerun() inside is a full rerun too)
+@st.fragment
+def partition_and_scores() -> None:
+    """Upload/download, messages, graph, partition table, scores, comparison and anomaly demo."""
+    part = ss.scrub_part
+    with st.expander("Upload / download the partition", expanded=False):
+        st.file_uploader("Partition JSON or explanation file", type=["json"], key="_scrub_upload",
+                         on_change=view.on_upload)
+        st.download_button("Download explanation (JSON)",
+                           glue.download_bytes(part, {"model": lm.name, "n": n, "seed": seed,
+                                                     "data": glue.data_spec()}),
+                           file_name="scrubbing-explanation.json", mime="application/json",
+                           key="_scrub_download")
 
-for kind, msg in ss.scrub_msgs:
-    getattr(st, kind)(messages.plain(msg))  # path patterns such as *>m0>* shown literally
-ss.scrub_msgs = []
-part = ss.scrub_part
-glue.write_url(part)
+    for kind, msg in ss.scrub_msgs:
+        getattr(st, kind)(messages.plain(msg))  # path patterns such as *>m0>* shown literally
+    ss.scrub_msgs = []
+    part = ss.scrub_part
+    glue.write_url(part)
 
-# ---- graph and table ----------------------------------------------------------------------------
-assignment = glue.assignment_or_empty(part, graph)
-left, right = st.columns([3, 2])
-with left:
-    g1, g2, g3 = st.columns(3)
-    g1.selectbox("Clicks assign to", glue.GROUPS, key="_scrub_target")
-    g2.selectbox("New block resamples", glue.RESAMPLE_CHOICES, key="_scrub_rs")
-    g3.radio("Click selects", ["through", "edge"], key="_scrub_mode", horizontal=True,
-             format_func={"through": "paths through it", "edge": "edge (2 clicks)"}.get)
-    st.plotly_chart(view.graph_figure(model_key, part.hash, ss.get("scrub_pending"), graph,
-                                      assignment),
-                    key="_scrub_graph", on_select=view.on_click, selection_mode="points",
-                    config=PNG_CONFIG)
-    st.caption(f"{graph.n_paths:,} treeified paths. Colour: the group most paths through a "
-               f"point belong to (grey: rest, random). A click toggles that pattern in the "
-               f"chosen group.")
-with right:
-    st.markdown(f"**Partition** `{part.hash}` {('— ' + part.name) if part.name else ''}")
-    rows = glue.partition_rows(part)
-    frame = pd.DataFrame(rows,
-                         columns=["group", "pattern", "resample"])
-    edited = st.data_editor(
-        frame, num_rows="dynamic", key=f"_scrub_table_{part.hash}_{ss.get('scrub_nonce', 0)}",
-        width="stretch",
-        column_config={
-            "group": st.column_config.SelectboxColumn("group", options=glue.GROUPS,
-                                                      required=True),
-            "pattern": st.column_config.TextColumn("pattern", help="e.g. *>a1.*:k>logits"),
-            "resample": st.column_config.SelectboxColumn(
-                "resample", options=[""] + glue.RESAMPLE_CHOICES)})
-    new_rows = edited.fillna("").to_dict("records")
-    if new_rows != rows:
-        try:
-            new = glue.rows_to_partition(new_rows, part.name, part.description)
-            new.assign(graph)
-        except PathError as e:
-            # roll the table back to the partition in use (a fresh editor), so the table and
-            # the partition never differ and the next edit starts from a valid table
-            ss.scrub_msgs.append(("error", f"Table not applied: {e} (the current partition "
-                                           f"is kept)"))
-            ss.scrub_nonce = ss.get("scrub_nonce", 0) + 1
-            st.rerun()
-        else:
-            if new.hash != part.hash:
-                view.set_partition(new, edited=True)
+    # ---- graph and table ------------------------------------------------------------------------
+    assignment = glue.assignment_or_empty(part, graph)
+    left, right = st.columns([3, 2])
+    with left:
+        g1, g2, g3 = st.columns(3)
+        g1.selectbox("Clicks assign to", glue.GROUPS, key="_scrub_target")
+        g2.selectbox("New block resamples", glue.RESAMPLE_CHOICES, key="_scrub_rs")
+        g3.radio("Click selects", ["through", "edge"], key="_scrub_mode", horizontal=True,
+                 format_func={"through": "paths through it", "edge": "edge (2 clicks)"}.get)
+        st.plotly_chart(view.graph_figure(model_key, part.hash, ss.get("scrub_pending"), graph,
+                                          assignment),
+                        key="_scrub_graph", on_select=view.on_click, selection_mode="points",
+                        config=PNG_CONFIG)
+        st.caption(f"{graph.n_paths:,} treeified paths. Colour: the group most paths through a "
+                   f"point belong to (grey: rest, random). A click toggles that pattern in the "
+                   f"chosen group.")
+    with right:
+        st.markdown(f"**Partition** `{part.hash}` {('— ' + part.name) if part.name else ''}")
+        rows = glue.partition_rows(part)
+        frame = pd.DataFrame(rows,
+                             columns=["group", "pattern", "resample"])
+        edited = st.data_editor(
+            frame, num_rows="dynamic", key=f"_scrub_table_{part.hash}_{ss.get('scrub_nonce', 0)}",
+            width="stretch",
+            column_config={
+                "group": st.column_config.SelectboxColumn("group", options=glue.GROUPS,
+                                                          required=True),
+                "pattern": st.column_config.TextColumn("pattern", help="e.g. *>a1.*:k>logits"),
+                "resample": st.column_config.SelectboxColumn(
+                    "resample", options=[""] + glue.RESAMPLE_CHOICES)})
+        new_rows = edited.fillna("").to_dict("records")
+        if new_rows != rows:
+            try:
+                new = glue.rows_to_partition(new_rows, part.name, part.description)
+                new.assign(graph)
+            except PathError as e:
+                # roll the table back to the partition in use (a fresh editor), so the table and
+                # the partition never differ and the next edit starts from a valid table
+                ss.scrub_msgs.append(("error", f"Table not applied: {e} (the current partition "
+                                               f"is kept)"))
+                ss.scrub_nonce = ss.get("scrub_nonce", 0) + 1
                 st.rerun()
-    b1, b2 = st.columns(2)
-    b1.button("Clear (all independent)", key="_scrub_clear",
-              on_click=lambda: view.set_partition(PathPartition(name="all independent")))
-    b2.button("All paths important", key="_scrub_all",
-              on_click=lambda: view.set_partition(PathPartition(("*",),
-                                                                name="all paths important")))
+            else:
+                if new.hash != part.hash:
+                    view.set_partition(new, edited=True)
+                    st.rerun()
+        b1, b2 = st.columns(2)
+        b1.button("Clear (all independent)", key="_scrub_clear",
+                  on_click=lambda: view.set_partition(PathPartition(name="all independent")))
+        b2.button("All paths important", key="_scrub_all",
+                  on_click=lambda: view.set_partition(PathPartition(("*",),
+                                                                    name="all paths important")))
 
-# ---- scores -----------------------------------------------------------------------------------
-with st.spinner("Scrubbing…"):
-    res = glue.evaluate(scrubber, score_key, part.hash, json.dumps(part.to_dict()), n, seed,
-                        device)
-sur = SurpriseBreakdown.from_dict(res["surprise"])
-m = st.columns(4) + st.columns(3)  # two rows: a value never truncated ("100.0…")
-m[0].metric("Loss original", f"{res['loss_original']:.4f}")
-m[1].metric("Loss scrubbed", f"{res['loss_scrubbed']:.4f}")
-m[2].metric("Loss all resampled", f"{res['loss_random']:.4f}")
-m[3].metric("Loss recovered", glue.fmt_percent(res["loss_recovered"]))
-m[4].metric("S(π) argument", f"{sur.argument_bits:,.1f} bits")
-m[5].metric("S(Y|π) data", f"{sur.data_bits:,.1f} bits")
-m[6].metric("Total", f"{sur.total_bits:,.1f} bits")
-f1, f2 = st.columns(2)
-f1.plotly_chart(surprise_waterfall(sur), config=PNG_CONFIG, key="_scrub_waterfall")
-f2.plotly_chart(loss_bars(res["loss_original"], res["loss_scrubbed"], res["loss_random"]),
-                config=PNG_CONFIG, key="_scrub_losses")
-with st.expander("S(π) per block"):
-    st.dataframe(pd.DataFrame([{"part": k.removeprefix("argument:"), "bits": v}
-                               for k, v in sur.parts.items() if k.startswith("argument:")]),
-                 hide_index=True)
-    st.caption(sur.notes)
+    # ---- scores -------------------------------------------------------------------------------
+    with st.spinner("Scrubbing…"):
+        res = glue.evaluate(scrubber, score_key, part.hash, json.dumps(part.to_dict()), n, seed,
+                            device)
+    sur = SurpriseBreakdown.from_dict(res["surprise"])
+    m = st.columns(4) + st.columns(3)  # two rows: a value never truncated ("100.0…")
+    m[0].metric("Loss original", f"{res['loss_original']:.4f}")
+    m[1].metric("Loss scrubbed", f"{res['loss_scrubbed']:.4f}")
+    m[2].metric("Loss all resampled", f"{res['loss_random']:.4f}")
+    m[3].metric("Loss recovered", glue.fmt_percent(res["loss_recovered"]))
+    m[4].metric("S(π) argument", f"{sur.argument_bits:,.1f} bits")
+    m[5].metric("S(Y|π) data", f"{sur.data_bits:,.1f} bits")
+    m[6].metric("Total", f"{sur.total_bits:,.1f} bits")
+    f1, f2 = st.columns(2)
+    f1.plotly_chart(surprise_waterfall(sur), config=PNG_CONFIG, key="_scrub_waterfall")
+    f2.plotly_chart(loss_bars(res["loss_original"], res["loss_scrubbed"], res["loss_random"]),
+                    config=PNG_CONFIG, key="_scrub_losses")
+    with st.expander("S(π) per block"):
+        st.dataframe(pd.DataFrame([{"part": k.removeprefix("argument:"), "bits": v}
+                                   for k, v in sur.parts.items() if k.startswith("argument:")]),
+                     hide_index=True)
+        st.caption(sur.notes)
 
-view.compare_box(scrubber, part, refs, score_key, n, seed, device)
-view.anomaly_box(lm, scrubber, part, score_key, n, seed, device)
-view.search_box(scrubber, part)
+    view.compare_box(scrubber, part, refs, score_key, n, seed, device)
+    view.anomaly_box(lm, scrubber, part, score_key, n, seed, device)
+
+
+partition_and_scores()
+view.search_box(scrubber, ss.scrub_part)  # outside: a full rerun, so Stop interrupts it
