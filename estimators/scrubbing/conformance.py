@@ -175,6 +175,34 @@ def _float64_copy(model):
         return m.to(torch.float64)
 
 
+def compare_in_dtypes(engine: str, pass_name: str, model, graph, compare) -> EngineVerdict:
+    """`engine`'s verdict from `compare(model, graph, tokens, other) -> (max abs error,
+    tolerance, where or None)` on `check_tokens` and a shifted copy of them: in the model's dtype
+    and, where that agrees and the model has at most FLOAT64_MAX_PARAMS parameters, again on a
+    float64 copy (which catches an error a half-precision tolerance would hide). A refusal is
+    one line naming `pass_name`, the error, where it was seen and the config fields in play."""
+    tokens = check_tokens(model)
+    other = torch.roll(tokens, 1, dims=0)
+    other[:, 0] = (other[:, 0] + 1) % int(model.cfg.d_vocab)
+    dtype = next(model.parameters()).dtype
+    err, tol, where = compare(model, graph, tokens, other)
+    what = f"in {str(dtype).removeprefix('torch.')}"
+    if where is None and dtype != torch.float64 and \
+            sum(p.numel() for p in model.parameters()) <= FLOAT64_MAX_PARAMS:
+        err64, tol64, where = compare(_float64_copy(model), graph, tokens, other)
+        if where is not None:
+            err, tol, what = err64, tol64, "in float64"
+    fields = forward_fields(model)
+    if where is None:
+        return EngineVerdict(engine, True, err, tol, dtype=str(dtype))
+    blame = f"; config fields that change the forward pass here: {', '.join(fields)}" \
+        if fields else ""
+    reason = (f"the {pass_name} differs from the model's own forward pass {what} by "
+              f"{err:.3g} > {tol:.1g} ({where}){blame}")
+    return EngineVerdict(engine, False, err, tol, reason=reason,
+                         config_fields=[f.split("=")[0] for f in fields], dtype=str(dtype))
+
+
 @conformance.register_engine(ENGINE)
 def check_scrubbing(model) -> EngineVerdict:
     """Compare the treeified pass with the model (see the module docstring)."""
@@ -184,23 +212,4 @@ def check_scrubbing(model) -> EngineVerdict:
         graph = PathGraph.from_model(model)
     except PathError as e:
         raise EngineUnsupported(str(e)) from e
-    tokens = check_tokens(model)
-    other = torch.roll(tokens, 1, dims=0)
-    other[:, 0] = (other[:, 0] + 1) % int(model.cfg.d_vocab)
-    dtype = next(model.parameters()).dtype
-    err, tol, where = _compare(model, graph, tokens, other)
-    what = f"in {str(dtype).removeprefix('torch.')}"
-    if where is None and dtype != torch.float64 and \
-            sum(p.numel() for p in model.parameters()) <= FLOAT64_MAX_PARAMS:
-        err64, tol64, where = _compare(_float64_copy(model), graph, tokens, other)
-        if where is not None:
-            err, tol, what = err64, tol64, "in float64"
-    fields = forward_fields(model)
-    if where is None:
-        return EngineVerdict(ENGINE, True, err, tol, dtype=str(dtype))
-    blame = f"; config fields that change the forward pass here: {', '.join(fields)}" \
-        if fields else ""
-    reason = (f"the treeified pass differs from the model's own forward pass {what} by "
-              f"{err:.3g} > {tol:.1g} ({where}){blame}")
-    return EngineVerdict(ENGINE, False, err, tol, reason=reason,
-                         config_fields=[f.split("=")[0] for f in fields], dtype=str(dtype))
+    return compare_in_dtypes(ENGINE, "treeified pass", model, graph, _compare)

@@ -24,8 +24,7 @@ import torch
 
 from estimators import conformance
 from estimators.conformance import EngineUnsupported, EngineVerdict
-from estimators.scrubbing.conformance import FLOAT64_MAX_PARAMS, _float64_copy, \
-    _hooked_reference, check_tokens, forward_fields
+from estimators.scrubbing.conformance import _hooked_reference, compare_in_dtypes
 
 ENGINE = "scrubbing-edges"
 
@@ -68,23 +67,4 @@ def check_scrubbing_edges(model) -> EngineVerdict:
         eg = EdgeGraph.from_model(model)
     except PathError as e:
         raise EngineUnsupported(str(e)) from e
-    tokens = check_tokens(model)
-    other = torch.roll(tokens, 1, dims=0)
-    other[:, 0] = (other[:, 0] + 1) % int(model.cfg.d_vocab)
-    dtype = next(model.parameters()).dtype
-    err, tol, where = _compare(model, eg, tokens, other)
-    what = f"in {str(dtype).removeprefix('torch.')}"
-    if where is None and dtype != torch.float64 and \
-            sum(p.numel() for p in model.parameters()) <= FLOAT64_MAX_PARAMS:
-        err64, tol64, where = _compare(_float64_copy(model), eg, tokens, other)
-        if where is not None:
-            err, tol, what = err64, tol64, "in float64"
-    fields = forward_fields(model)
-    if where is None:
-        return EngineVerdict(ENGINE, True, err, tol, dtype=str(dtype))
-    blame = f"; config fields that change the forward pass here: {', '.join(fields)}" \
-        if fields else ""
-    reason = (f"the edge-patching pass differs from the model's own forward pass {what} by "
-              f"{err:.3g} > {tol:.1g} ({where}){blame}")
-    return EngineVerdict(ENGINE, False, err, tol, reason=reason,
-                         config_fields=[f.split("=")[0] for f in fields], dtype=str(dtype))
+    return compare_in_dtypes(ENGINE, "edge-patching pass", model, eg, _compare)
