@@ -30,12 +30,13 @@ import torch
 from estimators import conformance
 from estimators.conformance import model_fingerprint
 from estimators.distributed import LocalBackend, shard_seed, shard_sizes, worker_model
-from estimators.tailrisk.behaviours import SampledProbability, behaviour_from_dict
+from estimators.tailrisk.behaviours import behaviour_from_dict
 from estimators.tailrisk.common import (Clock, ProgressFn, clopper_pearson_interval, report,
                                         wilson_interval)
 from estimators.tailrisk.distributions import InputDistribution
 from estimators.tailrisk.ground_truth import (CACHE_VERSION, DEFAULT_SAMPLES, MAX_EXACT_INPUTS,
-                                              _read_cache, _write_cache, bounded_chunk, cache_dir,
+                                              _read_cache, _write_cache, behaviour_key,
+                                              bounded_chunk, cache_dir,
                                               exact_range, sampled, vector_behaviour)
 
 DEFAULT_SHARD_SAMPLES = 2 ** 20
@@ -114,14 +115,9 @@ def _fold_in_order(backend, fn, payloads: list[dict], fold, progress) -> None:
 
 
 def _key(model, dist, behaviour, mode: str) -> str:
-    if vector_behaviour(behaviour):
-        desc = {"kind": behaviour.kind}
-        if isinstance(behaviour, SampledProbability):
-            desc["temperature"] = behaviour.temperature
-    else:
-        desc = behaviour.to_dict()
     raw = json.dumps({"v": CACHE_VERSION, "engine": "sharded", "model": model_fingerprint(model),
-                      "dist": dist.fingerprint(), "behaviour": desc, "mode": mode},
+                      "dist": dist.fingerprint(), "behaviour": behaviour_key(behaviour),
+                      "mode": mode},
                      sort_keys=True)
     return "sharded-" + hashlib.sha256(raw.encode()).hexdigest()[:24]
 

@@ -84,6 +84,18 @@ def vector_behaviour(behaviour: Behaviour) -> bool:
     return isinstance(behaviour, (Argmax, SampledProbability))
 
 
+def _weighted_term(model, dist: InputDistribution, behaviour: Behaviour, start: int, m: int,
+                   dev) -> torch.Tensor:
+    """Σ_i P(x_i)·value(x_i) over the inputs start…start+m−1 of D's support (mixed-radix order):
+    a [V] vector for argmax/sampled behaviours, else a 0-d tensor (float64, on `dev`)."""
+    tokens, logw = enumerate_inputs(dist, start, start + m, dev)
+    w = logw.exp()
+    if vector_behaviour(behaviour):
+        return w @ _per_input_vector(model, behaviour, tokens)
+    v, _ = behaviour.evaluate(model, tokens)
+    return (w * v.to(w.device)).sum()
+
+
 def exact(model, dist: InputDistribution, behaviour: Behaviour, chunk: int = 8192,
           progress: ProgressFn | None = None) -> torch.Tensor:
     """Exact E_D[value]: a [V] vector over targets for argmax/sampled behaviours, else a 0-d
@@ -92,13 +104,7 @@ def exact(model, dist: InputDistribution, behaviour: Behaviour, chunk: int = 819
     total = dist.n_inputs()
     acc = None
     for start, m in batches(total, chunk):
-        tokens, logw = enumerate_inputs(dist, start, start + m, dev)
-        w = logw.exp()
-        if vector_behaviour(behaviour):
-            part = w @ _per_input_vector(model, behaviour, tokens)
-        else:
-            v, _ = behaviour.evaluate(model, tokens)
-            part = (w * v.to(w.device)).sum()
+        part = _weighted_term(model, dist, behaviour, start, m, dev)
         acc = part if acc is None else acc + part
         report(progress, (start + m) / total)
     return acc.cpu()
@@ -135,14 +141,7 @@ def exact_range(model, dist: InputDistribution, behaviour: Behaviour, start: int
     dev = model_device(model)
     parts = []
     for s, m in batches(stop - start, chunk):
-        tokens, logw = enumerate_inputs(dist, start + s, start + s + m, dev)
-        w = logw.exp()
-        if vector_behaviour(behaviour):
-            part = w @ _per_input_vector(model, behaviour, tokens)
-        else:
-            v, _ = behaviour.evaluate(model, tokens)
-            part = (w * v.to(w.device)).sum()
-        parts.append(part.cpu())
+        parts.append(_weighted_term(model, dist, behaviour, start + s, m, dev).cpu())
     return parts
 
 
@@ -160,15 +159,20 @@ def model_fingerprint(model) -> str:
     return conformance.model_fingerprint(model)
 
 
+def behaviour_key(behaviour: Behaviour) -> dict:
+    """What of a behaviour a cached answer depends on: a vector behaviour's answer covers every
+    target (so the target is left out); any other behaviour is keyed by all its fields."""
+    if not vector_behaviour(behaviour):
+        return behaviour.to_dict()
+    desc = {"kind": behaviour.kind}
+    if isinstance(behaviour, SampledProbability):
+        desc["temperature"] = behaviour.temperature
+    return desc
+
+
 def _key(model_fp: str, dist: InputDistribution, behaviour: Behaviour, mode: str) -> str:
-    if vector_behaviour(behaviour):
-        desc = {"kind": behaviour.kind}
-        if isinstance(behaviour, SampledProbability):
-            desc["temperature"] = behaviour.temperature
-    else:
-        desc = behaviour.to_dict()
     raw = json.dumps({"v": CACHE_VERSION, "model": model_fp, "dist": dist.fingerprint(),
-                      "behaviour": desc, "mode": mode}, sort_keys=True)
+                      "behaviour": behaviour_key(behaviour), "mode": mode}, sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
