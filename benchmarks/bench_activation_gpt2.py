@@ -12,7 +12,6 @@ token inputs (ctx 16).
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -21,11 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_activation_latency import machine_info, write_result  # noqa: E402
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from bench_activation_latency import machine_info, rss_mib, write_result  # noqa: E402
 
 
 def run(device: str, samples: int, n_inputs: int, ctx: int) -> list[dict]:

@@ -55,6 +55,25 @@ def write_result(name: str, payload: dict, out: str | None = None) -> str:
     return str(path)
 
 
+def rss_mib() -> float:
+    """Peak resident memory of this process so far (ru_maxrss), MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gpt2_small_shaped(device: str = "cpu", seed: int = 0):
+    """A HookedTransformer with gpt2-small's shape (12 layers, d_model 768, 12 heads, d_mlp
+    3072, vocabulary 50,257, context 1024, LayerNorm, gelu_new) and random weights: the scale
+    benchmarks' model (no download)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_ctx=1024, d_head=64, n_heads=12,
+                                  d_mlp=3072, d_vocab=50257, act_fn="gelu_new",
+                                  normalization_type="LN", device=device, seed=seed)
+    return HookedTransformer(cfg).eval()
+
+
 def bench_args(doc: str, argv=None, extra=None):
     """The benchmarks' argument parser: `--help` prints `doc` and exits; `--out FILE` is the
     only way to write JSON. `extra(parser)` adds a benchmark's own options."""

@@ -16,7 +16,6 @@ JSON only with --out.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import statistics

@@ -22,7 +22,6 @@ thread by default) measure the work. Ratios to the forward pass are given for bo
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -32,20 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_activation_latency import bench_args, machine_info, write_result  # noqa: E402
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def build_model(device: str):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_ctx=1024, d_head=64, n_heads=12,
-                                  d_mlp=3072, d_vocab=50257, act_fn="gelu_new",
-                                  normalization_type="LN", device=device, seed=0)
-    return HookedTransformer(cfg).eval()
+from bench_activation_latency import (bench_args, gpt2_small_shaped, machine_info,  # noqa: E402
+                                     rss_mib, write_result)  # noqa: E402
 
 
 def main() -> dict:
@@ -81,7 +68,7 @@ def main() -> dict:
                       "peak_rss_mib": round(rss_mib())}
         return out
 
-    model = stage("build_model", lambda: build_model(args.device))
+    model = stage("build_model", lambda: gpt2_small_shaped(args.device))
     tokens = torch.randint(0, 50257, (args.n, args.len),
                            generator=torch.Generator().manual_seed(0)).to(args.device)
     with torch.no_grad():

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -28,22 +27,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_activation_latency import bench_args, machine_info, write_result  # noqa: E402
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from bench_activation_latency import (bench_args, gpt2_small_shaped, machine_info,  # noqa: E402
+                                     rss_mib, write_result)  # noqa: E402
 
 
 def build(device: str):
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_ctx=1024, d_head=64, n_heads=12,
-                                  d_mlp=3072, d_vocab=50257, act_fn="gelu_new",
-                                  normalization_type="LN", device=device, seed=0)
-    model = HookedTransformer(cfg).eval()
+    model = gpt2_small_shaped(device)
     torch.manual_seed(0)
     sae = StandardSAE(StandardSAEConfig(d_in=768, d_sae=24576, device=device,
                                         metadata=SAEMetadata(hook_name="blocks.6.hook_resid_pre")))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -34,15 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def gpt2_small_shaped(seed: int = 0):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_ctx=1024, d_head=64, n_heads=12,
-                                  d_mlp=3072, d_vocab=50257, act_fn="gelu_new",
-                                  normalization_type="LN", device="cpu", seed=seed)
-    return HookedTransformer(cfg).eval()
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_activation_latency import gpt2_small_shaped, rss_mib  # noqa: E402
 
 
 def circuit_partition(n_layers: int, n_heads: int, k: int, seed: int):
@@ -129,7 +121,7 @@ def main(argv=None) -> int:
     hyp = _median_time(hypothesis, args.reps)
     res = hypothesis()
     scrub_only = _median_time(lambda: scrubber.scrubbed_losses([part]), args.reps)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = rss_mib()
 
     out = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), "
