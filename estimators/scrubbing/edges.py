@@ -580,7 +580,7 @@ class EdgeScrubber(_scrubber_class()):
     @torch.no_grad()
     def scrubbed_losses(self, partitions, reference=None, should_stop=None):
         """Per-example scrubbed losses [n_partitions, n_ref] and diagnostics."""
-        from estimators.scrubbing.evaluate import stream_key, take
+        from estimators.scrubbing.evaluate import take
 
         reference = reference or self.data
         assignments = [self.assign(p) for p in partitions]
@@ -592,20 +592,8 @@ class EdgeScrubber(_scrubber_class()):
             group = list(range(g0, min(g0 + k, len(partitions))))
             keys: dict[str, int] = {"": 0, "rest": 1}
             draws = {"rest": self.draw("rest", PathPartition(), REST, reference)[0]}
-            labels = []
-            for i in group:
-                lab = np.full(self.graph.n_edges, UNNAMED, dtype=np.int64)
-                for bid in np.unique(assignments[i]):
-                    if bid == REST:
-                        continue
-                    key = stream_key(int(bid), partitions[i])
-                    if key not in keys:
-                        keys[key] = len(keys)
-                        draws[key], fb = self.draw(key, partitions[i], int(bid), reference)
-                        if fb:
-                            diag["fallbacks"][key] = fb
-                    lab[assignments[i] == bid] = keys[key]
-                labels.append(lab)
+            labels = [self.stream_labels(partitions[i], assignments[i], reference, keys, draws,
+                                         diag, fill=UNNAMED, skip=(REST,)) for i in group]
             base = g0 == 0 and not self._has_baseline(reference)
             orig, rand = [], []
             used = sorted({int(v) for lab in labels for v in np.unique(lab) if v >= 0} | {1}

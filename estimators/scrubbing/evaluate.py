@@ -251,6 +251,27 @@ class Scrubber:
         return hit
 
     # ------------------------------------------------------------------ streams
+    def stream_labels(self, partition: PathPartition, assignment: np.ndarray, reference,
+                      keys: dict[str, int], draws: dict, diag: dict, fill: int | None = None,
+                      skip: tuple[int, ...] = ()) -> np.ndarray:
+        """One int label per path (per edge for the edge engine) of `partition`: the index in
+        `keys` of the stream feeding it, registering (and drawing, into `draws`) each stream
+        seen for the first time; fallbacks are noted in diag["fallbacks"]. Blocks in `skip` keep
+        `fill` (their entries are left to the caller's meaning, e.g. "unnamed")."""
+        lab = np.empty(len(assignment), dtype=np.int64) if fill is None else \
+            np.full(len(assignment), fill, dtype=np.int64)
+        for bid in np.unique(assignment):
+            if int(bid) in skip:
+                continue
+            key = stream_key(int(bid), partition)
+            if key not in keys:
+                keys[key] = len(keys)
+                draws[key], fb = self.draw(key, partition, int(bid), reference)
+                if fb:
+                    diag["fallbacks"][key] = fb
+            lab[assignment == bid] = keys[key]
+        return lab
+
     def draw(self, key: str, partition: PathPartition, block_id: int,
              reference: ScrubData) -> tuple[torch.Tensor, int]:
         """Pool indices [n_ref] of one stream, and its count of unmatched fallbacks."""
@@ -307,19 +328,9 @@ class Scrubber:
         for g0 in range(0, len(partitions), self.max_partitions):
             group = list(range(g0, min(g0 + self.max_partitions, len(partitions))))
             keys: dict[str, int] = {"": 0}
-            labels = []
             draws = {}
-            for i in group:
-                lab = np.empty(self.graph.n_paths, dtype=np.int64)
-                for bid in np.unique(assignments[i]):
-                    key = stream_key(int(bid), partitions[i])
-                    if key not in keys:
-                        keys[key] = len(keys)
-                        draws[key], fb = self.draw(key, partitions[i], int(bid), reference)
-                        if fb:
-                            diag["fallbacks"][key] = fb
-                    lab[assignments[i] == bid] = keys[key]
-                labels.append(lab)
+            labels = [self.stream_labels(partitions[i], assignments[i], reference, keys, draws,
+                                         diag) for i in group]
             plan = plan_versions(self.graph, labels)
             diag["plan_width"].append(plan.width)
             step = self.examples_per_pass(plan.width)
