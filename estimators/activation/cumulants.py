@@ -40,6 +40,7 @@ with Stein's identity E[h^(k)(z)] = σ^{−k} E[h(z) He_k((z−μ)/σ)].
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -545,7 +546,7 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
 
     _check(cumulants, hermite_order)
     K = cumulants
-    chain = mlp_chain(_AsPlain(mlp), input_mean, input_cov, n_empirical=n_empirical, seed=seed,
+    chain = mlp_chain(_without_final_activation(mlp), input_mean, input_cov, n_empirical=n_empirical, seed=seed,
                       order=hermite_order, epsilon=epsilon, device=device)
     if getattr(mlp, "final_activation", False):
         x = chain.empirical["input"]
@@ -601,6 +602,15 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
     return chain
 
 
+def _without_final_activation(mlp):
+    """The same PlainMLP (parameters shared) whose forward pass stops before a final
+    activation, for `mlp_chain`'s bookkeeping (its transitions are replaced by
+    `cumulant_chain`'s)."""
+    plain = copy.copy(mlp)  # a new attribute dict; modules and parameters are shared
+    plain.final_activation = False
+    return plain
+
+
 def _pairs_of(prev: State | None, mean: torch.Tensor) -> ThirdCumulant:
     """The parent's κ₃ in pair form; a parent reached on the diagonal path has only its
     marginal third cumulants (the d correction)."""
@@ -608,26 +618,3 @@ def _pairs_of(prev: State | None, mean: torch.Tensor) -> ThirdCumulant:
         return prev.k3
     empty = torch.zeros(mean.shape[0], 0, dtype=mean.dtype, device=mean.device)
     return ThirdCumulant(empty, empty.clone(), d=None if prev is None else prev.k3_diag)
-
-
-class _AsPlain(torch.nn.Module):
-    """A view of a PlainMLP without its final activation, for `mlp_chain`'s bookkeeping (its
-    own transitions are replaced by `cumulant_chain`)."""
-
-    def __init__(self, mlp):
-        super().__init__()
-        self.inner = mlp
-        self.widths = mlp.widths
-        self.activation = mlp.activation
-        self.layers = mlp.layers
-
-    def forward(self, x, return_hidden: bool = False):
-        from estimators.activation.closed_form import apply_activation
-
-        hidden = []
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = apply_activation(x, self.activation)
-                hidden.append(x)
-        return (x, hidden) if return_hidden else x
