@@ -18,7 +18,8 @@ import contextlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 
 import streamlit as st
 import torch
@@ -31,6 +32,8 @@ from estimators.activation import (Chain, CovarianceMask, MaskRule, Propagator, 
 from estimators.activation.sites import resid_site_name
 from estimators.activation.chain import default_positions as chain_positions
 from estimators.activation.cli import DEFAULT_MAX_DIM  # the default positions: page = CLI
+from estimators.activation.cli import (AUTO_FULL_WIDTH, UNIT_MODES,  # noqa: F401
+                                      page_units)  # the unit setting: page = CLI
 
 EXPLANATION_KIND = "covariance-mask"
 URL_MASK = "mask"
@@ -46,6 +49,8 @@ MAX_N_INPUTS = 8192
 MAX_SAMPLES = 8192
 MAX_SITE_DIM = 2048  # a covariance of this dimension is ~32 MiB in float64 per matrix
 MAX_BYTES = 4 * 2 ** 30  # rough working-memory ceiling for building a chain
+MAX_SEED = 2 ** 31 - 1
+K_UNIT_MODES = ("first", "top-variance", "firing")  # the unit modes that take a count K
 
 ss = st.session_state
 
@@ -71,8 +76,10 @@ def compute_scope():
 @dataclass(frozen=True)
 class Settings:
     """What the chain depends on (the argument does not): modelled positions, sites (None = the
-    library's default chain), real inputs N, samples K per transition, seed, and for models
-    outside the zoo the input token ids (one sequence per line; empty = uniform random)."""
+    library's default chain), real inputs N, samples K per transition, seed, for models
+    outside the zoo the input token ids (one sequence per line; empty = uniform random), the
+    units modelled (`units`: a mode of UNIT_MODES, `unit_count` its K; `page_units`) and a time
+    budget in seconds (None: off; else N and K are chosen by a timed pilot, `budget_chain`)."""
 
     positions: tuple[int, ...]
     sites: tuple[str, ...] | None = None
@@ -80,6 +87,9 @@ class Settings:
     samples: int = DEFAULT_SAMPLES
     seed: int = 0
     tokens: str = ""
+    units: str = "auto"
+    unit_count: int = 0
+    time_budget: float | None = None
 
     def __post_init__(self):
         if not self.positions:
@@ -96,6 +106,23 @@ class Settings:
             raise ValueError("seed must be ≥ 0")
         if self.sites is not None and not self.sites:
             raise ValueError("choose at least one site")
+        self._check_scale()
+
+    def _check_scale(self) -> None:
+        """The unit and time-budget fields (model-free checks; `unit_spec` checks K against
+        the model)."""
+        if self.units not in UNIT_MODES:
+            raise ValueError(f"units must be one of {', '.join(UNIT_MODES)}, not "
+                             f"{str(self.units)[:40]!r}")
+        if self.units in K_UNIT_MODES:
+            if self.unit_count < 1:
+                raise ValueError(f"units {self.units}: the count K must be at least 1")
+        elif self.unit_count != 0:
+            object.__setattr__(self, "unit_count", 0)  # all/auto take no count
+        if self.time_budget is not None:
+            from estimators.validation import PAGE_TIME_BUDGET, number
+            object.__setattr__(self, "time_budget", float(number(
+                self.time_budget, "time budget (seconds)", *PAGE_TIME_BUDGET)))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -111,9 +138,13 @@ class Settings:
             pos = tuple(_as_int(p, "position") for p in d["positions"])
             sites = d.get("sites")
             sites = None if sites is None else tuple(str(s) for s in sites)
+            budget = d.get("time_budget")
             return cls(pos, sites, _as_int(d.get("n_inputs", DEFAULT_N_INPUTS), "n_inputs"),
                        _as_int(d.get("samples", DEFAULT_SAMPLES), "samples"),
-                       _as_int(d.get("seed", 0), "seed"), str(d.get("tokens", "")))
+                       _as_int(d.get("seed", 0), "seed"), str(d.get("tokens", "")),
+                       str(d.get("units", "auto")), _as_int(d.get("unit_count", 0),
+                                                            "unit_count"),
+                       None if budget is None else budget)
         except (KeyError, TypeError) as e:
             raise ValueError(f"activation settings are incomplete ({e})") from None
 
@@ -125,6 +156,76 @@ def _as_int(v, what) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
         raise ValueError(f"{what} must be an integer, not {v!r}")
     return int(v)
+
+
+# ============================================================================ units, budget
+def unit_count_range(lm, sae, mode: str) -> tuple[int, int]:
+    """The allowed K of a unit mode: 1..d_model (first, top-variance), 1..d_sae (firing; 1..2^20
+    with no SAE, which `build_chain` refuses anyway)."""
+    if mode == "firing":
+        return 1, int(sae.cfg.d_sae) if sae is not None else 2 ** 20
+    return 1, int(lm.model.cfg.d_model) if lm is not None else 2 ** 20
+
+
+def settings_from_untrusted(d, lm=None, sae=None) -> tuple[Settings, list[str]]:
+    """Settings from a link or an explanation file: numbers outside the page's ranges (N, K,
+    seed, the unit count K — 1..d_model, or 1..d_sae for SAE features — and the time budget)
+    are clamped, each with one message (`estimators.validation.clamp_fields`); anything else
+    wrong (a word for a number, NaN, an unknown unit mode, repeated positions) raises one-line
+    ValueError. Returns (settings, messages)."""
+    from estimators.validation import PAGE_TIME_BUDGET, clamp_fields
+
+    if not isinstance(d, dict):
+        raise ValueError("activation settings must be a JSON object")
+    ranges = {"n_inputs": (2, MAX_N_INPUTS, True), "samples": (2, MAX_SAMPLES, True),
+              "seed": (0, MAX_SEED, True), "time_budget": (*PAGE_TIME_BUDGET, False)}
+    mode = d.get("units", "auto")
+    if mode in K_UNIT_MODES:
+        ranges["unit_count"] = (*unit_count_range(lm, sae, mode), True)
+    d, notes = clamp_fields(d, ranges)
+    return Settings.from_dict(d), notes
+
+
+def unit_spec(lm, s: Settings) -> str | None:
+    """The chain's `units` spec (`scale.parse_units`) for the settings, or None (every unit):
+    `estimators.activation.cli.page_units` at this model's width and the modelled positions."""
+    return page_units(s.units, s.unit_count, int(lm.model.cfg.d_model), len(s.positions))
+
+
+def n_available(lm, s: Settings, data_tokens: torch.Tensor | None = None) -> int:
+    """How many real inputs a time budget may use: the typed token ids' or the data's
+    sequences, else as many as the zoo generator or uniform random inputs allow."""
+    from estimators.activation import scale
+
+    if lm.zoo_entry is None and s.tokens.strip():
+        return len([line for line in s.tokens.splitlines() if line.strip()])
+    if lm.zoo_entry is None and data_tokens is not None:
+        return int(data_tokens.shape[0])
+    return min(scale.N_BOUNDS[1], MAX_N_INPUTS)
+
+
+def budget_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -> Chain:
+    """The chain with N and K chosen for `s.time_budget` seconds by a timed pilot
+    (`estimators.activation.scale.pilot`, the naive argument, as `propagate --time-budget`).
+    The plan is in `chain.info["budget"]` (`BudgetPlan.to_dict()`: samples, n_inputs,
+    predicted_seconds, pilot_seconds, limited_by, …); its `run_seconds` is the final chain's
+    build time (ground truth) only — the page adds the first propagation's seconds. Raises
+    ValueError as `build_chain` does."""
+    from estimators.activation import scale
+
+    base = replace(s, time_budget=None)
+
+    def build(samples, n_inputs):
+        return build_chain(lm, sae, replace(base, samples=max(2, int(samples)),
+                                            n_inputs=max(2, int(n_inputs))), data_tokens)
+
+    plan = scale.pilot(build, lambda ch: CovarianceMask.naive(), n_available(lm, s, data_tokens),
+                       float(s.time_budget))
+    t0 = time.perf_counter()
+    chain = build(plan.samples, plan.n_inputs)
+    plan.run_seconds = time.perf_counter() - t0
+    chain.info["budget"] = plan.to_dict()
+    return chain
 
 
 def label_position(lm) -> int | None:
@@ -228,6 +329,8 @@ def parse_tokens(text: str, d_vocab: int) -> torch.Tensor:
 def _cached_chain(key: tuple, settings_key: str, data_fp: str | None, _lm, _sae,
                   _data_tokens) -> Chain:
     s = Settings.from_dict(json.loads(settings_key))
+    if s.time_budget is not None:
+        return budget_chain(_lm, _sae, s, _data_tokens)
     return build_chain(_lm, _sae, s, _data_tokens)
 
 
@@ -261,11 +364,19 @@ def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -
     if bad:
         raise ValueError(f"position {bad[0]} is outside the context 0..{ctx - 1}")
     sites = list(s.sites) if s.sites is not None else default_sites(lm, sae)
-    widths = [cfg.d_model] + ([cfg.d_mlp or 0] if any(".mlp." in n for n in sites) else [])
+    if s.units == "firing" and sae is None:
+        raise ValueError("units 'SAE features that fire' need an SAE: choose one in the sidebar")
+    spec = unit_spec(lm, s)
+    resid_width = int(spec.split(":")[1]) if spec and not spec.startswith("firing") \
+        else cfg.d_model
+    widths = [resid_width] + ([cfg.d_mlp or 0] if any(".mlp." in n for n in sites) else [])
+    if s.units == "firing" and any(n.startswith("sae:") for n in sites):
+        widths.append(s.unit_count)
     dims = len(s.positions) * max(widths)
     if dims > MAX_SITE_DIM:
         raise ValueError(f"{len(s.positions)} positions × {max(widths)} units = {dims} "
-                         f"variables per site; choose fewer positions (at most {MAX_SITE_DIM})")
+                         f"variables per site; choose fewer positions or units (at most "
+                         f"{MAX_SITE_DIM})")
     # Sampled transitions run K inputs through whole blocks (residual, MLP and attention
     # scores); ground truth runs batches of 128 real inputs.
     per_input = 4 * ctx * (6 * cfg.d_model + 2 * (cfg.d_mlp or 0) + cfg.n_heads * ctx)
@@ -276,12 +387,13 @@ def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -
                          f"positions (limit {MAX_BYTES / 2 ** 30:.0f} GiB)")
     if lm.zoo_entry is not None:
         return chain_for_zoo(lm, sae=sae, n_inputs=s.n_inputs, samples=s.samples, seed=s.seed,
-                             sites=sites, positions=list(s.positions))
+                             sites=sites, positions=list(s.positions), units=spec)
     if tokens is None:
         g = torch.Generator().manual_seed(s.seed)
         tokens = torch.randint(0, cfg.d_vocab, (s.n_inputs, ctx), generator=g)
     return transformer_chain(lm.model, tokens, sites=sites, positions=list(s.positions),
-                             sae=sae, samples=s.samples, seed=s.seed, logits_position=-1)
+                             sae=sae, samples=s.samples, seed=s.seed, logits_position=-1,
+                             units=spec)
 
 
 def get_chain(lm, sae, s: Settings) -> Chain:
@@ -413,15 +525,57 @@ def submatrix(m: torch.Tensor, idx: list[int]) -> torch.Tensor:
     return m[t][:, t]
 
 
+# ============================================================================ distances
+COVARIANCE_METHOD_LABELS = {"ridge": "ridge (1% of mean variance)",
+                            "ledoit-wolf": "Ledoit–Wolf (N < dim)"}
+
+
+def distance_table(chain: Chain, res, names: list[str]) -> list[dict]:
+    """The page's distance table, one row per site, with units in the headers: dimension,
+    KL(real‖est) and KL(est‖real) in nats, the per-unit marginal KL (`kl_marginal`, nats per
+    unit), W2 (in the site's activation units), mean and variance error (RMS over units,
+    relative to the real RMS std / variance, or absolute where the real activations do not
+    vary), the covariance method of the real side (ridge or Ledoit–Wolf) and the Ledoit–Wolf
+    shrinkage intensity δ (0–1; None at ridge sites), whether PSD repair clipped eigenvalues.
+    The numbers are `res.distances[name].to_dict()`'s (the CLI's `sites` entries)."""
+    rows = []
+    for n in names:
+        r = res.distances[n].to_dict()
+        rel = r.get("error_kind", "relative") == "relative"
+        rows.append({"site": n, "dim (units)": chain.site(n).dim,
+                     "KL(real‖est) (nats)": r["kl_emp_est"],
+                     "KL(est‖real) (nats)": r["kl_est_emp"],
+                     "marginal KL (nats/unit)": r.get("kl_marginal"),
+                     "W2 (activation units)": r["w2"],
+                     "mean error (RMS, ×real std)": r["mean_error"] if rel else None,
+                     "var error (RMS, ×real var)": r["var_error"] if rel else None,
+                     "mean / var error (absolute)": None if rel else
+                     f"{r['mean_error']:.3g} / {r['var_error']:.3g}",
+                     "covariance method": COVARIANCE_METHOD_LABELS.get(
+                         r.get("covariance_method", "ridge"), r.get("covariance_method")),
+                     "shrinkage δ (0–1)": r.get("shrinkage"),
+                     "repaired": res.sites[n].repaired})
+    if all(row["mean / var error (absolute)"] is None for row in rows):
+        for row in rows:
+            del row["mean / var error (absolute)"]
+    return rows
+
+
 # ============================================================================ URL and files
-def read_url(layouts_check=None) -> tuple[Settings | None, dict | None, float | None, list[str]]:
+def read_url(lm=None, sae=None, notes: list | None = None
+             ) -> tuple[Settings | None, dict | None, float | None, list[str]]:
     """(settings, mask dict, bits per parameter, errors) from the URL; malformed parts are
-    reported and left out."""
+    reported and left out. Numbers outside the page's ranges are clamped
+    (`settings_from_untrusted`, for `lm` and `sae`), with one message each appended to
+    `notes`."""
     errors = []
     settings = mask = bpp = None
     try:
         raw = state.get_blob_param(URL_SETTINGS)
-        settings = None if raw is None else Settings.from_dict(raw)
+        if raw is not None:
+            settings, clamped = settings_from_untrusted(raw, lm, sae)
+            if notes is not None:
+                notes += [f"The link's activation settings: {n}." for n in clamped]
     except ValueError as e:
         errors.append(f"The link's activation settings could not be used: {e}")
     try:
@@ -456,8 +610,21 @@ def explanation(prop: Propagator, settings: Settings, bpp: float | None, res) ->
     context = {"model": mk[0], "sae": mk[1], "data": _data_spec(),
                "settings": settings.to_dict(),
                "bits_per_parameter": bpp, "mask_hash": prop.mask.hash(),
-               "surprise": res.surprise.to_dict()}
+               "surprise": res.surprise.to_dict(), **scale_context(prop.chain)}
     return state.explanation_bytes(EXPLANATION_KIND, prop.mask.to_dict(), context)
+
+
+def scale_context(chain: Chain) -> dict:
+    """What an explanation file records of the chain's scale: `units` (the chain's own record,
+    {"resid": spec | None, "sae": spec | None}, read back by the CLI's `file_units`) when a
+    subset was modelled, and `budget` (the time-budget plan, with the chosen K and N)."""
+    out = {}
+    u = chain.info.get("units")
+    if u is not None:
+        out["units"] = {"resid": u.get("resid"), "sae": u.get("sae")}
+    if chain.info.get("budget") is not None:
+        out["budget"] = dict(chain.info["budget"])
+    return out
 
 
 def _data_spec() -> str:
@@ -465,11 +632,22 @@ def _data_spec() -> str:
     return data_source.current_spec()
 
 
-def read_explanation(data: bytes) -> tuple[CovarianceMask, Settings | None, float | None]:
-    """Parse an uploaded explanation file (StateError/ValueError on anything malformed)."""
+def read_explanation(data: bytes, lm=None, sae=None, notes: list | None = None
+                     ) -> tuple[CovarianceMask, Settings | None, float | None]:
+    """Parse an uploaded explanation file (StateError/ValueError on anything malformed). Its
+    settings' numbers outside the page's ranges are clamped (`settings_from_untrusted`), one
+    message each appended to `notes`; its `units` record is checked by the CLI's reader
+    (`file_units`), so a file the page takes is one `propagate --mask FILE` takes."""
+    from estimators.activation.cli import file_units
+
     payload, context = state.parse_explanation(data, EXPLANATION_KIND)
     mask = CovarianceMask.from_dict(payload)
-    settings = Settings.from_dict(context["settings"]) if context.get("settings") else None
+    file_units(context)
+    settings = None
+    if context.get("settings"):
+        settings, clamped = settings_from_untrusted(context["settings"], lm, sae)
+        if notes is not None:
+            notes += [f"The file's settings: {n}." for n in clamped]
     bpp = context.get("bits_per_parameter")
     if bpp is not None and (isinstance(bpp, bool) or not isinstance(bpp, (int, float))
                             or not math.isfinite(bpp) or bpp < 0):

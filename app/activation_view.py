@@ -4,6 +4,8 @@ here too, split into its parts; callbacks find this run's chain and propagator i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 import torch
@@ -36,6 +38,16 @@ def seed_widgets(s: glue.Settings, bpp) -> None:
     ss._act_tokens = s.tokens
     ss._act_bpp_mdl = bpp is None
     ss._act_bpp = float(bpp) if bpp is not None else float(mdl_bits_per_parameter(s.n_inputs))
+    seed_scale_widgets(s)
+
+
+def seed_scale_widgets(s: glue.Settings) -> None:
+    """The Units and Time budget widgets from the settings."""
+    lm = _CTX["lm"]
+    ss._act_units = s.units
+    ss._act_unit_count = s.unit_count or min(8, int(lm.model.cfg.d_model))
+    ss._act_budget_on = s.time_budget is not None
+    ss._act_budget = float(s.time_budget) if s.time_budget is not None else 10.0
 
 
 
@@ -45,8 +57,9 @@ def init_settings(mk, defaults) -> None:
     if ss.get("act_model_key") != mk:
         settings, bpp = defaults, None
         if "act_model_key" not in ss:  # first visit: the link defines the view
-            url_settings, url_mask, url_bpp, errs = glue.read_url()
-            ss.act_msgs += [("error", e) for e in errs]
+            notes: list[str] = []
+            url_settings, url_mask, url_bpp, errs = glue.read_url(_CTX["lm"], _CTX["sae"], notes)
+            ss.act_msgs += [("error", e) for e in errs] + [("warning", n) for n in notes]
             if url_settings is not None:
                 settings = url_settings
             bpp = url_bpp
@@ -94,21 +107,123 @@ def settings_form(lm, sae, ctx: int, site_options: list[str]) -> None:
             st.checkbox("Bits per tracked covariance: MDL ½·log2 N", key="_act_bpp_mdl")
             st.number_input("Bits per tracked covariance (when not MDL)", 0.0, 1e6, step=0.5,
                             key="_act_bpp", format="%.3f")
+            scale_widgets(lm, sae)
         submitted = st.form_submit_button("Apply")
     if submitted:
         try:
             new = glue.Settings(tuple(sorted(int(p) for p in ss._act_positions)),
                                 tuple(ss._act_sites) if ss._act_sites else (),
                                 int(ss._act_n), int(ss._act_k), int(ss._act_seed),
-                                str(ss.get("_act_tokens", "") or ""))
+                                str(ss.get("_act_tokens", "") or ""), **scale_fields(lm, sae))
             if sorted(new.sites) == sorted(glue.default_sites(lm, sae)):
-                new = glue.Settings(new.positions, None, new.n_inputs, new.samples, new.seed,
-                                    new.tokens)
+                new = replace(new, sites=None)
             ss.act_settings = new
         except ValueError as e:
             st.error(f"Settings not applied: {messages.plain(e)}")
         ss.act_bpp = None if ss._act_bpp_mdl else float(ss._act_bpp)
 
+
+
+# ---- at scale: the Units and Time budget settings and what they chose ----------------------
+UNIT_LABELS = {"auto": "automatic", "all": "all units", "first": "first K units",
+               "top-variance": "top-variance K units", "firing": "SAE features that fire (K)"}
+LIMITED_BY = {"budget": "the budget", "data": "the data available",
+              "bounds": "the bounds 16..4096", "minimum": "the minimum 16 (the budget is too "
+                                                          "small for more)"}
+
+
+def _count_max(lm, sae) -> int:
+    return max(int(lm.model.cfg.d_model), int(sae.cfg.d_sae) if sae is not None else 1)
+
+
+def scale_widgets(lm, sae) -> None:
+    """Units (mode and K) and Time budget (off, or seconds), inside the settings form."""
+    from estimators.validation import PAGE_TIME_BUDGET
+
+    d = int(lm.model.cfg.d_model)
+    u1, u2 = st.columns(2)
+    u1.selectbox("Units", list(UNIT_LABELS), key="_act_units", format_func=UNIT_LABELS.get,
+                 help=f"Which units of the residual stream (d_model {d}) the residual sites "
+                      f"model; the others are held at the real activations. Automatic: all "
+                      f"units up to width {glue.AUTO_FULL_WIDTH}, else the top-variance units "
+                      f"that keep a site at {glue.DEFAULT_MAX_DIM} variables. SAE features "
+                      f"that fire: the SAE site's K most frequent features (every residual "
+                      f"unit).")
+    u2.number_input("K (units or features)", 1, _count_max(lm, sae), step=1,
+                    key="_act_unit_count",
+                    help=f"1..{d} residual units" + (f"; 1..{sae.cfg.d_sae} SAE features"
+                                                     if sae is not None else ""))
+    b1, b2 = st.columns(2)
+    b1.checkbox("Time budget", key="_act_budget_on",
+                help="Choose N and K (the fields above are then not used) so the chain's "
+                     "ground truth and first propagation fit this many seconds, from a timed "
+                     "pilot (as `propagate --time-budget`).")
+    b2.number_input("Budget (seconds)", float(PAGE_TIME_BUDGET[0]), float(PAGE_TIME_BUDGET[1]),
+                    step=1.0, key="_act_budget", format="%.1f")
+
+
+def scale_fields(lm, sae) -> dict:
+    """The form's unit and budget fields as Settings keywords; ValueError (one line) for a K
+    outside the model's range."""
+    mode = ss.get("_act_units", "auto")
+    k = int(ss.get("_act_unit_count") or 0) if mode in glue.K_UNIT_MODES else 0
+    if mode in glue.K_UNIT_MODES:
+        lo, hi = glue.unit_count_range(lm, sae, mode)
+        if not lo <= k <= hi:
+            raise ValueError(f"K = {k} is outside {lo}..{hi} for {UNIT_LABELS[mode]}")
+    return {"units": mode, "unit_count": k,
+            "time_budget": float(ss._act_budget) if ss.get("_act_budget_on") else None}
+
+
+def _unit_list(units, d_model: int) -> str:
+    if list(units) == list(range(len(units))):
+        return f"units 0–{len(units) - 1}"
+    shown = ", ".join(str(u) for u in units[:24])
+    return f"units {shown}" + (f", … ({len(units)} in all)" if len(units) > 24 else "")
+
+
+def units_note(lm, chain, settings) -> None:
+    """Which units the residual (and SAE) sites model; the rest are held at the real
+    activations."""
+    d = int(lm.model.cfg.d_model)
+    resid = next((s for s in chain.sites if s.kind == "resid"), None)
+    rec = chain.info.get("units") or {}
+    if resid is None:
+        return
+    if len(resid.units) == d:
+        text = (f"**Units:** every one of the {d} residual units is modelled at positions "
+                f"{list(resid.positions)}")
+    else:
+        why = (f", chosen automatically because the residual stream is wider than "
+               f"{glue.AUTO_FULL_WIDTH}" if settings.units == "auto" else "")
+        text = (f"**Units:** the residual sites model {len(resid.units)} of {d} units "
+                f"(`{rec.get('resid')}`{why}): {_unit_list(resid.units, d)}, at positions "
+                f"{list(resid.positions)}; the other {d - len(resid.units)} units are held at "
+                f"the real activations of the input that completes each sample")
+    text += "; positions not modelled are held at their real activations too."
+    if rec.get("sae"):
+        text += (f" The SAE site models the {rec['sae'].split(':')[1]} features that fire most "
+                 f"often (`{rec['sae']}`).")
+    st.caption(text)
+
+
+def budget_note(chain, res) -> None:
+    """With a time budget: the K and N the pilot chose, predicted against actual seconds
+    (the chain's build, timed when it was made, plus this session's first propagation of it)."""
+    plan = chain.info.get("budget")
+    if plan is None:
+        return
+    first = ss.get("act_budget_first")
+    if first is None or first[0] != id(chain):
+        first = ss.act_budget_first = (id(chain), float(res.seconds))
+    actual = float(plan["run_seconds"] or 0.0) + first[1]
+    st.info(f"**Time budget {plan['budget_seconds']:g} s:** a timed pilot "
+            f"({plan['pilot_seconds']:.1f} s, not counted) chose **K = {plan['samples']}** "
+            f"samples per step and **N = {plan['n_inputs']}** real inputs (limited by "
+            f"{LIMITED_BY.get(plan['limited_by'], plan['limited_by'])}); predicted "
+            f"**{plan['predicted_seconds']:.1f} s**, actual **{actual:.1f} s** (ground truth "
+            f"and chain {plan['run_seconds']:.1f} s + first propagation {first[1]:.1f} s). "
+            f"The N and K fields are not used while the budget is on.")
 
 
 def build(lm, sae, mk, defaults):
@@ -212,8 +327,10 @@ def on_upload():
     f = ss.get("_act_upload")
     if f is None:
         return
+    notes: list[str] = []
     try:
-        mask, file_settings, file_bpp = glue.read_explanation(f.getvalue())
+        mask, file_settings, file_bpp = glue.read_explanation(f.getvalue(), _CTX["lm"],
+                                                               _CTX["sae"], notes)
         target = file_settings or ss.act_settings
         new_chain = glue.get_chain(_CTX["lm"], _CTX["sae"], target)
         mask.validate(new_chain.layouts)
@@ -225,6 +342,8 @@ def on_upload():
     seed_widgets(target, file_bpp)
     ss.act_pending_mask = mask
     msg("success", f"Loaded the argument from {f.name}.")
+    for n in notes:
+        msg("warning", n)
 
 
 def upload_box() -> None:
@@ -250,6 +369,7 @@ def argument_and_results(chain, prop, settings, defaults) -> None:
     """The surprise, the mask editor and every view of the estimate; a click inside reruns this
     fragment only."""
     res, site_names = _header(chain, prop, settings, defaults)
+    budget_note(chain, res)
     site, vk, idx, labels, corr_emp = _editor(chain, prop, res, site_names)
     idx, labels = _correlations(res, site, idx, labels, corr_emp)
     _marginals(prop, res, site, vk, idx)
@@ -414,15 +534,15 @@ def _distances(chain, res, site_names):
     names = [n for n in site_names if n in res.distances]
     rows = [res.distances[n].to_dict() for n in names]
     st.plotly_chart(distance_by_layer(names, rows), config=PNG_CONFIG, key="_act_dist")
-    st.dataframe(pd.DataFrame([{"site": n, "dim": chain.site(n).dim,
-                                "KL(real‖est)": r["kl_emp_est"],
-                                "KL(est‖real)": r["kl_est_emp"],
-                                "W2": r["w2"], "mean error": r["mean_error"],
-                                "var error": r["var_error"],
-                                "repaired": res.sites[n].repaired} for n, r in zip(names, rows)]),
-                 hide_index=True, width="stretch")
-    st.caption("KL in nats between Gaussians (a small ridge on both covariances); mean/var "
-               "errors are RMS over units, relative to the RMS real std / variance.")
+    st.dataframe(pd.DataFrame(glue.distance_table(chain, res, names)), hide_index=True,
+                 width="stretch")
+    st.caption("KL between the real and estimated Gaussians, in nats. Covariance method: with "
+               "N real inputs at least the site's dimension, a ridge of 1% of the mean real "
+               "variance on both covariances; with N < dim, the real covariance is the "
+               "Ledoit–Wolf shrinkage estimate (intensity δ) and the estimate's is shrunk by "
+               "the same δ toward its own scaled identity. Marginal KL: the mean over units of "
+               "the per-unit KL(real ‖ est), readable at any N. Mean/var errors are RMS over "
+               "units, relative to the RMS real std / variance.")
     out = res.output
     if "estimate_argmax_probs" in out:
         labels_out = [chain.site(out["site"]).label(i)
@@ -463,7 +583,7 @@ def search_box(prop) -> None:
                       {"steps": req["steps"], "candidates_per_site": req["candidates"]})
             lm, settings = _CTX["lm"], ss.act_settings
             if req["method"] == "greedy" and lm.zoo_entry is not None:  # mixture variables
-                b = lm.zoo_entry.sample(settings.n_inputs, seed=settings.seed)
+                b = lm.zoo_entry.sample(prop.chain.n_inputs, seed=settings.seed)  # N: budget's
                 params.update(tokens=b.tokens, labels=b.labels, n_ctx=int(b.tokens.shape[1]))
             glue.run_search(prop, req["method"], params, lambda f, t: bar.progress(f, text=t), rec)
             best = min((p["total_bits"] for p in rec.path), default=float("nan"))

@@ -218,6 +218,7 @@ CLI_LIMITS: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("propagate", "bits_per_parameter"): (1e-6, 1024, False),
     ("propagate", "epsilon"): (1e-300, 1e6, False),
     ("propagate", "search_steps"): (1, 10_000, True),
+    ("propagate", "time_budget"): (0.5, 86_400, False),
     ("circuit", "order"): (1, 16, True),
     ("circuit", "samples"): (2, 2 ** 24, True),
     ("circuit", "mc_samples"): (2, 2 ** 24, True),
@@ -250,6 +251,10 @@ CLI_LIMITS: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("ground-truth", "feature"): (0, None, True),
     ("ground-truth", "unit"): (0, None, True),
 }
+
+
+# The Activation model page's time budget (seconds; a link or file outside it is clamped).
+PAGE_TIME_BUDGET = (0.5, 3600.0)
 
 
 # Flags naming a user's JSON file (when the value is an existing file): read through

@@ -38,6 +38,7 @@ view.settings_form(lm, sae, ctx, site_options)
 settings, chain, prop = view.build(lm, sae, mk, defaults)
 view.bind(chain=chain, prop=prop)
 view.sae_note(chain)
+view.units_note(lm, chain, settings)
 view.upload_box()
 
 results = st.container()  # the fragment draws above the search

@@ -15,7 +15,8 @@ the same as --data tokens:FILE.
 --input-dist: {"mean": [...], "cov": [[...]]} (MLPs; default standard normal).
 --units SPEC [SPEC]: model only some units, the rest held at the real activations
 (`estimators.activation.scale`): first:K, top-variance:K or 3,17,42 at the residual sites;
-firing:K for the SAE site's K most frequent features.
+firing:K for the SAE site's K most frequent features. An Activation model page file given as
+--mask brings the unit subset its chain used (context "units") unless --units is given.
 --time-budget SECONDS: K (--samples) and N (--n-inputs) chosen from a timed pilot to fit the
 run into SECONDS; the plan (per-sample and per-input seconds, predicted and measured seconds)
 is printed under "budget".
@@ -125,9 +126,10 @@ def read_mask_file(spec: str) -> tuple[dict, dict | None]:
 
 
 def _page_defaults(args) -> None:
-    """Unset --positions/--sites come from a page's explanation file given as --mask, so a mask
-    downloaded from the page fits the CLI's chain (otherwise --positions defaults to the
-    page's own default, `page_positions`, in `build_chain`)."""
+    """Unset --positions/--sites/--units come from a page's explanation file given as --mask,
+    so a mask downloaded from the page fits the CLI's chain (otherwise --positions defaults to
+    the page's own default, `page_positions`, in `build_chain`). The file's K, N and time
+    budget are not taken: --samples, --n-inputs and --time-budget say them."""
     if args.mask in ("naive", "full", "position-blocks") or args.mask.startswith("topk:"):
         return
     _, context = read_mask_file(args.mask)
@@ -139,6 +141,58 @@ def _page_defaults(args) -> None:
                           if isinstance(p, int) and not isinstance(p, bool)]
     if args.sites is None and isinstance(settings.get("sites"), list) and settings["sites"]:
         args.sites = [str(s) for s in settings["sites"]]
+    if getattr(args, "units", None) is None:
+        args.units = file_units(context)
+
+
+# The Activation model page's unit settings (one definition for the page and for a page file
+# read here): "auto" models every unit of a residual stream at most AUTO_FULL_WIDTH wide (every
+# zoo model) and, on wider ones, the top-variance units that keep a residual site at
+# DEFAULT_MAX_DIM variables; "all"; "first", "top-variance" (K residual units); "firing" (the
+# SAE site's K most frequent features, every residual unit).
+UNIT_MODES = ("auto", "all", "first", "top-variance", "firing")
+AUTO_FULL_WIDTH = 128  # residual widths above this get an automatic unit subset on the page
+
+
+def page_units(mode: str, count: int, d_model: int, n_positions: int) -> str | None:
+    """The `--units` spec (`scale.parse_units`) of the page's unit setting, or None for every
+    unit. mode: one of UNIT_MODES; count: K (units or features; ignored for auto/all);
+    d_model: residual width; n_positions: positions modelled. Raises ValueError (one line) for
+    an unknown mode or a K outside 1..d_model (first, top-variance) or below 1 (firing)."""
+    if mode not in UNIT_MODES:
+        raise ValueError(f"units {mode!r}: use one of {', '.join(UNIT_MODES)}")
+    if mode == "all":
+        return None
+    if mode == "auto":
+        if d_model <= AUTO_FULL_WIDTH:
+            return None
+        return f"top-variance:{max(1, min(d_model, DEFAULT_MAX_DIM // max(1, n_positions)))}"
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"units {mode}: the count K must be a whole number ≥ 1, not {count!r}")
+    if mode != "firing" and count > d_model:
+        raise ValueError(f"units {mode}:{count}: the residual stream has {d_model} units")
+    return f"{mode}:{count}"
+
+
+def file_units(context: dict | None) -> list[str] | None:
+    """The unit specs of the chain a page explanation file was made on: its context's `units`
+    (the chain's own record, `chain.info["units"]`: {"resid": spec | None, "sae": spec |
+    None}); None (every unit) when absent. Raises ValueError (one line) for a malformed
+    record; the specs are checked by `scale.parse_units`."""
+    from estimators.activation import scale
+
+    rec = (context or {}).get("units")
+    if rec is None:
+        return None
+    if not isinstance(rec, dict) or not all(isinstance(rec.get(k), (str, type(None)))
+                                            for k in ("resid", "sae")):
+        raise ValueError("the file's context 'units' must be {\"resid\": spec or null, "
+                         "\"sae\": spec or null}")
+    specs = [rec[k] for k in ("resid", "sae") if rec.get(k)]
+    if not specs:
+        return None
+    scale.parse_units(specs)  # one line when malformed
+    return specs
 
 
 DEFAULT_MAX_DIM = 128  # positions × d_model of the default residual sites (page and CLI)
