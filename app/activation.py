@@ -542,7 +542,7 @@ def distance_table(chain: Chain, res, names: list[str]) -> list[dict]:
     for n in names:
         r = res.distances[n].to_dict()
         rel = r.get("error_kind", "relative") == "relative"
-        rows.append({"site": n, "dim (units)": chain.site(n).dim,
+        rows.append({"site": n, "dim (positions × units)": chain.site(n).dim,
                      "KL(real‖est) (nats)": r["kl_emp_est"],
                      "KL(est‖real) (nats)": r["kl_est_emp"],
                      "marginal KL (nats/unit)": r.get("kl_marginal"),

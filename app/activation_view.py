@@ -45,7 +45,7 @@ def seed_scale_widgets(s: glue.Settings) -> None:
     """The Units and Time budget widgets from the settings."""
     lm = _CTX["lm"]
     ss._act_units = s.units
-    ss._act_unit_count = s.unit_count or min(8, int(lm.model.cfg.d_model))
+    ss._act_unit_count = min(s.unit_count or 8, _count_max(lm, _CTX["sae"]))
     ss._act_budget_on = s.time_budget is not None
     ss._act_budget = float(s.time_budget) if s.time_budget is not None else 10.0
 

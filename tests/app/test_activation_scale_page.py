@@ -101,7 +101,7 @@ def test_units_first_8_equal_the_cli_numbers(capsys):
     assert list(frame["site"]) == [n for n in sites if "kl_emp_est" in sites[n]]
     for _, row in frame.iterrows():
         c = sites[row["site"]]
-        assert row["dim (units)"] == c["dim"]
+        assert row["dim (positions × units)"] == c["dim"]
         if row["site"].startswith("blocks."):
             assert c["dim"] == 4 * 8  # 4 positions × the first 8 units
         assert row["KL(real‖est) (nats)"] == pytest.approx(c["kl_emp_est"], rel=1e-9)
@@ -187,3 +187,24 @@ def test_cli_reads_the_pages_file_with_a_unit_subset(tmp_path, capsys):
     assert "at least 1" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="at least 1"):
         glue.read_explanation(path.read_bytes())
+
+
+def test_wide_model_gets_an_automatic_unit_subset(tmp_path):
+    """A residual stream wider than AUTO_FULL_WIDTH (a 160-wide checkpoint): by default the page
+    models the top-variance units that keep a site at 128 variables and says so."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from estimators.loading import save_checkpoint
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=160, n_ctx=4, d_head=16, n_heads=2,
+                                  d_vocab=11, attn_only=True, normalization_type="LN", seed=0)
+    folder = save_checkpoint(HookedTransformer(cfg).eval(), tmp_path / "wide")
+    at = open_page("activation.py", query={"model": str(folder)})
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="_act_units").value == "auto"
+    caption = next(c.value for c in at.caption if c.value.startswith("**Units:**"))
+    assert "128 of 160 units (`top-variance:128`, chosen automatically" in caption
+    frame = _distance_frame(at)
+    dims = dict(zip(frame["site"], frame["dim (positions × units)"]))
+    assert dims["blocks.0.hook_resid_post"] == 128  # one position × 128 units
