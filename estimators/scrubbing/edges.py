@@ -131,6 +131,47 @@ class EdgeGraph:
         return {"n_layers": self.n_layers, "n_heads": self.n_heads, "attn_only": self.attn_only,
                 "n_nodes": len(self.nodes), "n_edges": self.n_edges}
 
+    # The PathGraph API the page and the search use (units are edges here, paths there).
+    UNIT = "edge"
+
+    @property
+    def n_units(self) -> int:
+        """The number of units a partition assigns: E edges."""
+        return self.n_edges
+
+    def sources_of(self, dest):
+        return self.graph.sources_of(dest)
+
+    def node(self, name: str):
+        return self.graph.node(name)
+
+    @property
+    def index(self) -> dict:
+        return self.graph.index
+
+    def edge_patterns(self) -> list[str]:
+        """One pattern per edge (`edge_text` order is not kept: PathGraph's order, receiver by
+        receiver), each naming exactly that edge in the edge language."""
+        return self.graph.edge_patterns()
+
+    def node_patterns(self) -> list[str]:
+        """One pattern per node other than embed: every edge into it (every path through it)."""
+        return self.graph.node_patterns()
+
+    def match_required(self, pattern: str) -> np.ndarray:
+        """`match_edges`: the edges a pattern names; PathError (one line) when it names none or
+        more than single edges / whole nodes can express."""
+        return self.match_edges(pattern)
+
+    def edge_pattern(self, e: int) -> str:
+        """The pattern naming edge e alone (the form `edge_patterns` uses)."""
+        s = self.nodes[int(self.edge_src[e])]
+        name, c = self.dests[int(self.edge_dest[e])]
+        left = "embed" if s.kind == "embed" else f"*>{s.name}" + (":*" if s.kind == "attn"
+                                                                   else "")
+        hop = "logits" if name == "logits" else (f"{name}:{c}" if c else name)
+        return f"{left}>{hop}" + ("" if name == "logits" else ">*")
+
     # ---------------------------------------------------------------------------- patterns
     def match_edges(self, pattern: str) -> np.ndarray:
         """Edge indices a pattern names (module docstring); PathError (one line) otherwise."""
@@ -618,13 +659,19 @@ class EdgeScrubber(_scrubber_class()):
                     [reference.loss_fn(logits[j], ref_dev) for j in range(len(group))]
                 ).float().cpu()
             if base:
-                self._base_cache[id(reference)] = (reference, (torch.cat(orig),
-                                                               torch.cat(rand)))
+                self._keep_baseline(reference, (torch.cat(orig), torch.cat(rand)))
         return out, diag
 
     def _has_baseline(self, reference) -> bool:
-        hit = self._base_cache.get(id(reference))
-        return hit is not None and hit[0] is reference
+        """Baselines known (this scrubber, or the shared disk store)."""
+        return self._stored_baseline(reference) is not None
+
+    def check(self, partition: PathPartition) -> np.ndarray:
+        """The edge assignment, refused (PathError, one line) where edges cannot express the
+        partition, including a grouped-query key/value group split between groups."""
+        a = self.assign(partition)
+        check_grouped_kv(self.graph, a)
+        return a
 
     def evaluate(self, partitions, reference=None, should_stop=None):
         """As `Scrubber.evaluate`; the first pass's clean real and rest runs also give the
