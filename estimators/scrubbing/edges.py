@@ -607,14 +607,16 @@ class EdgeScrubber(_scrubber_class()):
     def _assign_uncached(self, partition: PathPartition) -> np.ndarray:
         return self.graph.assign(partition)
 
-    def partitions_per_pass(self) -> int:
+    def partitions_per_pass(self, n_examples: int | None = None) -> int:
         """Partitions in one patched pass: max_partitions, fewer when the pass (split q/k/v
-        inputs, ~8 d_model-wide buffers and the logits of batch_size examples per partition,
-        float32) would pass memory_budget_mib."""
+        inputs, ~8 d_model-wide buffers and the logits of min(batch_size, n_examples)
+        examples per partition, float32) would pass memory_budget_mib. n_examples: the
+        reference set's size (default the data's)."""
         cfg = self.model.cfg
         ctx = self.data.batch.tokens.shape[1]
-        per = self.batch_size * ctx * 4 * (3 * cfg.n_heads * cfg.d_model + 8 * cfg.d_model
-                                           + 2 * cfg.d_vocab_out)
+        rows = min(self.batch_size, int(n_examples or len(self.data)))
+        per = rows * ctx * 4 * (3 * cfg.n_heads * cfg.d_model + 8 * cfg.d_model
+                                + 2 * cfg.d_vocab_out)
         fits = (self.config.memory_budget_mib * 2**20) // max(per, 1)
         return int(max(1, min(self.max_partitions, fits)))
 
@@ -626,9 +628,13 @@ class EdgeScrubber(_scrubber_class()):
         reference = reference or self.data
         assignments = [self.assign(p) for p in partitions]
         out = torch.empty(len(partitions), len(reference))
-        k = self.partitions_per_pass()
+        k = self.partitions_per_pass(len(reference))
         diag = {"engine": "edges", "n_edges": self.graph.n_edges, "partitions_per_pass": k,
                 "fallbacks": {}}
+        # One data batch: a stream's clean run is the same for every group of partitions
+        # (its draw is a function of its key), so it is run once for the whole call.
+        reuse = len(reference) <= self.batch_size
+        clean_by_key: dict[str, _Clean] = {}
         for g0 in range(0, len(partitions), k):
             group = list(range(g0, min(g0 + k, len(partitions))))
             keys: dict[str, int] = {"": 0, "rest": 1}
@@ -647,8 +653,14 @@ class EdgeScrubber(_scrubber_class()):
                 streams = [ref.tokens] + [self.data.batch.tokens[draws[key][sl]]
                                           for key in list(keys)[1:]]
                 stream_tokens = torch.stack(streams).to(self.device)
-                cleans = [clean_run(self.model, stream_tokens[i], self.graph) if i in used
-                          else None for i in range(len(streams))]
+                cleans = []
+                for i, key in enumerate(keys):
+                    c = clean_by_key.get(key) if reuse and i in used else None
+                    if c is None and i in used:
+                        c = clean_run(self.model, stream_tokens[i], self.graph)
+                        if reuse:
+                            clean_by_key[key] = c
+                    cleans.append(c)
                 ref_dev = ref.to(self.device)
                 if base:  # the clean real and rest runs are the baseline passes themselves
                     orig.append(reference.loss_fn(cleans[0].logits, ref_dev).float().cpu())
