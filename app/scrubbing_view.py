@@ -247,9 +247,11 @@ def search_box(scrubber, part) -> None:
     """Greedy search from the current partition (lock released between steps)."""
     with st.expander("Greedy search over partitions", expanded=False):
         q1, q2 = st.columns(2)
+        labels = {"node": "paths through a node", "edge": "paths through an edge"} \
+            if glue.unit_name(scrubber.graph) == "path" else \
+            {"node": "every edge into a node", "edge": "one edge"}
         unit = q1.selectbox("Candidates", ["node", "edge"], key="_scrub_unit",
-                            format_func={"node": "paths through a node",
-                                         "edge": "paths through an edge"}.get)
+                            format_func=labels.get)
         steps = int(q2.number_input("Max steps", 1, 20, 4, key="_scrub_steps"))
         if st.button("Search from the current partition", key="_scrub_search"):
             from estimators.scrubbing.search import greedy_search

@@ -125,6 +125,21 @@ def test_page_beyond_the_path_limit_evaluates_an_edge_hypothesis(big):
     assert_no_exception(at)
     m = _metrics(at)
     assert m["Loss scrubbed"] == m["Loss original"] and m["Loss recovered"] == "100.00%"
+    # the greedy search runs over edges/nodes and states why it stopped; the anomaly demo runs
+    at.number_input(key="_scrub_steps").set_value(1).run()
+    at.button(key="_scrub_search").click().run()
+    assert_no_exception(at)
+    assert "Stopped: " in _captions(at) and "re-evaluated alone" in _captions(at)
+    from estimators.scrubbing.search import greedy_search
+
+    lib = greedy_search(EdgeScrubber(model, data, seed=0), unit="node", max_steps=1,
+                        start=PathPartition(("*",), name="all paths important"))
+    [steps] = [d.value for d in at.dataframe if "total_bits" in d.value.columns]
+    assert list(steps["total_bits"]) == pytest.approx(
+        [st.result.surprise.total_bits for st in lib], rel=1e-6)
+    at.checkbox(key="_scrub_anomaly").check().run()
+    assert_no_exception(at)
+    assert any(m.label == "ROC AUC (scrubbed)" for m in at.metric)
     # asking for the treeified engine is one clear line
     at.selectbox(key="_scrub_engine").set_value("treeified").run()
     assert_no_exception(at)

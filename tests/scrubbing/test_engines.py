@@ -154,3 +154,28 @@ def test_baselines_come_from_the_shared_store_on_a_second_scrubber():
         assert len(calls) == 2
     finally:
         handle.remove()
+
+
+def test_cli_scrub_both_engines_agree_on_a_small_model(tmp_path, capsys):
+    """`scrub --engine treeified` and `--engine edges` on a model small enough to treeify: the
+    same losses and S(Y|π) for a partition written in edges; S(π) over paths vs edges."""
+    model = tiny_model(False, n_layers=2, n_heads=2)
+    save_checkpoint(model, tmp_path / "ckpt")
+    (tmp_path / "d.json").write_text(json.dumps(_data(model, 12).batch.tokens.tolist()))
+    (tmp_path / "p.json").write_text(json.dumps({
+        "important": ["embed>logits", "*>a0.1:*>a1.0:k>*"],
+        "blocks": [{"paths": ["*>a1.1:*>logits"], "resample": {"match": "token_at:-1"}}]}))
+    out = {}
+    for engine in ("treeified", "edges"):
+        assert main(["scrub", "--model", str(tmp_path / "ckpt"), "--data",
+                     str(tmp_path / "d.json"), "--partition", str(tmp_path / "p.json"),
+                     "--engine", engine, "--json"]) in (0, None)
+        out[engine] = json.loads(capsys.readouterr().out)
+    t, e = out["treeified"], out["edges"]
+    assert t["engine_reason"].startswith("treeified") and e["engine_reason"].startswith("edges")
+    for k in ("loss_original", "loss_random"):
+        assert t[k] == e[k]
+    assert e["loss_scrubbed"] == pytest.approx(t["loss_scrubbed"], rel=1e-5, abs=1e-6)
+    assert e["surprise"]["data_bits"] == pytest.approx(t["surprise"]["data_bits"], rel=1e-4,
+                                                        abs=1e-3)
+    assert e["n_edges"] > 0 and t["n_paths"] > 0
