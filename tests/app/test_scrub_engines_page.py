@@ -93,7 +93,7 @@ def test_a_multi_edge_pattern_is_one_line_under_the_edge_engine():
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     """A checkpoint beyond the treeified limit (4 layers × 4 heads with MLPs: 456,976 paths,
-    380 edges) and 16 token sequences for it."""
+    479 edges) and 16 token sequences for it."""
     root = tmp_path_factory.mktemp("big")
     model = tiny_model(False, n_layers=4, n_heads=4, seed=2)
     save_checkpoint(model, root / "model")

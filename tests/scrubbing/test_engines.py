@@ -30,7 +30,7 @@ def _data(model, n=16, seed=0):
 
 
 def big_model():
-    """4 layers × 4 heads with MLPs: 456,976 treeified paths (over the 200,000 limit), 380
+    """4 layers × 4 heads with MLPs: 456,976 treeified paths (over the 200,000 limit), 479
     edges, d_model 16: forward passes cost milliseconds."""
     return tiny_model(False, n_layers=4, n_heads=4, seed=2)
 
@@ -39,7 +39,7 @@ def test_auto_picks_treeified_when_paths_fit_and_edges_beyond():
     small = choose_engine(tiny_model(True))
     assert small.engine == "treeified" and "auto: treeified" in small.reason
     big = choose_engine(big_model())
-    assert big.engine == "edges" and big.n_paths == 456_976
+    assert big.engine == "edges" and big.n_paths == 456_976 and big.n_edges == 479
     assert "456,976 treeified paths, more than the 200,000" in big.reason
     with pytest.raises(PathError, match="at most 200,000 paths") as e:
         choose_engine(big_model(), "treeified")
