@@ -321,9 +321,11 @@ class Scrubber:
             h.update(t.numpy().tobytes())
         fn = reference.loss_fn
         owner = getattr(fn, "__self__", None)
+        code = getattr(getattr(fn, "__func__", fn), "__code__", None)  # the loss's own code
+        loss_code = hashlib.sha256(code.co_code if code is not None else b"").hexdigest()[:12]
         return {"model": conformance.model_fingerprint(self.model), "data": h.hexdigest()[:24],
                 "loss": f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}"
-                        f"|{type(owner).__name__}:{getattr(owner, 'name', '')}",
+                        f"|{type(owner).__name__}:{getattr(owner, 'name', '')}|{loss_code}",
                 "source": reference.source, "seed": self.seed, "batch_size": self.batch_size,
                 "device": self.device.type}
 
