@@ -16,7 +16,6 @@ demo with `st.cache_data`. Forward passes run under the model store's lock.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 

@@ -15,7 +15,6 @@ import torch
 from app import scrubbing as glue
 from app import state
 from app.plots.scrubbing import MAX_DRAWN_EDGES, component_graph, edge_summary
-from estimators import zoo
 from estimators.loading import save_checkpoint
 from estimators.scrubbing import PathPartition, ScrubData
 from estimators.scrubbing.edges import EdgeGraph, EdgeScrubber
