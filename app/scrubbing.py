@@ -1,22 +1,32 @@
-"""Streamlit glue of the Causal scrubbing page: cached evaluations, URL/file state, table edits.
+"""Streamlit glue of the Causal scrubbing page: engine choice, cached evaluations, URL/file
+state, table edits.
+
+Engines (`estimators.scrubbing.engines`): treeified paths or patched edges; "auto" treeifies
+when the model has at most 200,000 paths. The page's graph is the engine's (`PathGraph` or
+`EdgeGraph`, one API: `match_required`, `n_units`, `edge_patterns`, `node_patterns`), and a
+partition is checked against it (`PathPartition.assign` dispatches on the graph).
 
 Heavy results are cached by (model fingerprint — whole config + weights + code version —,
-model key, partition hash, settings): the scrubber (data pool,
-resampling draws and baseline losses) with `st.cache_resource`, each partition's scores and
-anomaly demo with `st.cache_data`. Forward passes run under the model store's lock.
+engine, model key, partition hash, settings): the scrubber (data pool, resampling draws and
+baseline losses, the latter also on disk through `estimators.activation_cache`) with
+`st.cache_resource`, each partition's scores in one shared score store (so the comparison
+table scores every uncached hypothesis in one batched `Scrubber.evaluate` call), the anomaly
+demo with `st.cache_data`. Forward passes run under the model store's lock.
 """
 
 from __future__ import annotations
 
-import json
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import streamlit as st
 
 from app import state
 from estimators import conformance
-from estimators.scrubbing import Block, PathError, PathPartition, ScrubData, Scrubber
+from estimators.scrubbing import Block, PathError, PathGraph, PathPartition, ScrubData, Scrubber
 from estimators.scrubbing import references
+from estimators.scrubbing.engines import EngineChoice, choose_engine, scrubber_class
 from estimators.scrubbing.partition import IMPORTANT, REST, UNIFORM
 
 KIND = "scrubbing"
@@ -25,6 +35,37 @@ MAX_BLOCKS = 6
 GROUPS = ["important"] + [f"block {j}" for j in range(1, MAX_BLOCKS + 1)]
 RESAMPLE_CHOICES = [UNIFORM, "match:label", "match:token_at:-1", "match:token_at:-2",
                     "match:token_at:0"]
+
+
+ENGINE_CHOICES = ["auto", "treeified", "edges"]
+ENGINE_LABELS = {"auto": "auto", "treeified": "treeified paths", "edges": "patched edges"}
+EDGE_LANGUAGE = ("Edge engine: a pattern names single edges — `embed>logits`, "
+                 "`*>a0.1:*>logits`, `*>a0.1:*>a1.2:k>*`, `*>m0>a2.3:v>*` — or whole nodes "
+                 "(`*>a0.1:*>*`: every edge into head 0.1); it cannot express a chain of two "
+                 "or more edges whose routing matters (e.g. `embed>a0.1:q>a1.2:v>logits`), "
+                 "nor two groups with edges on one path: those need the treeified engine.")
+
+
+# ------------------------------------------------------------------------------ engines
+def engine_setup(lm, requested: str) -> tuple[EngineChoice, object]:
+    """(EngineChoice, graph) for the model: the engine `requested` (auto: treeified when the
+    model's paths can be enumerated, else edges) and its PathGraph or EdgeGraph. Cached by
+    the model's fingerprint. Raises PathError (one line) when the engine cannot run."""
+    return _engine_setup(lm, conformance.model_fingerprint(lm.model), requested)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _engine_setup(_lm, fingerprint: str, requested: str):
+    choice = choose_engine(_lm.model, requested)
+    if choice.engine == "treeified":
+        return choice, PathGraph.from_model(_lm.model)
+    from estimators.scrubbing.edges import EdgeGraph
+    return choice, EdgeGraph.from_model(_lm.model)
+
+
+def unit_name(graph) -> str:
+    """"path" or "edge": what the graph's partitions assign."""
+    return getattr(graph, "UNIT", "path")
 
 
 # ------------------------------------------------------------------------------ data & caches
@@ -59,19 +100,22 @@ def scrub_data(lm, n: int, seed: int, data=None) -> ScrubData:
                                     int(getattr(cfg, "d_vocab_out", 0) or cfg.d_vocab))
 
 
-def get_scrubber(_lm, model_key: str, n: int, seed: int, device: str) -> Scrubber:
-    """The Scrubber of (model, data, N, seed, device), cached by the model's fingerprint (whole
-    config + weights + code version, `estimators.conformance.model_fingerprint`); `model_key`
-    carries the data's fingerprint (`data_key`) for a model outside the zoo."""
+def get_scrubber(_lm, model_key: str, n: int, seed: int, device: str,
+                 engine: str = "treeified", _graph=None) -> Scrubber:
+    """The scrubber of (model, data, N, seed, device, engine) — a `Scrubber` (treeified) or an
+    `EdgeScrubber` (edges) — cached by the model's fingerprint (whole config + weights + code
+    version, `estimators.conformance.model_fingerprint`); `model_key` carries the data's
+    fingerprint (`data_key`) for a model outside the zoo. `_graph`: the engine's graph, when
+    already built."""
     return _get_scrubber(_lm, conformance.model_fingerprint(_lm.model), model_key, n, seed,
-                         device)
+                         device, engine, _graph)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _get_scrubber(_lm, fingerprint: str, model_key: str, n: int, seed: int,
-                  device: str) -> Scrubber:
-    return Scrubber(_lm.model, scrub_data(_lm, n, seed, page_data(_lm)), seed=seed,
-                    device=device)
+                  device: str, engine: str = "treeified", _graph=None) -> Scrubber:
+    return scrubber_class(engine)(_lm.model, scrub_data(_lm, n, seed, page_data(_lm)),
+                                  seed=seed, device=device, graph=_graph)
 
 
 def _lock():
@@ -79,29 +123,72 @@ def _lock():
     return store.model_lock()
 
 
+MAX_SCORES = 512
+_SCORES_LOCK = threading.Lock()
+
+
+@st.cache_resource(show_spinner=False)
+def _score_store() -> "OrderedDict[tuple, dict]":
+    """Scores of evaluated partitions, shared by every session (an LRU of MAX_SCORES)."""
+    return OrderedDict()
+
+
+def _score_key(scrubber, model_key: str, partition_hash: str, n: int, seed: int,
+               device: str) -> tuple:
+    return (conformance.model_fingerprint(scrubber.model), scrubber.ENGINE, model_key,
+            partition_hash, n, seed, device)
+
+
 def evaluate(_scrubber: Scrubber, model_key: str, partition_hash: str, partition_json: str,
              n: int, seed: int, device: str) -> dict:
-    """Scores of one partition (plain data, cached by the model's fingerprint, partition hash
-    and settings)."""
-    return _evaluate(_scrubber, conformance.model_fingerprint(_scrubber.model), model_key,
-                     partition_hash, partition_json, n, seed, device)
-
-
-@st.cache_data(max_entries=512, show_spinner=False)
-def _evaluate(_scrubber: Scrubber, fingerprint: str, model_key: str, partition_hash: str,
-              partition_json: str, n: int, seed: int, device: str) -> dict:
-    p = PathPartition.from_json(partition_json)
-    with _lock():
-        [r] = _scrubber.evaluate([p])
-    return {"loss_original": r.loss_original, "loss_scrubbed": r.loss_scrubbed,
-            "loss_random": r.loss_random, "loss_recovered": r.loss_recovered,
-            "surprise": r.surprise.to_dict(), "seconds": r.diagnostics["seconds"]}
+    """Scores of one partition (plain data, cached by the model's fingerprint, engine,
+    partition hash and settings). Raises PathError when the engine cannot express it."""
+    [res] = evaluate_many(_scrubber, model_key, [PathPartition.from_json(partition_json)], n,
+                          seed, device)
+    if "error" in res:
+        raise PathError(res["error"])
+    return res
 
 
 def evaluate_many(scrubber: Scrubber, model_key: str, parts: list[PathPartition], n: int,
                   seed: int, device: str) -> list[dict]:
-    return [evaluate(scrubber, model_key, p.hash, json.dumps(p.to_dict()), n, seed, device)
-            for p in parts]
+    """Scores of several partitions: cached ones from the store, the others in ONE batched
+    `scrubber.evaluate` call (common random numbers; the engine packs them into shared
+    passes). A partition the engine cannot express gets {"error": one line} instead."""
+    store = _score_store()
+    keys = [_score_key(scrubber, model_key, p.hash, n, seed, device) for p in parts]
+    out: list[dict | None] = []
+    with _SCORES_LOCK:
+        for k in keys:
+            hit = store.get(k)
+            if hit is not None:
+                store.move_to_end(k)
+            out.append(hit)
+    todo: dict[str, int] = {}
+    for i, p in enumerate(parts):
+        if out[i] is not None or p.hash in todo:
+            continue
+        try:
+            scrubber.check(p)
+        except PathError as e:
+            out[i] = {"error": str(e)}
+            continue
+        todo[p.hash] = i
+    fresh: dict[str, dict] = {}
+    if todo:
+        with _lock():
+            results = scrubber.evaluate([parts[i] for i in todo.values()])
+        for h, r in zip(todo, results):
+            fresh[h] = {"loss_original": r.loss_original, "loss_scrubbed": r.loss_scrubbed,
+                        "loss_random": r.loss_random, "loss_recovered": r.loss_recovered,
+                        "surprise": r.surprise.to_dict(), "seconds": r.diagnostics["seconds"],
+                        "engine": scrubber.ENGINE}
+        with _SCORES_LOCK:
+            for h, i in todo.items():
+                store[keys[i]] = fresh[h]
+            while len(store) > MAX_SCORES:
+                store.popitem(last=False)
+    return [o if o is not None else fresh[p.hash] for o, p in zip(out, parts)]
 
 
 def anomaly_normal(lm, n: int, seed: int) -> ScrubData:
@@ -127,12 +214,13 @@ def anomaly(_scrubber: Scrubber, model_key: str, partition_hash: str, partition_
     their second halves shuffled; cached by the model's fingerprint, `model_key` (which carries
     a non-zoo model's data fingerprint), partition and settings. Raises PathError."""
     return _anomaly(_scrubber, conformance.model_fingerprint(_scrubber.model), model_key,
-                    partition_hash, partition_json, n, seed, device, _lm)
+                    partition_hash, partition_json, n, seed, device, _lm, _scrubber.ENGINE)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _anomaly(_scrubber: Scrubber, fingerprint: str, model_key: str, partition_hash: str,
-             partition_json: str, n: int, seed: int, device: str, _lm) -> dict:
+             partition_json: str, n: int, seed: int, device: str, _lm,
+             engine: str = "scrubbing") -> dict:
     from estimators.scrubbing.anomaly import anomaly_demo
 
     if _lm is None:
@@ -249,10 +337,20 @@ def reference_list(model_name: str) -> list[references.Reference]:
 
 
 def assignment_or_empty(p: PathPartition, graph) -> np.ndarray:
+    """The partition's group per unit (path or edge), all REST when it does not fit."""
     try:
         return p.assign(graph)
     except PathError:
-        return np.full(graph.n_paths, REST, dtype=np.int64)
+        return np.full(graph.n_units, REST, dtype=np.int64)
+
+
+def named_edges(graph, assignment: np.ndarray, limit: int = 2000) -> list[dict]:
+    """The edges a partition names (edge engine): {"edge", "group"} rows, at most `limit`."""
+    from app.plots.scrubbing import group_name
+
+    idx = np.flatnonzero(assignment != REST)[:limit]
+    return [{"edge": graph.edge_text(int(e)), "group": group_name(int(assignment[e]))}
+            for e in idx]
 
 
 def data_spec() -> str:

@@ -47,12 +47,58 @@ def int_param(key: str, default: int, lo: int, hi: int) -> int:
     return int(v)
 
 
+def engine_param() -> int:
+    """The index in ENGINE_CHOICES of the link's `scrub_engine` (auto when absent; a warning
+    when unknown)."""
+    raw = state.get_param("scrub_engine", "auto")
+    if raw not in glue.ENGINE_CHOICES:
+        st.warning(f"The link's scrub_engine {raw[:20]!r} is not one of "
+                   f"{', '.join(glue.ENGINE_CHOICES)}; using auto.")
+        return 0
+    return glue.ENGINE_CHOICES.index(raw)
+
+
+def graph_caption(graph, assignment) -> str:
+    """What the component graph shows, in the engine's units."""
+    if glue.unit_name(graph) == "path":
+        return (f"{graph.n_paths:,} treeified paths. Colour: the group most paths through a "
+                f"point belong to (grey: rest, random). A click toggles that pattern in the "
+                f"chosen group.")
+    from app.plots.scrubbing import MAX_DRAWN_EDGES
+
+    named = int((assignment != glue.REST).sum())
+    many = graph.n_edges > MAX_DRAWN_EDGES
+    return (f"{graph.n_edges:,} edges, {named:,} named by this partition. Named edges are "
+            f"drawn one by one in their group's colour (a group of more than "
+            f"{MAX_DRAWN_EDGES} as bundles)" + (
+                f"; the {graph.n_edges - named:,} other edges (rest, random) as grey bundles, "
+                f"one per source layer → receiver layer, wider for more edges"
+                if many else "; grey: rest, random") +
+            ". A click toggles that pattern (all edges into a node, or one edge) in the "
+            "chosen group.")
+
+
+def named_edges_box(graph, assignment) -> None:
+    """The edges the partition names, with their groups (edge engine)."""
+    named = int((assignment != glue.REST).sum())
+    with st.expander(f"Edges named by this partition ({named:,} of {graph.n_edges:,})"):
+        rows = glue.named_edges(graph, assignment)
+        if not rows:
+            st.caption("None: every edge reads the shared random input.")
+            return
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                     key="_scrub_named_edges")
+        if named > len(rows):
+            st.caption(f"The first {len(rows):,} of {named:,} shown.")
+
+
 def init_partition(graph, model_key: str) -> None:
     """The partition in session state, seeded from the URL once per model."""
     if ss.get("scrub_model") != model_key:
         # first visit: the partition comes from the link; after a sidebar change, from the
         # previous model's partition (kept in the URL), and the messages say which
-        source = "the link" if "scrub_model" not in ss else "the previous model's partition"
+        source = "the link" if "scrub_model" not in ss else \
+            "the previous model's (or engine's) partition"
         ss.scrub_model = model_key
         ss.scrub_msgs = []
         ss.scrub_pending = None
@@ -147,13 +193,23 @@ def compare_box(scrubber, part, refs, model_key: str, n: int, seed: int, device:
     s2.button("Save current", on_click=save, key="_scrub_save", width="stretch")
     compare = [("reference", r.partition) for r in refs] + \
               [("saved", p) for p in ss.scrub_saved.values()] + [("current", part)]
-    with st.spinner("Scoring saved hypotheses…"):
+    with st.spinner("Scoring saved hypotheses…"):  # the uncached ones in one batched call
         scores = glue.evaluate_many(scrubber, model_key, [p for _, p in compare], n, seed, device)
+    nan = float("nan")
     table = pd.DataFrame([{
         "kind": k, "name": p.name or "(unnamed)", "hash": p.hash,
-        "loss scrubbed": s["loss_scrubbed"], "loss recovered %": 100 * s["loss_recovered"],
-        "S(π) bits": s["surprise"]["argument_bits"], "S(Y|π) bits": s["surprise"]["data_bits"],
-        "total bits": s["surprise"]["total_bits"]} for (k, p), s in zip(compare, scores)])
+        "loss scrubbed": s.get("loss_scrubbed", nan),
+        "loss recovered %": 100 * s.get("loss_recovered", nan),
+        "S(π) bits": s["surprise"]["argument_bits"] if "surprise" in s else nan,
+        "S(Y|π) bits": s["surprise"]["data_bits"] if "surprise" in s else nan,
+        "total bits": s["surprise"]["total_bits"] if "surprise" in s else nan,
+        "note": s.get("error", "")} for (k, p), s in zip(compare, scores)])
+    if not table["note"].any():
+        table = table.drop(columns="note")
+    else:
+        st.caption("A hypothesis with a note cannot be evaluated by this engine (the note says "
+                   "why); the treeified engine takes every path pattern on models it can "
+                   "treeify.")
     st.dataframe(table, hide_index=True, width="stretch", key="_scrub_compare")
 
 
@@ -191,9 +247,11 @@ def search_box(scrubber, part) -> None:
     """Greedy search from the current partition (lock released between steps)."""
     with st.expander("Greedy search over partitions", expanded=False):
         q1, q2 = st.columns(2)
+        labels = {"node": "paths through a node", "edge": "paths through an edge"} \
+            if glue.unit_name(scrubber.graph) == "path" else \
+            {"node": "every edge into a node", "edge": "one edge"}
         unit = q1.selectbox("Candidates", ["node", "edge"], key="_scrub_unit",
-                            format_func={"node": "paths through a node",
-                                         "edge": "paths through an edge"}.get)
+                            format_func=labels.get)
         steps = int(q2.number_input("Max steps", 1, 20, 4, key="_scrub_steps"))
         if st.button("Search from the current partition", key="_scrub_search"):
             from estimators.scrubbing.search import greedy_search
@@ -207,8 +265,15 @@ def search_box(scrubber, part) -> None:
                     st.error(str(e))
                     found = []
             ss.scrub_search = [s.to_dict() for s in found]
+            ss.scrub_search_end = (getattr(found, "stop_reason", ""),
+                                   getattr(found, "verified_total_bits", None))
         if ss.get("scrub_search"):
             found = ss.scrub_search
+            reason, verified = ss.get("scrub_search_end", ("", None))
+            if reason:
+                st.caption(f"Stopped: {reason}." + ("" if verified is None else
+                           f" The best partition re-evaluated alone on a fresh scrubber: "
+                           f"{verified:,.1f} total bits."))
             st.plotly_chart(search_path(found), config=PNG_CONFIG, key="_scrub_search_plot")
             st.dataframe(pd.DataFrame([{k: v for k, v in s.items() if k != "partition"}
                                        for s in found]), hide_index=True, width="stretch")

@@ -303,3 +303,118 @@ def _write_disk(path: Path, key: str, t: Tensor, meta: dict) -> None:
         tmp.replace(path)
     except OSError:
         pass  # a read-only or full disk only costs recomputation
+
+
+# ------------------------------------------------------------------ small derived tensors
+# Per-example results derived from full forward passes (e.g. causal scrubbing's baseline
+# losses: the original and all-resampled loss of each example), keyed like the activations by
+# the model's fingerprint and the data, plus whatever else they depend on, through the same
+# disk store (one safetensors file per entry, several named tensors). Only small tensors
+# belong here (bounded: `SMALL_MAX_BYTES` per entry; larger ones are computed, not stored):
+# at gpt2-small size one layer's residual stream over 128 × 64 tokens is 25 MiB, every hook
+# of every layer ~ 4 GiB, so whole-model activations are not cached by this path.
+
+SMALL_MAX_BYTES = 64 * 2 ** 20
+_SMALL: "OrderedDict[str, dict[str, Tensor]]" = OrderedDict()
+_SMALL_STATS = {"memory_hits": 0, "disk_hits": 0, "misses": 0}
+
+
+def small_stats() -> dict:
+    """Counters of `cached_tensors` since the last `reset_small_stats()`."""
+    return dict(_SMALL_STATS)
+
+
+def reset_small_stats() -> None:
+    for k in _SMALL_STATS:
+        _SMALL_STATS[k] = 0
+
+
+def small_key(kind: str, parts: dict) -> str:
+    """sha256 (24 hex digits) over the format version, the kind and the key's parts (JSON)."""
+    raw = json.dumps({"v": FORMAT_VERSION, "kind": kind, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def cached_tensors(kind: str, parts: dict, compute, use_disk: bool | None = None,
+                   memory: bool = True) -> dict[str, Tensor]:
+    """`compute()` → {name: CPU tensor}, computed once per (kind, parts) and reused from the
+    in-process store or the disk (`$HEW_CACHE_DIR/activations/small-<key>.safetensors`).
+
+    parts: JSON-able key parts (model fingerprint, data fingerprint, settings); the caller
+    names everything the result depends on. Entries over SMALL_MAX_BYTES are not stored.
+    `HEW_ACTIVATION_DISK=0` (or use_disk=False) keeps it in process; memory=False skips the
+    in-process store (a test of the disk path)."""
+    hit = lookup_tensors(kind, parts, use_disk, memory)
+    if hit is not None:
+        return hit
+    out = {k: v.detach().to("cpu").contiguous() for k, v in compute().items()}
+    store_tensors(kind, parts, out, use_disk)
+    return dict(out)
+
+
+def lookup_tensors(kind: str, parts: dict, use_disk: bool | None = None,
+                   memory: bool = True) -> dict[str, Tensor] | None:
+    """The stored entry of (kind, parts), or None (counted as a miss)."""
+    key = small_key(kind, parts)
+    with _LOCK:
+        hit = _SMALL.get(key) if memory else None
+        if hit is not None:
+            _SMALL.move_to_end(key)
+            _SMALL_STATS["memory_hits"] += 1
+            return dict(hit)
+    if _disk_enabled() if use_disk is None else use_disk:
+        hit = _read_small(cache_dir() / f"small-{key}.safetensors", key)
+        if hit is not None:
+            _SMALL_STATS["disk_hits"] += 1
+            _remember_small(key, hit)
+            return dict(hit)
+    _SMALL_STATS["misses"] += 1
+    return None
+
+
+def store_tensors(kind: str, parts: dict, tensors: dict[str, Tensor],
+                  use_disk: bool | None = None) -> None:
+    """Store {name: tensor} (moved to the CPU) under (kind, parts), unless over
+    SMALL_MAX_BYTES."""
+    key = small_key(kind, parts)
+    out = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    if sum(v.numel() * v.element_size() for v in out.values()) > SMALL_MAX_BYTES:
+        return
+    _remember_small(key, out)
+    if _disk_enabled() if use_disk is None else use_disk:
+        _write_small(cache_dir() / f"small-{key}.safetensors", key, out, {"kind": kind})
+
+
+def _remember_small(key: str, tensors: dict[str, Tensor]) -> None:
+    with _LOCK:
+        _SMALL[key] = tensors
+        _SMALL.move_to_end(key)
+        while len(_SMALL) > 256:
+            _SMALL.popitem(last=False)
+
+
+def _read_small(path: Path, key: str) -> dict[str, Tensor] | None:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:  # noqa: BLE001 - a corrupt or truncated entry is recomputed
+        return None
+
+
+def _write_small(path: Path, key: str, tensors: dict[str, Tensor], meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+        save_file(tensors, str(tmp), metadata={"key": key, "version": str(FORMAT_VERSION),
+                                               **{k: str(v) for k, v in meta.items()}})
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only or full disk only costs recomputation

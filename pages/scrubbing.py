@@ -1,4 +1,5 @@
-"""Causal scrubbing: which paths of the treeified model carry the behaviour, scored in bits."""
+"""Causal scrubbing: which paths (treeified engine) or edges (edge engine) of the model carry the
+behaviour, scored in bits."""
 
 import json
 
@@ -10,7 +11,7 @@ from app import scrubbing_view as view
 from app import messages, state, store
 from app.plots.common import PNG_CONFIG, surprise_waterfall
 from app.plots.scrubbing import loss_bars
-from estimators.scrubbing import PathError, PathGraph, PathPartition
+from estimators.scrubbing import PathError, PathPartition
 from estimators.surprise import SurpriseBreakdown
 
 ss = st.session_state
@@ -21,29 +22,36 @@ st.markdown(
     "**block** of paths shares one resampled input (uniform, or matched on a feature); every "
     "other path sees one shared random input. Loss recovered = (L_random − L_scrubbed) / "
     "(L_random − L_original). Surprise: S(π) is the bits to state the partition, S(Y|π) = "
-    "N·(L_scrubbed − L_original)/ln 2.")
+    "N·(L_scrubbed − L_original)/ln 2. Two engines: **treeified paths** (any path pattern; "
+    "models up to 200,000 paths) and **patched edges** (any size; single edges and whole "
+    "nodes, S(π) counted over edges).")
 
 lm = store.current_model()
 device = store.current_device()
-try:
-    graph = PathGraph.from_model(lm.model)
-except PathError as e:
-    st.error(str(e))
-    st.stop()
 model_key = f"{lm.kind}:{lm.name}"
 score_key = model_key + glue.data_key(lm)  # scores also depend on a non-zoo model's data
 
 # ---- settings (URL) ----------------------------------------------------------------------------
-c1, c2, c3 = st.columns([1, 1, 3])
+c1, c2, c0, c3 = st.columns([1, 1, 1, 3])
 n = int(c1.number_input("Examples N", 8, 4096, view.int_param("scrub_n", 256, 8, 4096), step=64,
                         key="_scrub_n"))
 seed = int(c2.number_input("Seed", 0, 2**31 - 1, view.int_param("scrub_seed", 0, 0, 2**31 - 1),
                            key="_scrub_seed"))
+engine = c0.selectbox("Engine", glue.ENGINE_CHOICES, key="_scrub_engine",
+                      index=view.engine_param(), format_func=glue.ENGINE_LABELS.get)
 state.set_param("scrub_n", str(n))
 state.set_param("scrub_seed", str(seed))
+state.set_param("scrub_engine", engine)
+try:
+    choice, graph = glue.engine_setup(lm, engine)
+except PathError as e:
+    st.error(str(e))
+    st.stop()
+st.caption(f"Engine: {choice.reason}.")
+view_key = f"{model_key}|{choice.engine}"  # the partition and graph views are per engine
 try:
     with st.spinner("Running the data through the model…"):
-        scrubber = glue.get_scrubber(lm, score_key, n, seed, device)
+        scrubber = glue.get_scrubber(lm, score_key, n, seed, device, choice.engine, graph)
 except (PathError, ValueError) as e:
     st.error(str(e))
     st.stop()
@@ -53,7 +61,7 @@ if lm.kind != "zoo":
                f"the last.")
 
 # ---- the partition: session state, seeded from the URL once per model -------------------------
-view.init_partition(graph, model_key)
+view.init_partition(graph, view_key)
 ss.setdefault("scrub_msgs", [])
 ss.setdefault("scrub_saved", {})
 part: PathPartition = ss.scrub_part
@@ -102,13 +110,11 @@ def partition_and_scores() -> None:
         g2.selectbox("New block resamples", glue.RESAMPLE_CHOICES, key="_scrub_rs")
         g3.radio("Click selects", ["through", "edge"], key="_scrub_mode", horizontal=True,
                  format_func={"through": "paths through it", "edge": "edge (2 clicks)"}.get)
-        st.plotly_chart(view.graph_figure(model_key, part.hash, ss.get("scrub_pending"), graph,
+        st.plotly_chart(view.graph_figure(view_key, part.hash, ss.get("scrub_pending"), graph,
                                           assignment),
                         key="_scrub_graph", on_select=view.on_click, selection_mode="points",
                         config=PNG_CONFIG)
-        st.caption(f"{graph.n_paths:,} treeified paths. Colour: the group most paths through a "
-                   f"point belong to (grey: rest, random). A click toggles that pattern in the "
-                   f"chosen group.")
+        st.caption(view.graph_caption(graph, assignment))
     with right:
         st.markdown(f"**Partition** `{part.hash}` {('— ' + part.name) if part.name else ''}")
         rows = glue.partition_rows(part)
@@ -120,7 +126,9 @@ def partition_and_scores() -> None:
             column_config={
                 "group": st.column_config.SelectboxColumn("group", options=glue.GROUPS,
                                                           required=True),
-                "pattern": st.column_config.TextColumn("pattern", help="e.g. *>a1.*:k>logits"),
+                "pattern": st.column_config.TextColumn(
+                    "pattern", help="e.g. *>a1.*:k>logits" if glue.unit_name(graph) == "path"
+                    else "e.g. *>a0.1:*>a1.2:k>* (one edge) or *>a0.1:*>* (a node)"),
                 "resample": st.column_config.SelectboxColumn(
                     "resample", options=[""] + glue.RESAMPLE_CHOICES)})
         new_rows = edited.fillna("").to_dict("records")
@@ -139,6 +147,9 @@ def partition_and_scores() -> None:
                 if new.hash != part.hash:
                     view.set_partition(new, edited=True)
                     st.rerun()
+        if glue.unit_name(graph) == "edge":
+            st.caption(glue.EDGE_LANGUAGE)
+            view.named_edges_box(graph, assignment)
         b1, b2 = st.columns(2)
         b1.button("Clear (all independent)", key="_scrub_clear",
                   on_click=lambda: view.set_partition(PathPartition(name="all independent")))
@@ -147,9 +158,13 @@ def partition_and_scores() -> None:
                                                                     name="all paths important")))
 
     # ---- scores -------------------------------------------------------------------------------
-    with st.spinner("Scrubbing…"):
-        res = glue.evaluate(scrubber, score_key, part.hash, json.dumps(part.to_dict()), n, seed,
-                            device)
+    try:
+        with st.spinner("Scrubbing…"):
+            res = glue.evaluate(scrubber, score_key, part.hash, json.dumps(part.to_dict()), n,
+                                seed, device)
+    except PathError as e:  # e.g. a grouped-query key/value group split by the edge engine
+        st.error(messages.plain(f"This engine cannot evaluate the partition: {e}"))
+        return
     sur = SurpriseBreakdown.from_dict(res["surprise"])
     m = st.columns(4) + st.columns(3)  # two rows: a value never truncated ("100.0…")
     m[0].metric("Loss original", f"{res['loss_original']:.4f}")

@@ -1,4 +1,6 @@
-"""Figures of the Causal scrubbing page: the clickable component graph, losses, anomaly scores."""
+"""Figures of the Causal scrubbing page: the clickable component graph (treeified paths, or the
+edge engine's edges: named edges drawn one by one, large groups and the rest as bundles),
+losses, anomaly scores."""
 
 from __future__ import annotations
 
@@ -52,10 +54,20 @@ def _is_channel(p: dict) -> bool:
     return bool(p["dest"]) and ":" in p["dest"] and p["id"] == p["dest"]
 
 
+def _units(graph, pattern: str) -> np.ndarray:
+    """The units (paths, or edges for an EdgeGraph) a pattern names; empty when none."""
+    if getattr(graph, "UNIT", "path") == "path":
+        return graph.match(pattern)
+    try:
+        return graph.match_required(pattern)
+    except ValueError:  # PathError: names no edge here
+        return np.zeros(0, dtype=np.int64)
+
+
 def _named_group(graph: PathGraph, assignment: np.ndarray, pattern: str) -> tuple[int, float]:
-    """The most common named group (important or a block) among the pattern's paths, and the
-    share of its paths that are named at all; (REST, 0) when none is."""
-    idx = graph.match(pattern)
+    """The most common named group (important or a block) among the pattern's paths (edges),
+    and the share of them that are named at all; (REST, 0) when none is."""
+    idx = _units(graph, pattern)
     if idx.size == 0:
         return REST, 0.0
     named = assignment[idx][assignment[idx] != REST]
@@ -87,27 +99,32 @@ def component_graph(graph: PathGraph, assignment: np.ndarray, pending: str | Non
     are named; grey when all its paths are in the random rest."""
     pts = graph_points(graph)
     pos = {p["id"]: (p["x"], p["y"]) for p in pts}
-    by_group: dict[int, tuple[list, list]] = {}
-    for src, dst, pattern in _edges(graph, pos):
-        gid, _ = _named_group(graph, assignment, pattern)
-        xs, ys = by_group.setdefault(gid, ([], []))
-        xs += [pos[src][0], pos[dst][0], None]
-        ys += [pos[src][1], pos[dst][1], None]
     fig = go.Figure()
     # Edges first, one trace per group; the clickable markers are the last trace.
-    for gid in sorted(by_group, key=lambda g: (g != REST, g)):
-        xs, ys = by_group[gid]
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-            line={"color": "rgba(120,120,120,0.25)" if gid == REST else group_colour(gid),
-                  "width": 1 if gid == REST else 2.5}))
+    if getattr(graph, "UNIT", "path") == "edge":
+        _edge_engine_lines(fig, graph, assignment, pos)
+    else:
+        by_group: dict[int, tuple[list, list]] = {}
+        for src, dst, pattern in _edges(graph, pos):
+            gid, _ = _named_group(graph, assignment, pattern)
+            xs, ys = by_group.setdefault(gid, ([], []))
+            xs += [pos[src][0], pos[dst][0], None]
+            ys += [pos[src][1], pos[dst][1], None]
+        for gid in sorted(by_group, key=lambda g: (g != REST, g)):
+            xs, ys = by_group[gid]
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                line={"color": "rgba(120,120,120,0.25)" if gid == REST else group_colour(gid),
+                      "width": 1 if gid == REST else 2.5}))
     colours, sizes, texts, lines, opac = [], [], [], [], []
+    units = "paths through it" if getattr(graph, "UNIT", "path") == "path" else \
+        "edges its click pattern names"
     for p in pts:
         gid, share = _named_group(graph, assignment, p["through"])
         colours.append(group_colour(gid))
         opac.append(1.0 if gid == REST else 0.35 + 0.65 * share)
         sizes.append(14 if p["dest"] and ":" in (p["dest"] or "") else 24)
-        texts.append(f"{p['label']}<br>{share:.0%} of the paths through it are named"
+        texts.append(f"{p['label']}<br>{share:.0%} of the {units} are named"
                      + ("" if gid == REST else f", mostly {group_name(gid)}"))
         lines.append(4 if p["id"] == pending else 1)
     fig.add_trace(go.Scatter(
@@ -132,6 +149,76 @@ def component_graph(graph: PathGraph, assignment: np.ndarray, pending: str | Non
                "zeroline": False},
         yaxis={"title": "head (MLP on top)", "zeroline": False, "showticklabels": False})
     return fig
+
+
+MAX_DRAWN_EDGES = 600  # edge engine: more edges than this in one group are drawn as bundles
+
+
+def _column(graph, node_name: str | None) -> tuple[str, float, float]:
+    """(bundle column, x, y) of a source node or receiver: embed, the heads of layer l, MLP l,
+    logits."""
+    H = graph.n_heads
+    if node_name is None or node_name == "logits":
+        return "logits", float(graph.n_layers), (H - 1) / 2
+    n = graph.node(node_name)
+    if n.kind == "embed":
+        return "embed", -1.0, (H - 1) / 2
+    if n.kind == "attn":
+        return f"a{n.layer}", float(n.layer), (H - 1) / 2
+    return n.name, n.layer + 0.45, float(H)
+
+
+def edge_summary(graph, assignment: np.ndarray) -> dict[int, dict]:
+    """Per group: its edge count and, when it has more than MAX_DRAWN_EDGES edges (always for
+    the rest of a model with more edges than that), the bundles {(source column, receiver
+    column): edge count} it is drawn as."""
+    out = {}
+    total_big = graph.n_edges > MAX_DRAWN_EDGES
+    for gid in np.unique(assignment):
+        idx = np.flatnonzero(assignment == gid)
+        entry = {"edges": int(idx.size)}
+        if idx.size > MAX_DRAWN_EDGES or (gid == REST and total_big):
+            bundles: dict[tuple, int] = {}
+            src_col = [_column(graph, n.name)[0] for n in graph.nodes]
+            dst_col = [_column(graph, name)[0] for name, _ in graph.dests]
+            for e in idx:
+                k = (src_col[graph.edge_src[e]], dst_col[graph.edge_dest[e]])
+                bundles[k] = bundles.get(k, 0) + 1
+            entry["bundles"] = bundles
+        out[int(gid)] = entry
+    return out
+
+
+def _edge_engine_lines(fig: go.Figure, graph, assignment: np.ndarray, pos: dict) -> None:
+    """The edge engine's edges: each named edge its own line in its group's colour, groups
+    (and the rest, on a model with more than MAX_DRAWN_EDGES edges) of more edges as one
+    bundle per (source column → receiver column), its width growing with log(edge count)."""
+    cols = {}
+    for n in graph.nodes:
+        c, x, y = _column(graph, n.name)
+        cols[c] = (x, y)
+    cols["logits"] = _column(graph, None)[1:]
+    for gid, entry in sorted(edge_summary(graph, assignment).items(),
+                             key=lambda kv: (kv[0] != REST, kv[0])):
+        colour = "rgba(120,120,120,0.25)" if gid == REST else group_colour(gid)
+        if "bundles" in entry:
+            for (a, b), count in entry["bundles"].items():
+                fig.add_trace(go.Scatter(
+                    x=[cols[a][0], cols[b][0]], y=[cols[a][1], cols[b][1]], mode="lines",
+                    hoverinfo="skip", showlegend=False,
+                    line={"color": colour, "width": 1 + float(np.log10(count))}))
+            continue
+        xs, ys = [], []
+        for e in np.flatnonzero(assignment == gid):
+            src = graph.nodes[graph.edge_src[e]].name
+            name, c = graph.dests[graph.edge_dest[e]]
+            dst = "logits" if name == "logits" else (f"{name}:{c}" if c else name)
+            if src in pos and dst in pos:
+                xs += [pos[src][0], pos[dst][0], None]
+                ys += [pos[src][1], pos[dst][1], None]
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+            line={"color": colour, "width": 1 if gid == REST else 2.5}))
 
 
 def loss_bars(loss_original: float, loss_scrubbed: float, loss_random: float) -> go.Figure:

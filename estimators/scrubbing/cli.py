@@ -4,12 +4,16 @@
     python -m estimators scrub --model induction --reference "all three" --json
     python -m estimators scrub --model ./ckpt --partition hyp.json --data seqs.json --json
     python -m estimators scrub-search --model induction --steps 5 --json
+    python -m estimators scrub-search --model ./ckpt --data seqs.json --engine edges --unit node
 
 `--data` is a data spec of `estimators.data` (a JSON list of token-id lists of one length, or
 tokens:/text:/hf: with ,n=,len=,seed=; loss: next-token loss at every position but the last);
 zoo models bring their own data and loss (`ZooEntry.sample/loss`).
 `--partition` reads a partition JSON (see partition.py) or an explanation file downloaded
-from the app's Causal scrubbing page.
+from the app's Causal scrubbing page. `--engine auto|treeified|edges` (both commands; see
+engines.py): auto treeifies when the model has at most 200,000 paths, else patches edges;
+the JSON says which ran and why (`engine`, `engine_reason`). `scrub-search` also prints
+`stop_reason` and `verified_total_bits` (search.py).
 """
 
 from __future__ import annotations
@@ -54,7 +58,6 @@ def _setup(args):
     import torch
 
     from estimators.loading import load_model
-    from estimators.scrubbing.evaluate import Scrubber
 
     if args.n is not None and args.n < 2:
         raise UserError("--n must be at least 2")
@@ -68,27 +71,13 @@ def _setup(args):
     bpp = args.bits_per_parameter
     if bpp is not None and not (bpp >= 0 and bpp != float("inf")):
         raise UserError("--bits-per-parameter must be a number ≥ 0")
-    cls = Scrubber
-    if _engine(args, loaded.model) == "edges":
-        from estimators.scrubbing.edges import EdgeScrubber as cls
-    scrubber = cls(loaded.model, data, seed=args.seed, batch_size=args.batch_size,
-                   device=args.device, bits_per_parameter=bpp)
+    from estimators.scrubbing.engines import make_scrubber
+
+    scrubber, choice = make_scrubber(loaded.model, data, getattr(args, "engine", "auto"),
+                                     seed=args.seed, batch_size=args.batch_size,
+                                     device=args.device, bits_per_parameter=bpp)
+    scrubber.engine_choice = choice
     return loaded, data, scrubber
-
-
-def _engine(args, model) -> str:
-    """`--engine`: treeified, edges, or auto (treeified when the model's treeified paths can
-    be enumerated, edges otherwise)."""
-    engine = getattr(args, "engine", "treeified") or "treeified"
-    if engine != "auto":
-        return engine
-    from estimators.scrubbing.paths import PathError, PathGraph
-
-    try:
-        PathGraph.from_model(model)
-    except PathError as e:
-        return "edges" if "treeified paths" in str(e) else "treeified"
-    return "treeified"
 
 
 def run_scrub(args) -> dict:
@@ -104,6 +93,7 @@ def run_scrub(args) -> dict:
     [res] = scrubber.evaluate([partition])
     out = {"model": loaded.name, "n": len(data), "seed": args.seed,
            "partition_hash": partition.hash, "engine": scrubber.ENGINE,
+           "engine_reason": scrubber.engine_choice.reason,
            **({"n_edges": scrubber.graph.n_edges} if hasattr(scrubber.graph, "n_edges")
               else {"n_paths": scrubber.graph.n_paths}),
            "loss_original": res.loss_original, "loss_scrubbed": res.loss_scrubbed,
@@ -155,7 +145,9 @@ def run_search(args) -> dict:
     loaded, data, scrubber = _setup(args)
     steps = greedy_search(scrubber, unit=args.unit, max_steps=args.steps)
     return {"model": loaded.name, "n": len(data), "seed": args.seed,
-            "steps": [s.to_dict() for s in steps]}
+            "engine": scrubber.ENGINE, "engine_reason": scrubber.engine_choice.reason,
+            "unit": args.unit, "steps": [s.to_dict() for s in steps],
+            "stop_reason": steps.stop_reason, "verified_total_bits": steps.verified_total_bits}
 
 
 def _common(p):
@@ -169,7 +161,12 @@ def _common(p):
     p.add_argument("--batch-size", type=int, default=128, help="examples per pass")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--bits-per-parameter", type=float, default=None,
-                   help="S(π) bits per kept path (default ½·log2 N for N examples)")
+                   help="S(π) bits per kept path (per kept edge with the edge engine; "
+                        "default ½·log2 N for N examples)")
+    p.add_argument("--engine", default="auto", choices=["auto", "treeified", "edges"],
+                   help="treeified paths, patched edges (any model size; single-edge and "
+                        "whole-node patterns), or auto: treeified when the model's paths can "
+                        "be enumerated (at most 200,000), else edges")
     add_common_json(p)
 
 
@@ -178,10 +175,6 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("--partition", help="partition JSON file (or an app explanation file)")
     p.add_argument("--reference", help="name of a shipped reference hypothesis")
-    p.add_argument("--engine", default="auto", choices=["auto", "treeified", "edges"],
-                   help="treeified paths, patched edges (any model size; single-edge and "
-                        "whole-node patterns), or auto: treeified when the model's paths can "
-                        "be enumerated, else edges")
     p.add_argument("--anomaly", action="store_true",
                    help="also run the anomaly demo (shuffled second halves) and print ROC AUC")
     p.set_defaults(func=run_scrub)

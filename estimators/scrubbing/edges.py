@@ -131,6 +131,47 @@ class EdgeGraph:
         return {"n_layers": self.n_layers, "n_heads": self.n_heads, "attn_only": self.attn_only,
                 "n_nodes": len(self.nodes), "n_edges": self.n_edges}
 
+    # The PathGraph API the page and the search use (units are edges here, paths there).
+    UNIT = "edge"
+
+    @property
+    def n_units(self) -> int:
+        """The number of units a partition assigns: E edges."""
+        return self.n_edges
+
+    def sources_of(self, dest):
+        return self.graph.sources_of(dest)
+
+    def node(self, name: str):
+        return self.graph.node(name)
+
+    @property
+    def index(self) -> dict:
+        return self.graph.index
+
+    def edge_patterns(self) -> list[str]:
+        """One pattern per edge (`edge_text` order is not kept: PathGraph's order, receiver by
+        receiver), each naming exactly that edge in the edge language."""
+        return self.graph.edge_patterns()
+
+    def node_patterns(self) -> list[str]:
+        """One pattern per node other than embed: every edge into it (every path through it)."""
+        return self.graph.node_patterns()
+
+    def match_required(self, pattern: str) -> np.ndarray:
+        """`match_edges`: the edges a pattern names; PathError (one line) when it names none or
+        more than single edges / whole nodes can express."""
+        return self.match_edges(pattern)
+
+    def edge_pattern(self, e: int) -> str:
+        """The pattern naming edge e alone (the form `edge_patterns` uses)."""
+        s = self.nodes[int(self.edge_src[e])]
+        name, c = self.dests[int(self.edge_dest[e])]
+        left = "embed" if s.kind == "embed" else f"*>{s.name}" + (":*" if s.kind == "attn"
+                                                                   else "")
+        hop = "logits" if name == "logits" else (f"{name}:{c}" if c else name)
+        return f"{left}>{hop}" + ("" if name == "logits" else ">*")
+
     # ---------------------------------------------------------------------------- patterns
     def match_edges(self, pattern: str) -> np.ndarray:
         """Edge indices a pattern names (module docstring); PathError (one line) otherwise."""
@@ -566,14 +607,16 @@ class EdgeScrubber(_scrubber_class()):
     def _assign_uncached(self, partition: PathPartition) -> np.ndarray:
         return self.graph.assign(partition)
 
-    def partitions_per_pass(self) -> int:
+    def partitions_per_pass(self, n_examples: int | None = None) -> int:
         """Partitions in one patched pass: max_partitions, fewer when the pass (split q/k/v
-        inputs, ~8 d_model-wide buffers and the logits of batch_size examples per partition,
-        float32) would pass memory_budget_mib."""
+        inputs, ~8 d_model-wide buffers and the logits of min(batch_size, n_examples)
+        examples per partition, float32) would pass memory_budget_mib. n_examples: the
+        reference set's size (default the data's)."""
         cfg = self.model.cfg
         ctx = self.data.batch.tokens.shape[1]
-        per = self.batch_size * ctx * 4 * (3 * cfg.n_heads * cfg.d_model + 8 * cfg.d_model
-                                           + 2 * cfg.d_vocab_out)
+        rows = min(self.batch_size, int(n_examples or len(self.data)))
+        per = rows * ctx * 4 * (3 * cfg.n_heads * cfg.d_model + 8 * cfg.d_model
+                                + 2 * cfg.d_vocab_out)
         fits = (self.config.memory_budget_mib * 2**20) // max(per, 1)
         return int(max(1, min(self.max_partitions, fits)))
 
@@ -585,9 +628,13 @@ class EdgeScrubber(_scrubber_class()):
         reference = reference or self.data
         assignments = [self.assign(p) for p in partitions]
         out = torch.empty(len(partitions), len(reference))
-        k = self.partitions_per_pass()
+        k = self.partitions_per_pass(len(reference))
         diag = {"engine": "edges", "n_edges": self.graph.n_edges, "partitions_per_pass": k,
                 "fallbacks": {}}
+        # One data batch: a stream's clean run is the same for every group of partitions
+        # (its draw is a function of its key), so it is run once for the whole call.
+        reuse = len(reference) <= self.batch_size
+        clean_by_key: dict[str, _Clean] = {}
         for g0 in range(0, len(partitions), k):
             group = list(range(g0, min(g0 + k, len(partitions))))
             keys: dict[str, int] = {"": 0, "rest": 1}
@@ -606,8 +653,14 @@ class EdgeScrubber(_scrubber_class()):
                 streams = [ref.tokens] + [self.data.batch.tokens[draws[key][sl]]
                                           for key in list(keys)[1:]]
                 stream_tokens = torch.stack(streams).to(self.device)
-                cleans = [clean_run(self.model, stream_tokens[i], self.graph) if i in used
-                          else None for i in range(len(streams))]
+                cleans = []
+                for i, key in enumerate(keys):
+                    c = clean_by_key.get(key) if reuse and i in used else None
+                    if c is None and i in used:
+                        c = clean_run(self.model, stream_tokens[i], self.graph)
+                        if reuse:
+                            clean_by_key[key] = c
+                    cleans.append(c)
                 ref_dev = ref.to(self.device)
                 if base:  # the clean real and rest runs are the baseline passes themselves
                     orig.append(reference.loss_fn(cleans[0].logits, ref_dev).float().cpu())
@@ -618,13 +671,19 @@ class EdgeScrubber(_scrubber_class()):
                     [reference.loss_fn(logits[j], ref_dev) for j in range(len(group))]
                 ).float().cpu()
             if base:
-                self._base_cache[id(reference)] = (reference, (torch.cat(orig),
-                                                               torch.cat(rand)))
+                self._keep_baseline(reference, (torch.cat(orig), torch.cat(rand)))
         return out, diag
 
     def _has_baseline(self, reference) -> bool:
-        hit = self._base_cache.get(id(reference))
-        return hit is not None and hit[0] is reference
+        """Baselines known (this scrubber, or the shared disk store)."""
+        return self._stored_baseline(reference) is not None
+
+    def check(self, partition: PathPartition) -> np.ndarray:
+        """The edge assignment, refused (PathError, one line) where edges cannot express the
+        partition, including a grouped-query key/value group split between groups."""
+        a = self.assign(partition)
+        check_grouped_kv(self.graph, a)
+        return a
 
     def evaluate(self, partitions, reference=None, should_stop=None):
         """As `Scrubber.evaluate`; the first pass's clean real and rest runs also give the

@@ -241,6 +241,11 @@ class Scrubber:
     def _assign_uncached(self, partition: PathPartition) -> np.ndarray:
         return partition.assign(self.graph)
 
+    def check(self, partition: PathPartition) -> np.ndarray:
+        """The partition's assignment if this engine can evaluate it, else PathError (one
+        line). The edge engine adds its grouped-query check."""
+        return self.assign(partition)
+
     def assign(self, partition: PathPartition) -> np.ndarray:
         """The partition's block id per path (cached: a search re-scores the same ones)."""
         hit = self._assign_cache.get(partition)
@@ -296,13 +301,65 @@ class Scrubber:
         logits = self.model(tokens.to(self.device), return_type="logits")
         return loss_fn(logits, ref.to(self.device)).float().cpu()
 
-    def baseline_losses(self, reference: ScrubData | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example (original, all-resampled) losses on the reference set."""
-        reference = reference or self.data
+    def baseline_key(self, reference: ScrubData) -> dict:
+        """What the baseline losses depend on, the key of the shared disk store
+        (`estimators.activation_cache.cached_tensors`): the model's fingerprint (config,
+        weights, code version), the reference examples (tokens, labels, targets, loss mask),
+        the pool's tokens (where the all-resampled input is drawn from), the loss, the seed,
+        the examples per pass and the device type. Not the engine: both engines' baselines are
+        the model's own forward pass on the same batches."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for t in (reference.batch.tokens, reference.batch.labels, reference.batch.targets,
+                  reference.batch.loss_mask, self.data.batch.tokens):
+            if t is None:
+                h.update(b"none|")
+                continue
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.numpy().tobytes())
+        fn = reference.loss_fn
+        owner = getattr(fn, "__self__", None)
+        code = getattr(getattr(fn, "__func__", fn), "__code__", None)  # the loss's own code
+        loss_code = hashlib.sha256(code.co_code if code is not None else b"").hexdigest()[:12]
+        return {"model": conformance.model_fingerprint(self.model), "data": h.hexdigest()[:24],
+                "loss": f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}"
+                        f"|{type(owner).__name__}:{getattr(owner, 'name', '')}|{loss_code}",
+                "source": reference.source, "seed": self.seed, "batch_size": self.batch_size,
+                "device": self.device.type}
+
+    def _stored_baseline(self, reference: ScrubData):
+        """(original, random) from this scrubber's memory or the shared store, else None."""
         hit = self._base_cache.get(id(reference))
         if hit is not None and hit[0] is reference:
             return hit[1]
+        from estimators import activation_cache
+
+        got = activation_cache.lookup_tensors("scrub-baseline", self.baseline_key(reference))
+        if got is None:
+            return None
+        out = got["original"], got["random"]
+        self._base_cache[id(reference)] = (reference, out)
+        return out
+
+    def _keep_baseline(self, reference: ScrubData, out: tuple) -> None:
+        from estimators import activation_cache
+
+        self._base_cache[id(reference)] = (reference, out)
+        activation_cache.store_tensors("scrub-baseline", self.baseline_key(reference),
+                                       {"original": out[0], "random": out[1]})
+
+    def baseline_losses(self, reference: ScrubData | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example (original, all-resampled) losses [n_ref] each, in nats, on the reference
+        set: from this scrubber, else from the shared store (`baseline_key`: a second session
+        or CLI run on the same model, data, seed and N reads them from disk), else computed
+        (two forward passes per batch) and stored."""
+        reference = reference or self.data
+        hit = self._stored_baseline(reference)
+        if hit is not None:
+            return hit
         rest, _ = self.draw("rest", PathPartition(), REST, reference)
         orig, rand = [], []
         for a in range(0, len(reference), self.batch_size):
@@ -312,7 +369,7 @@ class Scrubber:
             rand.append(self._model_loss(self.data.batch.tokens[rest[sl]], ref,
                                          reference.loss_fn))
         out = torch.cat(orig), torch.cat(rand)
-        self._base_cache[id(reference)] = (reference, out)
+        self._keep_baseline(reference, out)
         return out
 
     @torch.no_grad()

@@ -172,7 +172,10 @@ class PathPartition:
     def assign(self, graph: PathGraph) -> np.ndarray:
         """[n_paths] block id per path: 0 important, j ≥ 1 the j-th block, −1 the rest.
 
-        Raises PathError for a pattern matching no path or a path claimed by two groups."""
+        Raises PathError for a pattern matching no path or a path claimed by two groups.
+        Given an `edges.EdgeGraph`, the [n_edges] group per edge (`EdgeGraph.assign`)."""
+        if getattr(graph, "UNIT", "path") == "edge":
+            return graph.assign(self)
         out = np.full(graph.n_paths, REST, dtype=np.int64)
         groups = [(IMPORTANT, "important", self.important)] + [
             (j + 1, f"blocks[{j}]", b.paths) for j, b in enumerate(self.blocks)]

@@ -98,6 +98,12 @@ class PathGraph:
         self.n_paths = n_paths
         self._counts = counts
 
+    UNIT = "path"  # what a partition assigns (EdgeGraph: "edge")
+
+    @property
+    def n_units(self) -> int:
+        return self.n_paths
+
     @classmethod
     def from_model(cls, model, max_paths: int = DEFAULT_MAX_PATHS) -> "PathGraph":
         check_supported(model)
