@@ -14,10 +14,12 @@ mask edits, URL/file state and argument search with progress and cancellation.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 
 import streamlit as st
@@ -224,14 +226,32 @@ def parse_tokens(text: str, d_vocab: int) -> torch.Tensor:
     return t
 
 
-@st.cache_resource(max_entries=4, show_spinner="Running real inputs through the model…")
+# Built chains, shared by every session (as st.cache_resource would, but built outside a
+# Streamlit cache so the build can draw its progress bar and be cancelled): at most 4.
+_CHAINS: "collections.OrderedDict[tuple, Chain]" = collections.OrderedDict()
+_CHAINS_GUARD = threading.Lock()
+MAX_CHAINS = 4
+
+
 def _cached_chain(key: tuple, settings_key: str, data_fp: str | None, _lm, _sae,
-                  _data_tokens) -> Chain:
+                  _data_tokens, progress=None) -> Chain:
+    ck = (key, settings_key, data_fp)
+    with _CHAINS_GUARD:
+        hit = _CHAINS.get(ck)
+        if hit is not None:
+            _CHAINS.move_to_end(ck)
+            return hit
     s = Settings.from_dict(json.loads(settings_key))
-    return build_chain(_lm, _sae, s, _data_tokens)
+    chain = build_chain(_lm, _sae, s, _data_tokens, progress=progress)
+    with _CHAINS_GUARD:
+        _CHAINS[ck] = chain
+        while len(_CHAINS) > MAX_CHAINS:
+            _CHAINS.popitem(last=False)
+    return chain
 
 
-def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -> Chain:
+def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None, *,
+                progress=None) -> Chain:
     """The chain for these settings (plain function: tests call it to get the page's numbers).
     Sizes that would not fit (a site's covariance, the sampled activations) are refused with a
     ValueError before anything runs; so is a model the activation engine's conformance check
@@ -239,7 +259,8 @@ def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -
 
     data_tokens: [n, len] real inputs for a model outside the zoo (the sidebar's data); the
     first N (`s.n_inputs`) rows are used, unless token ids are typed into the settings. Neither:
-    N uniform random sequences."""
+    N uniform random sequences. progress: `estimators.progress` callback for the real
+    activations' batches (it may raise to cancel)."""
     conformance.require(lm.model, "activation")
     cfg = lm.model.cfg
     tokens = None
@@ -276,19 +297,23 @@ def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -
                          f"positions (limit {MAX_BYTES / 2 ** 30:.0f} GiB)")
     if lm.zoo_entry is not None:
         return chain_for_zoo(lm, sae=sae, n_inputs=s.n_inputs, samples=s.samples, seed=s.seed,
-                             sites=sites, positions=list(s.positions))
+                             sites=sites, positions=list(s.positions), progress=progress)
     if tokens is None:
         g = torch.Generator().manual_seed(s.seed)
         tokens = torch.randint(0, cfg.d_vocab, (s.n_inputs, ctx), generator=g)
     return transformer_chain(lm.model, tokens, sites=sites, positions=list(s.positions),
-                             sae=sae, samples=s.samples, seed=s.seed, logits_position=-1)
+                             sae=sae, samples=s.samples, seed=s.seed, logits_position=-1,
+                             progress=progress)
 
 
-def get_chain(lm, sae, s: Settings) -> Chain:
+def get_chain(lm, sae, s: Settings, progress=None) -> Chain:
+    """The chain of these settings, built once per (model, SAE, device, data, settings) and
+    shared by the sessions. progress: an `app.progress` callback made with lock_held=True (the
+    model lock is released after every batch of real activations)."""
     data = page_data(lm)
     with compute_scope():
         return _cached_chain(model_key(), s.key(), None if data is None else data.fingerprint,
-                             lm, sae, None if data is None else data.tokens)
+                             lm, sae, None if data is None else data.tokens, progress)
 
 
 def get_propagator(chain: Chain, chain_key: str) -> tuple[Propagator, str | None]:

@@ -63,8 +63,29 @@ def get_scrubber(_lm, model_key: str, n: int, seed: int, device: str) -> Scrubbe
     """The Scrubber of (model, data, N, seed, device), cached by the model's fingerprint (whole
     config + weights + code version, `estimators.conformance.model_fingerprint`); `model_key`
     carries the data's fingerprint (`data_key`) for a model outside the zoo."""
-    return _get_scrubber(_lm, conformance.model_fingerprint(_lm.model), model_key, n, seed,
-                         device)
+    scrubber = _get_scrubber(_lm, conformance.model_fingerprint(_lm.model), model_key, n, seed,
+                             device)
+    _baseline_with_progress(scrubber, model_key, n, seed)
+    return scrubber
+
+
+def _baseline_with_progress(scrubber: Scrubber, model_key: str, n: int, seed: int) -> None:
+    """The treeified scrubber's baseline passes (original and all-resampled losses) with a
+    progress bar, time left and Cancel (`app.progress`), the model lock released after every
+    batch; cancelled: one line with "Run again", and the page stops there. (The edge engine
+    gets its baseline from its first hypothesis' own passes, with no separate passes.)"""
+    from app.progress import CANCELLED, run_step
+
+    if scrubber.ENGINE != Scrubber.ENGINE or scrubber.has_baseline():
+        return
+
+    def step(progress):
+        with _lock():
+            scrubber.baseline_losses(progress=progress)
+
+    if run_step("Baseline passes (original and all-resampled losses)",
+                f"scrub-baseline|{model_key}|{n}|{seed}", step, lock_held=True) is CANCELLED:
+        st.stop()
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)

@@ -15,8 +15,9 @@ from the app's Causal scrubbing page.
 from __future__ import annotations
 
 
-from estimators.cli import UserError, add_common_json
+from estimators.cli import UserError, add_common_json, progress_flag, progress_printer
 from estimators.loading import read_json_file
+from estimators.progress import Progress
 
 
 def _load_partition(path: str):
@@ -101,7 +102,8 @@ def run_scrub(args) -> dict:
         partition = _load_partition(args.partition)
     else:
         partition = references.get(loaded.name, args.reference).partition
-    [res] = scrubber.evaluate([partition])
+    [res] = scrubber.evaluate([partition], progress=progress_printer(
+        "scrub", getattr(args, "progress", None)))
     out = {"model": loaded.name, "n": len(data), "seed": args.seed,
            "partition_hash": partition.hash, "engine": scrubber.ENGINE,
            **({"n_edges": scrubber.graph.n_edges} if hasattr(scrubber.graph, "n_edges")
@@ -153,7 +155,10 @@ def run_search(args) -> dict:
     from estimators.scrubbing.search import greedy_search
 
     loaded, data, scrubber = _setup(args)
-    steps = greedy_search(scrubber, unit=args.unit, max_steps=args.steps)
+    show = progress_printer("scrub-search", getattr(args, "progress", None))
+    steps = greedy_search(scrubber, unit=args.unit, max_steps=args.steps,
+                          progress=None if show is None else
+                          lambda i, k, _step: show(Progress(i, k, "steps", "greedy search")))
     return {"model": loaded.name, "n": len(data), "seed": args.seed,
             "steps": [s.to_dict() for s in steps]}
 
@@ -170,6 +175,7 @@ def _common(p):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--bits-per-parameter", type=float, default=None,
                    help="S(π) bits per kept path (default ½·log2 N for N examples)")
+    progress_flag(p)
     add_common_json(p)
 
 

@@ -32,6 +32,7 @@ import torch
 
 from estimators import conformance
 from estimators.device import resolve_device
+from estimators.progress import report
 from estimators.scrubbing.partition import IMPORTANT, REST, PathPartition
 from estimators.scrubbing.paths import PathGraph
 from estimators.scrubbing.sampling import draw_matched, draw_uniform, feature_values
@@ -296,9 +297,17 @@ class Scrubber:
         logits = self.model(tokens.to(self.device), return_type="logits")
         return loss_fn(logits, ref.to(self.device)).float().cpu()
 
-    def baseline_losses(self, reference: ScrubData | None = None
+    def has_baseline(self, reference: ScrubData | None = None) -> bool:
+        """Whether `baseline_losses(reference)` is already computed (then it costs nothing)."""
+        reference = reference or self.data
+        hit = self._base_cache.get(id(reference))
+        return hit is not None and hit[0] is reference
+
+    def baseline_losses(self, reference: ScrubData | None = None, *, progress=None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example (original, all-resampled) losses on the reference set."""
+        """Per-example (original, all-resampled) losses on the reference set. `progress`
+        (estimators.progress) is called after each batch (examples, stage "baseline"); what it
+        raises propagates and nothing is cached."""
         reference = reference or self.data
         hit = self._base_cache.get(id(reference))
         if hit is not None and hit[0] is reference:
@@ -311,6 +320,8 @@ class Scrubber:
             orig.append(self._model_loss(ref.tokens, ref, reference.loss_fn))
             rand.append(self._model_loss(self.data.batch.tokens[rest[sl]], ref,
                                          reference.loss_fn))
+            report(progress, min(a + self.batch_size, len(reference)), len(reference),
+                   "examples", "baseline")
         out = torch.cat(orig), torch.cat(rand)
         self._base_cache[id(reference)] = (reference, out)
         return out
@@ -318,9 +329,10 @@ class Scrubber:
     @torch.no_grad()
     def scrubbed_losses(self, partitions: list[PathPartition],
                         reference: ScrubData | None = None,
-                        should_stop: Callable[[], bool] | None = None
+                        should_stop: Callable[[], bool] | None = None, *, progress=None
                         ) -> tuple[torch.Tensor, dict]:
-        """Per-example scrubbed losses [n_partitions, n_ref] and diagnostics."""
+        """Per-example scrubbed losses [n_partitions, n_ref] and diagnostics. `progress` is
+        called after each pass with (hypothesis-examples scored, n_partitions·n_ref)."""
         reference = reference or self.data
         assignments = [self.assign(p) for p in partitions]
         out = torch.empty(len(partitions), len(reference))
@@ -348,6 +360,8 @@ class Scrubber:
                 losses = torch.stack([reference.loss_fn(logits[j], ref_dev) for j in
                                       range(len(group))]).float().cpu()
                 out[g0:g0 + len(group), sl] = losses
+                report(progress, g0 * len(reference) + len(group) * min(a + step, len(reference)),
+                       len(partitions) * len(reference), "examples scored", "scrubbing")
         return out, diag
 
     def examples_per_pass(self, width: int) -> int:
@@ -362,11 +376,13 @@ class Scrubber:
         return int(max(1, min(self.batch_size, fits)))
 
     def evaluate(self, partitions: list[PathPartition], reference: ScrubData | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> list[ScrubResult]:
+                 should_stop: Callable[[], bool] | None = None, *, progress=None
+                 ) -> list[ScrubResult]:
         reference = reference or self.data
         t0 = time.perf_counter()
-        orig, rand = self.baseline_losses(reference)
-        scrubbed, diag = self.scrubbed_losses(partitions, reference, should_stop)
+        orig, rand = self.baseline_losses(reference, progress=progress)
+        scrubbed, diag = self.scrubbed_losses(partitions, reference, should_stop,
+                                              progress=progress)
         seconds = time.perf_counter() - t0
         results = []
         for i, p in enumerate(partitions):
