@@ -65,7 +65,8 @@ class StepProgress:
         self._stage: str | None = None
 
     def __enter__(self) -> "StepProgress":
-        self.box = self.where.empty().container()
+        self.slot = self.where.empty()
+        self.box = self.slot.container()
         cols = self.box.columns([6, 1], vertical_alignment="center")
         self.bar = cols[0].progress(0.0, text=f"{self.label}…")
         cols[1].button("Cancel", key=f"_progress_cancel_{self.key}", on_click=_mark_cancelled,
@@ -75,7 +76,7 @@ class StepProgress:
 
     def __exit__(self, *exc) -> bool:
         if exc[0] is None or isinstance(exc[1], Exception):
-            self.box.empty()  # done (or failed with a message the caller shows): no bar left
+            self.slot.empty()  # done (or failed with a message the caller shows): no bar left
         return False  # Streamlit's stop/rerun and every error propagate
 
     def text(self, p: Progress, seconds_left: float | None) -> str:

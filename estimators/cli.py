@@ -147,13 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def progress_printer(label: str, enabled: bool | None = None, stream=None):
     """A progress callback (`estimators.progress`: a Progress, or a bare fraction in [0, 1])
-    that writes one updating stderr line, "label: 12 of 128 sequences · 3 s elapsed · ~17 s
-    left" (time left: `estimators.progress.Eta`, the current stage's average rate so far
+    that writes one updating stderr line, "label:  9.4% · 12 of 128 sequences · 3 s elapsed ·
+    ~17 s left" (time left: `estimators.progress.Eta`, the current stage's average rate so far
     extrapolated to the units left), at most twice a second; None when disabled (default:
     stderr is a terminal). stdout, where --json goes, is never touched."""
     import time
 
-    from estimators.progress import Eta, as_progress, format_seconds
+    from estimators.progress import Eta, as_progress, format_seconds, left_text
 
     stream = stream or sys.stderr
     tty = bool(getattr(stream, "isatty", lambda: False)())
@@ -173,9 +173,10 @@ def progress_printer(label: str, enabled: bool | None = None, stream=None):
             return
         last[0], last[1] = now, p.stage
         head = f"{label} · {p.stage}" if p.stage and p.stage != label else label
-        text = f"{head}: {p.counts()} · {format_seconds(now - t0)} elapsed"
+        counts = f" · {p.counts()}" if p.unit else ""
+        text = f"{head}: {p:6.1%}{counts} · {format_seconds(now - t0)} elapsed"
         if left is not None and p < 1:
-            text += f" · ~{format_seconds(left)} left"
+            text += f" · {left_text(left)}"
         stream.write(f"\r\x1b[2K{text}" if tty else f"{text}\n")
         if p >= 1 and tty:
             stream.write("\n")

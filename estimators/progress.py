@@ -76,10 +76,10 @@ class Progress(float):
         return f"{_count(self.done)} of {_count(self.total)} {self.unit}"
 
     def describe(self, seconds_left: float | None = None) -> str:
-        """'stage: 12 of 128 sequences · ~4 s left' (no time part when unknown)."""
+        """'stage: 12 of 128 sequences · ~4 s left' (no time part when unknown or done)."""
         text = f"{self.stage}: {self.counts()}" if self.stage else self.counts()
-        if seconds_left is not None:
-            text += f" · ~{format_seconds(seconds_left)} left"
+        if seconds_left is not None and self.fraction < 1:
+            text += f" · {left_text(seconds_left)}"
         return text
 
     def __repr__(self) -> str:
@@ -126,6 +126,12 @@ def format_seconds(s: float) -> str:
         return f"{m} min {r} s" if r else f"{m} min"
     h, r = divmod(s, 3600)
     return f"{h} h {r // 60} min" if r >= 60 else f"{h} h"
+
+
+def left_text(seconds_left: float) -> str:
+    """'~4 s left', '<1 s left'."""
+    text = format_seconds(seconds_left)
+    return f"{text} left" if text.startswith("<") else f"~{text} left"
 
 
 class Eta:
