@@ -518,7 +518,10 @@ def run_search(prop: Propagator, method: str, params: dict, progress, record: Se
     every evaluation; if the run is interrupted (Stop / navigation raise out of it) the best
     argument found so far is kept (the starting one if nothing better was found) and `record`
     keeps the path so far."""
+    from estimators.progress import Eta, Progress, left_text
+
     best_so_far = [prop.mask]
+    eta = Eta()  # time left: the search's average rate per evaluation so far
 
     def on_step(i, total, info):
         store.yield_model_lock()  # other sessions' edits wait one step, not the whole search
@@ -533,7 +536,9 @@ def run_search(prop: Propagator, method: str, params: dict, progress, record: Se
             record.path.append(dict(info))
             text = (f"step {i}/{total}: total {info['total_bits']:,.1f} bits, "
                     f"{info['n_gates_on']} gates on")
-        progress(min(1.0, i / max(total, 1)), text)
+        left = eta.update(Progress(i, total, "evaluations"))
+        progress(min(1.0, i / max(total, 1)), text + ("" if left is None or i >= total
+                                                      else f" · {left_text(left)}"))
 
     done = False
     try:

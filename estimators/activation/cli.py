@@ -313,7 +313,7 @@ def run_cli(args) -> dict:
                       distance_method=args.distance_method)
     if args.search is not None:
         search = _search(args, prop)
-    res = prop.run()
+    res = prop.run(progress=_progress(args))
     if plan is not None:
         plan.run_seconds = time.perf_counter() - t_run
     out = res.to_dict()

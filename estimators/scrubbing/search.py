@@ -82,8 +82,12 @@ def greedy_search(scrubber: Scrubber, candidates: list[str] | None = None, unit:
                   max_steps: int = 10, start: PathPartition | None = None,
                   progress: Callable[[int, int, SearchStep], None] | None = None,
                   should_stop: Callable[[], bool] | None = None,
-                  features: list[str] | None = None) -> list[SearchStep]:
+                  features: list[str] | None = None, *, batch_progress=None
+                  ) -> list[SearchStep]:
     """The accepted steps, first the starting partition (step 0); each lowers total bits.
+
+    `batch_progress`: an `estimators.progress` callback passed to each step's evaluation (the
+    candidates' passes, "examples scored"); what it raises (e.g. `Cancelled`) propagates.
 
     `features`: resampling features whose matched blocks the search may grow (None: ["label"]
     when the scrubber's data has labels, else none). Raises ValueError for a negative
@@ -98,7 +102,7 @@ def greedy_search(scrubber: Scrubber, candidates: list[str] | None = None, unit:
     if candidates is None and "*" not in pool:
         pool.append("*")
     matches = {c: g.match_required(c) for c in pool}
-    [best] = scrubber.evaluate([current])  # always scored, so a stopped search has a result
+    [best] = scrubber.evaluate([current], progress=batch_progress)  # a stopped search has one
     steps = [SearchStep(0, None, best)]
     if progress:
         progress(0, max_steps, steps[0])
@@ -110,7 +114,7 @@ def greedy_search(scrubber: Scrubber, candidates: list[str] | None = None, unit:
             break
         parts = [p.with_name(f"greedy step {step}") for _, p in moves]
         try:
-            results = scrubber.evaluate(parts, should_stop=should_stop)
+            results = scrubber.evaluate(parts, should_stop=should_stop, progress=batch_progress)
         except InterruptedError:
             break
         totals = np.array([r.surprise.total_bits for r in results])
