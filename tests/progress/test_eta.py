@@ -33,7 +33,8 @@ def test_progress_is_its_fraction_and_describes_itself():
     assert isinstance(p, float) and float(p) == pytest.approx(12 / 128)
     assert 0.2 * p == pytest.approx(0.2 * 12 / 128)  # callbacks written for a fraction work
     assert p.describe(4.2) == "activations: 12 of 128 sequences · ~5 s left"
-    assert p.describe(0.3).endswith(" · <1 s left") and Progress(4, 4).describe(0.0) == "4 of 4 steps"
+    assert p.describe(0.3).endswith(" · <1 s left")
+    assert Progress(4, 4).describe(0.0) == "4 of 4 steps"
     assert Progress(5, 0).fraction == 0.0 and Progress(7, 5).done == 5  # clamped
     bare = as_progress(0.5)
     assert bare.fraction == 0.5 and bare.counts() == "50% done"
