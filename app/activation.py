@@ -337,12 +337,15 @@ def get_propagator(chain: Chain, chain_key: str) -> tuple[Propagator, str | None
 
 
 def run(prop: Propagator, bits_per_parameter: float | None):
-    """Propagate (only what is stale) under the model lock, with the chosen S(π) price."""
+    """Propagate (only what is stale) under the model lock, with the chosen S(π) price; the
+    lock is given up for a moment between transition steps, at most every 0.1 s (other
+    sessions' clicks on the model wait for one step, not the whole propagation)."""
+    from app.progress import lock_yielder
     from estimators.surprise import mdl_bits_per_parameter
     prop.bits_per_parameter = (mdl_bits_per_parameter(prop.chain.n_inputs)
                                if bits_per_parameter is None else float(bits_per_parameter))
     with compute_scope():
-        return prop.run()
+        return prop.run(progress=lock_yielder())
 
 
 # ============================================================================ mask edits

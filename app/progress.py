@@ -106,6 +106,22 @@ class StepProgress:
                           text=self.text(p, left))
 
 
+def lock_yielder(every_s: float = 0.1, source: str | None = None) -> Callable:
+    """A progress callback with no bar, for work that holds `store.model_lock()` (inside a
+    Streamlit cache, or a step too short for a bar): it gives the lock up for a moment
+    (`store.yield_model_lock`) when `every_s` seconds have passed since it was taken or last
+    given up, so a quick step pays nothing and other sessions wait at most about every_s plus
+    one batch."""
+    last = [time.monotonic()]
+
+    def give_up(_progress) -> None:
+        if time.monotonic() - last[0] >= every_s:
+            from app import store
+            store.yield_model_lock(source)
+            last[0] = time.monotonic()
+    return give_up
+
+
 def run_step(label: str, key: str, fn: Callable[[StepProgress], Any], *, where=None,
              lock_held: bool = False, lock_source: str | None = None, auto: bool = True
              ) -> Any:

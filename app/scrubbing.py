@@ -112,8 +112,9 @@ def evaluate(_scrubber: Scrubber, model_key: str, partition_hash: str, partition
 def _evaluate(_scrubber: Scrubber, fingerprint: str, model_key: str, partition_hash: str,
               partition_json: str, n: int, seed: int, device: str) -> dict:
     p = PathPartition.from_json(partition_json)
-    with _lock():
-        [r] = _scrubber.evaluate([p])
+    from app.progress import lock_yielder
+    with _lock():  # given up for a moment between batches of passes (at most every 0.1 s)
+        [r] = _scrubber.evaluate([p], progress=lock_yielder())
     return {"loss_original": r.loss_original, "loss_scrubbed": r.loss_scrubbed,
             "loss_random": r.loss_random, "loss_recovered": r.loss_recovered,
             "surprise": r.surprise.to_dict(), "seconds": r.diagnostics["seconds"]}

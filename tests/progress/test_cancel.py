@@ -62,13 +62,18 @@ def test_sae_statistics_report_positions_and_stop_on_cancel():
         sae_quality_from_activations(sae, x, memory_budget=8 * 32 * 3 * 10, progress=stop)
 
 
-def test_the_model_lock_is_given_up_after_every_batch(model, tokens):
-    """A page's long step holds `store.model_lock()` and its progress callback calls
-    `store.yield_model_lock()` (app.progress, lock_held=True): another session waiting for the
-    same model gets the lock while the step still has batches to go."""
+@pytest.mark.parametrize("kind", ["bar", "no bar"])
+def test_the_model_lock_is_given_up_after_every_batch(model, tokens, kind):
+    """A page's long step holds `store.model_lock()` and its progress callback gives it up
+    after each batch — `store.yield_model_lock()` from the bar (app.progress, lock_held=True),
+    or `app.progress.lock_yielder` where no bar is drawn (inside a Streamlit cache): another
+    session waiting for the same model gets the lock while the step still has batches to go."""
     from app import store
+    from app.progress import lock_yielder
 
-    source = "progress-test-model"
+    source = f"progress-test-model-{kind}"
+    give_up = (lambda: store.yield_model_lock(source)) if kind == "bar" else (
+        lambda f=lock_yielder(0.0, source): f(None))
     lock = store.model_lock(source)
     started, done_when_other_ran = threading.Event(), []
     total = int(tokens.shape[0])
@@ -77,7 +82,7 @@ def test_the_model_lock_is_given_up_after_every_batch(model, tokens):
     def step_callback(p):
         batches.append(p.done)
         started.set()
-        store.yield_model_lock(source)
+        give_up()
 
     def other_session():
         started.wait()
