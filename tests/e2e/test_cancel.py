@@ -126,3 +126,48 @@ def test_cancel_interrupts_the_sae_measurement_mid_step(served):
         finally:
             page.close()
             browser.close()
+
+
+def test_cancel_stops_a_tail_risk_run(served):
+    """Tail risk on the same model, an empirical distribution from the data and Monte Carlo at
+    2^16 calls: Run, then Cancel once the bar shows a time left; one "cancelled" line, no
+    results table, the script stopped."""
+    from playwright.sync_api import sync_playwright
+
+    from app.state import encode_blob
+
+    base, world, _ = served
+    settings = {"distribution": "from data: empirical", "target_mode": "one", "target": 3,
+                "methods": ["mc"], "budget": 2 ** 16}
+    query = dict(world, tr=encode_blob(settings))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{base}/tail-risk?{urllib.parse.urlencode(query)}",
+                      timeout=PAGE_LOAD_MS)
+            run = page.get_by_role("button", name="Run", exact=True)
+            run.wait_for(timeout=PAGE_LOAD_MS)
+            page.wait_for_function(
+                "() => document.querySelector(\"[data-testid='stApp']\")"
+                "?.getAttribute('data-test-script-state') === 'notRunning'",
+                timeout=PAGE_LOAD_MS)
+            run.click()
+            bar = page.locator("[data-testid='stProgress']").filter(has_text="left")
+            bar.first.wait_for(timeout=PAGE_LOAD_MS)
+            shown = bar.first.inner_text()
+            page.screenshot(path=str(ARTIFACTS / "cancel-tail-risk-running.png"))
+            t_click = time.monotonic()
+            page.get_by_role("button", name="Cancel").click()
+            page.get_by_text("Tail-risk run: cancelled.").first.wait_for(timeout=PAGE_LOAD_MS)
+            seconds = time.monotonic() - t_click
+            page.wait_for_function(
+                "() => document.querySelector(\"[data-testid='stApp']\")"
+                "?.getAttribute('data-test-script-state') === 'notRunning'",
+                timeout=PAGE_LOAD_MS)
+            assert page.locator("[data-testid='stException']").count() == 0
+            assert "Results (truth" not in page.inner_text("body")
+            print(f"bar at Cancel: {shown!r}; 'cancelled' shown {seconds:.1f} s after the click")
+        finally:
+            page.close()
+            browser.close()
