@@ -128,6 +128,11 @@ def data_prediction_frame(lm: LoadedModel, tokens: torch.Tensor) -> pd.DataFrame
     })
 
 
+def sae_step_key(model_source: str, sae_source: str, data_fingerprint: str) -> str:
+    """The `app.progress` key of the SAE measurement: a new model, SAE or data is a new step."""
+    return f"sae-quality|{model_source}|{sae_source}|{data_fingerprint}"
+
+
 def sae_quality_with_progress(lm: LoadedModel, sae, spec: str) -> tuple[dict, dict | None]:
     """`estimators.sae_stats.sae_quality_on_data(lm, sae, spec)` (its defaults n=256, seed=1
     where the spec leaves them unset) with a progress bar, time left and Cancel
@@ -139,8 +144,8 @@ def sae_quality_with_progress(lm: LoadedModel, sae, spec: str) -> tuple[dict, di
     from estimators.sae_stats import sae_quality_on_data
 
     data = load_data(spec, lm, n=SAE_EVAL_SEQUENCES, seed=SAE_EVAL_SEED)
-    key = f"sae-quality|{store.current_model_source()}|{store.current_sae_source()}|" \
-          f"{data.fingerprint}"
+    key = sae_step_key(store.current_model_source(), store.current_sae_source(),
+                       data.fingerprint)
 
     def step(progress):
         with store.model_lock():
