@@ -14,10 +14,12 @@ mask edits, URL/file state and argument search with progress and cancellation.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -204,25 +206,28 @@ def n_available(lm, s: Settings, data_tokens: torch.Tensor | None = None) -> int
     return min(scale.N_BOUNDS[1], MAX_N_INPUTS)
 
 
-def budget_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -> Chain:
+def budget_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None, *,
+                 progress=None) -> Chain:
     """The chain with N and K chosen for `s.time_budget` seconds by a timed pilot
     (`estimators.activation.scale.pilot`, the naive argument, as `propagate --time-budget`).
     The plan is in `chain.info["budget"]` (`BudgetPlan.to_dict()`: samples, n_inputs,
     predicted_seconds, pilot_seconds, limited_by, …); its `run_seconds` is the final chain's
     build time (ground truth) only — the page adds the first propagation's seconds. Raises
-    ValueError as `build_chain` does."""
+    ValueError as `build_chain` does. progress: as `build_chain`'s, for the final build only
+    (the pilot's small builds report nothing)."""
     from estimators.activation import scale
 
     base = replace(s, time_budget=None)
 
-    def build(samples, n_inputs):
+    def build(samples, n_inputs, progress=None):
         return build_chain(lm, sae, replace(base, samples=max(2, int(samples)),
-                                            n_inputs=max(2, int(n_inputs))), data_tokens)
+                                            n_inputs=max(2, int(n_inputs))), data_tokens,
+                           progress=progress)
 
     plan = scale.pilot(build, lambda ch: CovarianceMask.naive(), n_available(lm, s, data_tokens),
                        float(s.time_budget))
     t0 = time.perf_counter()
-    chain = build(plan.samples, plan.n_inputs)
+    chain = build(plan.samples, plan.n_inputs, progress=progress)
     plan.run_seconds = time.perf_counter() - t0
     chain.info["budget"] = plan.to_dict()
     return chain
@@ -325,16 +330,35 @@ def parse_tokens(text: str, d_vocab: int) -> torch.Tensor:
     return t
 
 
-@st.cache_resource(max_entries=4, show_spinner="Running real inputs through the model…")
+# Built chains, shared by every session (as st.cache_resource would, but built outside a
+# Streamlit cache so the build can draw its progress bar and be cancelled): at most 4.
+_CHAINS: "collections.OrderedDict[tuple, Chain]" = collections.OrderedDict()
+_CHAINS_GUARD = threading.Lock()
+MAX_CHAINS = 4
+
+
 def _cached_chain(key: tuple, settings_key: str, data_fp: str | None, _lm, _sae,
-                  _data_tokens) -> Chain:
+                  _data_tokens, progress=None) -> Chain:
+    ck = (key, settings_key, data_fp)
+    with _CHAINS_GUARD:
+        hit = _CHAINS.get(ck)
+        if hit is not None:
+            _CHAINS.move_to_end(ck)
+            return hit
     s = Settings.from_dict(json.loads(settings_key))
     if s.time_budget is not None:
-        return budget_chain(_lm, _sae, s, _data_tokens)
-    return build_chain(_lm, _sae, s, _data_tokens)
+        chain = budget_chain(_lm, _sae, s, _data_tokens, progress=progress)
+    else:
+        chain = build_chain(_lm, _sae, s, _data_tokens, progress=progress)
+    with _CHAINS_GUARD:
+        _CHAINS[ck] = chain
+        while len(_CHAINS) > MAX_CHAINS:
+            _CHAINS.popitem(last=False)
+    return chain
 
 
-def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -> Chain:
+def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None, *,
+                progress=None) -> Chain:
     """The chain for these settings (plain function: tests call it to get the page's numbers).
     Sizes that would not fit (a site's covariance, the sampled activations) are refused with a
     ValueError before anything runs; so is a model the activation engine's conformance check
@@ -342,7 +366,8 @@ def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -
 
     data_tokens: [n, len] real inputs for a model outside the zoo (the sidebar's data); the
     first N (`s.n_inputs`) rows are used, unless token ids are typed into the settings. Neither:
-    N uniform random sequences."""
+    N uniform random sequences. progress: `estimators.progress` callback for the real
+    activations' batches (it may raise to cancel)."""
     conformance.require(lm.model, "activation")
     cfg = lm.model.cfg
     tokens = None
@@ -387,20 +412,24 @@ def build_chain(lm, sae, s: Settings, data_tokens: torch.Tensor | None = None) -
                          f"positions (limit {MAX_BYTES / 2 ** 30:.0f} GiB)")
     if lm.zoo_entry is not None:
         return chain_for_zoo(lm, sae=sae, n_inputs=s.n_inputs, samples=s.samples, seed=s.seed,
-                             sites=sites, positions=list(s.positions), units=spec)
+                             sites=sites, positions=list(s.positions), units=spec,
+                             progress=progress)
     if tokens is None:
         g = torch.Generator().manual_seed(s.seed)
         tokens = torch.randint(0, cfg.d_vocab, (s.n_inputs, ctx), generator=g)
     return transformer_chain(lm.model, tokens, sites=sites, positions=list(s.positions),
                              sae=sae, samples=s.samples, seed=s.seed, logits_position=-1,
-                             units=spec)
+                             units=spec, progress=progress)
 
 
-def get_chain(lm, sae, s: Settings) -> Chain:
+def get_chain(lm, sae, s: Settings, progress=None) -> Chain:
+    """The chain of these settings, built once per (model, SAE, device, data, settings) and
+    shared by the sessions. progress: an `app.progress` callback made with lock_held=True (the
+    model lock is released after every batch of real activations)."""
     data = page_data(lm)
     with compute_scope():
         return _cached_chain(model_key(), s.key(), None if data is None else data.fingerprint,
-                             lm, sae, None if data is None else data.tokens)
+                             lm, sae, None if data is None else data.tokens, progress)
 
 
 def get_propagator(chain: Chain, chain_key: str) -> tuple[Propagator, str | None]:
@@ -424,12 +453,15 @@ def get_propagator(chain: Chain, chain_key: str) -> tuple[Propagator, str | None
 
 
 def run(prop: Propagator, bits_per_parameter: float | None):
-    """Propagate (only what is stale) under the model lock, with the chosen S(π) price."""
+    """Propagate (only what is stale) under the model lock, with the chosen S(π) price; the
+    lock is given up for a moment between transition steps, at most every 0.1 s (other
+    sessions' clicks on the model wait for one step, not the whole propagation)."""
+    from app.progress import lock_yielder
     from estimators.surprise import mdl_bits_per_parameter
     prop.bits_per_parameter = (mdl_bits_per_parameter(prop.chain.n_inputs)
                                if bits_per_parameter is None else float(bits_per_parameter))
     with compute_scope():
-        return prop.run()
+        return prop.run(progress=lock_yielder())
 
 
 # ============================================================================ mask edits
@@ -671,7 +703,10 @@ def run_search(prop: Propagator, method: str, params: dict, progress, record: Se
     every evaluation; if the run is interrupted (Stop / navigation raise out of it) the best
     argument found so far is kept (the starting one if nothing better was found) and `record`
     keeps the path so far."""
+    from estimators.progress import Eta, Progress, left_text
+
     best_so_far = [prop.mask]
+    eta = Eta()  # time left: the search's average rate per evaluation so far
 
     def on_step(i, total, info):
         store.yield_model_lock()  # other sessions' edits wait one step, not the whole search
@@ -686,7 +721,9 @@ def run_search(prop: Propagator, method: str, params: dict, progress, record: Se
             record.path.append(dict(info))
             text = (f"step {i}/{total}: total {info['total_bits']:,.1f} bits, "
                     f"{info['n_gates_on']} gates on")
-        progress(min(1.0, i / max(total, 1)), text)
+        left = eta.update(Progress(i, total, "evaluations"))
+        progress(min(1.0, i / max(total, 1)), text + ("" if left is None or i >= total
+                                                      else f" · {left_text(left)}"))
 
     done = False
     try:

@@ -226,12 +226,32 @@ def budget_note(chain, res) -> None:
             f"The N and K fields are not used while the budget is on.")
 
 
+def _chain_with_progress(lm, sae, mk, settings):
+    """(settings, chain): the chain built with a progress bar and Cancel (`app.progress`).
+    Cancelled: back to the last settings that worked (one "cancelled" line), or, with none, the
+    line with a "Run again" button and the page stops there."""
+    from app.progress import CANCELLED, run_step
+
+    good = ss.get("act_good_settings")
+    revert = good is not None and good != settings
+    out = run_step("Building the activation model (real inputs through the model)",
+                   f"act-chain|{mk}|{settings.key()}",
+                   lambda progress: glue.get_chain(lm, sae, settings, progress=progress),
+                   lock_held=True, auto=not revert)
+    if out is not CANCELLED:
+        return settings, out
+    if not revert:
+        st.stop()
+    ss.act_settings = good
+    return good, glue.get_chain(lm, sae, good)
+
+
 def build(lm, sae, mk, defaults):
     """(settings, chain, propagator) for the session's settings; when they fail, the last
     settings that worked (else the defaults), with one st.error line."""
     settings: glue.Settings = ss.act_settings
     try:
-        chain = glue.get_chain(lm, sae, settings)
+        settings, chain = _chain_with_progress(lm, sae, mk, settings)
     except ValueError as e:
         # keep the last settings that worked (else this model's defaults); the form keeps what the
         # user typed so it can be corrected

@@ -128,24 +128,29 @@ def data_prediction_frame(lm: LoadedModel, tokens: torch.Tensor) -> pd.DataFrame
     })
 
 
-def sae_quality_with_progress(lm: LoadedModel, sae, spec: str) -> tuple[dict, dict]:
+def sae_step_key(model_source: str, sae_source: str, data_fingerprint: str) -> str:
+    """The `app.progress` key of the SAE measurement: a new model, SAE or data is a new step."""
+    return f"sae-quality|{model_source}|{sae_source}|{data_fingerprint}"
+
+
+def sae_quality_with_progress(lm: LoadedModel, sae, spec: str) -> tuple[dict, dict | None]:
     """`estimators.sae_stats.sae_quality_on_data(lm, sae, spec)` (its defaults n=256, seed=1
-    where the spec leaves them unset), in steps shown in an st.status box — read the data, the
-    activations at the SAE's hook (shared activation cache), the statistics — so a rerun
-    (navigating away, any click) cancels it between steps."""
-    from estimators.activation_cache import activations
+    where the spec leaves them unset) with a progress bar, time left and Cancel
+    (`app.progress.run_step`): the activations at the SAE's hook (shared activation cache) then
+    the statistics, the model lock released after every batch. Cancelled: (data description,
+    None), with one "cancelled" line and a "Run again" button."""
+    from app.progress import CANCELLED, run_step
     from estimators.data import load_data
-    from estimators.loading import sae_hook_name
     from estimators.sae_stats import sae_quality_on_data
 
-    with st.status("Measuring the SAE on the data…", expanded=False) as box:
-        box.write(f"Reading `{spec}`…")
-        data = load_data(spec, lm, n=SAE_EVAL_SEQUENCES, seed=SAE_EVAL_SEED)
-        hook = sae_hook_name(sae)
-        box.write(f"{data.describe()}; activations at `{hook}`…")
+    data = load_data(spec, lm, n=SAE_EVAL_SEQUENCES, seed=SAE_EVAL_SEED)
+    key = sae_step_key(store.current_model_source(), store.current_sae_source(),
+                       data.fingerprint)
+
+    def step(progress):
         with store.model_lock():
-            activations(lm.model, data, [hook])
-            box.write("SAE statistics…")
-            out = sae_quality_on_data(lm, sae, spec, n=SAE_EVAL_SEQUENCES, seed=SAE_EVAL_SEED)
-        box.update(label=f"SAE measured on {data.describe()}", state="complete")
-    return out
+            return sae_quality_on_data(lm, sae, spec, n=SAE_EVAL_SEQUENCES, seed=SAE_EVAL_SEED,
+                                       progress=progress)
+
+    out = run_step(f"Measuring the SAE on {data.describe()}", key, step, lock_held=True)
+    return (data.to_dict(), None) if out is CANCELLED else out

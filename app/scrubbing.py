@@ -106,9 +106,30 @@ def get_scrubber(_lm, model_key: str, n: int, seed: int, device: str,
     `EdgeScrubber` (edges) — cached by the model's fingerprint (whole config + weights + code
     version, `estimators.conformance.model_fingerprint`); `model_key` carries the data's
     fingerprint (`data_key`) for a model outside the zoo. `_graph`: the engine's graph, when
-    already built."""
-    return _get_scrubber(_lm, conformance.model_fingerprint(_lm.model), model_key, n, seed,
-                         device, engine, _graph)
+    already built. The treeified scrubber's baseline passes run here, with a progress bar."""
+    scrubber = _get_scrubber(_lm, conformance.model_fingerprint(_lm.model), model_key, n, seed,
+                             device, engine, _graph)
+    _baseline_with_progress(scrubber, model_key, n, seed)
+    return scrubber
+
+
+def _baseline_with_progress(scrubber: Scrubber, model_key: str, n: int, seed: int) -> None:
+    """The treeified scrubber's baseline passes (original and all-resampled losses) with a
+    progress bar, time left and Cancel (`app.progress`), the model lock released after every
+    batch; cancelled: one line with "Run again", and the page stops there. (The edge engine
+    gets its baseline from its first hypothesis' own passes, with no separate passes.)"""
+    from app.progress import CANCELLED, run_step
+
+    if scrubber.ENGINE != Scrubber.ENGINE or scrubber.has_baseline():
+        return
+
+    def step(progress):
+        with _lock():
+            scrubber.baseline_losses(progress=progress)
+
+    if run_step("Baseline passes (original and all-resampled losses)",
+                f"scrub-baseline|{model_key}|{n}|{seed}", step, lock_held=True) is CANCELLED:
+        st.stop()
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -176,8 +197,10 @@ def evaluate_many(scrubber: Scrubber, model_key: str, parts: list[PathPartition]
         todo[p.hash] = i
     fresh: dict[str, dict] = {}
     if todo:
-        with _lock():
-            results = scrubber.evaluate([parts[i] for i in todo.values()])
+        from app.progress import lock_yielder
+        with _lock():  # given up for a moment between batches of passes (at most every 0.1 s)
+            results = scrubber.evaluate([parts[i] for i in todo.values()],
+                                        progress=lock_yielder())
         for h, r in zip(todo, results):
             fresh[h] = {"loss_original": r.loss_original, "loss_scrubbed": r.loss_scrubbed,
                         "loss_random": r.loss_random, "loss_recovered": r.loss_recovered,

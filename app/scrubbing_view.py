@@ -238,9 +238,9 @@ def anomaly_box(lm, scrubber, part, model_key: str, n: int, seed: int, device: s
 
 
 def _search_progress(bar, i: int, k: int, step) -> None:
-    store.yield_model_lock()  # other sessions' clicks on this model run between steps
-    bar.progress(min(1.0, i / max(k, 1)),
-                 text=f"step {i}/{k}: {step.result.surprise.total_bits:,.1f} bits")
+    """After each accepted step: the step's total bits; the bar's next step begins."""
+    bar.update(min(1.0, i / max(k, 1)), label=f"Searching: step {i + 1} of {k} (step {i}: "
+               f"{step.result.surprise.total_bits:,.1f} bits)", yield_lock=True)
 
 
 def search_box(scrubber, part) -> None:
@@ -253,14 +253,22 @@ def search_box(scrubber, part) -> None:
         unit = q1.selectbox("Candidates", ["node", "edge"], key="_scrub_unit",
                             format_func=labels.get)
         steps = int(q2.number_input("Max steps", 1, 20, 4, key="_scrub_steps"))
+        from app.progress import show_cancelled, was_cancelled
+        if was_cancelled("scrub-search"):  # the previous search's results (if any) stay
+            show_cancelled("Search", "scrub-search", auto=False)
         if st.button("Search from the current partition", key="_scrub_search"):
             from estimators.scrubbing.search import greedy_search
 
-            bar = st.progress(0.0, text="Searching…")
-            with store.model_lock():
+            from app.progress import StepProgress
+
+            # the bar: time left for the step in progress (its candidates' passes) and Cancel;
+            # the model lock is given up after every batch of passes
+            with StepProgress("Searching: step 0", "scrub-search", lock_held=True) as bar, \
+                    store.model_lock():
                 try:
                     found = greedy_search(scrubber, unit=unit, max_steps=steps, start=part,
-                                          progress=lambda i, k, s: _search_progress(bar, i, k, s))
+                                          progress=lambda i, k, s: _search_progress(bar, i, k, s),
+                                          batch_progress=bar)
                 except PathError as e:
                     st.error(str(e))
                     found = []

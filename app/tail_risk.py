@@ -4,6 +4,7 @@ estimators over targets with progress. No science here: everything is `estimator
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
@@ -285,9 +286,12 @@ def choose_targets(s: Settings, truth: np.ndarray | None) -> list[int]:
 
 def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, float],
                 labels: Callable[[int], str], progress: Callable[[float, str], None],
-                budgets: list[int] | None = None, sae=None, lock=None) -> pd.DataFrame:
+                budgets: list[int] | None = None, sae=None, lock=None, *,
+                estimator_progress: Callable | None = None) -> pd.DataFrame:
     """One row per (budget, target, method): estimate, interval, calls, seconds, seed.
-    `lock` (optional) is held around each estimator run, not the whole loop."""
+    `lock` (optional) is held around each estimator run, not the whole loop.
+    estimator_progress(k, n_jobs, p): called inside job k's estimator run after each batch
+    with its `estimators.progress.Progress` p (with the lock held); it may raise to cancel."""
     budgets = budgets or [s.budget]
     rows = []
     jobs = [(b, i, t, m) for b in budgets for i, t in enumerate(targets) for m in s.methods]
@@ -304,7 +308,8 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
                                 f"({budget} calls)")
         with lock if lock is not None else contextlib.nullcontext():
             e = run_estimator(m, model, dist, make_behaviour(s, t, model, sae), budget, seed,
-                              **extra)
+                              progress=None if estimator_progress is None else
+                              functools.partial(estimator_progress, k, len(jobs)), **extra)
         lo, hi = e.interval if e.interval is not None else (None, None)
         rows.append({"target": t, "token": labels(t), "truth": truth.get(t), "method": m,
                      "budget": budget, "estimate": e.value, "low": lo, "high": hi,

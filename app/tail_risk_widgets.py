@@ -253,36 +253,54 @@ def show_notes() -> None:
         st.warning(f"Settings file: {messages.plain(n)}")
 
 
-def _truth_progress(bar, f: float) -> None:
-    store.yield_model_lock()  # between two batches of the ground truth's forward passes
-    bar.progress(0.2 * f, text="ground truth (cached after the first time)…")
+RUN_KEY = "tail-risk-run"  # app.progress key of the Run button's job
+
+
+def cancelled_line() -> None:
+    """After a run was cancelled: one "cancelled" line (once); the previous results stay."""
+    from app.progress import show_cancelled, was_cancelled
+
+    if was_cancelled(RUN_KEY):
+        show_cancelled("Tail-risk run", RUN_KEY, auto=False)
 
 
 def run(s: tr.Settings, model, dist, sae, V_out: int, row_label) -> None:
-    """Ground truth then every method, with a progress bar; results kept in the session.
-    The model lock is released between the ground truth's batches of forward passes and
-    between estimator runs, so other sessions' clicks on the same model wait for one batch or
-    one estimator run, not for the whole table."""
+    """Ground truth then every method, with a progress bar (time left, Cancel:
+    `app.progress`); results kept in the session. The model lock is released between the
+    ground truth's batches of forward passes, between an estimator's batches and between
+    estimator runs, so other sessions' clicks on the same model wait for one batch, not for the
+    whole table. Cancelled: the previous results stay, with one "cancelled" line."""
+    from app.progress import StepProgress
+
     show_conv = st.session_state.get(W + "conv", False)
-    bar = st.progress(0.0, text="ground truth…")
     try:
-        with store.model_lock():
-            truth, truth_method, _ = tr.truths(
-                s, model, dist, [s.target] if s.target_mode == "one" else None, sae=sae,
-                progress=lambda f: _truth_progress(bar, f))
-        targets = tr.choose_targets(s, np.array([truth.get(i, 0.0) for i in range(V_out)])
-                                    if s.target_mode == "band"
-                                    and s.behaviour not in tr.FEATURE_BEHAVIOURS else None)
-        budgets_run = sorted({max(s.budget // 8, 8), max(s.budget // 4, 8),
-                              max(s.budget // 2, 8), s.budget}) if show_conv else [s.budget]
-        results = tr.run_methods(s, model, dist, targets, truth, row_label,
-                                 lambda f, msg: bar.progress(0.2 + 0.8 * f, text=msg),
-                                 budgets_run, sae=sae, lock=store.model_lock())
+        with StepProgress("ground truth (cached after the first time)", RUN_KEY) as bar:
+            with store.model_lock():
+                truth, truth_method, _ = tr.truths(
+                    s, model, dist, [s.target] if s.target_mode == "one" else None, sae=sae,
+                    progress=lambda f: bar.update(f, yield_lock=True, share=(0.0, 0.2)))
+            targets = tr.choose_targets(s, np.array([truth.get(i, 0.0) for i in range(V_out)])
+                                        if s.target_mode == "band"
+                                        and s.behaviour not in tr.FEATURE_BEHAVIOURS else None)
+            budgets_run = sorted({max(s.budget // 8, 8), max(s.budget // 4, 8),
+                                  max(s.budget // 2, 8), s.budget}) if show_conv else [s.budget]
+            job = {"text": ""}
+
+            def on_job(f, msg):
+                job["text"] = msg
+                bar.update(f, label=msg, share=(0.2, 1.0))
+
+            def on_batch(k, n, p):
+                bar.update(p, label=job["text"], yield_lock=True,
+                           share=(0.2 + 0.8 * k / n, 0.2 + 0.8 * (k + 1) / n))
+
+            results = tr.run_methods(s, model, dist, targets, truth, row_label, on_job,
+                                     budgets_run, sae=sae, lock=store.model_lock(),
+                                     estimator_progress=on_batch)
         st.session_state["tr_results"] = {"results": results, "truth_method": truth_method,
                                           "settings": s.to_dict()}
     except (ValueError, RuntimeError) as e:
         st.error(f"Run failed: {messages.plain(e)}")
-    bar.empty()
 
 
 def number_columns(df) -> dict:

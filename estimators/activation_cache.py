@@ -97,7 +97,7 @@ def entry_key(model_fp: str, data_fp: str, hook: str, dtype: torch.dtype) -> str
 
 def activations(model, data, hooks: Sequence[str], dtype: torch.dtype | None = None,
                 memory_budget: int | None = None, use_disk: bool | None = None,
-                batch_size: int | None = None) -> dict[str, Tensor]:
+                batch_size: int | None = None, *, progress=None) -> dict[str, Tensor]:
     """Real activations of `model` on `data` at `hooks`, from the cache or computed once.
 
     model: a HookedTransformer (or TransformerBridge) on any device.
@@ -106,6 +106,10 @@ def activations(model, data, hooks: Sequence[str], dtype: torch.dtype | None = N
     dtype: the stored dtype (default: the model's own, cfg.dtype); part of the key.
     memory_budget: bytes of working memory per batch (default: 512 MiB on the CPU, a quarter
       of the free memory on CUDA). batch_size overrides the estimate.
+    progress: optional `estimators.progress` callback, called after each batch with
+      (sequences done, n, "sequences", "activations"); when it raises (e.g. `Cancelled`) the
+      exception propagates and no entry is stored (memory or disk), so the next call
+      recomputes from scratch.
     Returns {hook: tensor on the CPU}, each with run_with_cache's shape [n, len, ...].
     """
     from estimators.conformance import model_fingerprint
@@ -132,7 +136,8 @@ def activations(model, data, hooks: Sequence[str], dtype: torch.dtype | None = N
     missing = [h for h in hooks if h not in out]
     if missing:
         _STATS.misses += len(missing)
-        fresh = compute(model, tokens, missing, dtype, memory_budget, batch_size)
+        fresh = compute(model, tokens, missing, dtype, memory_budget, batch_size,
+                        progress=progress)
         for h in missing:
             _store(keys[h], fresh[h], disk, {"hook": h, "dtype": str(dtype), "data": data_fp})
             out[h] = fresh[h]
@@ -140,10 +145,13 @@ def activations(model, data, hooks: Sequence[str], dtype: torch.dtype | None = N
 
 
 def compute(model, tokens: Tensor, hooks: Sequence[str], dtype: torch.dtype,
-            memory_budget: int | None = None, batch_size: int | None = None
-            ) -> dict[str, Tensor]:
+            memory_budget: int | None = None, batch_size: int | None = None, *,
+            progress=None) -> dict[str, Tensor]:
     """run_with_cache over `tokens` in memory-bounded batches, stopping after the deepest hook;
-    {hook: [n, len, ...] CPU tensor in `dtype`}. Counts forward passes in `stats()`."""
+    {hook: [n, len, ...] CPU tensor in `dtype`}. Counts forward passes in `stats()`.
+    `progress` (estimators.progress) is called after each batch; what it raises propagates."""
+    from estimators.progress import report
+
     device = _model_device(model)
     n, length = int(tokens.shape[0]), int(tokens.shape[1])
     if n == 0:
@@ -163,6 +171,7 @@ def compute(model, tokens: Tensor, hooks: Sequence[str], dtype: torch.dtype,
         del cache
         _STATS.forward_passes += 1
         _STATS.sequences += int(batch.shape[0])
+        report(progress, min(start + bs, n), n, "sequences", "activations")
     return out
 
 
@@ -292,17 +301,28 @@ def _read_disk(path: Path, key: str) -> Tensor | None:
 
 
 def _write_disk(path: Path, key: str, t: Tensor, meta: dict) -> None:
+    _save_atomic(path, key, {"activations": t.contiguous()}, meta)
+
+
+def _save_atomic(path: Path, key: str, tensors: dict[str, Tensor], meta: dict) -> None:
+    """Write a safetensors file to a temporary name, then rename it: a reader never sees half
+    a file, and an interrupted write (Ctrl-C, `Cancelled`) leaves no temporary file behind."""
     from safetensors.torch import save_file
 
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
-        save_file({"activations": t.contiguous()}, str(tmp),
-                  metadata={"key": key, "version": str(FORMAT_VERSION),
-                            **{k: str(v) for k, v in meta.items()}})
+        save_file(tensors, str(tmp), metadata={"key": key, "version": str(FORMAT_VERSION),
+                                               **{k: str(v) for k, v in meta.items()}})
         tmp.replace(path)
     except OSError:
         pass  # a read-only or full disk only costs recomputation
+    finally:
+        if tmp.exists():
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
 
 # ------------------------------------------------------------------ small derived tensors
@@ -408,13 +428,4 @@ def _read_small(path: Path, key: str) -> dict[str, Tensor] | None:
 
 
 def _write_small(path: Path, key: str, tensors: dict[str, Tensor], meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
-        save_file(tensors, str(tmp), metadata={"key": key, "version": str(FORMAT_VERSION),
-                                               **{k: str(v) for k, v in meta.items()}})
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only or full disk only costs recomputation
+    _save_atomic(path, key, tensors, meta)

@@ -17,6 +17,8 @@ import sys
 import warnings
 from typing import Any
 
+from estimators.progress import Cancelled
+
 # Order is the order in `--help`.
 SUBCOMMAND_MODULES = [
     "estimators.zoo.cli",
@@ -144,32 +146,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def progress_printer(label: str, enabled: bool | None = None, stream=None):
-    """A progress callback `fn(fraction in [0, 1])` that writes one updating stderr line,
-    "label:  42.0% · 12 s elapsed · ~17 s left" (time left = elapsed·(1 − f)/f, a linear
-    extrapolation), at most twice a second; None when disabled (default: stderr is a terminal).
-    stdout, where --json goes, is never touched."""
+    """A progress callback (`estimators.progress`: a Progress, or a bare fraction in [0, 1])
+    that writes one updating stderr line, "label:  9.4% · 12 of 128 sequences · 3 s elapsed ·
+    ~17 s left" (time left: `estimators.progress.Eta`, the current stage's average rate so far
+    extrapolated to the units left), at most twice a second; None when disabled (default:
+    stderr is a terminal). stdout, where --json goes, is never touched."""
     import time
 
+    from estimators.progress import Eta, as_progress, format_seconds, left_text
+
     stream = stream or sys.stderr
+    tty = bool(getattr(stream, "isatty", lambda: False)())
     if enabled is None:
-        enabled = bool(getattr(stream, "isatty", lambda: False)())
+        enabled = tty
     if not enabled:
         return None
-    t0 = time.perf_counter()
-    last = [-1.0]
+    eta = Eta()
+    t0 = time.monotonic()
+    last = [-1.0, None]
 
-    def show(fraction: float) -> None:
-        now = time.perf_counter()
-        if fraction < 1 and now - last[0] < 0.5:
+    def show(p: float) -> None:
+        p = as_progress(p)
+        left = eta.update(p)
+        now = time.monotonic()
+        if p < 1 and now - last[0] < 0.5 and p.stage == last[1]:
             return
-        last[0] = now
-        elapsed = now - t0
-        left = f" · ~{elapsed * (1 - fraction) / fraction:.0f} s left" if fraction > 0 else ""
-        stream.write(f"\r{label}: {fraction:6.1%} · {elapsed:.0f} s elapsed{left}   ")
-        if fraction >= 1:
+        last[0], last[1] = now, p.stage
+        head = f"{label} · {p.stage}" if p.stage and p.stage != label else label
+        counts = f" · {p.counts()}" if p.unit else ""
+        text = f"{head}: {p:6.1%}{counts} · {format_seconds(now - t0)} elapsed"
+        if left is not None and p < 1:
+            text += f" · {left_text(left)}"
+        stream.write(f"\r\x1b[2K{text}" if tty else f"{text}\n")
+        if p >= 1 and tty:
             stream.write("\n")
         stream.flush()
     return show
+
+
+def progress_flag(p: argparse.ArgumentParser) -> None:
+    """--progress / --no-progress: progress with time left on stderr (default: when stderr is
+    a terminal). Ctrl-C stops any command with one line "cancelled" and exit code 130."""
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress and time left on stderr (default: when a terminal)")
 
 
 def add_common_json(p: argparse.ArgumentParser) -> None:
@@ -186,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
 
         check_cli_args(args.command, args)  # finite, in range: before anything is loaded
         result = args.func(args)
+    except (KeyboardInterrupt, Cancelled):  # Ctrl-C: one line, the shell's 128 + SIGINT
+        tty = sys.stderr.isatty()
+        print(f"{chr(10) if tty else ''}cancelled", file=sys.stderr)
+        return 130
     except (UserError, ValueError, FileNotFoundError, KeyError, RecursionError,
             MemoryError) as e:
         if isinstance(e, RecursionError):

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from estimators.cli import add_common_json
+from estimators.cli import add_common_json, progress_flag, progress_printer
 
 
 def register(sub) -> None:
@@ -31,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--hooks", nargs="+", default=None,
                    help="hooks whose activations are computed into the activation cache")
     p.add_argument("--device", default="cpu")
+    progress_flag(p)
     add_common_json(p)
     p.set_defaults(func=run_data)
 
@@ -70,7 +71,8 @@ def run_data(args) -> dict:
         loss = next_token_loss(lm.model, data.tokens)
         out["loss_nats"] = loss if math.isfinite(loss) else None
     if args.hooks:
-        acts = activation_cache.activations(lm.model, data, args.hooks)
+        acts = activation_cache.activations(lm.model, data, args.hooks, progress=progress_printer(
+            "data", getattr(args, "progress", None)))
         out["activations"] = {h: list(a.shape) for h, a in acts.items()}
         out["cache"] = {"dir": str(activation_cache.cache_dir()),
                         **activation_cache.stats().to_dict()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from estimators import conformance, model_info
-from estimators.cli import add_common_json
+from estimators.cli import add_common_json, progress_flag, progress_printer
 from estimators.loading import load_model, load_sae
 
 
@@ -16,6 +16,7 @@ def register(sub) -> None:
                         "hf:FOLDER[:COLUMN], options ,n=256,len=L,seed=1 (see estimators.data)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--hooks", action="store_true", help="list every hook point and its shape")
+    progress_flag(p)
     add_common_json(p)
     p.set_defaults(func=run_info)
 
@@ -36,7 +37,9 @@ def run_info(args) -> dict:
         # a zoo model's default: its generator, 256 sequences, seed 1
         from estimators.sae_stats import sae_quality_on_data
 
-        out["data"], out["sae"] = sae_quality_on_data(lm, sae, args.data or "zoo")
+        out["data"], out["sae"] = sae_quality_on_data(
+            lm, sae, args.data or "zoo",
+            progress=progress_printer("SAE quality", getattr(args, "progress", None)))
     elif args.data:  # no SAE: the data is still read and checked against the model
         from estimators.data import load_data
 

@@ -22,7 +22,7 @@ from estimators.loading import sae_hook_name
 
 
 def sae_quality_from_activations(sae, x: Float[Tensor, "batch pos *rest"],
-                                 memory_budget: int = 256 * 2 ** 20) -> dict:
+                                 memory_budget: int = 256 * 2 ** 20, *, progress=None) -> dict:
     """`sae_quality`'s statistics from activations already at hand (e.g. the activation cache).
 
     x: run_with_cache's activations at the SAE's hook, [batch, pos, *rest]; one activation is
@@ -34,7 +34,11 @@ def sae_quality_from_activations(sae, x: Float[Tensor, "batch pos *rest"],
     Returns hook, d_in, d_sae, sae_dtype, n_activations, explained_variance
     1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² (None with a note when the activations do not vary), mse per
     element, l0 (mean number of non-zero latents per position), dead_fraction (latents zero on
-    every position). Raises ValueError when the activations' width is not d_in."""
+    every position). Raises ValueError when the activations' width is not d_in.
+    progress: optional `estimators.progress` callback, called after each batch with
+    (positions done, n, "positions", "SAE statistics"); what it raises propagates."""
+    from estimators.progress import report
+
     d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
     rows = x.reshape(-1, *x.shape[2:]) if x.dim() > 2 else x
     if rows[0].numel() != d_in:
@@ -56,6 +60,7 @@ def sae_quality_from_activations(sae, x: Float[Tensor, "batch pos *rest"],
             active = z != 0
             l0 += float(active.sum(dtype=torch.float64))
             fired |= active.any(0)
+            report(progress, min(start + step, n), n, "positions", "SAE statistics")
     out = {"hook": sae_hook_name(sae), "d_in": d_in, "d_sae": d_sae,
            "sae_dtype": str(dt).replace("torch.", ""), "n_activations": n,
            "explained_variance": 1 - resid / total if total > 0 else None,
@@ -84,8 +89,8 @@ def sae_fingerprint(sae) -> str:
     return h.hexdigest()[:24]
 
 
-def sae_quality_on_data(loaded, sae, spec: str = "zoo", n: int = 256, seed: int = 1
-                        ) -> tuple[dict, dict]:
+def sae_quality_on_data(loaded, sae, spec: str = "zoo", n: int = 256, seed: int = 1, *,
+                        progress=None) -> tuple[dict, dict]:
     """(the data's description, SAE quality on it) for any model with data — what `info
     --data` prints and what the Model page should show.
 
@@ -93,6 +98,8 @@ def sae_quality_on_data(loaded, sae, spec: str = "zoo", n: int = 256, seed: int 
     unset n / seed default to 256 / 1 (the zoo default of earlier versions). Activations at the
     SAE's hook come from the shared activation cache; the statistics
     (`sae_quality_from_activations`) are memoised per (model, data, SAE) in-process.
+    progress: optional `estimators.progress` callback for both stages (activations, SAE
+    statistics); what it raises (e.g. `Cancelled`) propagates and nothing is memoised.
     Raises DataError / ValueError (one line)."""
     from estimators.activation_cache import activations
     from estimators.conformance import model_fingerprint
@@ -102,8 +109,9 @@ def sae_quality_on_data(loaded, sae, spec: str = "zoo", n: int = 256, seed: int 
     key = (model_fingerprint(loaded.model), data.fingerprint, sae_fingerprint(sae))
     if key not in _QUALITY_MEMO:
         hook = sae_hook_name(sae)
-        x = activations(loaded.model, data, [hook])[hook]
+        x = activations(loaded.model, data, [hook], progress=progress)[hook]
+        quality = sae_quality_from_activations(sae, x, progress=progress)
         if len(_QUALITY_MEMO) >= 64:
             _QUALITY_MEMO.clear()
-        _QUALITY_MEMO[key] = sae_quality_from_activations(sae, x)
+        _QUALITY_MEMO[key] = quality
     return data.to_dict(), dict(_QUALITY_MEMO[key])

@@ -84,6 +84,7 @@ run = b1.button("Run", type="primary", disabled=dist is None or not s.methods or
 b2.button("Stop", help="Stops a running job (any click reruns the page; so does leaving it)")
 if run and dist is not None:
     w.run(s, model, dist, sae, V_out, row_label)
+w.cancelled_line()
 
 res = st.session_state.get("tr_results")
 if res is not None:

@@ -271,9 +271,11 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
                       samples: int = 512, seed: int = 0, logits_position: int = -1,
                       max_logit_units: int = 1024, max_dim: int = 1024,
                       batch_size: int = 128, output_observations: torch.Tensor | None = None,
-                      units=None) -> Chain:
+                      units=None, *, progress=None) -> Chain:
     """Chain of a TransformerLens HookedTransformer on real inputs `tokens` [N, ctx].
 
+    progress: optional `estimators.progress` callback for the real activations' batches
+    (what it raises, e.g. `Cancelled`, propagates; nothing half-computed is cached).
     Refuses (conformance.EngineUnsupported, a ValueError with one line) a model on which the
     activation engine's conformance check fails (`estimators.activation.conformance`); the
     arguments are those of `build_transformer_chain`."""
@@ -284,7 +286,7 @@ def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = Non
         model, tokens, sites=sites, positions=positions, sae=sae, sae_max_units=sae_max_units,
         samples=samples, seed=seed, logits_position=logits_position,
         max_logit_units=max_logit_units, max_dim=max_dim, batch_size=batch_size,
-        output_observations=output_observations, units=units)
+        output_observations=output_observations, units=units, progress=progress)
 
 
 def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = None,
@@ -293,7 +295,7 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
                             logits_position: int = -1, max_logit_units: int = 1024,
                             max_dim: int = 1024, batch_size: int = 128,
                             output_observations: torch.Tensor | None = None,
-                            units=None) -> Chain:
+                            units=None, *, progress=None) -> Chain:
     """`transformer_chain` without the conformance check (the check itself builds chains with
     it). Chain of a TransformerLens HookedTransformer on real inputs `tokens` [N, ctx].
 
@@ -404,7 +406,7 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
         if sae_hook not in model.hook_dict:
             raise ValueError(f"the SAE reads hook {sae_hook!r}, which this model does not have")
         hooks_needed.add(sae_hook)
-    real_t = _real_activations(model, tokens, sorted(hooks_needed), mdtype, dev)
+    real_t = _real_activations(model, tokens, sorted(hooks_needed), mdtype, dev, progress)
     with torch.no_grad():
         logits_all = torch.cat([read_logits(model, real_t[resid_hooks[L]][s:s + batch_size,
                                                                           lpos:lpos + 1])[:, 0]
@@ -642,13 +644,13 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
                  info=info, n_inputs=N)
 
 
-def _real_activations(model, tokens: torch.Tensor, hooks: list[str], mdtype, dev
-                      ) -> dict[str, torch.Tensor]:
+def _real_activations(model, tokens: torch.Tensor, hooks: list[str], mdtype, dev,
+                      progress=None) -> dict[str, torch.Tensor]:
     """{hook: [N, ctx, ...]} real activations on `dev`, from the shared activation cache
     (computed once per model, tokens, hook and dtype; `estimators.activation_cache`)."""
     from estimators import activation_cache
 
-    acts = activation_cache.activations(model, tokens, hooks, dtype=mdtype)
+    acts = activation_cache.activations(model, tokens, hooks, dtype=mdtype, progress=progress)
     return {h: a.to(dev) for h, a in acts.items()}
 
 

@@ -39,7 +39,7 @@ from estimators.loading import read_json_file
 
 
 def register(subparsers) -> None:
-    from estimators.cli import add_common_json
+    from estimators.cli import add_common_json, progress_flag
 
     p = subparsers.add_parser(
         "propagate", help="activation model: propagate Gaussians under a covariance mask",
@@ -92,6 +92,7 @@ def register(subparsers) -> None:
     p.add_argument("--distance-method", choices=["auto", "ridge", "ledoit-wolf"],
                    default="auto", help="covariance of the real side of the joint KL/W2: "
                    "ridge λ·I, Ledoit-Wolf shrinkage, or auto (Ledoit-Wolf when N < dim)")
+    progress_flag(p)
     add_common_json(p)
     p.set_defaults(func=run_cli)
 
@@ -267,14 +268,23 @@ def build_chain(args):
     if data is not None:
         positions = args.positions or page_positions(lm, int(tokens.shape[1]))
         return transformer_chain(lm.model, tokens, sites=args.sites, positions=positions,
-                                 sae=sae, samples=args.samples, seed=args.seed, units=units)
+                                 sae=sae, samples=args.samples, seed=args.seed, units=units,
+                                 progress=_progress(args))
     if lm.kind != "zoo":
         raise ValueError("a non-zoo transformer needs real inputs: pass --data (tokens:FILE."
                          "json, text:PATH or hf:FOLDER)")
     positions = args.positions or page_positions(
         lm, int(lm.zoo_entry.sample(1, seed=0).tokens.shape[1]))
     return chain_for_zoo(lm, sae=sae, n_inputs=args.n_inputs, samples=args.samples,
-                         seed=args.seed, sites=args.sites, positions=positions, units=units)
+                         seed=args.seed, sites=args.sites, positions=positions, units=units,
+                         progress=_progress(args))
+
+
+def _progress(args):
+    """The stderr progress line of the chain build (real activations), or None (--progress)."""
+    from estimators.cli import progress_printer
+
+    return progress_printer("propagate", getattr(args, "progress", None))
 
 
 def _with_code(chain, args):
@@ -357,7 +367,7 @@ def run_cli(args) -> dict:
                       distance_method=args.distance_method)
     if args.search is not None:
         search = _search(args, prop)
-    res = prop.run()
+    res = prop.run(progress=_progress(args))
     if plan is not None:
         plan.run_seconds = time.perf_counter() - t_run
     out = res.to_dict()

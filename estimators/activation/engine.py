@@ -26,6 +26,7 @@ from estimators.activation.gaussian import MaskedGaussian, Moments, SiteDistance
 from estimators.activation.masks import CovarianceMask, SiteMask
 from estimators.activation.sites import Site
 from estimators.estimate import Cost
+from estimators.progress import report
 from estimators.surprise import SurpriseBreakdown, mdl_bits_per_parameter
 
 # Rows (candidates × K samples) per batched pass of `Propagator.surprise_of_site_masks`. On the
@@ -210,7 +211,10 @@ class Propagator:
         self._stale_masks.discard(i)
         del s
 
-    def run(self) -> PropagationResult:
+    def run(self, *, progress=None) -> PropagationResult:
+        """Propagate what is stale. progress: optional `estimators.progress` callback after each
+        transition step ("steps", stage "propagation"); what it raises propagates, and the steps
+        not yet run stay stale (a later run() redoes them)."""
         t0 = time.perf_counter()
         recomputed: list[str] = []
         with torch.no_grad():
@@ -230,6 +234,9 @@ class Propagator:
                         recomputed.append(self.chain.sites[c].name)
                     self._step_flops[j] = step.flops(self._masked[step.parent])
                     self._step_seconds[j] = time.perf_counter() - ts
+                    if progress is not None:
+                        report(progress, j + 1 - self._stale_from,
+                               len(self.chain.steps) - self._stale_from, "steps", "propagation")
                 self._stale_from = None
             for i in sorted(self._stale_masks):
                 self._remask(i)

@@ -19,8 +19,9 @@ the JSON says which ran and why (`engine`, `engine_reason`). `scrub-search` also
 from __future__ import annotations
 
 
-from estimators.cli import UserError, add_common_json
+from estimators.cli import UserError, add_common_json, progress_flag, progress_printer
 from estimators.loading import read_json_file
+from estimators.progress import Progress
 
 
 def _load_partition(path: str):
@@ -90,7 +91,8 @@ def run_scrub(args) -> dict:
         partition = _load_partition(args.partition)
     else:
         partition = references.get(loaded.name, args.reference).partition
-    [res] = scrubber.evaluate([partition])
+    [res] = scrubber.evaluate([partition], progress=progress_printer(
+        "scrub", getattr(args, "progress", None)))
     out = {"model": loaded.name, "n": len(data), "seed": args.seed,
            "partition_hash": partition.hash, "engine": scrubber.ENGINE,
            "engine_reason": scrubber.engine_choice.reason,
@@ -143,7 +145,10 @@ def run_search(args) -> dict:
     from estimators.scrubbing.search import greedy_search
 
     loaded, data, scrubber = _setup(args)
-    steps = greedy_search(scrubber, unit=args.unit, max_steps=args.steps)
+    show = progress_printer("scrub-search", getattr(args, "progress", None))
+    steps = greedy_search(scrubber, unit=args.unit, max_steps=args.steps,
+                          progress=None if show is None else
+                          lambda i, k, _step: show(Progress(i, k, "steps", "greedy search")))
     return {"model": loaded.name, "n": len(data), "seed": args.seed,
             "engine": scrubber.ENGINE, "engine_reason": scrubber.engine_choice.reason,
             "unit": args.unit, "steps": [s.to_dict() for s in steps],
@@ -167,6 +172,7 @@ def _common(p):
                    help="treeified paths, patched edges (any model size; single-edge and "
                         "whole-node patterns), or auto: treeified when the model's paths can "
                         "be enumerated (at most 200,000), else edges")
+    progress_flag(p)
     add_common_json(p)
 
 

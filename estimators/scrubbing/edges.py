@@ -621,8 +621,10 @@ class EdgeScrubber(_scrubber_class()):
         return int(max(1, min(self.max_partitions, fits)))
 
     @torch.no_grad()
-    def scrubbed_losses(self, partitions, reference=None, should_stop=None):
-        """Per-example scrubbed losses [n_partitions, n_ref] and diagnostics."""
+    def scrubbed_losses(self, partitions, reference=None, should_stop=None, *, progress=None):
+        """Per-example scrubbed losses [n_partitions, n_ref] and diagnostics; `progress` as in
+        `Scrubber.scrubbed_losses`."""
+        from estimators.progress import report
         from estimators.scrubbing.evaluate import take
 
         reference = reference or self.data
@@ -670,6 +672,9 @@ class EdgeScrubber(_scrubber_class()):
                 out[g0:g0 + len(group), sl] = torch.stack(
                     [reference.loss_fn(logits[j], ref_dev) for j in range(len(group))]
                 ).float().cpu()
+                report(progress, g0 * len(reference) + len(group) * min(
+                    a + self.batch_size, len(reference)), len(partitions) * len(reference),
+                    "examples scored", "scrubbing")
             if base:
                 self._keep_baseline(reference, (torch.cat(orig), torch.cat(rand)))
         return out, diag
@@ -685,20 +690,21 @@ class EdgeScrubber(_scrubber_class()):
         check_grouped_kv(self.graph, a)
         return a
 
-    def evaluate(self, partitions, reference=None, should_stop=None):
+    def evaluate(self, partitions, reference=None, should_stop=None, *, progress=None):
         """As `Scrubber.evaluate`; the first pass's clean real and rest runs also give the
         original and all-resampled losses (the same `model(tokens)` passes, bit for bit), so a
         first hypothesis costs no separate baseline passes."""
         reference = reference or self.data
         if partitions and not self._has_baseline(reference):
             t0 = time.perf_counter()
-            scrubbed, diag = self.scrubbed_losses(partitions, reference, should_stop)
+            scrubbed, diag = self.scrubbed_losses(partitions, reference, should_stop,
+                                                  progress=progress)
             orig, rand = self.baseline_losses(reference)  # cached by the pass
             seconds = time.perf_counter() - t0
             return [self._result(p, orig, scrubbed[i], rand, dict(
                 diag, seconds=seconds, n=len(reference), seed=self.seed,
                 source=reference.source)) for i, p in enumerate(partitions)]
-        return super().evaluate(partitions, reference, should_stop)
+        return super().evaluate(partitions, reference, should_stop, progress=progress)
 
     def surprise(self, partition, orig, scrubbed):
         from estimators.surprise import LN2, SurpriseBreakdown, mdl_bits_per_parameter

@@ -32,6 +32,7 @@ import torch
 
 from estimators import conformance
 from estimators.device import resolve_device
+from estimators.progress import report
 from estimators.scrubbing.partition import IMPORTANT, REST, PathPartition
 from estimators.scrubbing.paths import PathGraph
 from estimators.scrubbing.sampling import draw_matched, draw_uniform, feature_values
@@ -301,6 +302,11 @@ class Scrubber:
         logits = self.model(tokens.to(self.device), return_type="logits")
         return loss_fn(logits, ref.to(self.device)).float().cpu()
 
+    def has_baseline(self, reference: ScrubData | None = None) -> bool:
+        """Whether `baseline_losses(reference)` costs no forward pass (held by this scrubber or
+        in the shared store, which this call then reads)."""
+        return self._stored_baseline(reference or self.data) is not None
+
     def baseline_key(self, reference: ScrubData) -> dict:
         """What the baseline losses depend on, the key of the shared disk store
         (`estimators.activation_cache.cached_tensors`): the model's fingerprint (config,
@@ -350,12 +356,14 @@ class Scrubber:
         activation_cache.store_tensors("scrub-baseline", self.baseline_key(reference),
                                        {"original": out[0], "random": out[1]})
 
-    def baseline_losses(self, reference: ScrubData | None = None
+    def baseline_losses(self, reference: ScrubData | None = None, *, progress=None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example (original, all-resampled) losses [n_ref] each, in nats, on the reference
         set: from this scrubber, else from the shared store (`baseline_key`: a second session
         or CLI run on the same model, data, seed and N reads them from disk), else computed
-        (two forward passes per batch) and stored."""
+        (two forward passes per batch) and stored. `progress` (estimators.progress) is called
+        after each batch (examples, stage "baseline"); what it raises propagates and nothing is
+        stored."""
         reference = reference or self.data
         hit = self._stored_baseline(reference)
         if hit is not None:
@@ -368,6 +376,8 @@ class Scrubber:
             orig.append(self._model_loss(ref.tokens, ref, reference.loss_fn))
             rand.append(self._model_loss(self.data.batch.tokens[rest[sl]], ref,
                                          reference.loss_fn))
+            report(progress, min(a + self.batch_size, len(reference)), len(reference),
+                   "examples", "baseline")
         out = torch.cat(orig), torch.cat(rand)
         self._keep_baseline(reference, out)
         return out
@@ -375,9 +385,10 @@ class Scrubber:
     @torch.no_grad()
     def scrubbed_losses(self, partitions: list[PathPartition],
                         reference: ScrubData | None = None,
-                        should_stop: Callable[[], bool] | None = None
+                        should_stop: Callable[[], bool] | None = None, *, progress=None
                         ) -> tuple[torch.Tensor, dict]:
-        """Per-example scrubbed losses [n_partitions, n_ref] and diagnostics."""
+        """Per-example scrubbed losses [n_partitions, n_ref] and diagnostics. `progress` is
+        called after each pass with (hypothesis-examples scored, n_partitions·n_ref)."""
         reference = reference or self.data
         assignments = [self.assign(p) for p in partitions]
         out = torch.empty(len(partitions), len(reference))
@@ -405,6 +416,8 @@ class Scrubber:
                 losses = torch.stack([reference.loss_fn(logits[j], ref_dev) for j in
                                       range(len(group))]).float().cpu()
                 out[g0:g0 + len(group), sl] = losses
+                report(progress, g0 * len(reference) + len(group) * min(a + step, len(reference)),
+                       len(partitions) * len(reference), "examples scored", "scrubbing")
         return out, diag
 
     def examples_per_pass(self, width: int) -> int:
@@ -419,11 +432,13 @@ class Scrubber:
         return int(max(1, min(self.batch_size, fits)))
 
     def evaluate(self, partitions: list[PathPartition], reference: ScrubData | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> list[ScrubResult]:
+                 should_stop: Callable[[], bool] | None = None, *, progress=None
+                 ) -> list[ScrubResult]:
         reference = reference or self.data
         t0 = time.perf_counter()
-        orig, rand = self.baseline_losses(reference)
-        scrubbed, diag = self.scrubbed_losses(partitions, reference, should_stop)
+        orig, rand = self.baseline_losses(reference, progress=progress)
+        scrubbed, diag = self.scrubbed_losses(partitions, reference, should_stop,
+                                              progress=progress)
         seconds = time.perf_counter() - t0
         results = []
         for i, p in enumerate(partitions):

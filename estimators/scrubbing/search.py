@@ -146,13 +146,16 @@ def greedy_search(scrubber: Scrubber, candidates: list[str] | None = None, unit:
                   max_steps: int = 10, start: PathPartition | None = None,
                   progress: Callable[[int, int, SearchStep], None] | None = None,
                   should_stop: Callable[[], bool] | None = None,
-                  features: list[str] | None = None, verify_best: bool = True) -> SearchSteps:
+                  features: list[str] | None = None, verify_best: bool = True, *,
+                  batch_progress=None) -> SearchSteps:
     """The accepted steps, first the starting partition (step 0); each lowers total bits.
     A `SearchSteps` (a list) with `stop_reason` and, with `verify_best`, `verified_total_bits`.
 
     Works with either engine (module docstring). `features`: resampling features whose matched
     blocks the search may grow (None: ["label"] when the scrubber's data has labels, else
-    none). Raises ValueError for a negative max_steps or an unknown unit, PathError for a
+    none). `batch_progress`: an `estimators.progress` callback passed to each step's
+    evaluation (the candidates' passes, "examples scored"); what it raises (e.g. `Cancelled`)
+    propagates. Raises ValueError for a negative max_steps or an unknown unit, PathError for a
     candidate or start the engine cannot express."""
     if max_steps < 0:
         raise ValueError("max_steps must be ≥ 0")
@@ -164,7 +167,8 @@ def greedy_search(scrubber: Scrubber, candidates: list[str] | None = None, unit:
     if candidates is None and "*" not in pool:
         pool.append("*")
     matches = {c: g.match_required(c) for c in pool}
-    [best] = scrubber.evaluate([current])  # always scored, so a stopped search has a result
+    # always scored, so a stopped search has a result
+    [best] = scrubber.evaluate([current], progress=batch_progress)
     steps = SearchSteps([SearchStep(0, None, best)])
     steps.stop_reason = f"reached the step limit ({max_steps})"
     if progress:
@@ -180,7 +184,7 @@ def greedy_search(scrubber: Scrubber, candidates: list[str] | None = None, unit:
             break
         parts = [p.with_name(f"greedy step {step}") for _, p in moves]
         try:
-            results = scrubber.evaluate(parts, should_stop=should_stop)
+            results = scrubber.evaluate(parts, should_stop=should_stop, progress=batch_progress)
         except InterruptedError:
             steps.stop_reason = "cancelled"
             break

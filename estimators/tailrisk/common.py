@@ -15,6 +15,10 @@ from typing import Any, Callable
 
 import torch
 
+# Cancelled: raised by a progress callback to stop a run (the page's Cancel, the CLI's Ctrl-C);
+# one class for every long step, re-exported here for the tail-risk callers.
+from estimators.progress import Cancelled, Progress  # noqa: F401
+
 ProgressFn = Callable[[float], None]
 
 FORWARD_CALLS = 1
@@ -22,10 +26,6 @@ FORWARD_BACKWARD_CALLS = 2
 CALLS_CONVENTION = ("1 call = one input's forward pass, a backward pass = 1 more call; "
                     "samples = inputs evaluated (with gradient: 2 calls each; the literature "
                     "counts one forward+backward as one sample)")
-
-
-class Cancelled(Exception):
-    """Raised by a progress callback to stop a run (the page does this on Stop)."""
 
 
 @dataclass
@@ -75,9 +75,13 @@ class Clock:
         return time.perf_counter() - self.t0
 
 
-def report(progress: ProgressFn | None, fraction: float) -> None:
+def report(progress: ProgressFn | None, fraction: float, done: float | None = None,
+           total: float | None = None, unit: str = "calls", stage: str = "") -> None:
+    """Call `progress` with an `estimators.progress.Progress` (a float fraction in [0, 1] that
+    also carries done/total/unit/stage when given, else the bare fraction)."""
     if progress is not None:
-        progress(min(max(fraction, 0.0), 1.0))
+        progress(Progress(done, total, unit, stage) if done is not None and total
+                 else Progress.of_fraction(fraction, stage))
 
 
 def batches(total: int, size: int):

@@ -106,7 +106,7 @@ def exact(model, dist: InputDistribution, behaviour: Behaviour, chunk: int = 819
     for start, m in batches(total, chunk):
         part = _weighted_term(model, dist, behaviour, start, m, dev)
         acc = part if acc is None else acc + part
-        report(progress, (start + m) / total)
+        report(progress, (start + m) / total, start + m, total, "inputs", "ground truth")
     return acc.cpu()
 
 
@@ -125,7 +125,7 @@ def sampled(model, dist: InputDistribution, behaviour: Behaviour, n: int, seed: 
             v, _ = behaviour.evaluate(model, x)
             part = v.sum()
         acc = part if acc is None else acc + part
-        report(progress, (start + m) / n)
+        report(progress, (start + m) / n, start + m, n, "samples", "ground truth")
     acc = acc.cpu()
     return acc / n, acc
 

@@ -156,7 +156,8 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
         # update only after this batch is weighted: later batches see it, this one did not
         ema = config.ema_decay * ema + (1 - config.ema_decay) * grad.double().mean(0).cpu()
         updates += 1
-        report(progress, (start + m) / n)
+        report(progress, (start + m) / n, (start + m) * FORWARD_BACKWARD_CALLS,
+               n * FORWARD_BACKWARD_CALLS, "calls", "ITGIS")
     w = torch.cat(weighted)
     value = float(w.mean())
     interval = normal_interval(w, config.confidence, upper_clip=1.0)

@@ -45,7 +45,7 @@ def estimate_mc(model, dist: InputDistribution, behaviour: Behaviour, config: MC
         x = dist.sample(m, gen, dev)
         v, _ = behaviour.evaluate(model, x)
         values.append(v.cpu())
-        report(progress, (start + m) / n)
+        report(progress, (start + m) / n, start + m, n, "calls", "Monte Carlo")
     v = torch.cat(values)
     est = float(v.mean())
     if behaviour.is_indicator:

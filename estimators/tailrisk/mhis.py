@@ -124,7 +124,7 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
             gap = float(hits.mean()) - ess / hits.numel()
             log_t = math.log(T) + gap / math.sqrt(step + 1)
             T = math.exp(min(max(log_t, log_t_lo), log_t_hi))
-        report(progress, (step + 1) / steps)
+        report(progress, (step + 1) / steps, step + 1, steps, "steps", "MHIS")
     vv = torch.cat(kept_v).double()
     ss = torch.cat(kept_s).double()
     log_den = torch.logsumexp(-ss / T, 0)

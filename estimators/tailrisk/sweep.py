@@ -402,7 +402,7 @@ def format_table(summary: dict) -> str:
 # ------------------------------------------------------------------------------------- CLI
 
 def register(subparsers) -> None:
-    from estimators.cli import add_common_json
+    from estimators.cli import add_common_json, progress_flag
     from estimators.distributed import add_backend_args
 
     p = subparsers.add_parser(
@@ -416,17 +416,20 @@ def register(subparsers) -> None:
     p.add_argument("--max-cells", type=int, default=None,
                    help="stop after this many new cells (re-run to continue)")
     add_backend_args(p)
+    progress_flag(p)
     add_common_json(p)
     p.set_defaults(func=run_sweep_cli)
 
 
 def run_sweep_cli(args):
+    from estimators.cli import progress_printer
     from estimators.distributed import backend_from_args
 
     if args.max_cells is not None and args.max_cells < 0:
         raise SweepError("--max-cells must be ≥ 0")
     spec = read_spec(args.spec)
     with backend_from_args(args) as backend:
-        summary = run_sweep(spec, args.out, backend, max_cells=args.max_cells)
+        summary = run_sweep(spec, args.out, backend, max_cells=args.max_cells,
+                            progress=progress_printer("sweep", getattr(args, "progress", None)))
     summary.pop("records")
     return summary if args.json else format_table(summary)
