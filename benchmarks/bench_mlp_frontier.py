@@ -37,6 +37,56 @@ def rel_mse(est, truth, var) -> float:
     return float((((est - truth) ** 2) / var).mean())
 
 
+@torch.no_grad()
+def sampled_truth(mlp, n: int, seed: int, batch: int = 16384) -> dict:
+    """E[mlp(x)], x ~ N(0, I), from n samples with the hybrid's control variates (g, the
+    radial r; `hybrid._control`), forward passes in float32 and sums in float64. Returns
+    {"mean", "var" (Var f per output), "noise" (each output's estimator variance), "samples",
+    "variance_reduction"} as lists."""
+    from estimators.activation.hybrid import _control, mlp_act
+
+    d = mlp.widths[0]
+    C, e1, _ = _control(mlp, torch.zeros(d, dtype=D), torch.eye(d, dtype=D))
+    Ws = [(l.weight.float(), l.bias.float()) for l in mlp.layers]
+    C32, e32 = C.float(), e1.float()
+    g = torch.Generator().manual_seed(int(seed))
+    names = ("f", "g", "ff", "gg", "fg", "fr", "gr")
+    acc = {k: torch.zeros(C.shape[0], dtype=D) for k in names}
+    sr = srr = 0.0
+    done = 0
+    while done < n:
+        b = min(batch, n - done)
+        z = torch.randn(b, d, generator=g)
+        r = (z * z).sum(1) - d
+        y = z
+        for i, (W, bias) in enumerate(Ws):
+            y = torch.addmm(bias, y, W.T)
+            if i < len(Ws) - 1:
+                y = mlp_act(y, mlp.activation)
+            if i == 0:
+                gv = (y - e32) @ C32.T
+        f, gv, r = y.double(), gv.double(), r.double()
+        for k, val in (("f", f), ("g", gv), ("ff", f * f), ("gg", gv * gv), ("fg", f * gv),
+                       ("fr", f * r[:, None]), ("gr", gv * r[:, None])):
+            acc[k] += val.sum(0)
+        sr += float(r.sum())
+        srr += float((r * r).sum())
+        done += b
+    acc["r"], acc["rr"] = sr, srr
+    from estimators.activation.hybrid import _regress
+
+    mu, v, vr, _, _ = _regress(acc, n)
+    return {"mean": mu.tolist(), "var": acc["var_f"].tolist(), "noise": v.tolist(),
+            "samples": n, "variance_reduction": float(vr.mean())}
+
+
+def load_truth(path, w: int, depth: int, seed: int) -> dict | None:
+    """A cached truth for (width, depth, seed) from `--truth-cache`, or None."""
+    if not path or not Path(path).exists():
+        return None
+    return json.loads(Path(path).read_text()).get(f"{w}x{depth}s{seed}")
+
+
 def run(args) -> dict:
     from estimators.activation.cumulants import propagate_mlp
     from estimators.activation.hybrid import hybrid_estimate, per_sample_flops

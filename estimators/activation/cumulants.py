@@ -115,8 +115,10 @@ def edgeworth(row: list[torch.Tensor], k: int, s, q, K: int) -> torch.Tensor:
     out = row[k]
     if K >= 3 and s is not None:
         out = out + s / 6 * row[k + 3]
-    if K >= 4 and q is not None:
-        out = out + q / 24 * row[k + 4] + s * s / 72 * row[k + 6]
+    if K >= 3 and q is not None:
+        out = out + q / 24 * row[k + 4]
+    if K >= 4 and s is not None:
+        out = out + s * s / 72 * row[k + 6]
     return out
 
 
@@ -182,6 +184,7 @@ class State:
     k3: ThirdCumulant | None = None
     k3_diag: torch.Tensor | None = None
     k4_diag: torch.Tensor | None = None
+    k4_pair: torch.Tensor | None = None  # [n, n], zero diagonal: κ₄_iijj (K ≥ 3, dense path)
     k4_origins: list | None = None
     k4_maps: list | None = None  # pre-activation: M = W·G per origin (of k4_origins)
 
@@ -198,9 +201,9 @@ class _Origin:
     a3: torch.Tensor
     dvar: torch.Tensor
     d2var: torch.Tensor
-    d4: torch.Tensor
+    d4: torch.Tensor | None
     s31: torch.Tensor
-    s22: torch.Tensor
+    s22: torch.Tensor | None
     off: torch.Tensor
     G: torch.Tensor | None = None
 
@@ -214,9 +217,11 @@ def _tree_q(M: torch.Tensor, o: _Origin) -> tuple[torch.Tensor, float]:
     Gaussian z (Stein)."""
     n_out, n_in = M.shape
     M2 = M * M
-    q = (M2 * M2) @ o.d4
-    q = q + 4 * ((M2 * M) * (M @ o.s31.T)).sum(1)
-    q = q + 3 * ((M2 @ o.s22) * M2).sum(1)
+    q = 4 * ((M2 * M) * (M @ o.s31.T)).sum(1)
+    if o.d4 is not None:
+        q = q + (M2 * M2) @ o.d4
+    if o.s22 is not None:
+        q = q + 3 * ((M2 @ o.s22) * M2).sum(1)
     P = (M * o.a1) @ o.off
     Q = (M2 * o.dvar) @ o.off
     off2 = o.off * o.off
@@ -264,7 +269,7 @@ def linear_state(x: State, W: torch.Tensor, b: torch.Tensor | None, K: int, diag
             st.k3_diag = (W2 * W) @ x.k3_diag
             f.matmul += 2.0 * n_out * n_in
             f.elementwise += n_out * n_in
-        if K >= 4 and x.k4_diag is not None:
+        if K >= 3 and x.k4_diag is not None:
             st.k4_diag = (W2 * W2) @ x.k4_diag
             f.matmul += 2.0 * n_out * n_in
             f.elementwise += n_out * n_in
@@ -289,23 +294,51 @@ def linear_state(x: State, W: torch.Tensor, b: torch.Tensor | None, K: int, diag
             f.elementwise += 3.0 * n_out * st.k3.rank
         else:
             st.k3_diag = torch.zeros_like(mean)
+        q, st.k4_pair, fl = _fourth_pairs(W, W2, x.k4_pair, x.k4_diag, want_cov)
+        f.matmul += fl
+        st.k4_diag = q
     if K >= 4:
-        q = torch.zeros_like(mean)
         st.k4_maps = []
         for o in x.k4_origins or []:
             M = W if o.G is None else W @ o.G
             if o.G is not None:
                 f.matmul += 2.0 * n_out * n_in * o.G.shape[1]
             dq, fl = _tree_q(M, o)
-            q = q + dq
+            st.k4_diag = dq if st.k4_diag is None else st.k4_diag + dq
             f.matmul += fl
             st.k4_maps.append(M)
         st.k4_origins = x.k4_origins
-        if not x.k4_origins and x.k4_diag is not None:
-            q = q + (W2 * W2) @ x.k4_diag
-            f.matmul += 2.0 * n_out * n_in
-        st.k4_diag = q
     return st, f
+
+
+def _fourth_pairs(W, W2, S, d4, want_pairs: bool):
+    """The fourth cumulants of z = W x tracked exactly from x's single-vertex (κ₄_aaaa = d4)
+    and two-vertex (κ₄_aabb = S_ab, a ≠ b) slices: the marginal
+    q_i = Σ_a W_ia⁴ d4_a + 3 Σ_{a≠b} W_ia² W_ib² S_ab and, when want_pairs, the slice
+    Q_ij = κ₄(z)_iijj (i ≠ j) ≈ Σ_{a≠b} W_ia² W_jb² S_ab + Σ_a W_ia² W_ja² d4_a (the two
+    cross pairings 2·Σ W_ia W_ja W_ib W_jb S_ab, of relative size 1/width, are dropped).
+    Returns (q [n_out] or None, Q [n_out, n_out] or None, matmul FLOPs)."""
+    n_out, n_in = W.shape
+    if S is None and d4 is None:
+        return None, None, 0.0
+    flops = 0.0
+    A = torch.zeros(n_in, n_in, dtype=W.dtype, device=W.device) if S is None else S
+    if d4 is not None:
+        A = A + torch.diag(d4)
+    P = W2 @ A
+    flops += 2.0 * n_out * n_in * n_in
+    W4d = (W2 * W2) @ d4 if d4 is not None else 0.0
+    if d4 is not None:
+        flops += 2.0 * n_out * n_in
+    if not want_pairs:
+        q = 3 * (P * W2).sum(1) - 2 * W4d
+        return q, None, flops + 2.0 * n_out * n_in
+    Qf = P @ W2.T
+    flops += 2.0 * n_out * n_in * n_out
+    q = 3 * torch.diagonal(Qf) - 2 * W4d
+    eye = torch.eye(n_out, dtype=W.dtype, device=W.device)
+    Q = 0.5 * (Qf + Qf.T) * (1 - eye)
+    return q, Q, flops
 
 
 def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
@@ -314,9 +347,9 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
     only (the last hidden layer when only the output mean is read)."""
     n = z.mean.shape[0]
     s = z.k3_diag if K >= 3 else None
-    q = z.k4_diag if K >= 4 else None
-    extra = 0 if K == 2 else (3 if K == 3 else 6)
-    pmax = 2 if K == 2 else K
+    q = z.k4_diag if K >= 3 else None
+    extra = 0 if K == 2 else (4 if K == 3 else 6)
+    pmax = 2 if K == 2 else 4
     V = vertex_table(z.mean, z.var.clamp_min(0), act, pmax, max(order, 2) + extra + 1)
     f = Flops(elementwise=float(n * pmax * (order + extra + 2) * 4))
     E = [None] + [edgeworth(V[p], 0, s, q, K) for p in range(1, pmax + 1)]
@@ -325,12 +358,12 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
     x = State(mean, var)
     if K >= 3:
         x.k3_diag = E[3] - 3 * E[2] * E[1] + 2 * E[1] ** 3
-    if K >= 4:
+    if K >= 3:
         x.k4_diag = E[4] - 4 * E[3] * E[1] - 3 * E[2] ** 2 + 12 * E[2] * E[1] ** 2 \
             - 6 * E[1] ** 4
     if diagonal or not want_cov:
         return x, f
-    a = [edgeworth(V[1], k, s, q, K) for k in range(order + 1)]  # ã_0..ã_H
+    a, c1, c2 = _links(V, E, s, q, K, order)
     Sig = z.cov
     eye = torch.eye(n, dtype=Sig.dtype, device=Sig.device)
     off = Sig * (1 - eye)
@@ -349,40 +382,74 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
         f.elementwise += 6.0 * n * n
     else:
         K3 = None
+    Q = z.k4_pair if K >= 3 else None
+    if Q is not None:
+        cov = cov + 0.25 * Q * torch.outer(a[2], a[2])
+        f.elementwise += 4.0 * n * n
     cov = cov * (1 - eye) + torch.diag(var)
     x.cov = 0.5 * (cov + cov.T)
     if K >= 3:
-        x.k3, fl = _post_third(z, V, a, E, s, q, K, off, K3, x.k3_diag)
+        x.k3, fl = _post_third(z, a, c1, c2, s, off, K3, x.k3_diag, Q)
         f.elementwise += fl
+        x.k4_pair = _post_pairs(c1, c2, off, K3, Q, x.cov)
+        f.elementwise += 20.0 * n * n
     if K >= 4:
-        x.k4_origins = _origins(z, V, a, E, s, q, K, off, x)
+        x.k4_origins = _origins(z, V, a, c1, c2, E, s, q, K, off)
         f.elementwise += 20.0 * n * n
     return x, f
 
 
-def _origins(z: State, V, a, E, s, q, K, off, x: State) -> list[_Origin]:
+def _links(V, E, s, q, K: int, order: int):
+    """The coefficients of the terms that link two or more units: ã_k = E[φ^(k)] (k = 0..H)
+    and c_k = E[(φ²)^(k)] − 2E[φ]E[φ^(k)] (k = 1, 2). At K = 3 they are Gaussian expectations
+    at the unit's mean and variance: a marginal third or fourth cumulant on a linked unit is a
+    term of the next order (a single-vertex block of cost 2 beside an edge of cost 1 in the
+    power counting of ARC's cumulant propagation, whose K = 3 keeps diagrams of total cost ≤ 2);
+    keeping it alone, without the other terms of that order, measured worse. At K = 4 they are
+    the Edgeworth-corrected expectations (`edgeworth`)."""
+    if K >= 4:
+        a = [edgeworth(V[1], k, s, q, K) for k in range(order + 1)]
+        m, e21, e22 = E[1], edgeworth(V[2], 1, s, q, K), edgeworth(V[2], 2, s, q, K)
+    else:
+        a = [V[1][k] for k in range(order + 1)]
+        m, e21, e22 = V[1][0], V[2][1], V[2][2]
+    return a, e21 - 2 * m * a[1], e22 - 2 * m * a[2]
+
+
+def _post_pairs(c1, c2, off, K3, Q, cov):
+    """κ₄(x)_aabb (a ≠ b) of x = φ(z): κ(X,X,Y,Y) = Cov(X², Y²) − 2E[Y]Cov(X², Y) −
+    2E[X]Cov(X, Y²) + 4E[X]E[Y]Cov(X, Y) − 2Cov(X, Y)², each mixed moment to first order in
+    the pre-activation's joint cumulants that link a and b (the edge Σ_ab, and to second order
+    in it; the third-cumulant slices κ₃_aab, κ₃_abb; the fourth-cumulant slice κ₄_aabb), which
+    factorises as Σ_ab c₁c₁ + ½Σ_ab² c₂c₂ + ½κ₃_aab c₂c₁ + ½κ₃_abb c₁c₂ + ¼κ₄_aabb c₂c₂ −
+    2Cov², c_k = E[(φ²)^(k)] − 2E[φ]E[φ^(k)] (`_links`)."""
+    n = off.shape[0]
+    eye = torch.eye(n, dtype=off.dtype, device=off.device)
+    cov_off = cov * (1 - eye)
+    S = off * torch.outer(c1, c1) + 0.5 * off * off * torch.outer(c2, c2) - 2 * cov_off ** 2
+    if K3 is not None:
+        S = S + 0.5 * K3 * torch.outer(c2, c1) + 0.5 * K3.T * torch.outer(c1, c2)
+    if Q is not None:
+        S = S + 0.25 * Q * torch.outer(c2, c2)
+    return S * (1 - eye)
+
+
+def _origins(z: State, V, a, c1, c2, E, s, q, K, off) -> list[_Origin]:
     """The K = 4 origins after an activation: the older ones pushed through x ≈ ã_1·z, and this
-    layer's own (κ₄_aaab ≈ Σ_ab ã_1(b)∂_μκ₃(x_a), first order; κ₄_aabb = Cov(X², Y²) −
-    2E[Y]Cov(X², Y) − 2E[X]Cov(X, Y²) + 4E[X]E[Y]Cov(X, Y) − 2Cov(X, Y)², each covariance by
-    the series to second order in Σ_ab)."""
+    layer's own (κ₄_aaab ≈ Σ_ab ã_1(b)∂_μκ₃(x_a), first order, and the multi-vertex trees; the
+    κ₄_aaaa and κ₄_aabb slices travel exactly in `State.k4_diag` / `k4_pair`)."""
     out = [_Origin(**{**o.__dict__, "G": a[1].unsqueeze(1) * M})
            for o, M in zip(z.k4_origins or [], z.k4_maps or [])]
     D = [None] + [edgeworth(V[p], 1, s, q, K) for p in range(1, 4)]
     dk3 = D[3] - 3 * (D[2] * E[1] + E[2] * D[1]) + 6 * E[1] ** 2 * D[1]
-    c1 = edgeworth(V[2], 1, s, q, K) - 2 * E[1] * a[1]
-    c2 = edgeworth(V[2], 2, s, q, K) - 2 * E[1] * a[2]
     d2var = c2 - 2 * a[1] ** 2
-    eye = torch.eye(off.shape[0], dtype=off.dtype, device=off.device)
-    cov_off = x.cov * (1 - eye)
-    s22 = off * torch.outer(c1, c1) + 0.5 * off * off * torch.outer(c2, c2) \
-        - 2 * cov_off * cov_off
     a3 = a[3] if len(a) > 3 else edgeworth(V[1], 3, s, q, K)
-    out.append(_Origin(a[1], a[2], a3, c1, d2var, x.k4_diag, off * torch.outer(dk3, a[1]),
-                       s22, off))
+    out.append(_Origin(a[1], a[2], a3, c1, d2var, None, off * torch.outer(dk3, a[1]),
+                       None, off))
     return out
 
 
-def _post_third(z: State, V, a, E, s, q, K, off, K3, t) -> tuple[ThirdCumulant, float]:
+def _post_third(z: State, a, c1, c2, s, off, K3, t, Q=None) -> tuple[ThirdCumulant, float]:
     """κ₃ of x = φ(z) in pair form with repeated-index corrections d, R (module docstring)."""
     n = z.mean.shape[0]
     a1, a2 = a[1], a[2]
@@ -396,14 +463,14 @@ def _post_third(z: State, V, a, E, s, q, K, off, K3, t) -> tuple[ThirdCumulant, 
     # corrections at repeated indices
     zero_s = s if s is not None else torch.zeros_like(a1)
     d = t - a1 ** 3 * zero_s
-    c1 = edgeworth(V[2], 1, s, q, K) - 2 * E[1] * a1
-    c2 = edgeworth(V[2], 2, s, q, K) - 2 * E[1] * a2
     off2 = off * off
     true_iij = off * torch.outer(c1, a1) + 0.5 * off2 * torch.outer(c2, a2)
     pair_iij = off2 * torch.outer(a1 ** 2, a2)
     if K3 is not None:
         true_iij = true_iij + 0.5 * K3 * torch.outer(c2, a1) + 0.5 * K3.T * torch.outer(c1, a2)
         pair_iij = pair_iij + K3 * torch.outer(a1 ** 2, a1)
+    if Q is not None:  # a κ₄_iijj block: ¼κ₄_iijj·c₂(i)·ã₂(j)
+        true_iij = true_iij + 0.25 * Q * torch.outer(c2, a2)
     eye = torch.eye(n, dtype=off.dtype, device=off.device)
     R = (true_iij - pair_iij) * (1 - eye)
     pairs.d, pairs.R = d, R
@@ -451,8 +518,7 @@ def propagate_mlp(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, cumula
     x = State(mean, torch.diagonal(cov).clone(), None if diagonal else cov)
     if diagonal and cumulants >= 3:
         x.k3_diag = torch.zeros_like(mean)
-        if cumulants >= 4:
-            x.k4_diag = torch.zeros_like(mean)
+        x.k4_diag = torch.zeros_like(mean)
     f = Flops()
     means = []
     layers = list(mlp.layers)
@@ -572,8 +638,10 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
                 x.k3_diag = prev.k3_diag if prev is not None else torch.zeros_like(x.mean)
                 if not diagonal:
                     x.k3 = _pairs_of(prev, x.mean)
+            if K >= 3:
+                x.k4_diag = None if prev is None else prev.k4_diag
+                x.k4_pair = None if (diagonal or prev is None) else prev.k4_pair
             if K >= 4:
-                x.k4_diag = prev.k4_diag if prev is not None else torch.zeros_like(x.mean)
                 x.k4_origins = None if (diagonal or prev is None) else prev.k4_origins
             z, f = linear_state(x, W, b, K, diagonal)
             if has_act:
