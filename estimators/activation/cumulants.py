@@ -421,7 +421,7 @@ def _links(V, order: int):
     the next order (a single-unit block of cost 2 beside an edge of cost 1 in ARC's power
     counting); keeping it without the other terms of that order measured worse (width 64 and
     128: K = 3 MSE/Var 6.1e-5 → 4.7e-5 and K = 4 4.7e-5 → 3.4e-5, 3.3e-6 → 2.6e-6 at 128)."""
-    a = [V[1][k] for k in range(order + 1)]
+    a = [V[1][k] for k in range(max(order, 3) + 1)]
     return a, V[2][1] - 2 * V[1][0] * a[1], V[2][2] - 2 * V[1][0] * a[2]
 
 
@@ -452,7 +452,7 @@ def _origins(z: State, V, a, c1, c2, E, s, q, K, off) -> list[_Origin]:
     D = [None] + [edgeworth(V[p], 1, s, q, K) for p in range(1, 4)]
     dk3 = D[3] - 3 * (D[2] * E[1] + E[2] * D[1]) + 6 * E[1] ** 2 * D[1]
     d2var = c2 - 2 * a[1] ** 2
-    a3 = a[3] if len(a) > 3 else V[1][3]
+    a3 = a[3]
     out.append(_Origin(a[1], a[2], a3, c1, d2var, None, off * torch.outer(dk3, a[1]),
                        None, off))
     return out

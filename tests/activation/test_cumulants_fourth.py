@@ -117,3 +117,21 @@ def test_scale_mixture_fourth_cumulant_through_relu():
         assert err[key] < 0.02 * size[key], (key, err, size)
     err_small, _ = run(0.03)
     assert err_small["cov"] * 10 < err["cov"]
+
+
+def test_every_hermite_order_runs_and_k3_pays_for_its_fourth_cumulant_slices():
+    """Hermite orders 1 and 12 at K = 3 and 4 run (order 1 once indexed past the coefficient
+    list), and K = 3's FLOPs include at least the two n³ products of the κ₄ slices."""
+    from estimators.activation.cumulants import propagate_mlp
+    from estimators.activation.mlp import random_mlp
+
+    w = 8
+    mlp = random_mlp([w] * 4, "relu", seed=0)
+    mu, cov = torch.zeros(w, dtype=D), torch.eye(w, dtype=D)
+    for K in (3, 4):
+        for order in (1, 12):
+            r = propagate_mlp(mlp, mu, cov, K, order)
+            assert bool(torch.isfinite(r.output_mean).all())
+    f2 = propagate_mlp(mlp, mu, cov, 2, 4).flops.matmul
+    f3 = propagate_mlp(mlp, mu, cov, 3, 4).flops.matmul
+    assert f3 > f2 + 2 * 2.0 * w ** 3
