@@ -8,10 +8,11 @@ MSE/Var = mean over output units of (estimate − truth)² / Var(output unit).
 Truth: `sampled_truth`, N samples with the hybrid's control variates (no propagation; float32
 forward passes, float64 sums; unbiased up to O(1/N)); its own MSE/Var noise, mean_j v_j/Var_j ≈
 1/(N·VR), is printed and stored: errors below ~3× it are not resolved. `--truth-cache FILE`
-keeps truths between runs (keyed by width, depth, seed). Monte Carlo at F FLOPs: n = ⌊F / forward FLOPs⌋ samples, MSE/Var = 1/n exactly in
-expectation (no simulation needed). Hybrid: mean over `--runs` seeds (1000, 1001, …: the
-sampler's seeds must differ from the MLP's, or the first input is the first weight row). FLOPs: 2·m·n·k per
-matrix product plus the elementwise work the propagation counts (cumulants.py).
+keeps truths between runs (keyed by width, depth, seed). Monte Carlo at F FLOPs:
+n = ⌊F / forward FLOPs⌋ samples, MSE/Var = 1/n exactly in expectation (no simulation needed).
+Hybrid: mean over `--runs` seeds (1000, 1001, …: the sampler's seeds must differ from the
+MLP's, or the first input is the first weight row). FLOPs: 2·m·n·k per matrix product plus the
+elementwise work the propagation counts (cumulants.py).
 
     .venv/bin/python benchmarks/bench_mlp_frontier.py [--widths 64 128 256] [--depth 4]
         [--truth-samples N] [--truth-cache FILE.json] [--budgets 1e7 1e8 1e9 4e9] [--runs 3]
