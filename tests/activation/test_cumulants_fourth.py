@@ -26,15 +26,16 @@ def _dense_fourth(d4, S):
 
 
 def test_linear_map_of_the_fourth_cumulant_slices_is_exact():
-    """q_i = κ₄(Wx)_iiii exactly, and Q_ij equals the (ii|jj) pairing plus the a = b terms of
-    κ₄(Wx)_iijj (the two cross pairings are the documented omission), to 1e-12."""
+    """q_i = κ₄(Wx)_iiii and T_ij = κ₄(Wx)_iiij exactly, and Q_ij equals the (ii|jj) pairing
+    plus the a = b terms of κ₄(Wx)_iijj (the two cross pairings are the documented omission),
+    to 1e-12."""
     g = torch.Generator().manual_seed(1)
     n, m = 6, 5
     d4 = torch.randn(n, generator=g, dtype=D)
     S = torch.randn(n, n, generator=g, dtype=D)
     S = (S + S.T) * (1 - torch.eye(n, dtype=D))
     W = torch.randn(m, n, generator=g, dtype=D)
-    q, Q, flops = _fourth_pairs(W, W * W, S, d4, True)
+    q, Q, T, flops = _fourth_pairs(W, W * W, S, d4, True)
     full = torch.einsum("abcd,ia,jb,kc,ld->ijkl", _dense_fourth(d4, S), W, W, W, W)
     assert torch.allclose(q, torch.einsum("iiii->i", full), atol=1e-12)
     W2 = W * W
@@ -43,9 +44,10 @@ def test_linear_map_of_the_fourth_cumulant_slices_is_exact():
     assert torch.allclose(Q, want * off, atol=1e-12)
     cross = 2 * torch.einsum("ia,ja,ab,ib,jb->ij", W, W, S, W, W)
     assert torch.allclose(Q + cross * off, torch.einsum("iijj->ij", full) * off, atol=1e-12)
-    assert flops == 2.0 * m * n * n + 2.0 * m * n + 2.0 * m * n * m
-    q2, Q2, _ = _fourth_pairs(W, W * W, S, d4, False)
-    assert Q2 is None and torch.allclose(q2, q, atol=1e-12)
+    assert torch.allclose(T, torch.einsum("iiij->ij", full) * off, atol=1e-12)
+    assert flops == 2.0 * m * n * n + 2.0 * m * n + 2 * 2.0 * m * n * m
+    q2, Q2, T2, _ = _fourth_pairs(W, W * W, S, d4, False)
+    assert Q2 is None and T2 is None and torch.allclose(q2, q, atol=1e-12)
 
 
 def _relu_moments(mu, s, p):
