@@ -27,8 +27,9 @@ min over w of w²b² + (1 − w)²v ≤ min(b², v).
 Budget split (automatic): the largest K ∈ {4, 3, 2} whose propagation fits in the budget (none
 if even K = 2 does not fit), the cost of C, and the rest on samples; when fewer than
 `min_samples` (256) samples remain, the propagation alone is returned. (A half-budget cap on
-the propagation measured worse: at width 256 and 4·10⁹ FLOPs it picked K = 3 + samples,
-4.6·10⁻⁶, where K = 4 alone gives 2.1·10⁻⁶.)
+the propagation measured worse with the earlier term set: at width 256 and 4·10⁹ FLOPs it
+picked K = 3 + samples, 4.6·10⁻⁶, where K = 4 alone gave 2.1·10⁻⁶; now K = 4 alone gives
+5.0·10⁻⁷ there.)
 FLOPs: 2·m·n·k per matrix product as computed (`cumulants.Flops`), per sample Σ 2·n_out·n_in
 (the forward pass) + 2·d_out·n₁ (g) + 2·d_in (r), and 2·(2d_out + 1)² per sample for the
 first 4096 (the residual covariance).

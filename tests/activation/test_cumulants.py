@@ -141,8 +141,8 @@ def test_naive_argument_costs_width_squared():
 def test_engine_chain_matches_standalone_k3_and_final_activation():
     """Same numbers through the engine when no PSD repair happens (the K ≥ 3 covariance is not
     PSD by construction; at tiny widths the engine often repairs it and says so)."""
-    mlp = random_mlp([10, 10, 10, 3], "gelu", seed=1, final_activation=True)
-    mu, cov = torch.zeros(10, dtype=D), torch.eye(10, dtype=D)
+    mlp = random_mlp([12, 12, 12, 3], "gelu", seed=5, final_activation=True)
+    mu, cov = torch.zeros(12, dtype=D), torch.eye(12, dtype=D)
     r = propagate_mlp(mlp, mu, cov, cumulants=3, output_cov=True)
     chain = cumulant_chain(mlp, mu, cov, cumulants=3, n_empirical=512)
     res = Propagator(chain, CovarianceMask.preset("full", chain.layouts)).run()
