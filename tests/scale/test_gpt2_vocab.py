@@ -197,6 +197,11 @@ def test_scrubbing_page(gpt2_world):
     metrics = {m.label: m.value for m in at.metric}
     assert math.isfinite(float(metrics["Loss original"]))
     assert any(c.value.startswith("Examples: text:") for c in at.caption)
+    at.button(key="_scrub_all").click().run()  # a hypothesis: every treeified path important
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Loss scrubbed"] == metrics["Loss original"]  # all-important is exact
 
 
 def test_tail_risk_page_one_target(gpt2_world):
