@@ -219,3 +219,35 @@ def test_tail_risk_page_one_target(gpt2_world):
     assert at.subheader[0].value == "Results (truth: exact)"
     table = at.dataframe[0].value
     assert list(table["token"]) == ["' the'"] and list(table["target"]) == [THE]
+
+
+def test_a_byte_token_is_labelled_by_its_piece(gpt2_world):
+    from app.model_page import token_label
+    from estimators.loading import load_model
+
+    lm = load_model(gpt2_world.model)
+    piece = gpt2_world.tokenizer.convert_tokens_to_ids("âĢ")  # the first 2 bytes of '—'
+    assert gpt2_world.tokenizer.decode([piece]) == "\ufffd"
+    assert token_label(lm, piece) == "'âĢ'" and token_label(lm, THE) == "' the'"
+
+
+def test_alpha_intervals_in_row_chunks_equal_one_pass(monkeypatch):
+    """The polytope readers' memory bound (m = 50,256 argmax constraints) changes no number
+    beyond the rounding of a matmul over fewer rows."""
+    import torch
+
+    from estimators.tailrisk import qld
+
+    g = torch.Generator().manual_seed(0)
+    Gz = torch.randn(6, 40, generator=g, dtype=torch.float64)
+    hz = torch.randn(40, generator=g, dtype=torch.float64) + 8.0
+    d = torch.randn(6, generator=g, dtype=torch.float64)
+    d /= d.norm()
+    z = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    beta = z - (z @ d)[:, None] * d
+    whole = qld.alpha_intervals(beta, d, Gz, hz)
+    monkeypatch.setattr(qld, "ALPHA_CHUNK_ELEMENTS", 7 * 40)  # 7 rows at a time
+    chunked = qld.alpha_intervals(beta, d, Gz, hz)
+    for a, b in zip(whole, chunked):  # the same up to the matmul's rounding per row block
+        assert torch.allclose(a, b, rtol=1e-12, atol=0.0, equal_nan=False)
+    assert bool(torch.isfinite(whole[0]).any())  # some non-empty intervals were compared
