@@ -190,6 +190,8 @@ def test_activation_page(gpt2_world):
     sites = at.dataframe[0].value
     assert list(sites["site"])[-1] == "logits@-1"
     assert sites["KL(real‖est)"].notna().all()
+    logits = at.dataframe[1].value  # one row per modelled logit, labelled with its token
+    assert list(logits["token"][:2]) == ["'!'", "'\"'"]  # GPT-2's ids 0 and 1
 
 
 def test_scrubbing_page(gpt2_world):
