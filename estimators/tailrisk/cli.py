@@ -147,6 +147,9 @@ def _distribution(args, lm, vocab):
     if data_spec:
         raise UserError(f"--data builds --distribution empirical or data-tokens, not "
                         f"{args.distribution!r}")
+    if vocab is None:  # a distribution file may name tokens by their text (GPT-2: " the")
+        from estimators.data import token_texts
+        vocab = token_texts(lm)
     return resolve_distribution(args.distribution, lm.model, lm.zoo_entry, vocab)
 
 

@@ -106,7 +106,7 @@ def test_scrub_both_engines_and_search(gpt2_world, capsys, tmp_path):
     assert out["steps"][0]["partition"]["important"] == []
 
 
-def test_tail_risk_and_ground_truth(gpt2_world, capsys):
+def test_tail_risk_and_ground_truth(gpt2_world, capsys, tmp_path):
     w = gpt2_world
     common = ["--model", w.model, "--data", w.data.replace("len=32", "len=8"),
               "--distribution", "empirical"]
@@ -120,6 +120,12 @@ def test_tail_risk_and_ground_truth(gpt2_world, capsys):
     assert out["target"] == THE and 0.0 <= out["estimate"] <= 1.0
     rc, err = run_cli(capsys, "tail-risk", *common, "--target", " the cat", "--method", "mc")
     assert refused(rc, err) and "not a token" in err, err
+    words = write_json(tmp_path / "words.json", {"positions": [  # tokens by their text
+        {"uniform": ["The", "A"]}, {"uniform": [" cat", " dog", "id:13"]}]})
+    rc, out = run_cli(capsys, "tail-risk", "--model", w.model, "--distribution", words,
+                      "--target", " the", "--method", "mc", "--budget", 32, "--json")
+    assert rc == 0, out
+    assert out["n_inputs"] == 2 * 3
     rc, out = run_cli(capsys, "ground-truth", *common, "--target", " the", "--samples", 256,
                       "--json")
     assert rc == 0, out
@@ -253,3 +259,14 @@ def test_alpha_intervals_in_row_chunks_equal_one_pass(monkeypatch):
     for a, b in zip(whole, chunked):  # the same up to the matmul's rounding per row block
         assert torch.allclose(a, b, rtol=1e-12, atol=0.0, equal_nan=False)
     assert bool(torch.isfinite(whole[0]).any())  # some non-empty intervals were compared
+
+
+def test_tail_risk_page_reads_token_text_in_a_distribution(gpt2_world):
+    from app import tail_risk as tr
+    from app.state import encode_blob
+
+    settings = {"distribution": tr.UPLOADED, "target_mode": "one", "target": THE,
+                "uploaded": [{"uniform": ["The", "A"]}, {"uniform": [" cat", " dog"]}]}
+    at = _open(gpt2_world, "tail_risk.py", tr=encode_blob(settings))
+    assert any(c.value.startswith("uploaded: 2 positions") for c in at.caption), \
+        [c.value for c in at.caption]
