@@ -15,7 +15,6 @@ import math
 import subprocess
 import sys
 
-
 from estimators.cli import main
 from tests.app.conftest import ROOT, assert_no_exception, open_page
 
