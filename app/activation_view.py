@@ -565,9 +565,13 @@ def _distances(chain, res, site_names):
                "units, relative to the RMS real std / variance.")
     out = res.output
     if "estimate_argmax_probs" in out:
-        labels_out = [chain.site(out["site"]).label(i)
-                      for i in range(len(out["estimate_argmax_probs"]))]
-        st.dataframe(pd.DataFrame({"unit": labels_out,
+        from app.model_page import token_label
+
+        site = chain.site(out["site"])
+        n_out = len(out["estimate_argmax_probs"])
+        labels_out = [site.label(i) for i in range(n_out)]
+        tokens = [token_label(_CTX["lm"], site.unpack(i)[1]) for i in range(n_out)]  # ≈ 6 ms
+        st.dataframe(pd.DataFrame({"unit": labels_out, "token": tokens,
                                    "P(argmax) estimate": out["estimate_argmax_probs"],
                                    "argmax frequency (real)": out["empirical_argmax_freq"],
                                    "mean logit estimate": out["estimate_mean"],

@@ -93,7 +93,28 @@ def token_label(lm: LoadedModel, i: int) -> str:
     from estimators.data import decode
 
     text = decode(lm, [int(i)])
+    if text and "\ufffd" in text:  # one byte of a multi-byte character (byte-level BPE):
+        text = _token_piece(lm, int(i)) or text  # the tokenizer's own spelling, e.g. 'âĢ'
     return repr(text) if text else str(int(i))
+
+
+def _token_piece(lm: LoadedModel, i: int) -> str | None:
+    """Token `i` as the tokenizer spells it in its vocabulary (GPT-2: 'Ġthe', 'âĢ'), or None."""
+    from estimators.data import DataError, model_tokenizer
+
+    try:
+        tok = model_tokenizer(lm.model, lm)
+    except DataError:
+        return None
+    for method in ("convert_ids_to_tokens", "id_to_token"):
+        if hasattr(tok, method):
+            piece = getattr(tok, method)(i)
+            return piece if isinstance(piece, str) else None
+    return None
+
+
+def _sig3(p: float) -> float:
+    return float(f"{p:.3g}")
 
 
 def data_prediction_frame(lm: LoadedModel, tokens: torch.Tensor) -> pd.DataFrame:
@@ -119,11 +140,11 @@ def data_prediction_frame(lm: LoadedModel, tokens: torch.Tensor) -> pd.DataFrame
     return pd.DataFrame({
         "pos": [r.position for r in rows],
         "token": [name(r.token) for r in rows],
-        "top-1": [name(r.top[0][0]) for r in rows],
-        "p(top-1)": [round(r.top[0][1], 4) for r in rows],
-        "top-3": [", ".join(f"{name(t)} ({p:.2f})" for t, p in r.top) for r in rows],
+        "top-1": [name(r.top[0][0]) for r in rows],  # 3 significant digits: on a 50k
+        "p(top-1)": [_sig3(r.top[0][1]) for r in rows],  # vocabulary most are < 0.005
+        "top-3": [", ".join(f"{name(t)} ({p:.3g})" for t, p in r.top) for r in rows],
         "next": [name(r.target) for r in rows],
-        "p(next)": [round(r.target_prob, 4) if r.target_prob is not None else None
+        "p(next)": [_sig3(r.target_prob) if r.target_prob is not None else None
                     for r in rows],
     })
 

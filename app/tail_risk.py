@@ -229,6 +229,9 @@ def build_distribution(s: Settings, model, entry, vocab, data=None) -> InputDist
     elif s.distribution == UPLOADED:
         if s.uploaded is None:
             raise DistributionError("no distribution file uploaded yet")
+        if vocab is None:  # token strings through the model's tokenizer (GPT-2: " the")
+            from estimators.data import token_texts
+            vocab = token_texts(model)
         full = from_json(s.uploaded, V, int(model.cfg.n_ctx), vocab, "uploaded")
     else:
         builtins = entry.input_distributions() if entry is not None else {}

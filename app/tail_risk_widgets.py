@@ -20,6 +20,7 @@ from estimators.tailrisk.distributions import from_json
 from estimators.validation import loads_json
 
 W = "tr_w_"  # widget-key prefix
+MAX_TARGET_OPTIONS = 4096  # above this output vocabulary the target is a number field, not a list
 
 
 def _init(key: str, value) -> str:
@@ -187,9 +188,13 @@ def target_widgets(s: tr.Settings, V_out: int, label) -> dict:
     if feature:
         return out
     if mode == "one":
+        key = _init("target", min(int(s.target), V_out - 1))
+        if V_out > MAX_TARGET_OPTIONS:  # a 50,257-entry select box is megabytes per run
+            out["target"] = t = st.number_input("Target token id", 0, V_out - 1, key=key)
+            st.caption(f"Token {t}: {label(int(t))}")
+            return out
         out["target"] = st.selectbox("Target token", list(range(V_out)),
-                                     format_func=lambda t: f"{label(t)} (id {t})",
-                                     key=_init("target", min(int(s.target), V_out - 1)))
+                                     format_func=lambda t: f"{label(t)} (id {t})", key=key)
         return out
     r = tr.RANGES
     out["band_low"] = st.number_input("lowest true probability", *r["band_low"][:2],

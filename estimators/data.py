@@ -614,6 +614,56 @@ def decode(model_or_loaded, ids, tokenizer=None) -> str | None:
         return None
 
 
+def token_id(model_or_loaded, text: str, tokenizer=None) -> int | None:
+    """The id of `text` as ONE token of the model's tokenizer: a vocabulary entry as the
+    tokenizer spells it (GPT-2's byte-level 'Ġthe'), else text that encodes to exactly one
+    token (' the' → 262 in GPT-2's vocabulary). None when it is neither, when the model has no
+    tokenizer, or for a zoo model (whose labels its callers look up themselves)."""
+    model, loaded = _split_model(model_or_loaded)
+    try:
+        tok = tokenizer or model_tokenizer(model, loaded)
+    except DataError:
+        return None
+    if isinstance(tok, _ZooTokenizer) or not isinstance(text, str) or not text:
+        return None
+    v = tok.token_to_id(text) if hasattr(tok, "token_to_id") else tok.get_vocab().get(text)
+    if v is not None:
+        return int(v)
+    try:
+        ids = _encode(tok, text)
+    except Exception:  # noqa: BLE001 - text the tokenizer cannot encode is not a token
+        return None
+    return int(ids[0]) if len(ids) == 1 else None
+
+
+def token_texts(model_or_loaded, tokenizer=None) -> list[str] | None:
+    """Every token id's text through the model's tokenizer ([d_vocab] strings: GPT-2's 262 is
+    ' the'), for reading token strings in distribution files; where two ids share a text the
+    lower id is the one looked up. None without a tokenizer or for a zoo model (its callers
+    use the zoo labels). Memoised per tokenizer object (GPT-2's 50,257 decodes take ≈ 0.3 s)."""
+    model, loaded = _split_model(model_or_loaded)
+    try:
+        tok = tokenizer or model_tokenizer(model, loaded)
+    except DataError:
+        return None
+    if isinstance(tok, _ZooTokenizer):
+        return None
+    hit = _TEXTS.get(id(tok))
+    if hit is None or hit[0] is not tok:
+        texts = []
+        for i in range(int(model.cfg.d_vocab)):
+            try:
+                texts.append(tok.decode([i]))
+            except Exception:  # noqa: BLE001 - an id the tokenizer cannot decode: no text
+                texts.append("\ufffd")
+        _TEXTS.clear()
+        hit = _TEXTS[id(tok)] = (tok, texts)
+    return hit[1]
+
+
+_TEXTS: dict[int, tuple[Any, list[str]]] = {}
+
+
 def bos_id(tok) -> int | None:
     """The tokenizer's BOS id (HF tokenizers; falls back to the EOS id as GPT-2 does)."""
     for attr in ("bos_token_id", "eos_token_id"):
@@ -629,5 +679,6 @@ def bos_id(tok) -> int | None:
 
 
 __all__ = ["DEFAULT_N", "Data", "DataError", "DataSource", "KINDS", "OPTIONS", "bos_id",
-           "decode", "load_data", "model_tokenizer", "parse_spec", "tokens_fingerprint"]
+           "decode", "load_data", "model_tokenizer", "parse_spec", "token_id",
+           "token_texts", "tokens_fingerprint"]
 

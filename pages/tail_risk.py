@@ -26,7 +26,10 @@ V_out = int(getattr(model.cfg, "d_vocab_out", model.cfg.d_vocab) or model.cfg.d_
 
 
 def label(t: int) -> str:
-    return vocab[t] if vocab is not None and t < len(vocab) else str(t)
+    if vocab is None:  # the tokenizer's text of the token (GPT-2: ' the'), else its id
+        from app.model_page import token_label
+        return token_label(lm, t)
+    return vocab[t] if t < len(vocab) else str(t)
 
 
 s = w.load_settings(lm, model, sae)

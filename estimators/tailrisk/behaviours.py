@@ -451,9 +451,14 @@ def behaviour_from_dict(d: dict) -> Behaviour:
         raise BehaviourError(f"bad fields for behaviour {kind!r}: {e}") from e
 
 
-def parse_target(spec: Any, model, vocab: list[str] | None = None) -> int:
-    """A target token given as an id (int or digits, or "id:<n>") or a token string."""
+def parse_target(spec: Any, model, vocab: list[str] | None = None, loaded=None) -> int:
+    """A target token given as an id (int or digits, or "id:<n>") or a token string: a label of
+    `vocab` (zoo models), else one token of the model's tokenizer (`estimators.data.token_id`:
+    GPT-2's ' the' or 'Ġthe'; `loaded`, a LoadedModel, finds tokenizer files in its folder)."""
+    from estimators.data import token_id
+
     V = vocab_out(model)
+    tid = None
     if isinstance(spec, int) and not isinstance(spec, bool):
         tid = spec
     elif isinstance(spec, str) and spec.startswith("id:") and spec[3:].isdigit():
@@ -462,7 +467,9 @@ def parse_target(spec: Any, model, vocab: list[str] | None = None) -> int:
         tid = vocab.index(spec)
     elif isinstance(spec, str) and spec.lstrip("-").isdigit():
         tid = int(spec)
-    else:
+    elif isinstance(spec, str) and vocab is None:
+        tid = token_id(loaded if loaded is not None else model, spec)
+    if tid is None:
         raise BehaviourError(f"target {spec!r} is not a token of this model (give a token "
                              f"string or an id)")
     if not 0 <= tid < V:

@@ -113,7 +113,7 @@ def _problem(args):
         return lm, dist, b, b.name
     if args.target is None:
         raise UserError(f"--behaviour {args.behaviour} needs --target")
-    target = parse_target(args.target, lm.model, vocab)
+    target = parse_target(args.target, lm.model, vocab, loaded=lm)
     if args.behaviour == "argmax":
         b = Argmax(target)
     elif args.behaviour == "sampled":
@@ -121,7 +121,11 @@ def _problem(args):
     else:
         b = LogitThreshold(target, args.threshold)
     b.validate(lm.model)
-    label = vocab[target] if vocab is not None and target < len(vocab) else str(target)
+    if vocab is not None:
+        label = vocab[target] if target < len(vocab) else str(target)
+    else:  # the tokenizer's text of the token (GPT-2: ' the'), else its id
+        from estimators.data import decode
+        label = decode(lm, [target]) or str(target)
     return lm, dist, b, label
 
 
@@ -143,6 +147,9 @@ def _distribution(args, lm, vocab):
     if data_spec:
         raise UserError(f"--data builds --distribution empirical or data-tokens, not "
                         f"{args.distribution!r}")
+    if vocab is None:  # a distribution file may name tokens by their text (GPT-2: " the")
+        from estimators.data import token_texts
+        vocab = token_texts(lm)
     return resolve_distribution(args.distribution, lm.model, lm.zoo_entry, vocab)
 
 

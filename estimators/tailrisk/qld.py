@@ -37,6 +37,7 @@ from estimators.tailrisk.distributions import InputDistribution
 RANK_TOL = 1e-9
 S_ZERO = 1e-12
 FEASIBLE_TOL = 1e-3  # relative slack accepted from the iterative dual solve
+ALPHA_CHUNK_ELEMENTS = 2 ** 22  # elements of one [rows, m] float64 working tensor (32 MiB)
 
 
 @dataclass
@@ -117,7 +118,16 @@ def split_direction(Gz: torch.Tensor, hz: torch.Tensor, dual_iters: int = 4000,
 def alpha_intervals(beta: torch.Tensor, d: torch.Tensor, Gz: torch.Tensor, hz: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each β_i [B, r] (⊥ d), the open interval (lo_i, hi_i) of α with α·d + β_i feasible;
-    an empty set comes back as lo = +inf, hi = −inf."""
+    an empty set comes back as lo = +inf, hi = −inf. Memory-bounded: the [B, m] working
+    tensors are built `ALPHA_CHUNK_ELEMENTS // m` rows at a time (m = 50,256 constraints of a
+    GPT-2 vocabulary's argmax would otherwise need B·m·8 bytes several times over)."""
+    rows = max(1, ALPHA_CHUNK_ELEMENTS // max(int(Gz.shape[1]), 1))
+    if beta.shape[0] > rows:
+        lo = torch.empty(beta.shape[0], dtype=beta.dtype, device=beta.device)
+        hi = torch.empty_like(lo)
+        for i in range(0, beta.shape[0], rows):
+            lo[i:i + rows], hi[i:i + rows] = alpha_intervals(beta[i:i + rows], d, Gz, hz)
+        return lo, hi
     s = d @ Gz  # [m]
     r = beta @ Gz + hz  # [B, m]
     pos, neg, zero = s > S_ZERO, s < -S_ZERO, s.abs() <= S_ZERO
