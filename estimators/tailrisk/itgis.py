@@ -8,9 +8,9 @@ mean is unbiased and so is their average:
 
     p̂ = mean over all samples of value(x)·Π_i p_i(x_i)/q_i(x_i).
 
-Budget: every sample is evaluated with its gradient (forward + backward = 2 calls), so a budget
-of N calls draws N/2 samples (`samples` in the diagnostics; the literature counts one
-forward+backward as one sample and quotes budgets in samples). The interval is the normal
+Budget: every tilted sample is evaluated with its gradient (forward + backward = 2 calls), so
+without reference draws a budget of N calls draws N/2 samples (`samples` in the diagnostics;
+the literature counts one forward+backward as one call and quotes budgets in samples). The interval is the normal
 approximation on the weighted values (approximate; it can be too narrow when the weights are
 heavy-tailed).
 
@@ -26,6 +26,14 @@ Safe defaults (auto_temperature, defensive):
   below a tenth of the gains' spread over each position's support (a tilt of e^{±10}: beyond
   it the proposal collapses onto the tokens with the largest first-order gain).
 auto_temperature=False keeps `temperature` fixed (the literature's tuned runs).
+
+Reference draws (`reference_fraction`, default 0.1 of the calls): forward-only draws from D
+(1 call each), spread evenly over the batches and pooled with each batch's tilted samples by
+the balance heuristic (mixture.py): every sample of the batch, of either kind, is weighted
+D(x)/m_b(x), m_b = (r_b·D + m_b'·q_b)/(r_b + m_b') for r_b reference draws and m_b' tilted
+samples, so each batch stays unbiased and every weight is ≤ (r_b + m_b')/r_b. A hit among the
+reference draws alone makes the estimate positive. Budget N calls: n_ref = ⌊f·N⌋ reference
+draws and (N − n_ref)/2 samples with gradients; `samples` counts both.
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ class ITGISConfig(EstimatorConfig):
     auto_temperature: bool = True
     defensive: float = 0.1
     min_temperature: float = 1e-3
-    reference_fraction: float = 0.25  # of the calls: forward-only draws from D (mixture.py)
+    reference_fraction: float = 0.1  # of the calls: forward-only draws from D (mixture.py)
 
     def __post_init__(self):
         super().__post_init__()
