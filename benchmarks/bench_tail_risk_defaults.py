@@ -42,9 +42,15 @@ ROWS = {
     "mc": ("mc", {}),
     "itgis (default)": ("itgis", {}),
     "mhis (default)": ("mhis", {}),
+    "itgis previous default (no reference draws)":
+        ("itgis", {"reference_fraction": 0.0}),
+    "mhis previous default (no reference draws, 32 chains, 20% burn-in)":
+        ("mhis", {"reference_fraction": 0.0, "n_chains": 32, "burn_in": 0.2}),
+    "mhis 32 chains, 20% burn-in, reference draws":
+        ("mhis", {"n_chains": 32, "burn_in": 0.2}),
     "itgis T=1 fixed, no reference draws (reference code's form)":
         ("itgis", {"temperature": 1.0, "auto_temperature": False, "reference_fraction": 0.0}),
-    "mhis T=0.67σ-free fixed, no reference draws (reference code's form)":
+    "mhis T=0.67 fixed, no reference draws (reference code's form)":
         ("mhis", {"temperature": 0.67, "auto_temperature": False, "reference_fraction": 0.0}),
 }
 DEFAULT_ROWS = ["mc", "itgis (default)", "mhis (default)"]
