@@ -316,7 +316,9 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
         lo, hi = e.interval if e.interval is not None else (None, None)
         rows.append({"target": t, "token": labels(t), "truth": truth.get(t), "method": m,
                      "budget": budget, "estimate": e.value, "low": lo, "high": hi,
-                     "calls": e.cost.calls, "seconds": e.cost.seconds, "seed": seed})
+                     "calls": e.cost.calls,
+                     "samples": int(e.diagnostics.get("samples", e.cost.calls)),
+                     "seconds": e.cost.seconds, "seed": seed})
     progress(1.0, "done")
     return pd.DataFrame(rows)
 

@@ -225,10 +225,17 @@ def method_widgets(s: tr.Settings) -> dict:
 def temperature_widgets(s: tr.Settings) -> dict:
     r = tr.RANGES
     return {
-        "itgis_temperature": st.number_input("ITGIS temperature", *r["itgis_temperature"][:2],
-                                             key=_init("itgis_t", float(s.itgis_temperature))),
-        "mhis_temperature": st.number_input("MHIS temperature", *r["mhis_temperature"][:2],
-                                            key=_init("mhis_t", float(s.mhis_temperature))),
+        "itgis_temperature": st.number_input(
+            "ITGIS temperature", *r["itgis_temperature"][:2],
+            key=_init("itgis_t", float(s.itgis_temperature)),
+            help="The starting value: ITGIS then chooses T automatically from its earlier "
+                 "batches. Calls count a backward pass as one more call; the results' "
+                 "`samples` column is the inputs drawn."),
+        "mhis_temperature": st.number_input(
+            "MHIS temperature (× σ)", *r["mhis_temperature"][:2],
+            key=_init("mhis_t", float(s.mhis_temperature)),
+            help="The starting value in units of σ, the target logit's spread under D; MHIS "
+                 "adapts it during burn-in."),
         "activation_mask": st.selectbox(
             "Activation-model argument", tr.ACTIVATION_MASKS,
             key=_init("act_mask", s.activation_mask),
@@ -313,7 +320,7 @@ def number_columns(df) -> dict:
     figures (9.54e-07, not 0.0000009); counts as integers."""
     out = {}
     for c in df.columns:
-        if c in ("target", "budget", "calls", "seed", "zero_estimates"):
+        if c in ("target", "budget", "calls", "samples", "seed", "zero_estimates"):
             out[c] = st.column_config.NumberColumn(c, format="%d")
         elif str(df[c].dtype).startswith("float"):
             out[c] = st.column_config.NumberColumn(c, format="%.3e" if c != "seconds"

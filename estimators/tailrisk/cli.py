@@ -15,6 +15,7 @@ import argparse
 
 from estimators.cli import UserError, add_common_json, progress_printer
 from estimators.distributed import add_backend_args
+from estimators.tailrisk.common import CALLS_CONVENTION
 
 BEHAVIOUR_KINDS = ("argmax", "sampled", "logit", "sae", "direction")
 
@@ -201,7 +202,10 @@ def run_tail_risk(args) -> dict:
                         progress=progress_printer(args.method, args.progress), **extra)
     out = {"estimate": est.value,
            "interval": list(est.interval) if est.interval is not None else None,
-           "calls": est.cost.calls, "seconds": est.cost.seconds, "method": args.method,
+           "calls": est.cost.calls,
+           "samples": int(est.diagnostics.get("samples", est.cost.calls)),
+           "calls_convention": CALLS_CONVENTION,
+           "seconds": est.cost.seconds, "method": args.method,
            "budget": args.budget, "seed": args.seed, "behaviour": b.label(),
            **_target_fields(b, label), "distribution": dist.name,
            "n_inputs": dist.n_inputs(), "diagnostics": est.diagnostics}

@@ -8,9 +8,9 @@ mean is unbiased and so is their average:
 
     p̂ = mean over all samples of value(x)·Π_i p_i(x_i)/q_i(x_i).
 
-Budget: every sample is evaluated with its gradient (forward + backward = 2 calls), so a budget
-of N calls draws N/2 samples (`samples` in the diagnostics; the literature counts one
-forward+backward as one sample and quotes budgets in samples). The interval is the normal
+Budget: every tilted sample is evaluated with its gradient (forward + backward = 2 calls), so
+without reference draws a budget of N calls draws N/2 samples (`samples` in the diagnostics;
+the literature counts one forward+backward as one call and quotes budgets in samples). The interval is the normal
 approximation on the weighted values (approximate; it can be too narrow when the weights are
 heavy-tailed).
 
@@ -26,6 +26,14 @@ Safe defaults (auto_temperature, defensive):
   below a tenth of the gains' spread over each position's support (a tilt of e^{±10}: beyond
   it the proposal collapses onto the tokens with the largest first-order gain).
 auto_temperature=False keeps `temperature` fixed (the literature's tuned runs).
+
+Reference draws (`reference_fraction`, default 0.1 of the calls): forward-only draws from D
+(1 call each), spread evenly over the batches and pooled with each batch's tilted samples by
+the balance heuristic (mixture.py): every sample of the batch, of either kind, is weighted
+D(x)/m_b(x), m_b = (r_b·D + m_b'·q_b)/(r_b + m_b') for r_b reference draws and m_b' tilted
+samples, so each batch stays unbiased and every weight is ≤ (r_b + m_b')/r_b. A hit among the
+reference draws alone makes the estimate positive. Budget N calls: n_ref = ⌊f·N⌋ reference
+draws and (N − n_ref)/2 samples with gradients; `samples` counts both.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
                                         EstimatorConfig, ProgressFn, batches, generator,
                                         normal_interval, report)
 from estimators.tailrisk.distributions import InputDistribution
+from estimators.tailrisk.mixture import log_balance_weights
 
 
 @dataclass
@@ -52,6 +61,7 @@ class ITGISConfig(EstimatorConfig):
     auto_temperature: bool = True
     defensive: float = 0.1
     min_temperature: float = 1e-3
+    reference_fraction: float = 0.1  # of the calls: forward-only draws from D (mixture.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -66,6 +76,12 @@ class ITGISConfig(EstimatorConfig):
                              f"{self.min_temperature}")
         if not isinstance(self.auto_temperature, bool):
             raise ValueError("auto_temperature must be true or false")
+        if not 0 <= self.reference_fraction < 1:
+            raise ValueError(f"reference_fraction must be in [0, 1), got "
+                             f"{self.reference_fraction}")
+        if (self.budget - int(self.reference_fraction * self.budget)) < FORWARD_BACKWARD_CALLS:
+            raise ValueError(f"ITGIS needs a budget of at least one sample with its gradient "
+                             f"(2 calls) beside the reference draws, got {self.budget}")
 
 
 def proposal_logits(log_p: torch.Tensor, s: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -95,13 +111,15 @@ def _gain_spread(s: torch.Tensor, log_p: torch.Tensor) -> float:
     return sum(sd) / len(sd) if sd else 0.0
 
 
-def _best_temperature(log_p, s, T0, alpha, xs, vals, log_qs, grid_lo) -> float:
-    """argmin over T = T₀·2^j (j = −8…2, ≥ grid_lo) of the re-weighted second moment."""
+def _best_temperature(log_p, s, T0, alpha, xs, vals, log_ms, grid_lo, ref_share) -> float:
+    """argmin over T = T₀·2^j (j = −8…2, ≥ grid_lo) of the re-weighted second moment
+    m₂(T) = mean_j v_j²·D(x_j)²/(m_T(x_j)·m_j(x_j)), m the pooled (reference + tilted) density
+    each sample was drawn from and m_T the one a batch at T would have."""
     x = torch.cat(xs)  # [n, k]
     v = torch.cat(vals).double()
-    lq_used = torch.cat(log_qs)
+    lm_used = torch.cat(log_ms)
     hit = v != 0
-    x, v, lq_used = x[hit], v[hit], lq_used[hit]
+    x, v, lm_used = x[hit], v[hit], lm_used[hit]
     k = log_p.shape[0]
     rows = torch.arange(k)
     lp = log_p[rows, x].sum(1)
@@ -111,10 +129,17 @@ def _best_temperature(log_p, s, T0, alpha, xs, vals, log_qs, grid_lo) -> float:
         if T < grid_lo:
             continue
         lq = _log_q(log_p, s, T, alpha)[rows, x].sum(1)
-        m2 = float(torch.logsumexp(2 * v.log() + 2 * lp - lq - lq_used, 0))
+        if ref_share > 0:
+            lq = torch.logaddexp(lp + math.log(ref_share), lq + math.log1p(-ref_share))
+        m2 = float(torch.logsumexp(2 * v.log() + 2 * lp - lq - lm_used, 0))
         if m2 < best_m2:
             best, best_m2 = T, m2
     return best
+
+
+def _split(n_ref: int, n: int, start: int, m: int) -> int:
+    """Reference draws that go with gradient samples start…start+m−1 (spread evenly)."""
+    return round(n_ref * (start + m) / n) - round(n_ref * start / n)
 
 
 def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config: ITGISConfig,
@@ -122,13 +147,15 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     clock = Clock()
     dev = model_device(model)
     gen = generator(config.seed)
-    n = config.budget // FORWARD_BACKWARD_CALLS
+    n_ref = int(config.reference_fraction * config.budget)
+    n = (config.budget - n_ref) // FORWARD_BACKWARD_CALLS
     log_p = dist.probs.log()  # [k, V] float64, cpu
     k, V = log_p.shape
+    rows = torch.arange(k)
     alpha = config.defensive if config.auto_temperature else 0.0
     ema = torch.zeros(k, V, dtype=torch.float64)
     updates = 0
-    weighted, xs, vals, log_qs, temps = [], [], [], [], []
+    weighted, xs, vals, log_ms, temps = [], [], [], [], []
     T = config.temperature
     hits = 0
     for start, m in batches(n, config.batch_size):
@@ -138,20 +165,27 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
             if hits == 0:
                 T = max(T / 2, floor)
             else:
-                T = _best_temperature(log_p, s, config.temperature, alpha, xs, vals, log_qs,
-                                      floor)
+                T = _best_temperature(log_p, s, config.temperature, alpha, xs, vals, log_ms,
+                                      floor, n_ref / (n_ref + n))
         log_q = _log_q(log_p, s, T, alpha)
+        r = _split(n_ref, n, start, m)
         x = torch.multinomial(log_q.exp().float(), m, replacement=True, generator=gen).T
-        lq = log_q.gather(1, x.T).sum(0)
-        log_w = log_p.gather(1, x.T).sum(0) - lq  # [m]
+        x_ref = dist.sample(r, gen) if r else x[:0]
+        x_all = torch.cat([x, x_ref])
+        lp = log_p[rows, x_all].sum(1)
+        lq = log_q[rows, x_all].sum(1)
+        log_w = log_balance_weights(lp, lq, r, m)  # [m + r], D/m for the pooled batch
         v, _, grad = behaviour.evaluate_with_grad(model, x.to(dev))
         v = v.cpu()
+        if r:
+            v_ref, _ = behaviour.evaluate(model, x_ref.to(dev))
+            v = torch.cat([v, v_ref.cpu()])
         weighted.append(v * log_w.exp())
         hits += int((v != 0).sum())
         if config.auto_temperature:
-            xs.append(x)
+            xs.append(x_all)
             vals.append(v)
-            log_qs.append(lq)
+            log_ms.append(lp - log_w)
         temps.append(T if updates else None)
         # update only after this batch is weighted: later batches see it, this one did not
         ema = config.ema_decay * ema + (1 - config.ema_decay) * grad.double().mean(0).cpu()
@@ -163,8 +197,9 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     interval = normal_interval(w, config.confidence, upper_clip=1.0)
     used = [t for t in temps if t is not None]
     return Estimate(value=value, interval=interval,
-                    cost=Cost(calls=n * FORWARD_BACKWARD_CALLS, seconds=clock.seconds),
-                    diagnostics={"samples": n, "hits": int((w > 0).sum()),
+                    cost=Cost(calls=n * FORWARD_BACKWARD_CALLS + n_ref, seconds=clock.seconds),
+                    diagnostics={"samples": n + n_ref, "samples_with_gradient": n,
+                                 "reference_samples": n_ref, "hits": int((w > 0).sum()),
                                  "temperature": used[-1] if used else config.temperature,
                                  "temperatures_used": sorted(set(used)),
                                  "auto_temperature": config.auto_temperature,

@@ -193,7 +193,7 @@ def test_activation_page(gpt2_world):
                for c in at.caption)
     sites = at.dataframe[0].value
     assert list(sites["site"])[-1] == "logits@-1"
-    assert sites["KL(real‖est)"].notna().all()
+    assert sites["KL(real‖est) (nats)"].notna().all()
     logits = at.dataframe[1].value  # one row per modelled logit, labelled with its token
     assert list(logits["token"][:2]) == ["'!'", "'\"'"]  # GPT-2's ids 0 and 1
 

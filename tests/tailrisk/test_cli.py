@@ -44,7 +44,7 @@ def test_tail_risk_json_fields_match_the_library(files, capsys):
     dist = from_json(DIST, 5)
     lib = run_estimator("mc", model, dist, Argmax(2), 500, seed=3)
     assert d["estimate"] == lib.value and d["interval"] == list(lib.interval)
-    assert d["calls"] == 500
+    assert d["calls"] == 500 and d["samples"] == 500 and "backward" in d["calls_convention"]
     code, out, _ = run(capsys, "tail-risk", "--model", str(root / "model"), "--distribution",
                        str(root / "dist.json"), "--target", "2", "--method", "gld",
                        "--budget", "300", "--json")
