@@ -16,10 +16,10 @@ settled) before each timed click, so every timed click changes what the page sho
 Columns: `server` = click to the arrival of the run's `script_finished` (the server's share,
 websocket included); `settled` = click to settled (adds the browser's rendering); each the median
 and the maximum over REPEATS timed clicks, after one warm-up click, in milliseconds. `CPU ms`
-(medians) is the work behind them, which the machine's load does not stretch: `server` = CPU
+(medians) is the work behind them, which the machine's load stretches much less: `server` = CPU
 time of the streamlit process, `chrome` = CPU time of all Chromium's processes (renderer: scripts,
-style, layout, paint; GPU; browser), both summed over threads from /proc/PID/task/*/schedstat,
-from the click to settled.
+style, layout, paint; GPU; browser), user + system from /proc/PID/stat (10 ms ticks), from the
+click to settled.
 
     .venv/bin/python benchmarks/bench_clicks.py [--repeats 5] [--baseline] [--post-script-gc]
                                                 [--out FILE]
@@ -186,23 +186,24 @@ def _idle(page) -> None:
         " && !document.querySelector(\"[data-testid='stSkeleton']\")", timeout=LOAD_MS)
 
 
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_ms(pid: int) -> float:
-    """CPU time the process `pid` has used so far (all its threads, on-CPU time from
-    /proc/PID/task/*/schedstat), ms."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that ended meanwhile
-    return total / 1e6
+    """CPU time (user + system) the process `pid` has used so far, ms, from /proc/PID/stat:
+    all its threads, those that have ended too (Streamlit runs each script run in a new
+    thread); in clock ticks (10 ms here), so single values are coarse, medians less so."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # a process that ended meanwhile
+    return (int(fields[11]) + int(fields[12])) * TICK_MS
 
 
 def _browser_cpu_ms(cdp) -> float:
     """CPU time all of Chromium's processes (browser, renderers, GPU, services) have used so
     far, ms; `cdp` is a browser-level CDP session (SystemInfo.getProcessInfo lists them)."""
-    return sum(_cpu_ms(p["id"]) for p in cdp.send("SystemInfo.getProcessInfo")["processInfo"]
-               if Path(f"/proc/{p['id']}").exists())
+    return sum(_cpu_ms(p["id"]) for p in cdp.send("SystemInfo.getProcessInfo")["processInfo"])
 
 
 def _click_to_settled(page, action, cdp=None, pid: int | None = None) -> dict:
