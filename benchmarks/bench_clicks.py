@@ -213,14 +213,14 @@ def _click_to_settled(page, action, cdp=None, pid: int | None = None) -> dict:
     page.evaluate("() => { window.__hew.states = []; window.__hewws.msgs = [];"
                   " window.__hew.down = 0; window.__hew.t0 = performance.now(); }")
     cpu0 = _cpu_ms(pid) if pid else 0.0
-    busy0 = _browser_cpu_ms(cdp) if cdp else 0.0
+    chrome0 = _browser_cpu_ms(cdp) if cdp else 0.0
     action(page)
     page.wait_for_function(SETTLED, timeout=LOAD_MS, polling=50)
     out = page.evaluate(TIMES)
     if pid:
         out["server_cpu"] = _cpu_ms(pid) - cpu0
     if cdp:
-        out["browser_cpu"] = _browser_cpu_ms(cdp) - busy0
+        out["browser_cpu"] = _browser_cpu_ms(cdp) - chrome0
     return out
 
 
