@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--band", type=float, nargs=2, default=[1e-9, 1e-5])
     ap.add_argument("--dists", nargs="+", default=["hex"], choices=sorted(LENGTHS))
     ap.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROWS),
-                    metavar="ROW", help=f"rows (default {DEFAULT_ROWS}; all: {list(ROWS)})")
+                    metavar="ROW", help=f"rows (default {DEFAULT_ROWS}; all: {list(ROWS)})".replace("%", "%%"))
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
