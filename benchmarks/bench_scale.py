@@ -386,6 +386,38 @@ def _print_table(rows: dict, on_wall: bool) -> None:
           f"ru_maxrss, model included; '+ over model' = growth after the model was built)")
 
 
+def _result(a, rows_wanted: list[str], raw: dict, load0, t_all: float) -> dict:
+    """The run's JSON: settings, machine, load, and each finished row with its verdict;
+    `complete` is False (and `rows_pending` lists the rest) while rows are still to run."""
+    raw = dict(raw)
+    if "activation" in raw:
+        raw["toggle"] = _toggle_row(raw["activation"])
+    on_wall = not a.device.startswith("cpu")
+    rows = {}
+    for name in rows_wanted:
+        if name not in raw:
+            continue
+        r = dict(raw[name])
+        ref, target = TARGETS.get(name, (None, None))
+        if target is not None and (ref is None or ref in raw):
+            r["verdict"] = _verdict(r, raw[ref] if ref else None, target, on_wall)
+        rows[name] = r
+    pending = [r for r in rows_wanted if r not in rows]
+    return {"benchmark": "bench_scale.py (issue #11)", "complete": not pending,
+            "rows_pending": pending, "machine": machine_info(a.device),
+            "load_average_before": load0, "load_average_after": os.getloadavg(),
+            "total_wall_s": time.perf_counter() - t_all,
+            "settings": {k: getattr(a, k) for k in ("seqs", "ctx", "samples", "positions",
+                                                     "units", "sae_units", "toggles", "heads",
+                                                     "budget", "rows", "threads", "device",
+                                                     "quick")},
+            "model": "gpt2-small-shaped (12 layers, d_model 768, 12 heads, d_mlp 3072, "
+                     "vocabulary 50,257), random weights",
+            "sae": f"StandardSAE d_sae {D_SAE} on {SAE_HOOK}, random weights",
+            "data": f"{a.seqs} × {a.ctx} random token ids via tokens:FILE",
+            "met_judged_on": "wall seconds" if on_wall else "CPU seconds", "rows": rows}
+
+
 def main(argv=None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = bench_args(__doc__, argv, extra=_options)
@@ -418,36 +450,18 @@ def main(argv=None) -> dict | None:
     load0 = os.getloadavg()
     t_all = time.perf_counter()
     raw: dict[str, dict] = {}
-    for name in [r for r in RUN_ORDER if r in rows_wanted]:
+    order = [r for r in RUN_ORDER if r in rows_wanted]
+    for name in order:
         print(f"[{time.strftime('%H:%M:%S')}] row {name} …", flush=True)
         raw[name] = _run_child(name, child_argv, spec, tmp)
-    if "activation" in raw:
-        raw["toggle"] = _toggle_row(raw["activation"])
-    on_wall = not a.device.startswith("cpu")
-    rows = {}
-    for name in rows_wanted:
-        r = dict(raw[name])
-        if name in TARGETS:
-            ref, target = TARGETS[name]
-            r["verdict"] = _verdict(r, raw.get(ref) if ref else None, target, on_wall)
-        rows[name] = r
-    load1 = os.getloadavg()
-    result = {"benchmark": "bench_scale.py (issue #11)", "machine": machine_info(a.device),
-              "load_average_before": load0, "load_average_after": load1,
-              "total_wall_s": time.perf_counter() - t_all,
-              "settings": {k: getattr(a, k) for k in ("seqs", "ctx", "samples", "positions",
-                                                       "units", "sae_units", "toggles", "heads",
-                                                       "budget", "threads", "device", "quick")},
-              "model": "gpt2-small-shaped (12 layers, d_model 768, 12 heads, d_mlp 3072, "
-                       "vocabulary 50,257), random weights",
-              "sae": f"StandardSAE d_sae {D_SAE} on {SAE_HOOK}, random weights",
-              "data": f"{a.seqs} × {a.ctx} random token ids via tokens:FILE",
-              "met_judged_on": "wall seconds" if on_wall else "CPU seconds",
-              "rows": rows}
+        if a.out and name != order[-1]:  # a partial file while the run goes on
+            write_result("", _result(a, rows_wanted, raw, load0, t_all), a.out)
+    result = _result(a, rows_wanted, raw, load0, t_all)
+    load1 = result["load_average_after"]
     print(f"machine: {result['machine']['cpu']} · {result['machine']['cores']} cores · "
           f"{a.threads} torch thread(s) · device {a.device} · load "
           f"{load0[0]:.2f} → {load1[0]:.2f}")
-    _print_table(rows, on_wall)
+    _print_table(result["rows"], not a.device.startswith("cpu"))
     name = f"scale_{a.device.split(':')[0]}"
     print(f"wrote {write_result(name, result, a.out)}")
     return result
