@@ -253,6 +253,7 @@ def child(a) -> None:
     from estimators.data import load_data
     from estimators.loading import LoadedModel
 
+    code = _code_version()  # before the row: the code it imported
     t0 = time.perf_counter()
     model = gpt2_small_shaped(a.device)
     sae = gpt2_small_sae(a.device) if a._row in ("info", "activation") else None
@@ -271,7 +272,7 @@ def child(a) -> None:
                **clock.total(out["counted"]))
     if a.device.startswith("cuda"):
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
-    out["code"] = _code_version()
+    out["code"] = code
     Path(a._result).write_text(json.dumps(out, allow_nan=False))
 
 
