@@ -312,6 +312,8 @@ def _options(ap) -> None:
     ap.add_argument("--rows", default=",".join(r for r in ROWS if r != "toggle"),
                     help="comma-separated rows to run (toggle comes with activation; forward "
                          "and fwd_bwd are added when a row needs them)")
+    ap.add_argument("--no-references", action="store_true",
+                    help="run only the rows named in --rows (their ratios come from --combine)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 16 × 16 tokens, K = 16, budget 128 (explicit options win)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per row (default 1)")
@@ -320,14 +322,14 @@ def _options(ap) -> None:
         ap.add_argument(hidden, default=None, help=argparse.SUPPRESS)
 
 
-def _rows_wanted(text: str) -> list[str]:
+def _rows_wanted(text: str, references: bool = True) -> list[str]:
     want = [r.strip() for r in text.split(",") if r.strip()]
     bad = [r for r in want if r not in ROWS]
     if bad:
         raise SystemExit(f"--rows: unknown row {bad[0]!r}; choose from {', '.join(ROWS)}")
     if "activation" in want or "toggle" in want:
         want += ["activation", "toggle"]
-    for r in list(want):
+    for r in list(want) if references else []:
         ref = TARGETS.get(r, (None,))[0]
         if ref:
             want.append(ref)
@@ -436,7 +438,7 @@ def main(argv=None) -> dict | None:
             raise SystemExit(f"--{k.replace('_', '-')} must be at least 1")
     if a.positions > a.ctx or a.seqs < 2 or a.budget < 2:
         raise SystemExit("need --positions ≤ --ctx, --seqs ≥ 2 and --budget ≥ 2")
-    rows_wanted = _rows_wanted(a.rows)
+    rows_wanted = _rows_wanted(a.rows, not a.no_references)
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="hew-bench-scale-"))
