@@ -314,6 +314,10 @@ def _options(ap) -> None:
                          "and fwd_bwd are added when a row needs them)")
     ap.add_argument("--no-references", action="store_true",
                     help="run only the rows named in --rows (their ratios come from --combine)")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                    help="run nothing: merge the --out files of runs over the same settings "
+                         "(e.g. rows run concurrently) into one table (the first file's row "
+                         "wins; a row without its reference gets it from another file)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 16 × 16 tokens, K = 16, budget 128 (explicit options win)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per row (default 1)")
@@ -421,6 +425,47 @@ def _result(a, rows_wanted: list[str], raw: dict, load0, t_all: float) -> dict:
             "met_judged_on": "wall seconds" if on_wall else "CPU seconds", "rows": rows}
 
 
+COMBINE_KEYS = ("seqs", "ctx", "samples", "positions", "units", "sae_units", "heads", "budget",
+                "threads", "device")
+
+
+def _combine(a) -> dict:
+    """One table from several --out files of the same settings (--combine): each row keeps
+    its own verdict (computed against the reference of its own run); a row whose reference ran
+    elsewhere (--no-references) is judged against that file's reference row, and says so. The
+    source files are kept whole under "sources"."""
+    docs = {Path(p).name: json.loads(Path(p).read_text()) for p in a.combine}
+    first = next(iter(docs.values()))
+    for name, d in docs.items():
+        diff = [k for k in COMBINE_KEYS if d["settings"].get(k) != first["settings"].get(k)]
+        if diff:
+            raise SystemExit(f"--combine: {name} differs in {', '.join(diff)}")
+    on_wall = not first["settings"]["device"].startswith("cpu")
+    rows: dict[str, dict] = {}
+    for src, d in docs.items():
+        for name, r in d["rows"].items():
+            if name not in rows:
+                rows[name] = dict(r, source=src, source_load_average=[
+                    d["load_average_before"][0], d["load_average_after"][0]])
+    for name, r in rows.items():
+        ref, target = TARGETS.get(name, (None, None))
+        if target is not None and "verdict" not in r and (ref is None or ref in rows):
+            r["verdict"] = _verdict(r, rows[ref] if ref else None, target, on_wall)
+            if ref:
+                r["verdict"]["reference_source"] = rows[ref]["source"]
+        elif "verdict" in r and ref:
+            r["verdict"]["reference_source"] = r["source"]
+    rows = {n: rows[n] for n in ROWS if n in rows}
+    result = {"benchmark": "bench_scale.py (issue #11)", "complete": all(n in rows for n in ROWS),
+              "combined_from": list(docs), "machine": first["machine"],
+              "settings": first["settings"], "model": first["model"], "sae": first["sae"],
+              "data": first["data"], "met_judged_on": first["met_judged_on"], "rows": rows,
+              "sources": docs}
+    _print_table(rows, on_wall)
+    print(f"wrote {write_result('scale_cpu', result, a.out)}")
+    return result
+
+
 def main(argv=None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = bench_args(__doc__, argv, extra=_options)
@@ -432,6 +477,8 @@ def main(argv=None) -> dict | None:
     if a._row:
         child(a)
         return None
+    if a.combine:
+        return _combine(a)
     for k in ("seqs", "ctx", "samples", "positions", "toggles", "heads", "budget", "threads",
               "sae_units"):
         if getattr(a, k) < 1:
