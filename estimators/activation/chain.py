@@ -355,11 +355,28 @@ def causal_windows(model, extras: dict, base_resid: dict, positions: list[int],
     return out
 
 
-def read_logits(model, resid_final: torch.Tensor) -> torch.Tensor:
+def read_logits(model, resid_final: torch.Tensor, units: list[int] | None = None
+                ) -> torch.Tensor:
     """Logits [K, pos, d_vocab_out] from the final residual stream [K, pos, d_model] by the
     model's own forward pass after the last block (ln_final when the model has one, unembed,
-    `output_logits_soft_cap`)."""
-    return model(resid_final, start_at_layer=model.cfg.n_layers)
+    `output_logits_soft_cap`). With `units` (vocabulary ids), only those logits [K, pos,
+    len(units)]: the same ln_final and soft cap, TransformerLens' `Unembed` product restricted
+    to those columns of W_U (a chain reads 1,024 of gpt2's 50,257: 2% of the work); a model
+    whose unembedding is another module gets the whole pass, then the columns."""
+    if units is not None and type(getattr(model, "unembed", None)).__name__ == "Unembed":
+        try:
+            from transformer_lens.utilities.activation_functions import apply_softcap
+        except ImportError:
+            apply_softcap = None
+        if apply_softcap is not None:
+            x = model.ln_final(resid_final) if model.cfg.normalization_type is not None \
+                else resid_final
+            idx = torch.as_tensor(units, device=x.device)
+            w, b = model.unembed.W_U.index_select(1, idx), model.unembed.b_U.index_select(0, idx)
+            return apply_softcap(torch.nn.functional.linear(x, w.T.contiguous(), b),
+                                 model.cfg.output_logits_soft_cap)
+    logits = model(resid_final, start_at_layer=model.cfg.n_layers)
+    return logits if units is None else logits[..., list(units)]
 
 
 def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = None,
@@ -689,8 +706,8 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
                     lat = sae_ops.encode(sae, resid)
                     outs.append(take(lat, p_read, sae_u_t))
                 elif s.kind == "logits":
-                    lg = read_logits(model, resid[:, l_read:l_read + 1])[:, 0]
-                    outs.append(lg[:, list(s.units)])
+                    lg = read_logits(model, resid[:, l_read:l_read + 1], list(s.units))
+                    outs.append(lg[:, 0])
                 elif s.kind == "sae":  # read-out SAE at a hook inside a block
                     outs.append(take(sae_ops.encode(sae, captured[s.hook]), p_read, sae_u_t))
                 else:  # MLP hidden read-out
