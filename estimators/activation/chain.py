@@ -691,12 +691,15 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
             win = windows.get(b0) if blocks else None
             p_read, l_read = pos_t, lpos
             with model.hooks(fwd_hooks=fwd_hooks):
-                if win is None:
-                    resid = run_blocks(model, resid, blocks,
-                                       {k: tile_rows(v, kx) for k, v in extras.items()})
-                else:  # only positions lo..hi−1, the earlier ones' keys and values cached
-                    resid = win.run(resid)
-                    p_read, l_read = pos_t - win.lo, lpos - win.lo
+                out = None
+                if win is not None:  # only positions lo..hi−1, earlier keys/values cached
+                    try:
+                        out = win.run(resid)
+                        p_read, l_read = pos_t - win.lo, lpos - win.lo
+                    except Exception:  # noqa: BLE001 - a config the cache does not serve:
+                        windows.pop(b0, None)  # the whole context, from now on
+                resid = out if out is not None else run_blocks(
+                    model, resid, blocks, {k: tile_rows(v, kx) for k, v in extras.items()})
             outs = []
             for c in children:
                 s = site_objs[c]

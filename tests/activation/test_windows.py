@@ -62,3 +62,17 @@ def test_no_window_where_later_positions_reach_earlier_ones():
     # every position modelled and read: nothing to leave out
     assert not chain_mod.causal_windows(_model("standard"), {}, base, list(range(12)), 11,
                                         steps)
+
+
+def test_a_window_that_fails_falls_back_to_the_whole_context(monkeypatch):
+    model = _model("standard")
+    tokens = torch.randint(0, 50, (24, 12), generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(chain_mod, "WINDOW_CACHE_BYTES", 0)
+    whole, _ = _propagate(model, tokens)
+    monkeypatch.setattr(chain_mod, "WINDOW_CACHE_BYTES", 512 * 2 ** 20)
+
+    def broken(self, resid):
+        raise RuntimeError("a cache this config does not serve")
+    monkeypatch.setattr(chain_mod.CausalWindow, "run", broken)
+    fallen, _ = _propagate(model, tokens)
+    assert fallen.surprise.total_bits == whole.surprise.total_bits
