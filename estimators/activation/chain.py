@@ -19,6 +19,10 @@ Transitions (`Step`), each from one parent site to its child sites:
 Positions and units a site does not model are held at the *real* activations of K real inputs
 (input k of the empirical batch for sample k): the estimate presumes the modelled coordinates
 independent of the rest of the context, which is the heuristic presumption of independence.
+In a causal model the positions before the first modelled one are then the same in every
+sample, so a transition runs its blocks on the modelled span only, those positions' keys and
+values computed once (`CausalWindow`; hooks on the model see the span), and a logits site
+computes only its own units.
 """
 
 from __future__ import annotations
