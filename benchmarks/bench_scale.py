@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -501,11 +502,14 @@ def main(argv=None) -> dict | None:
     t_all = time.perf_counter()
     raw: dict[str, dict] = {}
     order = [r for r in RUN_ORDER if r in rows_wanted]
-    for name in order:
-        print(f"[{time.strftime('%H:%M:%S')}] row {name} …", flush=True)
-        raw[name] = _run_child(name, child_argv, spec, tmp)
-        if a.out and name != order[-1]:  # a partial file while the run goes on
-            write_result("", _result(a, rows_wanted, raw, load0, t_all), a.out)
+    try:
+        for name in order:
+            print(f"[{time.strftime('%H:%M:%S')}] row {name} …", flush=True)
+            raw[name] = _run_child(name, child_argv, spec, tmp)
+            if a.out and name != order[-1]:  # a partial file while the run goes on
+                write_result("", _result(a, rows_wanted, raw, load0, t_all), a.out)
+    finally:  # the data file and the rows' caches (hundreds of MiB of activations)
+        shutil.rmtree(tmp, ignore_errors=True)
     result = _result(a, rows_wanted, raw, load0, t_all)
     load1 = result["load_average_after"]
     print(f"machine: {result['machine']['cpu']} · {result['machine']['cores']} cores · "
