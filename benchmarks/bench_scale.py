@@ -46,7 +46,7 @@ on CUDA also torch's peak allocated device memory.
         [--threads 1] [--device cpu] [--out benchmarks/results/scale_cpu.json]
 
 --quick (16 × 16 tokens, K = 16, budget 128) is a smoke run of a few minutes; the full run
-(128 × 64, budget 2048) takes ~40 minutes of CPU on one thread, most of it the two ITGIS rows.
+(128 × 64, budget 2048) takes ~20 minutes of CPU on one thread, ~¾ of it the two ITGIS rows.
 Prints a table; writes JSON only with --out.
 """
 
