@@ -19,6 +19,10 @@ Transitions (`Step`), each from one parent site to its child sites:
 Positions and units a site does not model are held at the *real* activations of K real inputs
 (input k of the empirical batch for sample k): the estimate presumes the modelled coordinates
 independent of the rest of the context, which is the heuristic presumption of independence.
+In a causal model the positions before the first modelled one are then the same in every
+sample, so a transition runs its blocks on the modelled span only, those positions' keys and
+values computed once (`CausalWindow`; hooks on the model see the span), and a logits site
+computes only its own units.
 """
 
 from __future__ import annotations
@@ -259,11 +263,124 @@ def run_blocks(model, resid: torch.Tensor, blocks: list[int], extras: dict) -> t
     return model(resid, start_at_layer=blocks[0], stop_at_layer=blocks[-1] + 1, **extras)
 
 
-def read_logits(model, resid_final: torch.Tensor) -> torch.Tensor:
+# Memory for the cached keys and values of the positions before a causal window, over all of a
+# chain's steps (bytes); steps beyond it run the whole context.
+WINDOW_CACHE_BYTES = 512 * 2 ** 20
+
+
+def _kv_cache_class():
+    try:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    except ImportError:  # another TransformerLens version: no windows
+        return None
+    return TransformerLensKeyValueCache
+
+
+class CausalWindow:
+    """A sampled transition's blocks run on positions lo..hi−1 only. In a causal model the
+    positions before lo hold the real activations of the input completing each sample (no
+    modelled position can reach them) and nothing reads a position at or after hi, so their
+    outputs are the same as in a pass over the whole context; the blocks' keys and values at
+    positions 0..lo−1 come from one pass of the K real inputs, made on first use and kept
+    (TransformerLens' key-value cache, frozen: the model's own attention code reads it, with
+    rotary offsets and the causal mask it applies when generating). A window has no prefix
+    when lo = 0."""
+
+    def __init__(self, model, blocks: list[int], base: torch.Tensor, lo: int, hi: int):
+        self.model, self.blocks, self.lo, self.hi = model, blocks, lo, hi
+        self._base = base  # [K, ctx, d_model] the real residual stream at the step's parent
+        self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _prefix(self, kx: int):
+        """A frozen key-value cache of the positions before lo, for kx rows (tile_rows)."""
+        if self.lo == 0:
+            return None
+        cls = _kv_cache_class()
+        m = self.model
+        if self._kv is None:
+            cache = cls.init_cache(m.cfg, self._base.device, batch_size=int(self._base.shape[0]))
+            with torch.no_grad():
+                m(self._base[:, :self.lo], start_at_layer=self.blocks[0],
+                  stop_at_layer=self.blocks[-1] + 1, past_kv_cache=cache)
+            self._kv = [(cache.entries[b].past_keys, cache.entries[b].past_values)
+                        for b in self.blocks]
+        cache = cls.init_cache(m.cfg, self._base.device, batch_size=kx)
+        for b, (k, v) in zip(self.blocks, self._kv):
+            cache.entries[b].past_keys, cache.entries[b].past_values = \
+                tile_rows(k, kx), tile_rows(v, kx)
+        cache.freeze()
+        return cache
+
+    def run(self, resid: torch.Tensor) -> torch.Tensor:
+        """The residual stream [kx, hi − lo, d_model] after the blocks, at positions lo..hi−1,
+        from the whole written residual stream resid [kx, ctx, d_model]."""
+        cache = self._prefix(int(resid.shape[0]))
+        return self.model(resid[:, self.lo:self.hi], start_at_layer=self.blocks[0],
+                          stop_at_layer=self.blocks[-1] + 1, past_kv_cache=cache)
+
+    def nbytes(self) -> int:
+        cfg = self.model.cfg
+        heads = cfg.n_key_value_heads or cfg.n_heads
+        return (2 * int(self._base.shape[0]) * self.lo * heads * cfg.d_head
+                * len(self.blocks) * self._base.element_size())
+
+
+def causal_windows(model, extras: dict, base_resid: dict, positions: list[int],
+                   read_position: int | None, steps: list[tuple[int, int, str]]
+                   ) -> dict[int, CausalWindow]:
+    """{parent boundary: CausalWindow} for the sampled steps (parent boundary, child boundary,
+    child kind) that can run on the modelled positions only: the model attends causally with
+    standard or rotary positions and no local attention, sinks or length-dependent rotary
+    scaling, its blocks need nothing besides the residual stream (`block_extras` empty), and the
+    modelled positions (with the logits' read position) leave out some of the context; steps
+    get windows in chain order while their cached keys and values fit WINDOW_CACHE_BYTES.
+    The estimates equal the whole-context pass's up to rounding (the activation engine's
+    conformance check runs windowed transitions)."""
+    cfg = model.cfg
+    ctx = int(next(iter(base_resid.values())).shape[1]) if base_resid else 0
+    lo = min(positions)
+    hi = max(positions + ([read_position] if read_position is not None else [])) + 1
+    if (lo == 0 and hi == ctx) or extras or _kv_cache_class() is None \
+            or getattr(cfg, "attention_dir", "causal") != "causal" \
+            or getattr(cfg, "positional_embedding_type", "standard") not in ("standard", "rotary") \
+            or any(getattr(cfg, f, False) for f in ("use_local_attn", "use_attention_sinks",
+                                                    "use_dynamic_ntk_rope")):
+        return {}
+    out, used = {}, 0
+    for b0, b1, kind in steps:
+        blocks = list(range(b0, cfg.n_layers if kind == "logits" else b1))
+        if not blocks or b0 not in base_resid:
+            continue
+        w = CausalWindow(model, blocks, base_resid[b0], lo, hi)
+        if used + w.nbytes() > WINDOW_CACHE_BYTES:
+            break
+        used += w.nbytes()
+        out[b0] = w
+    return out
+
+
+def read_logits(model, resid_final: torch.Tensor, units: list[int] | None = None
+                ) -> torch.Tensor:
     """Logits [K, pos, d_vocab_out] from the final residual stream [K, pos, d_model] by the
     model's own forward pass after the last block (ln_final when the model has one, unembed,
-    `output_logits_soft_cap`)."""
-    return model(resid_final, start_at_layer=model.cfg.n_layers)
+    `output_logits_soft_cap`). With `units` (vocabulary ids), only those logits [K, pos,
+    len(units)]: the same ln_final and soft cap, TransformerLens' `Unembed` product restricted
+    to those columns of W_U (a chain reads 1,024 of gpt2's 50,257: 2% of the work); a model
+    whose unembedding is another module gets the whole pass, then the columns."""
+    if units is not None and type(getattr(model, "unembed", None)).__name__ == "Unembed":
+        try:
+            from transformer_lens.utilities.activation_functions import apply_softcap
+        except ImportError:
+            apply_softcap = None
+        if apply_softcap is not None:
+            x = model.ln_final(resid_final) if model.cfg.normalization_type is not None \
+                else resid_final
+            idx = torch.as_tensor(units, device=x.device)
+            w, b = model.unembed.W_U.index_select(1, idx), model.unembed.b_U.index_select(0, idx)
+            return apply_softcap(torch.nn.functional.linear(x, w.T.contiguous(), b),
+                                 model.cfg.output_logits_soft_cap)
+    logits = model(resid_final, start_at_layer=model.cfg.n_layers)
+    return logits if units is None else logits[..., list(units)]
 
 
 def transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None = None,
@@ -521,6 +638,10 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
             return sae_boundary
         return L
 
+    windows = causal_windows(model, extras, base_resid, pos, lpos if logits_site is not None
+                             else None, [(boundary_of(site_objs[pi]),
+                                          boundary_of(site_objs[ci]), site_objs[ci].kind)
+                                         for pi, ci in zip(chain_idx[:-1], chain_idx[1:])])
     g = torch.Generator(device="cpu")
     steps: list[Step] = []
     n_heads = cfg.n_heads
@@ -573,23 +694,33 @@ def build_transformer_chain(model, tokens: torch.Tensor, sites: list[str] | None
                     captured[h] = act
                     return act
                 fwd_hooks.append((h, grab))
+            win = windows.get(b0) if blocks else None
+            p_read, l_read = pos_t, lpos
             with model.hooks(fwd_hooks=fwd_hooks):
-                resid = run_blocks(model, resid, blocks, {k: tile_rows(v, kx) for k, v in extras.items()})
+                out = None
+                if win is not None:  # only positions lo..hi−1, earlier keys/values cached
+                    try:
+                        out = win.run(resid)
+                        p_read, l_read = pos_t - win.lo, lpos - win.lo
+                    except Exception:  # noqa: BLE001 - a config the cache does not serve:
+                        windows.pop(b0, None)  # the whole context, from now on
+                resid = out if out is not None else run_blocks(
+                    model, resid, blocks, {k: tile_rows(v, kx) for k, v in extras.items()})
             outs = []
             for c in children:
                 s = site_objs[c]
                 if s.kind == "resid":
-                    outs.append(take(resid, pos_t, u_model))
+                    outs.append(take(resid, p_read, u_model))
                 elif s.kind == "sae" and s.role == "chain":
                     lat = sae_ops.encode(sae, resid)
-                    outs.append(take(lat, pos_t, sae_u_t))
+                    outs.append(take(lat, p_read, sae_u_t))
                 elif s.kind == "logits":
-                    lg = read_logits(model, resid[:, lpos:lpos + 1])[:, 0]
-                    outs.append(lg[:, list(s.units)])
+                    lg = read_logits(model, resid[:, l_read:l_read + 1], list(s.units))
+                    outs.append(lg[:, 0])
                 elif s.kind == "sae":  # read-out SAE at a hook inside a block
-                    outs.append(take(sae_ops.encode(sae, captured[s.hook]), pos_t, sae_u_t))
+                    outs.append(take(sae_ops.encode(sae, captured[s.hook]), p_read, sae_u_t))
                 else:  # MLP hidden read-out
-                    outs.append(take(captured[s.hook], pos_t,
+                    outs.append(take(captured[s.hook], p_read,
                                      torch.arange(s.width, device=dev)))
             return [o.to(dtype) for o in outs]
 

@@ -122,10 +122,11 @@ def test_check_runs_in_float64_on_small_float32_models():
     assert model.cfg.dtype == torch.float32
 
 
-def _pre_fix_readout(model, resid_final):
+def _pre_fix_readout(model, resid_final, units=None):
     """The logits readout before this check existed: ln_final + unembed, no soft cap."""
     ln = getattr(model, "ln_final", None)
-    return model.unembed(ln(resid_final) if ln is not None else resid_final)
+    logits = model.unembed(ln(resid_final) if ln is not None else resid_final)
+    return logits if units is None else logits[..., list(units)]
 
 
 def test_check_catches_an_unfaithful_readout_and_names_the_field(monkeypatch):
