@@ -748,6 +748,23 @@ class MLPPropagation:
     info: dict = field(default_factory=dict)
 
 
+K4_MEMORY_LIMIT_GB = 16.0
+
+
+def _check_k4_memory(mlp, K: int, diagonal: bool = False) -> None:
+    """K = 4 holds the fourth cumulant as two [r, n, n] factor tensors, r ≈ 2n per activation
+    so far, and a linear map makes a copy: refuse (ValueError, one line) where the deepest
+    layer would need more than `K4_MEMORY_LIMIT_GB` of float64."""
+    if K < 4 or diagonal:
+        return
+    widths = [layer.weight.shape[0] for layer in mlp.layers]
+    n = max(widths)
+    gb = 4 * 2 * max(len(widths) - 2, 1) * n ** 3 * 8 / 1e9
+    if gb > K4_MEMORY_LIMIT_GB:
+        raise ValueError(f"cumulants=4 would need ~{gb:.0f} GB for width {n} (it holds the "
+                         f"whole fourth cumulant, O(width³·depth)); use cumulants=3")
+
+
 def _check(K: int, order: int) -> None:
     if K not in CUMULANT_ORDERS:
         raise ValueError(f"cumulants must be one of {CUMULANT_ORDERS}, not {K!r}")
@@ -768,9 +785,11 @@ def propagate_mlp(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, cumula
     diagonal=True is the naive argument (independent units, O(width²) per layer).
     output_cov=False skips the covariances nobody reads (the last layer's): FLOPs count only
     what is computed. Shapes: input_mean [d_in], input_cov [d_in, d_in]. ValueError on bad
-    K/order. The input is Gaussian (third and higher cumulants zero).
+    K/order, and for K = 4 where its fourth-cumulant factors would exceed
+    `K4_MEMORY_LIMIT_GB`. The input is Gaussian (third and higher cumulants zero).
     """
     _check(cumulants, hermite_order)
+    _check_k4_memory(mlp, cumulants, diagonal)
     dtype = torch.float64
     mean = input_mean.to(dtype)
     cov = input_cov.to(dtype)
@@ -870,6 +889,7 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
     from estimators.activation.gaussian import Moments
 
     _check(cumulants, hermite_order)
+    _check_k4_memory(mlp, cumulants)
     K = cumulants
     chain = mlp_chain(_without_final_activation(mlp), input_mean, input_cov, n_empirical=n_empirical, seed=seed,
                       order=hermite_order, epsilon=epsilon, device=device)

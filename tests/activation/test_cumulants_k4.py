@@ -179,3 +179,14 @@ def test_fourth_cumulant_after_a_relu_matches_the_gaussian_series():
         assert e2 < e1 / f, (name, errs[name])
         assert e2 < 0.1 * v2, (name, errs[name])
         print(name, errs[name])
+
+
+def test_k4_refuses_widths_whose_fourth_cumulant_would_not_fit():
+    import pytest
+
+    from estimators.activation.cumulants import propagate_mlp
+    from estimators.activation.mlp import random_mlp
+
+    mlp = random_mlp([512] * 6, "relu", seed=0)
+    with pytest.raises(ValueError, match="cumulants=4 would need"):
+        propagate_mlp(mlp, torch.zeros(512, dtype=D), torch.eye(512, dtype=D), 4)
