@@ -765,6 +765,17 @@ def _check_k4_memory(mlp, K: int, diagonal: bool = False) -> None:
                          f"whole fourth cumulant, O(width³·depth)); use cumulants=3")
 
 
+def k4_flops_lower_bound(mlp) -> float:
+    """A lower bound on `propagate_mlp`'s FLOPs at K = 4 without running it: the first linear
+    map of the factored fourth cumulant (rank ≥ 2·n₁ after the first activation; at least the
+    products W·A_r, W·B_r: 2·2·r·n_out·n₁²), 0 when the MLP has fewer than three layers."""
+    layers = list(mlp.layers)
+    if len(layers) < 3:
+        return 0.0
+    n_out, n1 = layers[1].weight.shape
+    return 2 * 2.0 * (2 * n1) * n_out * n1 * n1
+
+
 def _check(K: int, order: int) -> None:
     if K not in CUMULANT_ORDERS:
         raise ValueError(f"cumulants must be one of {CUMULANT_ORDERS}, not {K!r}")
