@@ -78,8 +78,8 @@ def register(subparsers) -> None:
                    help="greedy steps or gradient updates (default 5)")
     p.add_argument("--cumulants", type=int, choices=(2, 3, 4), default=None,
                    help="plain MLPs: cumulant order tracked (2 Gaussian closure, default; 3 + "
-                   "factored third cumulants and two fourth-cumulant slices; 4 + tree-level "
-                   "fourth cumulants)")
+                   "factored third cumulants and two fourth-cumulant slices; 4 + the whole "
+                   "fourth cumulant, factored, O(width^4) per layer)")
     p.add_argument("--hermite-order", type=int, default=None,
                    help="plain MLPs: terms of the Hermite series for covariances (1-12, "
                    "default 4)")

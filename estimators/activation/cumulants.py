@@ -3,7 +3,8 @@
 The Gaussian closure (`closed_form.py`, "K = 2") keeps each layer's mean and covariance. Here
 the pre-activations z = W x + b also carry their third joint cumulant κ₃ (K = 3, factored) and
 two slices of their fourth: the marginal κ₄_iiii and the two-unit slice κ₄_iijj (K ≥ 3); K = 4
-adds tree-level fourth-cumulant diagrams of every earlier layer. The activation step is the
+carries the whole fourth cumulant (factored) and the diagrams of cost 3 (below). The
+activation step is the
 Edgeworth/Wick expansion of E[Π φ(z_i)] around independent Gaussians with the same means and
 variances (the "Hermite series"; background.md §2; the same expansion as ARC's cumulant
 propagation, "Estimating the expected output of wide random MLPs more efficiently than
@@ -12,8 +13,8 @@ costs m − 1, less one if every multiplicity is even, and K keeps diagrams of t
 — decides which terms K = 3 keeps; our own derivation and implementation, stated below):
 
 * marginal quantities of x_i = φ(z_i) (mean, variance, κ₃_iii, κ₄_iiii) under the marginal
-  Edgeworth law of z_i: E[h(z)] = E_G[h] + s/6·E_G[h^(3)] + q/24·E_G[h^(4)] (K ≥ 3)
-  + s²/72·E_G[h^(6)] (K = 4), G = N(μ_i, Σ_ii), s = κ₃(z)_iii, q = κ₄(z)_iiii.
+  Edgeworth law of z_i: E[h(z)] = E_G[h] + s/6·E_G[h^(3)] + q/24·E_G[h^(4)] (K ≥ 3),
+  G = N(μ_i, Σ_ii), s = κ₃(z)_iii, q = κ₄(z)_iiii (s²/72·E_G[h^(6)] is of cost 4: not kept).
 * terms linking units use Gaussian coefficients ã_k = E_G[φ^(k)(z_i)] and
   c_k = E_G[(φ²)^(k)] − 2E_G[φ]ã_k (`_links`; a marginal κ₃/κ₄ on a linked unit is a term of
   the next order).
@@ -40,10 +41,16 @@ costs m − 1, less one if every multiplicity is even, and K keeps diagrams of t
   map gives z's κ₄_iiii and κ₄_iiij exactly from them and κ₄_iijj without the two cross
   pairings (relative size 1/width). This is the "radial" mode every unit shares (the fluctuation of
   the layer's overall scale), which the Gaussian closure and the κ₃ terms miss.
-* K = 4 adds tree-level diagrams of each earlier activation layer (the slice κ₄(x)_iiij ≈
-  Σ_ij ã_1(j)·∂_μκ₃(x_i), first order, and the three- and four-unit trees), pushed to the
-  current layer through the linearised network x ≈ ã_1·z; the full fourth-cumulant tensor is
-  not tracked.
+* K = 4 keeps ARC's cost-3 diagrams where they are cheap (our reading of their factored
+  K = 4; our own implementation): the whole fourth cumulant as symmetric products of matrix
+  pairs (`FourthCumulant`, O(width⁴) per layer; its slices κ₄_iiii, κ₄_iiij, κ₄_iijj feed the
+  activation step exactly, cross pairings included, and x's κ₄ is rebuilt at every activation:
+  z's with ã₁ on every leg, the four-unit trees, and x's own slices at repeated indices,
+  `_post_fourth`); a dense part of κ₃ at three distinct indices (`ThirdCumulant.dense`: z's
+  with ã₁ on every leg plus the cost-3 diagrams on three units, `_three_unit_cost3`:
+  triangles, a doubled edge beside an edge, κ₃ blocks beside an edge, ½κ₄_aabc); in the
+  covariance the cost-3 products ½κ₃_iij Σ_ij ã₃ã₂, ¼κ₄_iijj Σ_ij ã₃ã₃ (and mirrors) and the
+  single-edge term with Edgeworth-corrected slopes (a marginal κ₃/κ₄ beside an edge).
 * The naive (diagonal) argument: units independent, O(width²) per layer (W x and (W∘W)·var,
   plus (W∘W∘W)·κ₃ and (W∘W∘W∘W)·κ₄ for K ≥ 3).
 
@@ -133,8 +140,6 @@ def edgeworth(row: list[torch.Tensor], k: int, s, q, K: int) -> torch.Tensor:
         out = out + s / 6 * row[k + 3]
     if K >= 3 and q is not None:
         out = out + q / 24 * row[k + 4]
-    if K >= 4 and s is not None:
-        out = out + s * s / 72 * row[k + 6]
     return out
 
 
@@ -149,19 +154,26 @@ class ThirdCumulant:
     V: torch.Tensor
     d: torch.Tensor | None = None
     R: torch.Tensor | None = None
+    dense: torch.Tensor | None = None  # K = 4: [n, n, n] added to the pairs (zero at
+    # repeated indices after an activation)
 
     @property
     def rank(self) -> int:
         return int(self.U.shape[1])
 
     def diag(self) -> torch.Tensor:
-        """κ_iii [n] of the pairs alone (no corrections)."""
-        return 3 * (self.U * self.U * self.V).sum(1)
+        """κ_iii [n] of the pairs (and the dense part) alone (no corrections)."""
+        out = 3 * (self.U * self.U * self.V).sum(1)
+        if self.dense is not None:
+            out = out + torch.einsum("iii->i", self.dense)
+        return out
 
     def slice_iij(self) -> tuple[torch.Tensor, float]:
         """[n, n] matrix K with K[i, j] = κ_iij of the pairs (valid for i ≠ j), and FLOPs."""
         n, r = self.U.shape
         K = (self.U * self.U) @ self.V.T + 2 * (self.U * self.V) @ self.U.T
+        if self.dense is not None:
+            K = K + torch.einsum("iij->ij", self.dense)
         return K, 2 * 2.0 * n * n * r + 4.0 * n * r + n * n
 
     def linear(self, W: torch.Tensor) -> tuple["ThirdCumulant", float]:
@@ -179,10 +191,17 @@ class ThirdCumulant:
             Us.append(W)
             Vs.append(W @ M)
             flops += 2.0 * n_out * n_in * n_in
+        dense = None
+        if self.dense is not None:
+            dense = torch.einsum("ia,abc->ibc", W, self.dense)
+            dense = torch.einsum("jb,ibc->ijc", W, dense)
+            dense = torch.einsum("kc,ijc->ijk", W, dense)
+            flops += 2.0 * n_out * n_in ** 3 + 2.0 * n_out ** 2 * n_in ** 2 \
+                + 2.0 * n_out ** 3 * n_in
         if not Us:
             z = torch.zeros(n_out, 0, dtype=W.dtype, device=W.device)
-            return ThirdCumulant(z, z.clone()), flops
-        return ThirdCumulant(torch.cat(Us, 1), torch.cat(Vs, 1)), flops
+            return ThirdCumulant(z, z.clone(), dense=dense), flops
+        return ThirdCumulant(torch.cat(Us, 1), torch.cat(Vs, 1), dense=dense), flops
 
 
 # ================================================================== the layer state
@@ -193,8 +212,7 @@ class State:
     k3 (pairs, dense path, K ≥ 3) or k3_diag [n] (diagonal path); k4_diag [n] (K ≥ 3);
     k4_pair [n, n] (K ≥ 3, dense path): κ₄_iijj, zero diagonal; k4_31 [n, n] (pre-activation,
     K ≥ 3, dense path): κ₄_iiij from the carried slices, zero diagonal;
-    k4_origins (K = 4, dense path, post-activation): one `_Origin` per earlier activation
-    layer, whose tree-level fourth cumulants reach this layer through the linearised map G."""
+    k4_fac (K = 4, dense path): the whole fourth cumulant, factored (`FourthCumulant`)."""
 
     mean: torch.Tensor
     var: torch.Tensor
@@ -204,54 +222,7 @@ class State:
     k4_diag: torch.Tensor | None = None
     k4_pair: torch.Tensor | None = None  # [n, n], zero diagonal: κ₄_iijj (K ≥ 3, dense path)
     k4_31: torch.Tensor | None = None  # [n, n], zero diagonal: κ₄_iiij (pre-activation)
-    k4_origins: list | None = None
-    k4_maps: list | None = None  # pre-activation: M = W·G per origin (of k4_origins)
-
-
-@dataclass
-class _Origin:
-    """An activation layer's data for tree-level fourth cumulants (K = 4): vertex coefficients
-    ã_1..ã_3, ∂_μVar and ∂²_μVar of each unit, κ₄_aaaa (d4), the slices κ₄_aaab (s31) and
-    κ₄_aabb (s22), the pre-activation Σ_off, and G (its units → the current layer's, the
-    activations linearised as x ≈ ã_1·z; None = identity)."""
-
-    a1: torch.Tensor
-    a2: torch.Tensor
-    a3: torch.Tensor
-    dvar: torch.Tensor
-    d2var: torch.Tensor
-    d4: torch.Tensor | None
-    s31: torch.Tensor
-    s22: torch.Tensor | None
-    off: torch.Tensor
-    G: torch.Tensor | None = None
-
-
-def _tree_q(M: torch.Tensor, o: _Origin) -> tuple[torch.Tensor, float]:
-    """κ₄(z)_iiii for z = M x from the origin's tree diagrams (one vertex; two vertices with
-    legs (3,1), (2,2); three vertices (2,1,1) with the two-leg vertex inside, coefficient
-    ∂²_μVar, or at the end; four vertices: star ã_3 and path ã_2ã_2), each leaf carrying
-    ã_1, each edge Σ_ab; and its FLOPs. Derivation: a unit linked by one edge acts as its
-    regression on the other's pre-activation, and κ(X, …, X, z, …, z) = σ^{2e}·∂_μ^e κ_m(X) for
-    Gaussian z (Stein)."""
-    n_out, n_in = M.shape
-    M2 = M * M
-    q = 4 * ((M2 * M) * (M @ o.s31.T)).sum(1)
-    if o.d4 is not None:
-        q = q + (M2 * M2) @ o.d4
-    if o.s22 is not None:
-        q = q + 3 * ((M2 @ o.s22) * M2).sum(1)
-    P = (M * o.a1) @ o.off
-    Q = (M2 * o.dvar) @ o.off
-    off2 = o.off * o.off
-    # coincident leaf units are other diagrams (the (2,2) double edge is in s22): removed
-    PP = P * P - (M2 * o.a1 * o.a1) @ off2
-    PQ = P * Q - (M2 * M * o.dvar * o.a1) @ off2
-    q = q + 6 * (M2 * o.d2var * PP).sum(1) + 12 * (M * o.a2 * PQ).sum(1)
-    q = q + 4 * (M * o.a3 * P ** 3).sum(1)
-    u = M * o.a2 * P
-    q = q + 12 * ((u @ o.off) * u).sum(1)
-    return q, 2.0 * n_out * n_in * (6 * n_in + 1) + 40.0 * n_out * n_in
+    k4_fac: "FourthCumulant | None" = None  # K = 4, dense path: the whole κ₄, factored
 
 
 @dataclass
@@ -313,20 +284,19 @@ def linear_state(x: State, W: torch.Tensor, b: torch.Tensor | None, K: int, diag
             f.elementwise += 3.0 * n_out * st.k3.rank
         else:
             st.k3_diag = torch.zeros_like(mean)
-        q, st.k4_pair, st.k4_31, fl = _fourth_pairs(W, W2, x.k4_pair, x.k4_diag, want_cov)
-        f.matmul += fl
-        st.k4_diag = q
-    if K >= 4:
-        st.k4_maps = []
-        for o in x.k4_origins or []:
-            M = W if o.G is None else W @ o.G
-            if o.G is not None:
-                f.matmul += 2.0 * n_out * n_in * o.G.shape[1]
-            dq, fl = _tree_q(M, o)
-            st.k4_diag = dq if st.k4_diag is None else st.k4_diag + dq
+        if K >= 4 and x.k4_fac is not None and want_cov:
+            st.k4_fac, fl = x.k4_fac.linear(W)
             f.matmul += fl
-            st.k4_maps.append(M)
-        st.k4_origins = x.k4_origins
+            st.k4_diag, st.k4_31, st.k4_pair, fl = st.k4_fac.slices()
+            f.elementwise += fl
+        elif K >= 4 and x.k4_fac is not None:
+            st.k4_diag, fl = x.k4_fac.marginal_after(W)
+            f.matmul += fl
+        else:
+            q, st.k4_pair, st.k4_31, fl = _fourth_pairs(W, W2, x.k4_pair, x.k4_diag,
+                                                        want_cov)
+            f.matmul += fl
+            st.k4_diag = q
     return st, f
 
 
@@ -387,6 +357,9 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
     if diagonal or not want_cov:
         return x, f
     a, c1, c2 = _links(V, order)
+    # K = 4: the single-edge term with the units' Edgeworth-corrected slopes (a marginal κ₃ or
+    # κ₄ beside one edge: cost 3)
+    a1e = edgeworth(V[1], 1, s, q, 3) if K >= 4 else a[1]
     Sig = z.cov
     eye = torch.eye(n, dtype=Sig.dtype, device=Sig.device)
     off = Sig * (1 - eye)
@@ -396,7 +369,8 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
     for k in range(1, order + 1):
         power = power * off
         fact *= k
-        cov = cov + power * torch.outer(a[k], a[k]) / fact
+        ak = a1e if k == 1 else a[k]
+        cov = cov + power * torch.outer(ak, ak) / fact
     f.elementwise += 4.0 * n * n * order
     if K >= 3 and z.k3 is not None and z.k3.rank:
         K3, fl = z.k3.slice_iij()
@@ -413,6 +387,11 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
         T = z.k4_31
         cov = cov + (T * torch.outer(a[3], a[1]) + T.T * torch.outer(a[1], a[3])) / 6
         f.elementwise += 8.0 * n * n
+    if K >= 4:  # a two-unit κ₃ or κ₄ block beside the edge (cost 3)
+        if K3 is not None:
+            cov = cov + 0.5 * off * (K3 * torch.outer(a[3], a[2]) + K3.T * torch.outer(a[2], a[3]))
+        if Q is not None:
+            cov = cov + 0.25 * off * Q * torch.outer(a[3], a[3])
     cov = cov * (1 - eye) + torch.diag(var)
     x.cov = 0.5 * (cov + cov.T)
     if K >= 3:
@@ -421,8 +400,12 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
         x.k4_pair = _post_pairs(c1, c2, off, K3, Q, x.cov)
         f.elementwise += 20.0 * n * n
     if K >= 4:
-        x.k4_origins = _origins(z, V, a, c1, c2, E, s, q, K, off)
-        f.elementwise += 20.0 * n * n
+        T3, fl = _dense_third(z.k3) if (z.k3 is not None and z.k3.rank) else (None, 0.0)
+        f.elementwise += fl
+        x.k4_fac, fl, z211 = _post_fourth(z, V, a, off, K3, Q, z.k4_31, x, T3)
+        f.elementwise += fl
+        x.k3.dense, fl = _post_third_dense(z, a, off, K3, z211, T3)
+        f.elementwise += fl
     return x, f
 
 
@@ -456,21 +439,6 @@ def _post_pairs(c1, c2, off, K3, Q, cov):
     return S * (1 - eye)
 
 
-def _origins(z: State, V, a, c1, c2, E, s, q, K, off) -> list[_Origin]:
-    """The K = 4 origins after an activation: the older ones pushed through x ≈ ã_1·z, and this
-    layer's own (κ₄_aaab ≈ Σ_ab ã_1(b)∂_μκ₃(x_a), first order, and the multi-vertex trees; the
-    κ₄_aaaa and κ₄_aabb slices travel exactly in `State.k4_diag` / `k4_pair`)."""
-    out = [_Origin(**{**o.__dict__, "G": a[1].unsqueeze(1) * M})
-           for o, M in zip(z.k4_origins or [], z.k4_maps or [])]
-    D = [None] + [edgeworth(V[p], 1, s, q, K) for p in range(1, 4)]
-    dk3 = D[3] - 3 * (D[2] * E[1] + E[2] * D[1]) + 6 * E[1] ** 2 * D[1]
-    d2var = c2 - 2 * a[1] ** 2
-    a3 = a[3]
-    out.append(_Origin(a[1], a[2], a3, c1, d2var, None, off * torch.outer(dk3, a[1]),
-                       None, off))
-    return out
-
-
 def _post_third(z: State, a, c1, c2, s, off, K3, t, Q=None) -> tuple[ThirdCumulant, float]:
     """κ₃ of x = φ(z) in pair form with repeated-index corrections d, R (module docstring)."""
     n = z.mean.shape[0]
@@ -490,13 +458,280 @@ def _post_third(z: State, a, c1, c2, s, off, K3, t, Q=None) -> tuple[ThirdCumula
     pair_iij = off2 * torch.outer(a1 ** 2, a2)
     if K3 is not None:
         true_iij = true_iij + 0.5 * K3 * torch.outer(c2, a1) + 0.5 * K3.T * torch.outer(c1, a2)
-        pair_iij = pair_iij + K3 * torch.outer(a1 ** 2, a1)
+        K3p = K3 if z.k3.dense is None else K3 - torch.einsum("iij->ij", z.k3.dense)
+        pair_iij = pair_iij + K3p * torch.outer(a1 ** 2, a1)
     if Q is not None:  # a κ₄_iijj block: ¼κ₄_iijj·c₂(i)·ã₂(j)
         true_iij = true_iij + 0.25 * Q * torch.outer(c2, a2)
     eye = torch.eye(n, dtype=off.dtype, device=off.device)
     R = (true_iij - pair_iij) * (1 - eye)
     pairs.d, pairs.R = d, R
     return pairs, 20.0 * n * n + 2.0 * n * pairs.rank
+
+
+# ================================================================== fourth cumulants (K = 4)
+
+@dataclass
+class FourthCumulant:
+    """The whole fourth-cumulant tensor (K = 4) as symmetric products of matrix pairs:
+    T_ijkl = Sym Σ_r A_r[i, j]·B_r[k, l], Sym the average over the 24 orderings of (i, j, k, l)
+    and A_r, B_r symmetric; A, B are stored [r, n, n]. Then T_iiii = Σ_r A_r[i,i]B_r[i,i],
+    T_iiij = ½Σ_r (A_r[i,i]B_r[i,j] + A_r[i,j]B_r[i,i]) and T_iijj = Σ_r (⅔A_r[i,j]B_r[i,j]
+    + ⅙A_r[i,i]B_r[j,j] + ⅙A_r[j,j]B_r[i,i]) (counting the orderings). A linear map costs
+    two matrix products per factor and side (O(n³) per rank, O(n⁴) per layer)."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    def linear(self, W: torch.Tensor) -> tuple["FourthCumulant", float]:
+        """κ₄ of W x, every leg contracted with W, and its FLOPs (2·m·n·k per product)."""
+        n_out, n_in = W.shape
+        A = W @ self.A @ W.T
+        B = W @ self.B @ W.T
+        flops = 2 * self.rank * (2.0 * n_out * n_in * n_in + 2.0 * n_out * n_in * n_out)
+        return FourthCumulant(A, B), flops
+
+    def marginal_after(self, W: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """κ₄(W x)_iiii [n_out] alone (diag(W A_r Wᵀ)·diag(W B_r Wᵀ)), and its FLOPs."""
+        n_out, n_in = W.shape
+        dA = ((W @ self.A) * W).sum(-1)
+        dB = ((W @ self.B) * W).sum(-1)
+        return (dA * dB).sum(0), 2 * self.rank * (2.0 * n_out * n_in * n_in
+                                                   + 2.0 * n_out * n_in) + 2.0 * self.rank * n_out
+
+    def slices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """(T_iiii [n], T_iiij [n, n] as [i, j], T_iijj [n, n]; both zero on the diagonal),
+        and FLOPs."""
+        n, r = self.A.shape[1], self.rank
+        dA = torch.diagonal(self.A, dim1=1, dim2=2)
+        dB = torch.diagonal(self.B, dim1=1, dim2=2)
+        d4 = (dA * dB).sum(0)
+        s31 = 0.5 * (torch.einsum("ri,rij->ij", dA, self.B)
+                     + torch.einsum("ri,rij->ij", dB, self.A))
+        s22 = (2 / 3) * (self.A * self.B).sum(0) + (dA.T @ dB + dB.T @ dA) / 6
+        eye = torch.eye(n, dtype=self.A.dtype, device=self.A.device)
+        return d4, s31 * (1 - eye), s22 * (1 - eye), 10.0 * r * n * n
+
+    def slice_211(self) -> tuple[torch.Tensor, float]:
+        """T_aabc [n, n, n] as [a, b, c] (valid for distinct a, b, c), and FLOPs."""
+        n, r = self.A.shape[1], self.rank
+        dA = torch.diagonal(self.A, dim1=1, dim2=2)
+        dB = torch.diagonal(self.B, dim1=1, dim2=2)
+        out = (torch.einsum("ra,rbc->abc", dA, self.B)
+               + torch.einsum("ra,rbc->abc", dB, self.A)) / 6
+        out = out + (torch.einsum("rab,rac->abc", self.A, self.B)
+                     + torch.einsum("rab,rac->abc", self.B, self.A)) / 3
+        return out, 8.0 * r * n ** 3
+
+    def to_dense(self) -> torch.Tensor:
+        """The n⁴-entry tensor (tests only)."""
+        out = 0
+        for pair in ("rij,rkl", "rik,rjl", "ril,rjk"):
+            out = out + torch.einsum(pair + "->ijkl", self.A, self.B) \
+                + torch.einsum(pair + "->ijkl", self.B, self.A)
+        return out / 6
+
+
+def _cat4(parts: list[FourthCumulant]) -> FourthCumulant:
+    return FourthCumulant(torch.cat([p.A for p in parts]), torch.cat([p.B for p in parts]))
+
+
+def fourth_from_slices(d4: torch.Tensor, s31: torch.Tensor, s22: torch.Tensor) -> FourthCumulant:
+    """The tensor supported on repeated indices with T_iiii = d4, T_iiij = s31[i, j] and
+    T_iijj = s22[i, j] (zero elsewhere, in particular on three distinct indices) as factors
+    A_r = e_r e_rᵀ, B_r = d4_r e_r e_rᵀ + 2(s31[r]e_rᵀ + e_r s31[r]ᵀ) + 3 diag(s22[r]);
+    s31 and s22 with zero diagonal, s22 symmetric."""
+    n = d4.shape[0]
+    eye = torch.eye(n, dtype=d4.dtype, device=d4.device)
+    A = torch.diag_embed(eye)  # A[r] = e_r e_rᵀ
+    B = torch.diag_embed(3 * s22)
+    idx = torch.arange(n, device=d4.device)
+    B[idx, idx, :] += 2 * s31
+    B[idx, :, idx] += 2 * s31
+    B[idx, idx, idx] += d4
+    return FourthCumulant(A, B)
+
+
+def _dense_third(k3: ThirdCumulant) -> tuple[torch.Tensor, float]:
+    """κ₃_abc [n, n, n] of the pairs, zero wherever two indices coincide, and FLOPs."""
+    U, V = k3.U, k3.V
+    n, r = U.shape
+    T = torch.einsum("as,bs,cs->abc", U, U, V)
+    T = T + T.permute(0, 2, 1) + T.permute(2, 1, 0)
+    if k3.dense is not None:
+        T = T + k3.dense
+    eye = torch.eye(n, dtype=U.dtype, device=U.device)
+    distinct = (1 - eye)[:, :, None] * (1 - eye)[:, None, :] * (1 - eye)[None, :, :]
+    return T * distinct, 2 * 2.0 * n ** 3 * r + 4.0 * n ** 3
+
+
+def _post_fourth(z: State, V, a, off, K3, Q, T31, x: State, T3):
+    """κ₄ of x = φ(z) (K = 4), all of it in factored form (`FourthCumulant`).
+
+    Four distinct units: z's own κ₄ with ã₁ on every leg, plus the tree diagrams of cost 3 —
+    the path a–b–c–d (ã₁ã₂ã₂ã₁ΣΣΣ, 12 labellings), the star (ã₃ at the centre, 4) and an edge
+    hanging on a κ₃(z) block (ã₁ã₂ã₁ã₁Σκ₃, 12) — as one factor per unit r where the first edge
+    lands: A_r = sym(ã₁∘Σ_{·r} e_rᵀ), B_r the rest of the diagram (the grouping of ARC's
+    factored K = 4, "Estimating the expected output of wide random MLPs…", 2026). Repeated
+    indices: the factors' values there are replaced (`fourth_from_slices`, `_aabc_correction`)
+    by x's own slices — κ₄_aaaa (marginal law), κ₄_aabb (`_post_pairs`), κ₄_aaab = Cov(h(x_a),
+    x_b) with h(X) = X³ − 3m₁X² − 3m₂X + 6m₁²X (an identity), expanded in the blocks linking a
+    and b: Σ_k Σ_ab^k/k!·E[h^(k)]ã_k(b) (k ≤ 3) + ½κ₃_abb E[h′]ã₂ + ½κ₃_aab E[h″]ã₁
+    + ¼κ₄_aabb E[h″]ã₂ + ⅙κ₄_aaab E[h‴]ã₁, and κ₄_aabc (`_aabc_correction`).
+    T3: z's κ₃ [n, n, n] at distinct indices (`_dense_third`) or None.
+    Returns (FourthCumulant, FLOPs, z's κ₄_aabc slice [n, n, n] or None)."""
+    n = off.shape[0]
+    a1, a2, a3 = a[1], a[2], a[3]
+    parts, flops = [], 0.0
+    if z.k4_fac is not None:
+        s = a1[None, :, None] * a1[None, None, :]
+        parts.append(FourthCumulant(z.k4_fac.A * s, z.k4_fac.B * s))
+        flops += 4.0 * z.k4_fac.rank * n * n
+    u = a1[:, None] * off  # u[i, r] = ã₁(i) Σ_ir
+    A = torch.zeros(n, n, n, dtype=off.dtype, device=off.device)
+    idx = torch.arange(n, device=off.device)
+    A[idx, :, idx] = 0.5 * u.T
+    A[idx, idx, :] += 0.5 * u.T
+    P = a2[:, None] * off * a2[None, :]  # P[r, k]
+    Qm = off * a1[None, :]  # [k, l]
+    B = 12 * P[:, :, None] * Qm[None, :, :]
+    B = B + 4 * a3[:, None, None] * Qm[:, :, None] * Qm[:, None, :]
+    flops += 8.0 * n ** 3
+    if T3 is not None:
+        B = B + 12 * a2[:, None, None] * T3 * (a1[None, :, None] * a1[None, None, :])
+        flops += 4.0 * n ** 3
+    parts.append(FourthCumulant(A, 0.5 * (B + B.transpose(1, 2))))
+    F = _cat4(parts)
+    fd4, f31, f22, fl = F.slices()
+    flops += fl
+    m1, m2 = V[1][0], V[2][0]
+    D = [None] + [V[3][k] - 3 * m1 * V[2][k] + (6 * m1 * m1 - 3 * m2) * V[1][k]
+                  for k in range(1, 4)]
+    c31 = off * a1[None, :]
+    c32 = off * off * a2[None, :] / 2
+    c33 = off ** 3 * a3[None, :] / 6
+    if K3 is not None:
+        c31 = c31 + 0.5 * K3.T * a2[None, :]
+        c32 = c32 + 0.5 * K3 * a1[None, :]
+    if Q is not None:
+        c32 = c32 + 0.25 * Q * a2[None, :]
+    s31 = D[1][:, None] * c31 + D[2][:, None] * c32 + D[3][:, None] * c33
+    if T31 is not None:
+        s31 = s31 + D[3][:, None] * T31 * a1[None, :] / 6
+    eye = torch.eye(n, dtype=off.dtype, device=off.device)
+    s31 = s31 * (1 - eye)
+    corr = fourth_from_slices(x.k4_diag - fd4, s31 - f31, x.k4_pair - f22)
+    flops += 20.0 * n * n
+    z211 = None
+    if z.k4_fac is not None:
+        z211, fl = z.k4_fac.slice_211()
+        flops += fl
+    f211, fl = F.slice_211()
+    flops += fl
+    corr.B = corr.B + _aabc_correction(V, a, off, z211, f211, T3)
+    flops += 40.0 * n ** 3
+    return _cat4([F, corr]), flops, z211
+
+
+def _aabc_correction(V, a, off, z211, f211, T3) -> torch.Tensor:
+    """The B-factor (with A_r = e_r e_rᵀ) that turns the factors' slice f211[a, b, c] =
+    T_aabc into x's own κ₄_aabc for distinct a, b, c (zero elsewhere). κ(X,X,Y,Z) =
+    κ(g(X), Y, Z) − 2Cov(X,Y)Cov(X,Z), g(X) = X² − 2m₁X (an identity); to the diagrams of
+    cost 2 plus z's κ₄_aabc: (c₂ − 2ã₁²)(a)·Σ_ab Σ_ac ã₁ã₁ + c₁(a)(Σ_ab Σ_bc ã₂(b)ã₁(c)
+    + Σ_ac Σ_cb ã₁(b)ã₂(c) + κ₃_abc ã₁ã₁) + ½c₂(a) κ₄_aabc ã₁ã₁, c_k = E[g^(k)] (`_links`).
+    (The remaining cost-3 diagrams, `_three_unit_cost3` with g at a, measured worse: width 64
+    7.2e-6 → 8.8e-6, width 128 3.4e-7 → 5.4e-7.) Returns [n, n, n]."""
+    n = off.shape[0]
+    a1, a2 = a[1], a[2]
+    m1 = V[1][0]
+    c1 = V[2][1] - 2 * m1 * a1
+    c2 = V[2][2] - 2 * m1 * a2
+    e = off * a1[None, :]  # e[a, b] = Σ_ab ã₁(b)
+    t = (c2 - 2 * a1 ** 2)[:, None, None] * e[:, :, None] * e[:, None, :]
+    path = (off * a2[None, :])[:, :, None] * e[None, :, :]  # Σ_ab ã₂(b) Σ_bc ã₁(c)
+    t = t + c1[:, None, None] * (path + path.transpose(1, 2))
+    legs = a1[None, :, None] * a1[None, None, :]
+    if T3 is not None:
+        t = t + c1[:, None, None] * T3 * legs
+    if z211 is not None:
+        t = t + 0.5 * c2[:, None, None] * z211 * legs
+    eye = torch.eye(n, dtype=off.dtype, device=off.device)
+    distinct = (1 - eye)[:, :, None] * (1 - eye)[:, None, :] * (1 - eye)[None, :, :]
+    C = (t - f211) * distinct
+    return 3 * (C + C.transpose(1, 2))
+
+
+def _bc(M: torch.Tensor, i: int, j: int) -> torch.Tensor:
+    """M[u, v] [n, n] as a [n, n, n]-broadcastable tensor with u on axis i and v on axis j."""
+    n = M.shape[0]
+    t = M if i < j else M.T
+    shape = [1, 1, 1]
+    shape[min(i, j)] = n
+    shape[max(i, j)] = n
+    return t.reshape(shape)
+
+
+def _ax(v: torch.Tensor, i: int) -> torch.Tensor:
+    shape = [1, 1, 1]
+    shape[i] = v.shape[0]
+    return v.reshape(shape)
+
+
+def _three_unit_cost3(first, a, off, K3, T3, z211) -> torch.Tensor:
+    """Σ of the cost-3 diagrams linking three distinct units (x, y, z) = axes (0, 1, 2): the
+    unit on axis 0 takes Wick coefficients first[k], the others a[k] (k = the legs the unit
+    carries). Diagrams: the triangle; a doubled edge beside an edge (½Σ²Σ); κ₃_xyz beside an
+    edge; a two-unit κ₃ block beside an edge (½κ₃_ppq Σ); ½κ₄ on the three units with one
+    doubled. Returns [n, n, n] (meaningful where the indices are distinct)."""
+    def cf(r, d):
+        return _ax((first if r == 0 else a)[d], r)
+
+    def coef(deg):
+        return cf(0, deg[0]) * cf(1, deg[1]) * cf(2, deg[2])
+
+    out = coef({0: 2, 1: 2, 2: 2}) * _bc(off, 0, 1) * _bc(off, 1, 2) * _bc(off, 0, 2)
+    for p, q in ((0, 1), (0, 2), (1, 2)):
+        t = 3 - p - q
+        for r in (p, q):
+            deg = {p: 2, q: 2, t: 1}
+            deg[r] += 1
+            out = out + 0.5 * _bc(off, p, q) ** 2 * _bc(off, r, t) * coef(deg)
+        if T3 is not None:
+            out = out + T3 * _bc(off, p, q) * coef({p: 2, q: 2, t: 1})
+    if K3 is not None:
+        for p, q in ((0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)):
+            t = 3 - p - q
+            for r in (p, q):
+                deg = {p: 2, q: 1, t: 1}
+                deg[r] += 1
+                out = out + 0.5 * _bc(K3, p, q) * _bc(off, r, t) * coef(deg)
+    if z211 is not None:
+        for p, perm in ((0, (0, 1, 2)), (1, (1, 0, 2)), (2, (1, 2, 0))):
+            deg = {0: 1, 1: 1, 2: 1}
+            deg[p] = 2
+            out = out + 0.5 * z211.permute(*perm) * coef(deg)
+    return out
+
+
+def _post_third_dense(z: State, a, off, K3, z211, T3) -> tuple[torch.Tensor, float]:
+    """K = 4: the part of κ₃(x)_abc (distinct a, b, c) not in the pairs — z's dense part with
+    ã₁ on every leg, and the diagrams of cost 3 on three units: the triangle ã₂ã₂ã₂ΣΣΣ, an edge
+    doubled beside an edge (½Σ_ab²Σ_bc ã₂ã₃ã₁), κ₃_abc beside an edge (ã₂ã₂ã₁), a two-unit κ₃
+    block beside an edge (½κ₃_aab Σ_bc ã₂ã₂ã₁, ½κ₃_aab Σ_ac ã₃ã₁ã₁) and ½κ₄_aabc ã₂ã₁ã₁; zero
+    wherever two indices coincide. Returns ([n, n, n], FLOPs)."""
+    n = off.shape[0]
+    a1, a2, a3 = a[1], a[2], a[3]
+    A1 = a1[:, None, None] * a1[None, :, None] * a1[None, None, :]
+    out = torch.zeros(n, n, n, dtype=off.dtype, device=off.device)
+    if z.k3 is not None and z.k3.dense is not None:
+        out = out + A1 * z.k3.dense
+    out = out + _three_unit_cost3(a, a, off, K3, T3, z211)
+    eye = torch.eye(n, dtype=off.dtype, device=off.device)
+    distinct = (1 - eye)[:, :, None] * (1 - eye)[:, None, :] * (1 - eye)[None, :, :]
+    return out * distinct, 150.0 * n ** 3
 
 
 # ================================================================== whole MLPs
@@ -513,6 +748,34 @@ class MLPPropagation:
     info: dict = field(default_factory=dict)
 
 
+K4_MEMORY_LIMIT_GB = 16.0
+
+
+def _check_k4_memory(mlp, K: int, diagonal: bool = False) -> None:
+    """K = 4 holds the fourth cumulant as two [r, n, n] factor tensors, r ≈ 2n per activation
+    so far, and a linear map makes a copy: refuse (ValueError, one line) where the deepest
+    layer would need more than `K4_MEMORY_LIMIT_GB` of float64."""
+    if K < 4 or diagonal:
+        return
+    widths = [layer.weight.shape[0] for layer in mlp.layers]
+    n = max(widths)
+    gb = 4 * 2 * max(len(widths) - 2, 1) * n ** 3 * 8 / 1e9
+    if gb > K4_MEMORY_LIMIT_GB:
+        raise ValueError(f"cumulants=4 would need ~{gb:.0f} GB for width {n} (it holds the "
+                         f"whole fourth cumulant, O(width³·depth)); use cumulants=3")
+
+
+def k4_flops_lower_bound(mlp) -> float:
+    """A lower bound on `propagate_mlp`'s FLOPs at K = 4 without running it: the first linear
+    map of the factored fourth cumulant (rank ≥ 2·n₁ after the first activation; at least the
+    products W·A_r, W·B_r: 2·2·r·n_out·n₁²), 0 when the MLP has fewer than three layers."""
+    layers = list(mlp.layers)
+    if len(layers) < 3:
+        return 0.0
+    n_out, n1 = layers[1].weight.shape
+    return 2 * 2.0 * (2 * n1) * n_out * n1 * n1
+
+
 def _check(K: int, order: int) -> None:
     if K not in CUMULANT_ORDERS:
         raise ValueError(f"cumulants must be one of {CUMULANT_ORDERS}, not {K!r}")
@@ -526,15 +789,18 @@ def propagate_mlp(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, cumula
                   output_cov: bool = False) -> MLPPropagation:
     """Propagate N(input_mean, input_cov) through a `PlainMLP` tracking cumulants up to order
     `cumulants` (2: Gaussian closure; 3: + factored third cumulants and the κ₄_iiii, κ₄_iijj
-    slices; 4: + tree-level fourth cumulants of earlier layers) with `hermite_order` terms of
+    slices; 4: + the whole fourth cumulant, factored, and the cost-3 diagrams; O(width⁴) per
+    layer) with `hermite_order` terms of
     the covariance series.
 
     diagonal=True is the naive argument (independent units, O(width²) per layer).
     output_cov=False skips the covariances nobody reads (the last layer's): FLOPs count only
     what is computed. Shapes: input_mean [d_in], input_cov [d_in, d_in]. ValueError on bad
-    K/order. The input is Gaussian (third and higher cumulants zero).
+    K/order, and for K = 4 where its fourth-cumulant factors would exceed
+    `K4_MEMORY_LIMIT_GB`. The input is Gaussian (third and higher cumulants zero).
     """
     _check(cumulants, hermite_order)
+    _check_k4_memory(mlp, cumulants, diagonal)
     dtype = torch.float64
     mean = input_mean.to(dtype)
     cov = input_cov.to(dtype)
@@ -634,6 +900,7 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
     from estimators.activation.gaussian import Moments
 
     _check(cumulants, hermite_order)
+    _check_k4_memory(mlp, cumulants)
     K = cumulants
     chain = mlp_chain(_without_final_activation(mlp), input_mean, input_cov, n_empirical=n_empirical, seed=seed,
                       order=hermite_order, epsilon=epsilon, device=device)
@@ -665,7 +932,7 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
                 x.k4_diag = None if prev is None else prev.k4_diag
                 x.k4_pair = None if (diagonal or prev is None) else prev.k4_pair
             if K >= 4:
-                x.k4_origins = None if (diagonal or prev is None) else prev.k4_origins
+                x.k4_fac = None if (diagonal or prev is None) else prev.k4_fac
             z, f = linear_state(x, W, b, K, diagonal)
             if has_act:
                 y, f2 = activation_state(z, mlp.activation, K, hermite_order, diagonal)

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import torch
 
 from estimators.activation.closed_form import activation_moments, hermite_coefficients
-from estimators.activation.cumulants import propagate_mlp
+from estimators.activation.cumulants import k4_flops_lower_bound, propagate_mlp
 
 
 @dataclass
@@ -135,6 +135,8 @@ def hybrid_estimate(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, budg
     if K is None:
         K = 0
         for k in (4, 3, 2):
+            if k == 4 and k4_flops_lower_bound(mlp) > budget_flops:
+                continue  # K = 4 is O(width⁴): do not run it only to find it does not fit
             fk = propagation_flops(mlp, k, hermite_order)
             if fk <= budget_flops:
                 K, f_prop = k, fk
