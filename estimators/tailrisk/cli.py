@@ -209,6 +209,9 @@ def run_tail_risk(args) -> dict:
            "budget": args.budget, "seed": args.seed, "behaviour": b.label(),
            **_target_fields(b, label), "distribution": dist.name,
            "n_inputs": dist.n_inputs(), "diagnostics": est.diagnostics}
+    if args.method == "activation":  # raw = "estimate"; calibration.py explains both
+        out["calibrated_estimate"] = est.diagnostics.get("calibrated_estimate")
+        out["calibrated_interval"] = est.diagnostics.get("calibrated_interval")
     if args.with_truth:
         out["truth"] = ground_truth(lm.model, dist, b, progress=progress_printer(
             "ground truth", args.progress)).to_dict()
