@@ -4,7 +4,7 @@ Targets as in `bench_tail_risk_defaults.py` (tokens drawn at random, seeded, amo
 exact argmax probability lies in the band; distributions shortened to their last positions so
 that the truth is exact). Each (target, seed) is one run of `--method activation` at the budget
 (default naive mask). Reported per distribution: mean |log10(estimate / truth)| for the raw
-estimate, the affine calibration (the default) and the offset calibration (b = 1, refitted here
+estimate, the offset calibration (b = 1, the default) and the affine one (both refitted here
 from the same run's calibration data, no extra calls), and how often each 95% interval covers
 the truth. A zero estimate is floored at 1e-300 before the log.
 
@@ -38,16 +38,17 @@ def _covers(iv, p: float) -> bool:
     return iv is not None and iv[0] <= p <= iv[1]
 
 
-def offset_refit(diag: dict, p_raw: float) -> dict | None:
-    """The offset (b = 1) calibration refitted from a run's stored calibration data."""
+def refit(diag: dict, p_raw: float, kind: str) -> dict:
+    """The `kind` calibration ("offset" or "affine") refitted from a run's stored calibration
+    data (the same tokens and hits the run used; no model calls)."""
     from estimators.tailrisk.calibration import calibrate, log_calibration
 
     c = diag.get("calibration", {})
-    if len(c.get("token_ids", [])) < 2:
-        return None
+    if len(c.get("token_ids", [])) < (2 if kind == "offset" else 4):
+        return {"calibrated_estimate": None, "calibrated_interval": None}
     fit = log_calibration(torch.log(torch.tensor(c["activation_probabilities"],
                                                  dtype=torch.float64)),
-                          torch.tensor(c["hits"]), diag["real_inputs"], "offset")
+                          torch.tensor(c["hits"]), diag["real_inputs"], kind)
     return calibrate(p_raw, diag.get("bootstrap"), fit)
 
 
@@ -67,13 +68,13 @@ def run_dist(name: str, args, model, entry) -> dict:
             e = run_estimator("activation", model, dist, Argmax(t), args.budget,
                               seed=1000 * seed + t)
             d = e.diagnostics
-            off = offset_refit(d, e.value)
+            off, aff = refit(d, e.value, "offset"), refit(d, e.value, "affine")
             runs.append({"target": vocab[t], "truth": float(truth[t]), "raw": e.value,
                          "raw_interval": list(e.interval) if e.interval else None,
-                         "affine": d.get("calibrated_estimate"),
-                         "affine_interval": d.get("calibrated_interval"),
-                         "offset": off and off["calibrated_estimate"],
-                         "offset_interval": off and off["calibrated_interval"],
+                         "affine": aff["calibrated_estimate"],
+                         "affine_interval": aff["calibrated_interval"],
+                         "offset": off["calibrated_estimate"],
+                         "offset_interval": off["calibrated_interval"],
                          "calibration_tokens": d.get("calibration", {}).get("tokens"),
                          "slope": d.get("calibration", {}).get("slope"),
                          "calls": e.cost.calls})

@@ -25,6 +25,16 @@ The real engine (`estimators.activation`) does the propagation:
    represented by the engine's chain: the estimate falls back to a Gaussian moment-fitted at the
    behaviour's own site from `budget` sampled inputs, and `diagnostics["engine"]` says so.
 
+4. Error bars and calibration (`calibration.py`, which gives the formulas and sources):
+   `Estimate.interval` is a percentile bootstrap over the K output samples of the last
+   transition (the Gaussian's own sampling error at the output; no model calls; upstream
+   transitions and the input fit held fixed); `diagnostics["calibrated_estimate"]` and
+   `["calibrated_interval"]` come from a random-effects fit of ln p̂_u on ln p_act(u) over the
+   tokens u ≠ t that the N real inputs (already paid for: 0 extra calls) hit ≥ `min_hits`
+   times, for argmax and logit-threshold behaviours; its 95% prediction interval for a new
+   token, widened by the bootstrap, is the calibrated interval. `Estimate.value` stays the raw
+   reading.
+
 Cost convention: N calls for the real inputs (one forward pass each) plus K calls per sampled
 transition (K sequences through at most every block: counted as K full calls, conservatively).
 budget = N + K·T with N = ⌊input_share·budget⌋ and T the number of transitions.
@@ -64,7 +74,7 @@ class ActivationConfig(EstimatorConfig):
     grid: int = 20001  # trapezoid points of the 1-D integral (independent logits)
     bootstrap: int = 64  # replicates of the output-sample bootstrap (0: no interval)
     calibrate: bool = True  # fitted on the real inputs' frequent tokens (calibration.py)
-    calibration_fit: str = "affine"  # ln p ≈ a + b·ln p_act ("affine") or b = 1 ("offset")
+    calibration_fit: str = "offset"  # ln p ≈ ln p_act + a ("offset") or a + b·ln p_act
     min_hits: int = 5  # hits among the N real inputs for a token to enter the calibration
 
     def __post_init__(self):
