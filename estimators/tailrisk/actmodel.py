@@ -76,6 +76,7 @@ class ActivationConfig(EstimatorConfig):
     calibrate: bool = True  # fitted on the real inputs' frequent tokens (calibration.py)
     calibration_fit: str = "offset"  # ln p ≈ ln p_act + a ("offset") or a + b·ln p_act
     min_hits: int = 5  # hits among the N real inputs for a token to enter the calibration
+    max_calibration_tokens: int = 32  # the most-hit tokens only (one reader call each)
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,8 +88,10 @@ class ActivationConfig(EstimatorConfig):
             raise ValueError("n_draws must be ≥ 2, grid ≥ 101 and topk ≥ 1")
         if self.calibration_fit not in FITS:
             raise ValueError(f"calibration_fit must be one of {', '.join(FITS)}")
-        if self.bootstrap < 0 or self.bootstrap == 1 or self.min_hits < 1:
-            raise ValueError("bootstrap must be 0 or ≥ 2 and min_hits ≥ 1")
+        if self.bootstrap < 0 or self.bootstrap == 1 or self.min_hits < 1 or \
+                self.max_calibration_tokens < 2:
+            raise ValueError("bootstrap must be 0 or ≥ 2, min_hits ≥ 1 and "
+                             "max_calibration_tokens ≥ 2")
 
 
 # ------------------------------------------------------------------------ Gaussian readers
@@ -211,14 +214,18 @@ def argmax_probability(mean: torch.Tensor, cov: torch.Tensor, t: int, n_draws: i
     if not bool(off.abs().max() > 0):
         return independent_argmax_probability(mean, torch.diagonal(cov).clamp_min(0).sqrt(),
                                               t, grid)
-    V = mean.numel()
-    keep = torch.arange(V, device=mean.device) != t
-    G = torch.zeros(V, V - 1, dtype=torch.float64, device=mean.device)
-    G[t] = 1.0
-    G[keep, torch.arange(V - 1, device=mean.device)] = -1.0
-    h = torch.zeros(V - 1, dtype=torch.float64, device=mean.device)
+    G, h = _argmax_constraints(mean.numel(), t, mean.device)
     return gaussian_polytope_probability(mean.double(), covariance_factor(cov), G, h,
                                          n_draws, seed)
+
+
+def _argmax_constraints(V: int, t: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """G [V, V−1], h [V−1] with ℓ·G + h > 0 ⇔ ℓ_t > ℓ_u for every u ≠ t."""
+    keep = torch.arange(V, device=device) != t
+    G = torch.zeros(V, V - 1, dtype=torch.float64, device=device)
+    G[t] = 1.0
+    G[keep, torch.arange(V - 1, device=device)] = -1.0
+    return G, torch.zeros(V - 1, dtype=torch.float64, device=device)
 
 
 # ------------------------------------------------------------------------ the estimator
@@ -304,8 +311,7 @@ def estimate_activation(model, dist: InputDistribution, behaviour: Behaviour,
     interval = None
     samples = est_site.samples
     if config.bootstrap and samples is not None and samples.shape[0] >= 2:
-        corr = _masked_correlation(cov[cols][:, cols])
-        boot = bootstrap_log10_interval(samples[:, cols], corr, reader, config.bootstrap,
+        boot = bootstrap_log10_interval(samples[:, cols], reader, config.bootstrap,
                                         config.seed + 2)
         interval = (10 ** boot["log10_low"], min(1.0, 10 ** boot["log10_high"]))
         info["bootstrap"] = {**boot, "what": "percentile bootstrap over the K output samples "
@@ -338,13 +344,18 @@ def _read_logits(model, behaviour, mean, cov, config):
     t = behaviour.target
     if isinstance(behaviour, Argmax):
         p, more = argmax_probability(mean, cov, t, config.n_draws, config.grid, config.seed + 1)
-        diag = _masked_correlation(cov) is None
+        corr = _masked_correlation(cov)
         cols = torch.arange(mean.numel())
+        if corr is None:
+            def reader(m, sd):  # a cheaper grid for the replicates
+                return independent_argmax_probability(m, sd, t, 2001)[0]
+        else:  # A_R (R = A_R A_Rᵀ) once; a replicate's factor is sd ⊙ A_R
+            A_R = covariance_factor(corr)
+            G, h = _argmax_constraints(mean.numel(), t, mean.device)
 
-        def reader(m, c):  # cheaper grids for the replicates
-            if diag:
-                return independent_argmax_probability(m, c, t, 2001)[0]
-            return argmax_probability(m, c, t, 2048, 2001, config.seed + 3)[0]
+            def reader(m, sd):
+                return gaussian_polytope_probability(m, sd[:, None] * A_R, G, h, 2048,
+                                                     config.seed + 3)[0]
     else:
         p, more = logit_tail(model, float(mean[t]), float(cov[t, t].clamp_min(0).sqrt()),
                              behaviour.threshold)
@@ -371,8 +382,11 @@ def _read_direction(behaviour, d_model: int, j: int, mean, cov):
     more = {"reader": "exact normal tail of w·a + b at the last position",
             "projection_mean": m, "projection_sd": s}
 
-    def reader(mb, c):
-        var = (w * w * c * c).sum() if c.dim() == 1 else w @ c @ w
+    corr = _masked_correlation(cov[cols][:, cols])
+
+    def reader(mb, sd):
+        ws = w * sd
+        var = (ws * ws).sum() if corr is None else ws @ corr @ ws
         return normal_tail(float(mb @ w) + behaviour.bias, float(var.clamp_min(0).sqrt()),
                            behaviour.threshold)
     return p, more, reader, cols
@@ -394,8 +408,8 @@ def _calibration(model, behaviour, values, mean, cov, config, p_raw, boot) -> di
         def p_act(u):
             return logit_tail(model, float(mean[u]), float(cov[u, u].clamp_min(0).sqrt()),
                               behaviour.threshold)[0]
-    toks = [u for u in range(hits.numel())
-            if u != t and config.min_hits <= int(hits[u]) < N]
+    toks = [u for u in torch.argsort(hits, descending=True, stable=True).tolist()
+            if u != t and config.min_hits <= int(hits[u]) < N][:config.max_calibration_tokens]
     pa = {u: p_act(u) for u in toks}
     toks = [u for u in toks if pa[u] > 0]
     out = {"data": f"the N={N} real inputs already paid for (no extra calls): tokens with "

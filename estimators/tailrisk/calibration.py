@@ -43,17 +43,16 @@ import torch
 LN10 = math.log(10.0)
 
 
-def bootstrap_log10_interval(samples: torch.Tensor, corr: torch.Tensor | None,
+def bootstrap_log10_interval(samples: torch.Tensor,
                              reader: Callable[[torch.Tensor, torch.Tensor], float],
                              n_boot: int = 64, seed: int = 0, level: float = 0.95
                              ) -> dict:
     """Percentile bootstrap of log10 p over the K output samples of the last transition.
 
-    samples: [K, d] float; corr: [d, d] the masked correlation held fixed, or None for a
-    diagonal Gaussian; reader(mean [d], cov [d, d] or sd [d] when corr is None) -> probability.
-    Returns {"log10_low", "log10_high", "log10_sd", "replicates", "zero_replicates"} (log10 of
-    probabilities; a replicate reading 0 is floored at 1e-300 and counted). No model calls.
-    Raises ValueError for K < 2 or n_boot < 2."""
+    samples: [K, d] float; reader(mean [d], sd [d]) -> probability (the reader holds the
+    masked correlation fixed itself). Returns {"log10_low", "log10_high", "log10_sd",
+    "replicates", "zero_replicates"} (log10 of probabilities; a replicate reading 0 is floored
+    at 1e-300 and counted). No model calls. Raises ValueError for K < 2 or n_boot < 2."""
     K = samples.shape[0]
     if K < 2 or n_boot < 2:
         raise ValueError("the bootstrap needs K ≥ 2 samples and n_boot ≥ 2 replicates")
@@ -63,7 +62,7 @@ def bootstrap_log10_interval(samples: torch.Tensor, corr: torch.Tensor | None,
     for _ in range(n_boot):
         xb = x[torch.randint(0, K, (K,), generator=g)]
         m, sd = xb.mean(0), xb.std(0, unbiased=True)
-        p = reader(m, sd) if corr is None else reader(m, sd[:, None] * corr * sd[None, :])
+        p = reader(m, sd)
         zeros += p <= 0
         logs.append(math.log10(max(p, 1e-300)))
     t = torch.tensor(logs, dtype=torch.float64)

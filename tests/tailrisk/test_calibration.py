@@ -47,7 +47,7 @@ def test_bootstrap_interval_covers_the_gaussians_own_probability():
     covered, reps = 0, 16
     for r in range(reps):
         x = mu + sd * torch.randn(200, 5, generator=g, dtype=torch.float64)
-        b = bootstrap_log10_interval(x, None, lambda m, s: independent_argmax_probability(
+        b = bootstrap_log10_interval(x, lambda m, s: independent_argmax_probability(
             m, s, 0, 2001)[0], n_boot=48, seed=r)
         assert b["log10_low"] < b["log10_high"]
         covered += b["log10_low"] <= math.log10(p_true) <= b["log10_high"]
@@ -108,3 +108,13 @@ def test_cli_prints_raw_calibrated_and_interval_without_nan(tmp_path, capsys):
     d = json.loads(out)  # the CLI dumps with allow_nan=False
     assert d["interval"] is not None and d["interval"][0] <= d["estimate"] <= d["interval"][1]
     assert "calibrated_estimate" in d and "calibrated_interval" in d
+
+
+def test_correlated_mask_has_a_bootstrap_interval_too(tiny_exact):
+    model, dist, truth = tiny_exact
+    e = run_estimator("activation", model, dist, Argmax(3), 512, seed=1, mask="full",
+                      bootstrap=16)
+    lo, hi = e.interval
+    assert "polytope" in e.diagnostics["reader"]
+    assert 0 < lo < hi <= 1 and e.diagnostics["bootstrap"]["replicates"] == 16
+    assert e.diagnostics["calibration"]["tokens"] >= 2
