@@ -30,7 +30,7 @@ fit overestimated by 10^3.3 on average (hex, 5 positions, 2048 calls), where the
 the mean |log10 error| from 2.35 to 2.21 (README, Tail risk). The offset's stated assumption
 is that the Gaussian's log bias on a rare token is, on average, that on the frequent ones;
 the between-token scatter τ² (~3–4 in ln², i.e. ±0.8 decades one sd) says how far one token
-strays from it, and the interval is correspondingly wide (~4 decades).
+strays from it, and the interval is correspondingly wide (2–4 decades on charlm).
 """
 
 from __future__ import annotations
