@@ -261,6 +261,11 @@ def engine_plan(model, behaviour: Behaviour) -> tuple[str | None, int | None, st
 def estimate_activation(model, dist: InputDistribution, behaviour: Behaviour,
                         config: ActivationConfig, progress: ProgressFn | None = None
                         ) -> Estimate:
+    """P_{x~D}[behaviour] read off the propagated Gaussian (module docstring). Returns the raw
+    reading as `value`, the bootstrap interval as `interval` (None without output samples),
+    `diagnostics["calibrated_estimate"/"calibrated_interval"]` for argmax/logit behaviours;
+    cost N + K·T calls. Raises BehaviourError (non-indicator behaviour), ValueError (budget
+    too small for K ≥ 2)."""
     if not behaviour.is_indicator:
         raise BehaviourError("the activation-model estimate needs an indicator behaviour "
                              "given by linear inequalities (argmax, logit or direction)")
@@ -313,7 +318,8 @@ def estimate_activation(model, dist: InputDistribution, behaviour: Behaviour,
     if config.bootstrap and samples is not None and samples.shape[0] >= 2:
         boot = bootstrap_log10_interval(samples[:, cols], reader, config.bootstrap,
                                         config.seed + 2)
-        interval = (10 ** boot["log10_low"], min(1.0, 10 ** boot["log10_high"]))
+        # the percentile interval, stretched to contain the reading itself (p = 0 included)
+        interval = (min(p, 10 ** boot["log10_low"]), max(p, min(1.0, 10 ** boot["log10_high"])))
         info["bootstrap"] = {**boot, "what": "percentile bootstrap over the K output samples "
                              "of the last transition (no model calls); upstream transitions "
                              "and the input fit held fixed"}
