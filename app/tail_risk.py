@@ -314,8 +314,11 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
                               progress=None if estimator_progress is None else
                               functools.partial(estimator_progress, k, len(jobs)), **extra)
         lo, hi = e.interval if e.interval is not None else (None, None)
+        clo, chi = e.diagnostics.get("calibrated_interval") or (None, None)  # activation only
         rows.append({"target": t, "token": labels(t), "truth": truth.get(t), "method": m,
                      "budget": budget, "estimate": e.value, "low": lo, "high": hi,
+                     "calibrated": e.diagnostics.get("calibrated_estimate"),
+                     "calibrated_low": clo, "calibrated_high": chi,
                      "calls": e.cost.calls,
                      "samples": int(e.diagnostics.get("samples", e.cost.calls)),
                      "seconds": e.cost.seconds, "seed": seed})

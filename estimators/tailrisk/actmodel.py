@@ -25,6 +25,16 @@ The real engine (`estimators.activation`) does the propagation:
    represented by the engine's chain: the estimate falls back to a Gaussian moment-fitted at the
    behaviour's own site from `budget` sampled inputs, and `diagnostics["engine"]` says so.
 
+4. Error bars and calibration (`calibration.py`, which gives the formulas and sources):
+   `Estimate.interval` is a percentile bootstrap over the K output samples of the last
+   transition (the Gaussian's own sampling error at the output; no model calls; upstream
+   transitions and the input fit held fixed); `diagnostics["calibrated_estimate"]` and
+   `["calibrated_interval"]` come from a random-effects fit of ln p̂_u on ln p_act(u) over the
+   tokens u ≠ t that the N real inputs (already paid for: 0 extra calls) hit ≥ `min_hits`
+   times, for argmax and logit-threshold behaviours; its 95% prediction interval for a new
+   token, widened by the bootstrap, is the calibrated interval. `Estimate.value` stays the raw
+   reading.
+
 Cost convention: N calls for the real inputs (one forward pass each) plus K calls per sampled
 transition (K sequences through at most every block: counted as K full calls, conservatively).
 budget = N + K·T with N = ⌊input_share·budget⌋ and T the number of transitions.
@@ -41,6 +51,8 @@ from estimators.estimate import Cost, Estimate
 from estimators.tailrisk.behaviours import (UNEMBED_IN, Argmax, Behaviour, BehaviourError,
                                             DirectionThreshold, LogitThreshold, model_device,
                                             vocab_out)
+from estimators.tailrisk.calibration import (bootstrap_log10_interval, calibrate,
+                                             family_hits, log_calibration, FITS)
 from estimators.tailrisk.common import (Clock, EstimatorConfig, ProgressFn, generator, log_ndtr,
                                         phi_interval, report)
 from estimators.tailrisk.distributions import InputDistribution
@@ -60,6 +72,11 @@ class ActivationConfig(EstimatorConfig):
     intermediate: bool = True  # a residual site at every block boundary (else one transition)
     n_draws: int = 16384  # Gaussian draws for the correlated-logits polytope (no model calls)
     grid: int = 20001  # trapezoid points of the 1-D integral (independent logits)
+    bootstrap: int = 64  # replicates of the output-sample bootstrap (0: no interval)
+    calibrate: bool = True  # fitted on the real inputs' frequent tokens (calibration.py)
+    calibration_fit: str = "offset"  # ln p ≈ ln p_act + a ("offset") or a + b·ln p_act
+    min_hits: int = 5  # hits among the N real inputs for a token to enter the calibration
+    max_calibration_tokens: int = 32  # the most-hit tokens only (one reader call each)
 
     def __post_init__(self):
         super().__post_init__()
@@ -69,6 +86,12 @@ class ActivationConfig(EstimatorConfig):
             raise ValueError(f"input_share must lie in (0, 1), got {self.input_share}")
         if self.n_draws < 2 or self.grid < 101 or self.topk < 1:
             raise ValueError("n_draws must be ≥ 2, grid ≥ 101 and topk ≥ 1")
+        if self.calibration_fit not in FITS:
+            raise ValueError(f"calibration_fit must be one of {', '.join(FITS)}")
+        if self.bootstrap < 0 or self.bootstrap == 1 or self.min_hits < 1 or \
+                self.max_calibration_tokens < 2:
+            raise ValueError("bootstrap must be 0 or ≥ 2, min_hits ≥ 1 and "
+                             "max_calibration_tokens ≥ 2")
 
 
 # ------------------------------------------------------------------------ Gaussian readers
@@ -191,14 +214,18 @@ def argmax_probability(mean: torch.Tensor, cov: torch.Tensor, t: int, n_draws: i
     if not bool(off.abs().max() > 0):
         return independent_argmax_probability(mean, torch.diagonal(cov).clamp_min(0).sqrt(),
                                               t, grid)
-    V = mean.numel()
-    keep = torch.arange(V, device=mean.device) != t
-    G = torch.zeros(V, V - 1, dtype=torch.float64, device=mean.device)
-    G[t] = 1.0
-    G[keep, torch.arange(V - 1, device=mean.device)] = -1.0
-    h = torch.zeros(V - 1, dtype=torch.float64, device=mean.device)
+    G, h = _argmax_constraints(mean.numel(), t, mean.device)
     return gaussian_polytope_probability(mean.double(), covariance_factor(cov), G, h,
                                          n_draws, seed)
+
+
+def _argmax_constraints(V: int, t: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """G [V, V−1], h [V−1] with ℓ·G + h > 0 ⇔ ℓ_t > ℓ_u for every u ≠ t."""
+    keep = torch.arange(V, device=device) != t
+    G = torch.zeros(V, V - 1, dtype=torch.float64, device=device)
+    G[t] = 1.0
+    G[keep, torch.arange(V - 1, device=device)] = -1.0
+    return G, torch.zeros(V - 1, dtype=torch.float64, device=device)
 
 
 # ------------------------------------------------------------------------ the estimator
@@ -234,6 +261,11 @@ def engine_plan(model, behaviour: Behaviour) -> tuple[str | None, int | None, st
 def estimate_activation(model, dist: InputDistribution, behaviour: Behaviour,
                         config: ActivationConfig, progress: ProgressFn | None = None
                         ) -> Estimate:
+    """P_{x~D}[behaviour] read off the propagated Gaussian (module docstring). Returns the raw
+    reading as `value`, the bootstrap interval as `interval` (None without output samples),
+    `diagnostics["calibrated_estimate"/"calibrated_interval"]` for argmax/logit behaviours;
+    cost N + K·T calls. Raises BehaviourError (non-indicator behaviour), ValueError (budget
+    too small for K ≥ 2)."""
     if not behaviour.is_indicator:
         raise BehaviourError("the activation-model estimate needs an indicator behaviour "
                              "given by linear inequalities (argmax, logit or direction)")
@@ -274,33 +306,136 @@ def estimate_activation(model, dist: InputDistribution, behaviour: Behaviour,
                                if prop.estimate(s.name).repaired],
             "cost_convention": "N real inputs + K calls per sampled transition"}
     if kind == "logits":
-        t = behaviour.target
-        if isinstance(behaviour, Argmax):
-            p, more = argmax_probability(mean, cov, t, config.n_draws, config.grid,
-                                         config.seed + 1)
-        else:
-            p, more = logit_tail(model, float(mean[t]), float(cov[t, t].clamp_min(0).sqrt()),
-                                 behaviour.threshold)
-        info["logit_mean_target"] = float(mean[t])
-        info["logit_sd_target"] = float(cov[t, t].clamp_min(0).sqrt())
+        p, more, reader, cols = _read_logits(model, behaviour, mean, cov, config)
     else:
-        d_model = int(model.cfg.d_model)
-        positions = chain.info["positions"]
-        j = positions.index(tokens.shape[1] - 1)  # the last position is always modelled
-        sl = slice(j * d_model, (j + 1) * d_model)
-        w = torch.tensor(behaviour.direction, dtype=torch.float64, device=mean.device)
-        if w.numel() != d_model:
-            raise BehaviourError(f"direction has {w.numel()} entries; {behaviour.hook} has "
-                                 f"width {d_model}")
-        m = float(mean[sl] @ w) + behaviour.bias
-        s = float((w @ cov[sl, sl] @ w).clamp_min(0).sqrt())
-        p = normal_tail(m, s, behaviour.threshold)
-        more = {"reader": "exact normal tail of w·a + b at the last position",
-                "projection_mean": m, "projection_sd": s}
+        p, more, reader, cols = _read_direction(behaviour, int(model.cfg.d_model),
+                                                chain.info["positions"].index(
+                                                    tokens.shape[1] - 1), mean, cov)
     info.update(more)
+    p = float(min(max(p, 0.0), 1.0))
+    interval = None
+    samples = est_site.samples
+    if config.bootstrap and samples is not None and samples.shape[0] >= 2:
+        boot = bootstrap_log10_interval(samples[:, cols], reader, config.bootstrap,
+                                        config.seed + 2)
+        # the percentile interval, stretched to contain the reading itself (p = 0 included)
+        interval = (min(p, 10 ** boot["log10_low"]), max(p, min(1.0, 10 ** boot["log10_high"])))
+        info["bootstrap"] = {**boot, "what": "percentile bootstrap over the K output samples "
+                             "of the last transition (no model calls); upstream transitions "
+                             "and the input fit held fixed"}
+    else:
+        boot = None
+    if kind == "logits" and config.calibrate:
+        info["calibration"] = _calibration(model, behaviour, chain.empirical[out_name],
+                                           mean, cov, config, p, boot)
+        info["calibrated_estimate"] = info["calibration"].get("calibrated_estimate")
+        info["calibrated_interval"] = info["calibration"].get("calibrated_interval")
     calls = N + K * T
-    return Estimate(value=float(min(max(p, 0.0), 1.0)), interval=None,
+    return Estimate(value=p, interval=interval,
                     cost=Cost(calls=calls, seconds=clock.seconds), diagnostics=info)
+
+
+def _masked_correlation(cov: torch.Tensor) -> torch.Tensor | None:
+    """The correlation of a masked covariance, or None when it is diagonal."""
+    off = cov - torch.diag(torch.diagonal(cov))
+    if not bool(off.abs().max() > 0):
+        return None
+    sd = torch.diagonal(cov).clamp_min(0).sqrt()
+    inv = torch.where(sd > 0, 1 / sd.clamp_min(1e-300), torch.zeros_like(sd))
+    return cov * inv[:, None] * inv[None, :]
+
+
+def _read_logits(model, behaviour, mean, cov, config):
+    """(p, diagnostics, bootstrap reader, columns it reads) at the logits site."""
+    t = behaviour.target
+    if isinstance(behaviour, Argmax):
+        p, more = argmax_probability(mean, cov, t, config.n_draws, config.grid, config.seed + 1)
+        corr = _masked_correlation(cov)
+        cols = torch.arange(mean.numel())
+        if corr is None:
+            def reader(m, sd):  # a cheaper grid for the replicates
+                return independent_argmax_probability(m, sd, t, 2001)[0]
+        else:  # A_R (R = A_R A_Rᵀ) once; a replicate's factor is sd ⊙ A_R
+            A_R = covariance_factor(corr)
+            G, h = _argmax_constraints(mean.numel(), t, mean.device)
+
+            def reader(m, sd):
+                return gaussian_polytope_probability(m, sd[:, None] * A_R, G, h, 2048,
+                                                     config.seed + 3)[0]
+    else:
+        p, more = logit_tail(model, float(mean[t]), float(cov[t, t].clamp_min(0).sqrt()),
+                             behaviour.threshold)
+        cols = torch.tensor([t])
+
+        def reader(m, sd):
+            return logit_tail(model, float(m[0]), float(sd[0]), behaviour.threshold)[0]
+    more = {**more, "logit_mean_target": float(mean[t]),
+            "logit_sd_target": float(cov[t, t].clamp_min(0).sqrt())}
+    return p, more, reader, cols
+
+
+def _read_direction(behaviour, d_model: int, j: int, mean, cov):
+    """(p, diagnostics, bootstrap reader, columns) for w·a + b at the last position (j: its
+    index among the modelled positions; the last position is always modelled)."""
+    cols = torch.arange(j * d_model, (j + 1) * d_model)
+    w = torch.tensor(behaviour.direction, dtype=torch.float64, device=mean.device)
+    if w.numel() != d_model:
+        raise BehaviourError(f"direction has {w.numel()} entries; {behaviour.hook} has "
+                             f"width {d_model}")
+    m = float(mean[cols] @ w) + behaviour.bias
+    s = float((w @ cov[cols][:, cols] @ w).clamp_min(0).sqrt())
+    p = normal_tail(m, s, behaviour.threshold)
+    more = {"reader": "exact normal tail of w·a + b at the last position",
+            "projection_mean": m, "projection_sd": s}
+
+    corr = _masked_correlation(cov[cols][:, cols])
+
+    def reader(mb, sd):
+        ws = w * sd
+        var = (ws * ws).sum() if corr is None else ws @ corr @ ws
+        return normal_tail(float(mb @ w) + behaviour.bias, float(var.clamp_min(0).sqrt()),
+                           behaviour.threshold)
+    return p, more, reader, cols
+
+
+def _calibration(model, behaviour, values, mean, cov, config, p_raw, boot) -> dict:
+    """Offset calibration on the frequent tokens of the N real inputs (calibration.py)."""
+    t = behaviour.target
+    N = int(values.shape[0])
+    if isinstance(behaviour, Argmax):
+        hits = family_hits(values, "argmax")
+
+        def p_act(u):
+            return argmax_probability(mean, cov, u, config.n_draws, config.grid,
+                                      config.seed + 1)[0]
+    else:
+        hits = family_hits(values, "logit", behaviour.threshold)
+
+        def p_act(u):
+            return logit_tail(model, float(mean[u]), float(cov[u, u].clamp_min(0).sqrt()),
+                              behaviour.threshold)[0]
+    toks = [u for u in torch.argsort(hits, descending=True, stable=True).tolist()
+            if u != t and config.min_hits <= int(hits[u]) < N][:config.max_calibration_tokens]
+    pa = {u: p_act(u) for u in toks}
+    toks = [u for u in toks if pa[u] > 0]
+    out = {"data": f"the N={N} real inputs already paid for (no extra calls): tokens with "
+                   f"≥ {config.min_hits} hits, target excluded",
+           "token_ids": toks, "hits": [int(hits[u]) for u in toks],
+           "activation_probabilities": [pa[u] for u in toks], "extra_calls": 0}
+    kind = config.calibration_fit
+    if kind == "affine" and len(toks) < 4:
+        kind = "offset"  # a slope from 2–3 tokens would be noise
+    if len(toks) < 2:
+        out["note"] = (f"only {len(toks)} token(s) with ≥ {config.min_hits} hits among the "
+                       f"{N} real inputs: no calibration")
+        return out
+    fit = log_calibration(torch.log(torch.tensor([pa[u] for u in toks], dtype=torch.float64)),
+                          torch.tensor([int(hits[u]) for u in toks]), N, kind)
+    out.update(fit)
+    out.update(calibrate(p_raw, boot, fit))
+    out["method"] = (f"random-effects {kind} fit of ln p̂ on ln p_act (DerSimonian–Laird τ²), "
+                     "95% prediction interval (Higgins et al. 2009) ⊕ bootstrap half-width")
+    return out
 
 
 def _moment_fit_fallback(model, dist, behaviour, config, progress, reason) -> Estimate:

@@ -200,8 +200,10 @@ def run_tail_risk(args) -> dict:
         extra["mask"] = args.mask
     est = run_estimator(args.method, lm.model, dist, b, args.budget, args.seed,
                         progress=progress_printer(args.method, args.progress), **extra)
+    cal = {k: est.diagnostics.get(k) for k in ("calibrated_estimate", "calibrated_interval")
+           } if args.method == "activation" else {}  # raw = "estimate"; see calibration.py
     out = {"estimate": est.value,
-           "interval": list(est.interval) if est.interval is not None else None,
+           "interval": list(est.interval) if est.interval is not None else None, **cal,
            "calls": est.cost.calls,
            "samples": int(est.diagnostics.get("samples", est.cost.calls)),
            "calls_convention": CALLS_CONVENTION,
