@@ -74,9 +74,11 @@ def reset_stats() -> None:
 
 
 def clear_memory() -> None:
-    """Drop the in-process LRU (the disk entries stay)."""
+    """Drop the in-process stores, activations and small derived tensors (the disk entries
+    stay)."""
     with _LOCK:
         _MEMORY.clear()
+        _SMALL.clear()
 
 
 def cache_dir() -> Path:

@@ -70,7 +70,10 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch):
 @pytest.mark.parametrize("argv", [["scrub", "--model", "induction", "--reference", "all three",
                                    "--n", "16", "--progress", "--json"]])
 def test_scrub_progress_names_its_stages(argv, capsys, monkeypatch, tmp_path):
+    from estimators import activation_cache
+
     monkeypatch.setenv("HEW_CACHE_DIR", str(tmp_path))  # cold: the baseline passes really run
+    activation_cache.clear_memory()
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["loss_original"] is not None
