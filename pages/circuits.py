@@ -5,7 +5,7 @@ import streamlit as st
 from app import circuits as glue
 from app import circuits_view as cv
 from app.plots.circuits import circuit_graph
-from app.plots.common import PNG_CONFIG, surprise_waterfall
+from app.plots.common import PNG_CONFIG
 from estimators.circuits import METHODS, CircuitConfig, CircuitError, list_presets
 from estimators.circuits.analysis import MAX_ORDER
 from estimators.circuits.propagate import candidate_pairs
@@ -123,7 +123,7 @@ def argument_and_results(samples: int, seed: int, mc_samples: int) -> None:
               delta=cv.delta_bits(s.data_bits - base.data_bits), delta_color="inverse")
     k3.metric("Total", cv.bits(s.total_bits),
               delta=cv.delta_bits(s.total_bits - base.total_bits), delta_color="inverse")
-    st.plotly_chart(surprise_waterfall(s), config=PNG_CONFIG, key="_circ_waterfall")
+    cv.waterfall_box(s)  # drawn on request: the metrics above give the same numbers
     st.caption(s.notes)
 
     # ---- tables ---------------------------------------------------------------------------------
