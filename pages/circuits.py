@@ -127,20 +127,7 @@ def argument_and_results(samples: int, seed: int, mc_samples: int) -> None:
     st.caption(s.notes)
 
     # ---- tables ---------------------------------------------------------------------------------
-    values, errors = glue.tables(a)
-    t1, t2 = st.columns(2)
-    with t1:
-        st.markdown("**Every node: estimate and truth**")
-        st.dataframe(values, hide_index=True, width="stretch",
-                     column_config={c: st.column_config.NumberColumn(format="%.5g")
-                                    for c in values.columns[2:]})
-    with t2:
-        st.markdown("**Errors (estimate − truth)**")
-        pct = st.column_config.NumberColumn(format="percent")
-        st.dataframe(errors, hide_index=True, width="stretch",
-                     column_config={"mean error": st.column_config.NumberColumn(format="%.4g"),
-                                    "var error": st.column_config.NumberColumn(format="%.4g"),
-                                    "mean rel. error": pct, "var rel. error": pct})
+    cv.node_tables(*glue.tables(a))
     if a.candidates:
         with st.expander("Candidate pairs: the covariance computed by bilinearity vs the truth"):
             st.dataframe(glue.covariance_table(a), hide_index=True, width="stretch")

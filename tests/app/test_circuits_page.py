@@ -141,3 +141,11 @@ def test_surprise_waterfall_is_drawn_on_request():
     at.toggle(key="_circ_waterfall_on").set_value(True).run()
     assert_no_exception(at)
     assert len(at.get("plotly_chart")) == n_before + 1
+
+
+def test_node_tables_static_for_a_small_circuit():
+    at = open_circuits()
+    assert_no_exception(at)
+    cols = [list(t.value.columns) for t in at.table]
+    assert ["node", "kind", "mean est", "mean true", "var est", "var true"] in cols
+    assert any("var rel. error" in c for c in cols)
