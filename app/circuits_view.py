@@ -141,3 +141,46 @@ def delta_bits(d: float) -> str | None:
     if round(d, 2) == 0:
         return None
     return f"{d:+,.2f} vs independence"
+
+
+def waterfall_box(s) -> None:
+    """The surprise waterfall of `s` (a SurpriseBreakdown), drawn only while the toggle is on:
+    the three metrics above it give the same numbers, and a figure drawn costs the browser
+    ~40-70 ms on every click that changes the argument."""
+    if st.toggle("Show the surprise waterfall", key="_circ_waterfall_on"):
+        from app.plots.common import PNG_CONFIG, surprise_waterfall
+
+        st.plotly_chart(surprise_waterfall(s), config=PNG_CONFIG, key="_circ_waterfall")
+
+
+STATIC_TABLE_ROWS = 30
+
+
+def node_tables(values, errors) -> None:
+    """Every node's estimate and truth, and the errors, side by side. Up to STATIC_TABLE_ROWS
+    nodes as static tables (a click that changes the argument then costs the browser ~70 ms
+    less than redrawing two canvas grids); larger circuits as scrollable, sortable grids."""
+    t1, t2 = st.columns(2)
+    small = len(values) <= STATIC_TABLE_ROWS
+    with t1:
+        st.markdown("**Every node: estimate and truth**")
+        if small:
+            st.table(values.style.format({c: "{:.5g}" for c in values.columns[2:]})
+                     .hide(axis="index"))
+        else:
+            st.dataframe(values, hide_index=True, width="stretch",
+                         column_config={c: st.column_config.NumberColumn(format="%.5g")
+                                        for c in values.columns[2:]})
+    with t2:
+        st.markdown("**Errors (estimate − truth)**")
+        if small:
+            st.table(errors.style.format({"mean error": "{:.4g}", "var error": "{:.4g}",
+                                          "mean rel. error": "{:.2%}",
+                                          "var rel. error": "{:.2%}"}).hide(axis="index"))
+        else:
+            pct = st.column_config.NumberColumn(format="percent")
+            st.dataframe(errors, hide_index=True, width="stretch",
+                         column_config={"mean error": st.column_config.NumberColumn(
+                                            format="%.4g"),
+                                        "var error": st.column_config.NumberColumn(format="%.4g"),
+                                        "mean rel. error": pct, "var rel. error": pct})

@@ -5,7 +5,7 @@ import streamlit as st
 from app import circuits as glue
 from app import circuits_view as cv
 from app.plots.circuits import circuit_graph
-from app.plots.common import PNG_CONFIG, surprise_waterfall
+from app.plots.common import PNG_CONFIG
 from estimators.circuits import METHODS, CircuitConfig, CircuitError, list_presets
 from estimators.circuits.analysis import MAX_ORDER
 from estimators.circuits.propagate import candidate_pairs
@@ -123,24 +123,11 @@ def argument_and_results(samples: int, seed: int, mc_samples: int) -> None:
               delta=cv.delta_bits(s.data_bits - base.data_bits), delta_color="inverse")
     k3.metric("Total", cv.bits(s.total_bits),
               delta=cv.delta_bits(s.total_bits - base.total_bits), delta_color="inverse")
-    st.plotly_chart(surprise_waterfall(s), config=PNG_CONFIG, key="_circ_waterfall")
+    cv.waterfall_box(s)  # drawn on request: the metrics above give the same numbers
     st.caption(s.notes)
 
     # ---- tables ---------------------------------------------------------------------------------
-    values, errors = glue.tables(a)
-    t1, t2 = st.columns(2)
-    with t1:
-        st.markdown("**Every node: estimate and truth**")
-        st.dataframe(values, hide_index=True, width="stretch",
-                     column_config={c: st.column_config.NumberColumn(format="%.5g")
-                                    for c in values.columns[2:]})
-    with t2:
-        st.markdown("**Errors (estimate − truth)**")
-        pct = st.column_config.NumberColumn(format="percent")
-        st.dataframe(errors, hide_index=True, width="stretch",
-                     column_config={"mean error": st.column_config.NumberColumn(format="%.4g"),
-                                    "var error": st.column_config.NumberColumn(format="%.4g"),
-                                    "mean rel. error": pct, "var rel. error": pct})
+    cv.node_tables(*glue.tables(a))
     if a.candidates:
         with st.expander("Candidate pairs: the covariance computed by bilinearity vs the truth"):
             st.dataframe(glue.covariance_table(a), hide_index=True, width="stretch")

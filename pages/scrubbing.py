@@ -9,8 +9,7 @@ import streamlit as st
 from app import scrubbing as glue
 from app import scrubbing_view as view
 from app import messages, state, store
-from app.plots.common import PNG_CONFIG, surprise_waterfall
-from app.plots.scrubbing import loss_bars
+from app.plots.common import PNG_CONFIG
 from estimators.scrubbing import PathError, PathPartition
 from estimators.surprise import SurpriseBreakdown
 
@@ -117,36 +116,7 @@ def partition_and_scores() -> None:
         st.caption(view.graph_caption(graph, assignment))
     with right:
         st.markdown(f"**Partition** `{part.hash}` {('— ' + part.name) if part.name else ''}")
-        rows = glue.partition_rows(part)
-        frame = pd.DataFrame(rows,
-                             columns=["group", "pattern", "resample"])
-        edited = st.data_editor(
-            frame, num_rows="dynamic", key=f"_scrub_table_{part.hash}_{ss.get('scrub_nonce', 0)}",
-            width="stretch",
-            column_config={
-                "group": st.column_config.SelectboxColumn("group", options=glue.GROUPS,
-                                                          required=True),
-                "pattern": st.column_config.TextColumn(
-                    "pattern", help="e.g. *>a1.*:k>logits" if glue.unit_name(graph) == "path"
-                    else "e.g. *>a0.1:*>a1.2:k>* (one edge) or *>a0.1:*>* (a node)"),
-                "resample": st.column_config.SelectboxColumn(
-                    "resample", options=[""] + glue.RESAMPLE_CHOICES)})
-        new_rows = edited.fillna("").to_dict("records")
-        if new_rows != rows:
-            try:
-                new = glue.rows_to_partition(new_rows, part.name, part.description)
-                new.assign(graph)
-            except PathError as e:
-                # roll the table back to the partition in use (a fresh editor), so the table and
-                # the partition never differ and the next edit starts from a valid table
-                ss.scrub_msgs.append(("error", f"Table not applied: {e} (the current partition "
-                                               f"is kept)"))
-                ss.scrub_nonce = ss.get("scrub_nonce", 0) + 1
-                st.rerun()
-            else:
-                if new.hash != part.hash:
-                    view.set_partition(new, edited=True)
-                    st.rerun()
+        view.partition_table(part, graph)
         if glue.unit_name(graph) == "edge":
             st.caption(glue.EDGE_LANGUAGE)
             view.named_edges_box(graph, assignment)
@@ -174,10 +144,7 @@ def partition_and_scores() -> None:
     m[4].metric("S(π) argument", f"{sur.argument_bits:,.1f} bits")
     m[5].metric("S(Y|π) data", f"{sur.data_bits:,.1f} bits")
     m[6].metric("Total", f"{sur.total_bits:,.1f} bits")
-    f1, f2 = st.columns(2)
-    f1.plotly_chart(surprise_waterfall(sur), config=PNG_CONFIG, key="_scrub_waterfall")
-    f2.plotly_chart(loss_bars(res["loss_original"], res["loss_scrubbed"], res["loss_random"]),
-                    config=PNG_CONFIG, key="_scrub_losses")
+    view.charts_box(sur, res)  # drawn on request: the metrics above give the same numbers
     with st.expander("S(π) per block"):
         st.dataframe(pd.DataFrame([{"part": k.removeprefix("argument:"), "bits": v}
                                    for k, v in sur.parts.items() if k.startswith("argument:")]),

@@ -132,3 +132,20 @@ def test_explanation_file_round_trips_and_bad_uploads_are_clear():
                      (b'{"format": "other"}', "not a workbench explanation")]:
         with pytest.raises(ValueError, match=msg):
             glue.view_from_upload(bad, "bad.json")
+
+
+def test_surprise_waterfall_is_drawn_on_request():
+    at = open_circuits()
+    assert_no_exception(at)
+    n_before = len(at.get("plotly_chart"))
+    at.toggle(key="_circ_waterfall_on").set_value(True).run()
+    assert_no_exception(at)
+    assert len(at.get("plotly_chart")) == n_before + 1
+
+
+def test_node_tables_static_for_a_small_circuit():
+    at = open_circuits()
+    assert_no_exception(at)
+    cols = [list(t.value.columns) for t in at.table]
+    assert ["node", "kind", "mean est", "mean true", "var est", "var true"] in cols
+    assert any("var rel. error" in c for c in cols)

@@ -59,7 +59,7 @@ def test_both_engines_show_the_same_losses_on_induction():
     assert mt["S(π) argument"] != me["S(π) argument"]  # counted over paths vs edges
     assert "Edge engine: a pattern names single edges" in _captions(edge)
     # the comparison table: the shipped references written in multi-edge paths get a note
-    [table] = [d.value for d in edge.dataframe if "loss recovered %" in d.value.columns]
+    [table] = [d.value for d in edge.table if "loss recovered %" in d.value.columns]
     refs = table[table["kind"] == "reference"]
     assert refs["note"].str.contains("more than one edge").any()
     cur = table[table["kind"] == "current"].iloc[0]

@@ -66,7 +66,7 @@ def test_default_model_reference_hypothesis_shows_the_librarys_numbers():
     assert _url_partition(at).hash == ref.partition.hash
     # the comparison table shows every shipped reference with the numbers recorded for it
     # (recorded at the page's default N = 256, seed 0)
-    [table] = [d.value for d in at.dataframe if "loss recovered %" in d.value.columns]
+    [table] = [d.value for d in at.table if "loss recovered %" in d.value.columns]
     shown = table[table["kind"] == "reference"].set_index("name")
     assert list(shown.index) == [r.name for r in refs]
     for r in refs:
@@ -190,3 +190,62 @@ def test_parens_matched_reference_through_the_page():
     at.button(key="_scrub_apply_ref").click().run()
     assert_no_exception(at)
     assert _metrics(at) == _expected(_library("parens", ref.partition))
+
+
+def _table_app():
+    import streamlit as st
+
+    from app import scrubbing_view as view
+    from estimators.scrubbing import PathGraph, PathPartition
+
+    g = PathGraph(n_layers=2, n_heads=2, attn_only=True)
+    ss = st.session_state
+    ss.setdefault("scrub_msgs", [])
+    ss.setdefault("scrub_part", PathPartition(("*>a1.0:*>*",), name="one head"))
+    if ss.get("bad_edit"):
+        ss.bad_edit = False
+        view._apply_table_edit(ss.scrub_part, g, [], [{"group": "block 1", "pattern": "",
+                                                       "resample": ""}])
+    if ss.get("good_edit"):
+        ss.good_edit = False
+        view._apply_table_edit(ss.scrub_part, g, [], [{"group": "important",
+                                                       "pattern": "embed>logits",
+                                                       "resample": ""}])
+    for kind, msg in ss.scrub_msgs:
+        getattr(st, kind)(msg)
+    ss.scrub_msgs = []
+    view.partition_table(ss.scrub_part, g)
+
+
+def test_partition_table_shows_the_rows_and_refuses_a_bad_edit():
+    """The partition shows as a static table numbered as the messages count rows; a bad edit is
+    one error, the partition kept and the editor rolled back (its key's nonce moves on); a good
+    one becomes the partition in use, renamed as edited."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(_table_app).run()
+    assert_no_exception(at)
+    [shown] = [t.value for t in at.table]
+    assert list(shown["pattern"]) == ["*>a1.0:*>*"] and list(shown.index) == [1]
+    at.session_state["bad_edit"] = True
+    at.run()
+    assert_no_exception(at)
+    assert [e.value for e in at.error] == [
+        "Table not applied: row 1: the pattern is empty (the current partition is kept)"]
+    assert at.session_state["scrub_part"].important == ("*>a1.0:*>*",)
+    assert at.session_state["scrub_nonce"] == 1
+    at.session_state["good_edit"] = True
+    at.run()
+    assert_no_exception(at)
+    assert not at.error
+    assert at.session_state["scrub_part"].important == ("embed>logits",)
+    assert at.session_state["scrub_part"].name == "one head (edited)"
+
+
+def test_charts_are_drawn_on_request():
+    _needs(zoo.DEFAULT_MODEL)
+    at = open_page(PAGE)
+    n_before = len(at.get("plotly_chart"))
+    at.toggle(key="_scrub_charts").set_value(True).run()
+    assert_no_exception(at)
+    assert len(at.get("plotly_chart")) == n_before + 2  # the waterfall and the loss bars
