@@ -99,9 +99,18 @@ def _site_activation(model, tokens: Int[Tensor, "B k"], site: str,
             return (onehot.to(W_E.dtype) @ W_E).to(act.dtype)
         fwd_hooks.append(("hook_embed", embed_hook))
     if site == UNEMBED_IN:
-        def pre(module, args):
-            store["a"] = args[0][:, -1, :]
-        handles.append(model.unembed.register_forward_pre_hook(pre))
+        # the unembedding's input is the final norm's output (the last block's output without
+        # one): read there with return_type=None, so the [B, k, V] logits at every position are
+        # never formed (at a 50,257-token vocabulary they dominated the memory of a pass)
+        if model.cfg.normalization_type is not None:
+            def post(module, args, out):
+                store["a"] = out[:, -1, :]
+            handles.append(model.ln_final.register_forward_hook(post))
+        else:
+            def last(act, hook):
+                store["a"] = act[:, -1]
+                return act
+            fwd_hooks.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", last))
         stop = None
     else:
         if site not in model.hook_dict:
@@ -114,7 +123,7 @@ def _site_activation(model, tokens: Int[Tensor, "B k"], site: str,
         stop = _stop_layer(model, site)
     try:
         model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=stop,
-                             return_type=None if stop is not None else "logits")
+                             return_type=None)
     finally:
         for h in handles:
             h.remove()
