@@ -91,3 +91,17 @@ def test_target_outside_vocabulary(small):
     model, dist = small
     with pytest.raises(BehaviourError, match="outside the output vocabulary"):
         ground_truth(model, dist, Argmax(7))
+
+
+def test_text_target_on_a_model_without_tokenizer_says_to_give_an_id(small):
+    """A folder model with no tokenizer: a token-text target is refused with what to give
+    instead (an id in range), not "give a token string"."""
+    from estimators.tailrisk.behaviours import parse_target
+
+    model, _ = small
+    V = model.cfg.d_vocab_out
+    assert parse_target("id:1", model) == 1 and parse_target("1", model) == 1
+    for spec in ("q", "id:-1", ""):
+        with pytest.raises(BehaviourError, match=f"no tokenizer: give the target as an id, "
+                                                  f"id:0..id:{V - 1}"):
+            parse_target(spec, model)
