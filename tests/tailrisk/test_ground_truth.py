@@ -105,3 +105,23 @@ def test_text_target_on_a_model_without_tokenizer_says_to_give_an_id(small):
         with pytest.raises(BehaviourError, match=f"no tokenizer: give the target as an id, "
                                                   f"id:0..id:{V - 1}"):
             parse_target(spec, model)
+
+
+def test_cache_write_interrupted_before_rename_leaves_no_file(tmp_path, monkeypatch):
+    """Ctrl-C between writing the temporary and renaming it: neither a half entry nor a stray
+    temporary is left in the cache folder; an uninterrupted write leaves exactly the entry."""
+    from estimators.tailrisk.ground_truth import _read_cache, _write_cache
+
+    path = tmp_path / "gt" / "entry.json"
+
+    def interrupted(self, target):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(type(path), "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _write_cache(path, {"version": 1, "p": 0.5})
+    assert list((tmp_path / "gt").iterdir()) == []
+    _write_cache(path, {"version": 1, "p": 0.5})
+    assert [f.name for f in (tmp_path / "gt").iterdir()] == ["entry.json"]
+    assert _read_cache(path) is None or _read_cache(path)["p"] == 0.5
