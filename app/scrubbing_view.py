@@ -94,28 +94,49 @@ def named_edges_box(graph, assignment) -> None:
 
 
 def init_partition(graph, model_key: str) -> None:
-    """The partition in session state, seeded from the URL once per model."""
-    if ss.get("scrub_model") != model_key:
-        # first visit: the partition comes from the link; after a sidebar change, from the
-        # previous model's partition (kept in the URL), and the messages say which
-        source = "the link" if "scrub_model" not in ss else \
-            "the previous model's (or engine's) partition"
-        ss.scrub_model = model_key
-        ss.scrub_msgs = []
-        ss.scrub_pending = None
-        ss.scrub_saved = ss.get("scrub_saved", {})
-        p, err = glue.partition_from_url()
-        if err:
-            ss.scrub_msgs.append(("error", err.replace("the link", source)
-                                  + " (starting from the empty partition)"))
-        if p is not None:
-            try:
-                p.assign(graph)
-            except PathError as e:
-                ss.scrub_msgs.append(("error", f"The partition from {source} does not fit this "
-                                               f"model: {e} (starting from the empty partition)"))
-                p = None
-        ss.scrub_part = p or PathPartition(name="all independent")
+    """The partition in session state, seeded from the URL once per view (model and engine).
+
+    A partition the new view cannot express (a multi-edge path under the edge engine, a head
+    another model lacks) is set aside, not dropped: while the empty partition that replaced it
+    is unedited, returning to a view that can express it restores it."""
+    if ss.get("scrub_model") == model_key:
+        return
+    # first visit: the partition comes from the link; after a sidebar change, from the
+    # previous view's partition (kept in the URL), and the messages say which
+    old = ss.get("scrub_model")
+    if old is None:
+        source, target = "The partition from the link", "this model"
+    elif old.split("|")[0] == model_key.split("|")[0]:
+        source, target = "The partition used under the previous engine", "this engine"
+    else:
+        source, target = "The previous model's partition", "this model"
+    ss.scrub_model = model_key
+    ss.scrub_msgs = []
+    ss.scrub_pending = None
+    ss.scrub_saved = ss.get("scrub_saved", {})
+    aside = ss.get("scrub_aside")
+    restored = aside is not None and ss.get("scrub_part") is aside[1]
+    p, err = (aside[0], None) if restored else glue.partition_from_url()
+    ss.scrub_aside = None
+    if err:
+        where = "the link" if old is None else "the link of the previous view"
+        ss.scrub_msgs.append(("error", err.replace("the link", where)
+                              + " (starting from the empty partition)"))
+    if p is not None:
+        try:
+            p.assign(graph)
+        except PathError as e:
+            ss.scrub_part = PathPartition(name="all independent")
+            if old is not None:  # kept for a view that can express it
+                ss.scrub_aside = (p, ss.scrub_part)
+            more = "" if old is None else "; switching back restores it while this is unedited"
+            ss.scrub_msgs.append(("error", f"{source} does not fit {target}: {e} (starting "
+                                           f"from the empty partition{more})"))
+            return
+        if restored:
+            ss.scrub_msgs.append(("success", "Restored the partition the previous view could "
+                                             "not express."))
+    ss.scrub_part = p or PathPartition(name="all independent")
 
 
 TABLE_COLUMNS = ["group", "pattern", "resample"]

@@ -233,6 +233,8 @@ CLI_LIMITS: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("scrub-search", "seed"): (0, 2 ** 63 - 1, True),
     ("scrub-search", "batch_size"): (1, 2 ** 16, True),
     ("scrub-search", "threads"): (1, 256, True),
+    ("scrub", "bits_per_parameter"): (0, 1024, False),  # S(π) stays finite
+    ("scrub-search", "bits_per_parameter"): (0, 1024, False),
     ("scrub-search", "steps"): (0, 10_000, True),
     ("tail-risk", "budget"): (2, 2 ** 24, True),
     ("tail-risk", "seed"): (0, 2 ** 63 - 1, True),

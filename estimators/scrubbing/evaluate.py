@@ -468,5 +468,8 @@ class Scrubber:
 
 
 def loss_recovered(loss_original: float, loss_scrubbed: float, loss_random: float) -> float:
+    """(L_random − L_scrubbed) / (L_random − L_original); NaN when the denominator is below
+    1e-12; never −0.0 (a scrubbed loss equal to L_random is 0 recovered, also when
+    L_random < L_original)."""
     denom = loss_random - loss_original
-    return float("nan") if abs(denom) < 1e-12 else (loss_random - loss_scrubbed) / denom
+    return float("nan") if abs(denom) < 1e-12 else (loss_random - loss_scrubbed) / denom + 0.0

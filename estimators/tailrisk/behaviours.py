@@ -479,8 +479,8 @@ def parse_target(spec: Any, model, vocab: list[str] | None = None, loaded=None) 
     elif isinstance(spec, str) and vocab is None:
         tid = token_id(loaded if loaded is not None else model, spec)
     if tid is None:
-        raise BehaviourError(f"target {spec!r} is not a token of this model (give a token "
-                             f"string or an id)")
+        raise BehaviourError(f"target {spec!r} is not a token of this model "
+                             f"({_target_hint(model, vocab, loaded, V)})")
     if not 0 <= tid < V:
         raise BehaviourError(f"target token id {tid} is outside the output vocabulary "
                              f"(0..{V - 1})")
@@ -491,3 +491,15 @@ __all__ = ["Behaviour", "Argmax", "SampledProbability", "LogitThreshold", "Direc
            "sae_feature", "parse_direction", "probe_direction", "residual_hooks", "BEHAVIOURS", "behaviour_from_dict", "parse_target", "BehaviourError",
            "UNEMBED_IN", "site_activations", "model_device", "vocab_out", "final_logits",
            "raw_threshold", "soft_cap"]
+
+
+def _target_hint(model, vocab, loaded, V: int) -> str:
+    """What a target may be for this model: without a zoo vocabulary or a tokenizer only ids."""
+    from estimators.data import DataError, model_tokenizer
+
+    if vocab is None:
+        try:
+            model_tokenizer(model, loaded)
+        except DataError:
+            return f"it has no tokenizer: give the target as an id, id:0..id:{V - 1}"
+    return f"give a token string or an id, id:0..id:{V - 1}"

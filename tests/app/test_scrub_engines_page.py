@@ -165,3 +165,27 @@ def test_gpt2_small_graph_draws_named_edges_and_bundles_the_rest():
     everything = eg.assign(PathPartition(("*",)))
     assert "bundles" in edge_summary(eg, everything)[0]
     assert np.all(everything == 0)
+
+
+def test_switching_engines_sets_aside_and_restores_a_multi_edge_partition():
+    """A treeified partition the edge engine cannot express is refused with one message under
+    edges, and switching back (unedited) restores it instead of losing it; a garbage
+    `scrub_engine` in the link is one warning and auto."""
+    p = PathPartition(("*>a0.1:q>*>*",), name="multi")
+    at = _open({"model": "induction", "scrub_n": "16", "scrub_engine": "treeified",
+                "partition": state.encode_blob(p.to_dict())})
+    before = _metrics(at)
+    assert before["Loss recovered"] != "0.00%"
+    at.selectbox(key="_scrub_engine").set_value("edges").run()
+    assert_no_exception(at)
+    [err] = [e.value for e in at.error]
+    assert "previous engine does not fit this engine" in err and "switching back" in err
+    assert _metrics(at)["Loss recovered"] == "0.00%"
+    at.selectbox(key="_scrub_engine").set_value("treeified").run()
+    assert_no_exception(at)
+    assert not at.error and _metrics(at) == before
+    bad = open_page(PAGE, query={"model": "induction", "scrub_n": "16",
+                                 "scrub_engine": "garbage"})
+    assert_no_exception(bad)
+    assert [w.value for w in bad.warning] == [
+        "The link's scrub_engine 'garbage' is not one of auto, treeified, edges; using auto."]

@@ -179,3 +179,25 @@ def test_cli_scrub_both_engines_agree_on_a_small_model(tmp_path, capsys):
     assert e["surprise"]["data_bits"] == pytest.approx(t["surprise"]["data_bits"], rel=1e-4,
                                                         abs=1e-3)
     assert e["n_edges"] > 0 and t["n_paths"] > 0
+
+
+def test_cli_scrub_search_caps_bits_per_parameter_and_never_prints_negative_zero(tmp_path,
+                                                                                  capsys):
+    """An absurd --bits-per-parameter (1e308: S(π) would be inf) is one line, exit 2; a step
+    whose scrubbed loss equals L_random reports loss_recovered 0.0, not -0.0, also when the
+    random model's L_random is below L_original."""
+    from estimators.scrubbing.evaluate import loss_recovered
+
+    assert str(loss_recovered(2.7, 2.6, 2.6)) == "0.0"
+    model = tiny_model(False, n_layers=2, n_heads=2, seed=2)
+    save_checkpoint(model, tmp_path / "ckpt")
+    (tmp_path / "d.json").write_text(json.dumps(_data(model, 8).batch.tokens.tolist()))
+    argv = ["scrub-search", "--model", str(tmp_path / "ckpt"), "--data", str(tmp_path / "d.json"),
+            "--engine", "edges", "--unit", "node", "--steps", "0", "--json"]
+    for cmd in (argv, ["scrub", *argv[1:5], "--reference", "x"]):
+        assert main(cmd + ["--bits-per-parameter", "1e308"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "≤ 1024" in err
+    assert main(argv) in (0, None)
+    out = capsys.readouterr().out
+    assert "-0.0" not in out and json.loads(out)["steps"][0]["loss_recovered"] == 0.0

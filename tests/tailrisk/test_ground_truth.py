@@ -91,3 +91,37 @@ def test_target_outside_vocabulary(small):
     model, dist = small
     with pytest.raises(BehaviourError, match="outside the output vocabulary"):
         ground_truth(model, dist, Argmax(7))
+
+
+def test_text_target_on_a_model_without_tokenizer_says_to_give_an_id(small):
+    """A folder model with no tokenizer: a token-text target is refused with what to give
+    instead (an id in range), not "give a token string"."""
+    from estimators.tailrisk.behaviours import parse_target
+
+    model, _ = small
+    V = model.cfg.d_vocab_out
+    assert parse_target("id:1", model) == 1 and parse_target("1", model) == 1
+    for spec in ("q", "id:-1", ""):
+        with pytest.raises(BehaviourError, match=f"no tokenizer: give the target as an id, "
+                                                  f"id:0..id:{V - 1}"):
+            parse_target(spec, model)
+
+
+def test_cache_write_interrupted_before_rename_leaves_no_file(tmp_path, monkeypatch):
+    """Ctrl-C between writing the temporary and renaming it: neither a half entry nor a stray
+    temporary is left in the cache folder; an uninterrupted write leaves exactly the entry."""
+    from estimators.tailrisk.ground_truth import _read_cache, _write_cache
+
+    path = tmp_path / "gt" / "entry.json"
+
+    def interrupted(self, target):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(type(path), "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _write_cache(path, {"version": 1, "p": 0.5})
+    assert list((tmp_path / "gt").iterdir()) == []
+    _write_cache(path, {"version": 1, "p": 0.5})
+    assert [f.name for f in (tmp_path / "gt").iterdir()] == ["entry.json"]
+    assert _read_cache(path) is None or _read_cache(path)["p"] == 0.5
