@@ -81,7 +81,7 @@ def parse_units(specs) -> UnitSpec:
             resid = (kind, _positive_int(k, s))
         else:
             try:
-                units = [int(u) for u in s.split(",") if u.strip() != ""]
+                units = [int(u) for u in s.split(",")]  # an empty entry ("3,,4") is an error
             except ValueError:
                 raise ValueError(f"--units {s!r}: use first:K, top-variance:K, firing:K or a "
                                  f"comma-separated list of units") from None

@@ -40,7 +40,7 @@ def test_parse_units_forms_and_errors():
     real = [torch.randn(50, 2 * 4, generator=torch.Generator().manual_seed(0))
             * torch.tensor([1.0, 5, 0.1, 3] * 2)]
     assert resolve_resid_units(parse_units("top-variance:2"), 4, real) == (1, 3)
-    for bad in ("first:0", "first:x", "1,1", "-1,2", "nope:3"):
+    for bad in ("first:0", "first:x", "1,1", "-1,2", "nope:3", "3,,4", "3,4,"):
         with pytest.raises(ValueError):
             parse_units(bad)
     with pytest.raises(ValueError):
