@@ -49,7 +49,10 @@ def sample_predictions() -> None:
             frame, accuracy = model_page.prediction_frame(lm, int(seed))
         if accuracy is not None:
             st.metric("Top-1 accuracy on the scored positions of this sample", f"{accuracy:.1%}")
-        st.dataframe(frame, hide_index=True, width="stretch")
+        # a static table: a grid (st.dataframe) rewrites its hidden accessibility table ~0.1-0.2 s
+        # after each redraw, which kept a seed click above 300 ms (benchmarks/bench_clicks.py)
+        with st.container(height=min(36 * (len(frame) + 1) + 20, 480), border=False):
+            st.table(frame.set_index("pos"))
     elif data is not None:
         i = int(st.number_input(f"Sequence of the data (0..{len(data) - 1})", min_value=0,
                                 max_value=len(data) - 1, value=0, step=1, key="model_data_row"))
