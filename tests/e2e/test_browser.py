@@ -5,13 +5,8 @@ test-artifacts/."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,12 +21,11 @@ PAGE_LOAD_MS = 300_000  # a first model load on a busy 2-core machine; not a spe
 
 sys.path.insert(0, str(ROOT))
 from app.pages_index import PAGES  # noqa: E402
+from tests.streamlit_server import served_app  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# the address and the rest are config.toml's too; given here so the test does not depend on it
+SERVER_ARGS = ("--server.address", "127.0.0.1", "--server.headless", "true",
+               "--browser.gatherUsageStats", "false")
 
 
 @pytest.fixture(scope="module")
@@ -39,34 +33,9 @@ def server():
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is needed for the browser test: "
                     "run `bash scripts/setup.sh --test` (apt-get install chromium)")
-    port = _free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start; see test-artifacts/streamlit.log")
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with served_app(ARTIFACTS / "streamlit.log", args=SERVER_ARGS) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

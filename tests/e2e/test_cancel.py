@@ -9,9 +9,6 @@ through Playwright, as in test_browser.py; a screenshot goes to test-artifacts/.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -20,7 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from .test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PAGE_LOAD_MS, ROOT, _free_port
+from tests.streamlit_server import served_app
+
+from .test_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PAGE_LOAD_MS,
+                           SERVER_ARGS)
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -53,33 +53,10 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("cancel")
     world = _world(root)
     cache = root / "cache"
-    port = _free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HEW_CACHE_DIR=str(cache))
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "streamlit-cancel.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start; see test-artifacts/streamlit-cancel.log")
-    yield base, world, cache
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with served_app(ARTIFACTS / "streamlit-cancel.log", env={"HEW_CACHE_DIR": str(cache)},
+                    args=SERVER_ARGS) as base:
+        yield base, world, cache
 
 
 def _entries(cache: Path) -> list[list[int]]:

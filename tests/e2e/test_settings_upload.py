@@ -5,15 +5,12 @@ and the values survive the next click (issue #12: the frontend kept its old widg
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.streamlit_server import served_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -27,28 +24,9 @@ IDLE = ("() => document.querySelector(\"[data-testid='stApp']\")"
 def base_url(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is needed: run `bash scripts/setup.sh --test`")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               HEW_CACHE_DIR=str(tmp_path_factory.mktemp("cache")))
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py",
-                             "--server.port", str(port)], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    for _ in range(240):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with served_app(tmp_path_factory.mktemp("server") / "streamlit.log",
+                    env={"HEW_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}) as base:
+        yield base
 
 
 def _settle(page):

@@ -3,24 +3,15 @@ on the loopback interface only, hides tracebacks from the browser and caps uploa
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.streamlit_server import free_port, served_app
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -58,33 +49,12 @@ def test_config_defaults():
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")
 def test_real_server_binds_loopback_only(tmp_path):
-    port = _free_port()
-    log = open(tmp_path / "streamlit.log", "w")
+    port = free_port()
     # exactly the README's command, plus a free port: the address comes from config.toml
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py",
-                             "--server.port", str(port)], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health",
-                                            timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text())
+    with served_app(tmp_path / "streamlit.log", port=port):
         addrs = _listening_addresses(port)
         assert addrs == {"0100007F"}, addrs  # 127.0.0.1 only (no 0.0.0.0, no ::)
         ip = _non_loopback_ip()
         if ip is not None:
             with pytest.raises(OSError):
                 socket.create_connection((ip, port), timeout=2).close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
