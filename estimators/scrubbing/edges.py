@@ -706,19 +706,7 @@ class EdgeScrubber(_scrubber_class()):
                 source=reference.source)) for i, p in enumerate(partitions)]
         return super().evaluate(partitions, reference, should_stop, progress=progress)
 
-    def surprise(self, partition, orig, scrubbed):
-        from estimators.surprise import LN2, SurpriseBreakdown, mdl_bits_per_parameter
-
-        bpp = self.config.bits_per_parameter
-        bpp = mdl_bits_per_parameter(orig.numel()) if bpp is None else float(bpp)
-        parts = {f"argument:{k}": v for k, v in self.graph.description_parts(
-            partition, bpp, self.data.batch.tokens.shape[1],
-            assignment=self.assign(partition)).items()}
-        data_bits = float((scrubbed.double() - orig.double()).sum() / LN2)
-        parts["data:excess loss"] = data_bits
-        arg = sum(v for key, v in parts.items() if key.startswith("argument:"))
-        return SurpriseBreakdown(
-            argument_bits=float(arg), data_bits=data_bits, parts=parts,
-            notes=f"S(π): two-part code over {self.graph.n_edges} edges, {bpp:.3g} bits per "
-                  f"kept edge; S(Y|π) = N·(L_scrubbed − L_original)/ln 2 with N = "
-                  f"{orig.numel()} examples")
+    def description_parts(self, partition, bpp):
+        """S(π)'s terms in bits, counted over the model's edges (`EdgeGraph.description_parts`)."""
+        return self.graph.description_parts(partition, bpp, self.data.batch.tokens.shape[1],
+                                            assignment=self.assign(partition))

@@ -451,16 +451,20 @@ class Scrubber:
                  scrubbed: torch.Tensor) -> SurpriseBreakdown:
         bpp = self.config.bits_per_parameter
         bpp = mdl_bits_per_parameter(orig.numel()) if bpp is None else float(bpp)
-        parts = {f"argument:{k}": v for k, v in partition.description_parts(
-            self.graph, bpp, self.data.batch.tokens.shape[1]).items()}
+        parts = {f"argument:{k}": v for k, v in self.description_parts(partition, bpp).items()}
         data_bits = float((scrubbed.double() - orig.double()).sum() / LN2)
         parts["data:excess loss"] = data_bits
         arg = sum(v for k, v in parts.items() if k.startswith("argument:"))
+        unit = self.graph.UNIT
         return SurpriseBreakdown(
             argument_bits=float(arg), data_bits=data_bits, parts=parts,
-            notes=f"S(π): two-part code over {self.graph.n_paths} paths, {bpp:.3g} bits per "
-                  f"kept path; S(Y|π) = "
+            notes=f"S(π): two-part code over {self.graph.n_units} {unit}s, {bpp:.3g} bits per "
+                  f"kept {unit}; S(Y|π) = "
                   f"N·(L_scrubbed − L_original)/ln 2 with N = {orig.numel()} examples")
+
+    def description_parts(self, partition: PathPartition, bpp: float) -> dict[str, float]:
+        """S(π)'s terms in bits (`PathPartition.description_parts` over the treeified paths)."""
+        return partition.description_parts(self.graph, bpp, self.data.batch.tokens.shape[1])
 
     def _result(self, p, orig, scrubbed, rand, diag) -> ScrubResult:
         return ScrubResult(p, float(orig.mean()), float(scrubbed.mean()), float(rand.mean()),
