@@ -289,17 +289,8 @@ def _store(key: str, t: Tensor, disk: bool, meta: dict) -> None:
 
 
 def _read_disk(path: Path, key: str) -> Tensor | None:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("key") != key:
-                return None
-            return f.get_tensor("activations")
-    except Exception:  # noqa: BLE001 - a corrupt or truncated entry is recomputed
-        return None
+    hit = _read_small(path, key)  # the same file format, one tensor named "activations"
+    return None if hit is None else hit.get("activations")
 
 
 def _write_disk(path: Path, key: str, t: Tensor, meta: dict) -> None:
@@ -307,24 +298,15 @@ def _write_disk(path: Path, key: str, t: Tensor, meta: dict) -> None:
 
 
 def _save_atomic(path: Path, key: str, tensors: dict[str, Tensor], meta: dict) -> None:
-    """Write a safetensors file to a temporary name, then rename it: a reader never sees half
-    a file, and an interrupted write (Ctrl-C, `Cancelled`) leaves no temporary file behind."""
+    """A safetensors entry (`estimators.atomic_write`: no reader sees half a file, an
+    interrupted write leaves nothing behind, a full disk only costs recomputation)."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata={"key": key, "version": str(FORMAT_VERSION),
-                                               **{k: str(v) for k, v in meta.items()}})
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only or full disk only costs recomputation
-    finally:
-        if tmp.exists():
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+    from estimators.atomic_write import write_atomically
+
+    write_atomically(path, lambda tmp: save_file(
+        tensors, str(tmp), metadata={"key": key, "version": str(FORMAT_VERSION),
+                                     **{k: str(v) for k, v in meta.items()}}))
 
 
 # ------------------------------------------------------------------ small derived tensors

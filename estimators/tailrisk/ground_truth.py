@@ -185,22 +185,12 @@ def _read_cache(path: Path) -> dict | None:
 
 
 def _write_cache(path: Path, payload: dict) -> None:
-    """Write to a temporary name private to this process, then rename: a reader never sees
-    half a file, two processes never share a temporary, and an interrupted write (Ctrl-C)
-    leaves nothing behind."""
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(payload))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only home only costs recomputation
-    finally:
-        if tmp.exists():
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+    """The entry as JSON (`estimators.atomic_write`: no reader sees half a file, two processes
+    never share a temporary, an interrupted write (Ctrl-C) leaves nothing behind, a read-only
+    home only costs recomputation)."""
+    from estimators.atomic_write import write_atomically
+
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(payload)))
 
 
 # ------------------------------------------------------------------------------ front door
