@@ -5,14 +5,18 @@ models", and its public code's `pick_random_tokens`): for each input distributio
 are tokens drawn at random (seeded) among those whose exact argmax probability lies in
 [1e-9, 1e-5]; every method gets the same budget; each (target, seed) is one estimate. Our zoo
 `charlm` has a 97-token vocabulary, so the distributions are shortened to their last few
-positions until the support can be enumerated (exact truth): `hex` keeps 6 positions (16⁶ =
-2^24 inputs), so a target at 1e-5 is carried by ~170 inputs and one at 1e-6 by ~17.
+positions until the support can be enumerated (exact truth): `hex` keeps 5 positions (16⁵ =
+2^20 inputs), so a target at 1e-5 is carried by ~10 inputs and one at 1e-6 by ~1; `words`
+keeps 4 (27⁴ inputs).
 
 Scores per (row, budget) over its targets × seeds: Itakura–Saito loss p/p̂ − ln(p/p̂) − 1
 unfitted and after the affine fit in log space (ln p̂ ↦ a·ln p̂ + b fitted per row and budget
 across its targets × seeds, in-sample, as in the paper), the number of zero estimates, the
 squared log error; zero estimates are floored at 1e-12 before any loss (the public code has no
-scoring; the floor is ours). Baseline: the optimal constant.
+scoring; the floor is ours). Baseline: the optimal constant. ITGIS and MHIS report a
+model-based extrapolation when no sample hits (`fallback`, fallback.py): each row counts the
+runs that used it and also scores the same runs with those estimates set to 0 (what the
+sampler alone returned), so one run gives both.
 
 Budget convention: 1 call = one input's forward pass, a backward pass = one more call.
 ITGIS/MHIS evaluate their tilted samples with gradients (2 calls each) and their reference
@@ -94,25 +98,31 @@ def run_dist(name: str, args, model, entry) -> dict:
           f"{[f'{x:.1e}' for x in truth[targets]]}, {args.seeds} seeds each; optimal constant "
           f"IS {res['optimal_constant']['itakura_saito']:.3g}")
     print(f"{'calls':>6} {'samples':>8} {'row':28s} {'IS':>9} {'IS fit':>7} {'zeros':>6} "
-          f"{'logSE':>7} {'sec':>6}")
+          f"{'logSE':>7} {'sec':>6} {'fallbacks':>9}")
     for budget in args.budgets:
         for label in args.rows:
             method, extra = ROWS[label]
             t0 = time.perf_counter()
-            ests, samples = [], 0
+            ests, samples, fb = [], 0, []
             for t in targets:
                 for seed in range(args.seeds):
                     e = run_estimator(method, model, dist, Argmax(t), budget,
                                       seed=1000 * seed + t, **extra)
                     ests.append(e.value)
+                    fb.append(e.diagnostics.get("fallback"))
                     samples = e.diagnostics.get("samples", e.cost.calls)
             row = {"budget_calls": budget, "samples_per_run": samples, "runs": len(ests),
                    **score_row(p, ests), "seconds": time.perf_counter() - t0,
-                   "estimates": ests}
+                   "estimates": ests, "fallbacks": sum(f is not None for f in fb),
+                   "fallback_methods": fb}
+            if row["fallbacks"]:
+                sampler = [0.0 if f is not None else x for x, f in zip(ests, fb)]
+                row["without_fallback"] = score_row(p, sampler)
             res["rows"][f"{label} @ {budget}"] = row
             print(f"{budget:6d} {samples:8d} {label[:28]:28s} {row['itakura_saito']:9.3g} "
                   f"{row['itakura_saito_fitted']:7.3g} {row['zero_estimates']:3d}/{len(ests):<2d} "
-                  f"{row['log_squared_error']:7.3g} {row['seconds']:6.1f}", flush=True)
+                  f"{row['log_squared_error']:7.3g} {row['seconds']:6.1f} "
+                  f"{row['fallbacks']:9d}", flush=True)
     return res
 
 

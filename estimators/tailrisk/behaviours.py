@@ -175,6 +175,16 @@ class Behaviour:
             v, s = self.readout(model, a.float())
         return v.double(), s.double()
 
+    def evaluate_site(self, model, tokens: Int[Tensor, "B k"]
+                      ) -> tuple[Tensor, Tensor, Float[Tensor, "B d"]]:
+        """(value, score, site activation [B, d] float32), no gradient: `evaluate` that also
+        returns the activation it read (the zero-hit fallback fits QLD/GLD on it at no extra
+        call). One model call per input."""
+        with torch.no_grad():
+            a = _site_activation(model, tokens, self.site()).float()
+            v, s = self.readout(model, a)
+        return v.double(), s.double(), a
+
     def evaluate_with_grad(self, model, tokens: Int[Tensor, "B k"]
                            ) -> tuple[Tensor, Tensor, Float[Tensor, "B k V"]]:
         """(value, score, d score / d one-hot input). Counted as two model calls per input

@@ -49,6 +49,7 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
                                         EstimatorConfig, ProgressFn, batches, generator,
                                         normal_interval, report)
 from estimators.tailrisk.distributions import InputDistribution
+from estimators.tailrisk.fallback import apply_fallback
 from estimators.tailrisk.mixture import log_balance_weights
 
 
@@ -62,6 +63,7 @@ class ITGISConfig(EstimatorConfig):
     defensive: float = 0.1
     min_temperature: float = 1e-3
     reference_fraction: float = 0.1  # of the calls: forward-only draws from D (mixture.py)
+    fallback: bool = True  # no hit: QLD/GLD on the reference draws' activations (fallback.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -76,6 +78,8 @@ class ITGISConfig(EstimatorConfig):
                              f"{self.min_temperature}")
         if not isinstance(self.auto_temperature, bool):
             raise ValueError("auto_temperature must be true or false")
+        if not isinstance(self.fallback, bool):
+            raise ValueError("fallback must be true or false")
         if not 0 <= self.reference_fraction < 1:
             raise ValueError(f"reference_fraction must be in [0, 1), got "
                              f"{self.reference_fraction}")
@@ -158,6 +162,7 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     weighted, xs, vals, log_ms, temps = [], [], [], [], []
     T = config.temperature
     hits = 0
+    ref_acts = []  # site activations of the reference draws, for the zero-hit fallback
     for start, m in batches(n, config.batch_size):
         s = ema / (1 - config.ema_decay ** updates) if updates else None
         if config.auto_temperature and updates:
@@ -178,7 +183,9 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
         v, _, grad = behaviour.evaluate_with_grad(model, x.to(dev))
         v = v.cpu()
         if r:
-            v_ref, _ = behaviour.evaluate(model, x_ref.to(dev))
+            v_ref, _, a_ref = behaviour.evaluate_site(model, x_ref.to(dev))
+            if config.fallback:
+                ref_acts.append(a_ref.cpu())
             v = torch.cat([v, v_ref.cpu()])
         weighted.append(v * log_w.exp())
         hits += int((v != 0).sum())
@@ -196,6 +203,10 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     value = float(w.mean())
     interval = normal_interval(w, config.confidence, upper_clip=1.0)
     used = [t for t in temps if t is not None]
+    extra = {}
+    if value == 0 and config.fallback:
+        value, interval, extra = apply_fallback(
+            model, behaviour, torch.cat(ref_acts) if ref_acts else None, n_ref)
     return Estimate(value=value, interval=interval,
                     cost=Cost(calls=n * FORWARD_BACKWARD_CALLS + n_ref, seconds=clock.seconds),
                     diagnostics={"samples": n + n_ref, "samples_with_gradient": n,
@@ -205,4 +216,5 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
                                  "auto_temperature": config.auto_temperature,
                                  "defensive": alpha, "batches": updates,
                                  "calls_convention": CALLS_CONVENTION,
-                                 "interval_kind": "normal (approximate)"})
+                                 "interval_kind": "normal (approximate)" if not extra else
+                                 "[0, zero-hit bound]", "fallback": None, **extra})

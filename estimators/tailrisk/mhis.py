@@ -55,6 +55,7 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
                                         EstimatorConfig, ProgressFn, batches, generator,
                                         report)
 from estimators.tailrisk.distributions import InputDistribution
+from estimators.tailrisk.fallback import apply_fallback
 from estimators.tailrisk.mixture import pooled_estimate
 
 
@@ -65,6 +66,7 @@ class MHISConfig(EstimatorConfig):
     burn_in: float = 0.3  # fraction of each chain's steps discarded
     auto_temperature: bool = True
     reference_fraction: float = 0.25  # of the calls: forward-only draws from D (mixture.py)
+    fallback: bool = True  # no hit: QLD/GLD on the reference draws' activations (fallback.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -76,6 +78,8 @@ class MHISConfig(EstimatorConfig):
             raise ValueError(f"burn_in must be in [0, 1), got {self.burn_in}")
         if not isinstance(self.auto_temperature, bool):
             raise ValueError("auto_temperature must be true or false")
+        if not isinstance(self.fallback, bool):
+            raise ValueError("fallback must be true or false")
         if not 0 <= self.reference_fraction < 1:
             raise ValueError(f"reference_fraction must be in [0, 1), got "
                              f"{self.reference_fraction}")
@@ -88,15 +92,17 @@ class MHISConfig(EstimatorConfig):
 
 
 def _reference_pool(model, dist, behaviour, n: int, batch_size: int, gen, dev):
-    """(values, scores) of n forward-only draws from D (1 call each)."""
-    vs, ss = [], []
+    """(values, scores, site activations) of n forward-only draws from D (1 call each)."""
+    vs, ss, acts = [], [], []
     for _, m in batches(n, batch_size):
-        v, s = behaviour.evaluate(model, dist.sample(m, gen).to(dev))
+        v, s, a = behaviour.evaluate_site(model, dist.sample(m, gen).to(dev))
         vs.append(v.cpu())
         ss.append(s.cpu())
+        acts.append(a.cpu())
     if not vs:
-        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
-    return torch.cat(vs).double(), torch.cat(ss).double()
+        return (torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64),
+                None)
+    return torch.cat(vs).double(), torch.cat(ss).double(), torch.cat(acts)
 
 
 def _adapt(T, window, v, s, step, lo, hi):
@@ -124,7 +130,8 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
     free = torch.tensor([i for i, s in enumerate(dist.supports()) if s.numel() > 1])
     ar = torch.arange(C)
 
-    v_ref, s_ref = _reference_pool(model, dist, behaviour, n_ref, config.batch_size, gen, dev)
+    v_ref, s_ref, a_ref = _reference_pool(model, dist, behaviour, n_ref, config.batch_size,
+                                          gen, dev)
     x = dist.sample(C, gen)  # [C, k] cpu
     v, s, g = (t.cpu() for t in behaviour.evaluate_with_grad(model, x.to(dev)))
     # the chains' initial states are draws from D too: they join the reference pool
@@ -173,7 +180,10 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
     value, log_z = pooled_estimate(v_ref, s_ref / T, vv, ss / T)
     total_steps = max(steps, 0) * C if len(free) else 0
     calls = n_ref + (C + total_steps) * FORWARD_BACKWARD_CALLS
-    return Estimate(value=value, interval=None, cost=Cost(calls=calls, seconds=clock.seconds),
+    interval, extra = None, {}
+    if value == 0 and config.fallback:
+        value, interval, extra = apply_fallback(model, behaviour, a_ref, int(v_ref.numel()))
+    return Estimate(value=value, interval=interval, cost=Cost(calls=calls, seconds=clock.seconds),
                     diagnostics={"chains": C, "steps_per_chain": max(steps, 0),
                                  "kept_states": int(vv.numel()),
                                  "acceptance_rate": accepted / max(total_steps, 1),
@@ -184,4 +194,5 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
                                  "auto_temperature": adapt,
                                  "samples": n_ref + C + total_steps,
                                  "samples_with_gradient": C + total_steps,
-                                 "calls_convention": CALLS_CONVENTION})
+                                 "calls_convention": CALLS_CONVENTION,
+                                 "fallback": None, **extra})

@@ -1,0 +1,87 @@
+"""The zero-hit fallback of the importance samplers: a model-based extrapolation, not a 0.
+
+An importance sampler (ITGIS, MHIS) whose samples never hit returns exactly 0, which is no
+estimate of a probability that is merely small. With `fallback: true` (the default) such a run
+reports instead the extrapolation of the activations it already computed, at 0 extra calls:
+
+* the site activations of its *reference draws* (plain draws from D, forward pass only; MHIS
+  adds its chains' initial states) — the behaviour's readout goes through that activation, so
+  they are i.i.d. samples of a ~ D at the behaviour's site;
+* QLD on them (`qld.qld_probability`, Wu & Hilton 2024's quadratic logit decomposition), or,
+  when QLD itself counts no combination (0) or does not apply, GLD (`gld.gld_probability`,
+  Φ(μ/σ) of the normal fitted to the constraint margin, never 0);
+* clipped to the upper bound a run with zero hits implies: with n_D draws from D and none in
+  the behaviour, P(no hit) = (1 − p)^{n_D} ≤ 1 − c only for p ≤ −ln(1 − c)/n_D (the "rule of
+  three", 3/n_D at c = 95%). The tilted samples only make a miss less likely, so the bound
+  holds for the pooled run as well.
+
+The result is biased (a model's guess, not a sampling estimate): the estimator's diagnostics
+say so (`fallback`, `fallback_note`), and its interval is [0, upper bound]. When the run has a
+hit nothing here is used and the estimate is the sampler's own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from estimators.tailrisk.behaviours import Behaviour, BehaviourError
+
+FALLBACK_CONFIDENCE = 0.95
+MIN_DRAWS = 3  # a covariance (QLD) or a standard deviation (GLD) needs a few draws
+FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation ({method} on the "
+                 "{n:,} reference draws' activations, biased), clipped to the zero-hit bound "
+                 "{ub:.3g}")
+
+
+def zero_hit_upper_bound(n_draws: int, confidence: float = FALLBACK_CONFIDENCE) -> float:
+    """The largest p with P(no hit in n_draws i.i.d. draws from D) ≥ 1 − confidence:
+    −ln(1 − confidence)/n_draws (≈ 3/n at 95%; the rule of three, Hanley & Lippman-Hand 1983),
+    capped at 1. Probability units."""
+    if n_draws <= 0:
+        return 1.0
+    return min(1.0, -math.log1p(-confidence) / n_draws)
+
+
+def extrapolate(model, behaviour: Behaviour, acts: torch.Tensor) -> tuple[float, str] | None:
+    """(p, method) from site activations `acts` [n, d] drawn from D: QLD, or GLD where QLD
+    counts 0. None where neither applies (a behaviour that is not a set of linear inequalities,
+    or fewer than MIN_DRAWS draws)."""
+    from estimators.tailrisk.gld import gld_probability
+    from estimators.tailrisk.qld import qld_probability
+
+    if not behaviour.is_indicator or acts.shape[0] < MIN_DRAWS:
+        return None
+    try:
+        G, h = behaviour.constraints(model)
+    except BehaviourError:
+        return None
+    acts = acts.double()
+    p, _ = qld_probability(acts, G, h)
+    if p > 0:
+        return float(p), "qld"
+    p, _ = gld_probability(acts, G, h)
+    return float(p), "gld"
+
+
+def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_draws: int
+                   ) -> tuple[float, tuple[float, float], dict]:
+    """For a run with no hit: (estimate, interval [0, bound], diagnostics). The estimate is the
+    extrapolation of `acts` (the run's `n_draws` draws from D) clipped to
+    `zero_hit_upper_bound(n_draws)` (n_draws ≥ len(acts): every draw from D the run made, with
+    or without its activation); 0 with `fallback: None` and a note where none applies."""
+    ub = zero_hit_upper_bound(n_draws)
+    got = extrapolate(model, behaviour, acts) if acts is not None else None
+    if got is None:
+        return 0.0, (0.0, ub), {
+            "fallback": None, "zero_hit_upper_bound": ub,
+            "fallback_note": "no sample hit and no extrapolation applies (needs ≥ 3 reference "
+                             "draws and a behaviour given by linear inequalities): 0"}
+    raw, method = got
+    value = min(raw, ub)
+    return value, (0.0, ub), {
+        "fallback": method, "fallback_raw": raw, "fallback_clipped": raw > ub,
+        "zero_hit_upper_bound": ub,
+        "fallback_note": FALLBACK_NOTE.format(method=method.upper(), n=int(acts.shape[0]),
+                                              ub=ub)}
