@@ -65,6 +65,7 @@ class Settings:
     itgis_temperature: float = 1.0
     mhis_temperature: float = 1.0
     activation_mask: str = "naive"  # the activation method's argument (CovarianceMask preset)
+    zero_hit_fallback: bool = True  # ITGIS/MHIS with no hit: QLD/GLD extrapolation, not 0
     sae_feature: int = 0  # behaviour "sae": latent index of the sidebar's SAE
     probe_hook: str = ""  # behaviour "probe": a residual-stream hook ("" = the last one)
     probe_source: str = "unit"  # "unit": e_unit; "upload": probe_vector
@@ -90,6 +91,8 @@ class Settings:
         if self.activation_mask not in ACTIVATION_MASKS:
             raise ValueError(f"activation mask must be one of {', '.join(ACTIVATION_MASKS)}, "
                              f"not {self.activation_mask!r}")
+        if not isinstance(self.zero_hit_fallback, bool):
+            raise ValueError("zero_hit_fallback must be true or false")
         if self.target_mode not in ("one", "band"):
             raise ValueError(f"target mode must be 'one' or 'band', not {self.target_mode!r}")
         unknown = [m for m in self.methods if m not in ESTIMATORS]
@@ -304,6 +307,8 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
             extra["temperature"] = s.itgis_temperature
         if m == "mhis":
             extra["temperature"] = s.mhis_temperature
+        if m in ("itgis", "mhis"):
+            extra["fallback"] = s.zero_hit_fallback
         if m == "activation":
             extra["mask"] = s.activation_mask
         seed = seed_for(s, i)
@@ -321,9 +326,23 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
                      "calibrated_low": clo, "calibrated_high": chi,
                      "calls": e.cost.calls,
                      "samples": int(e.diagnostics.get("samples", e.cost.calls)),
-                     "seconds": e.cost.seconds, "seed": seed})
+                     "seconds": e.cost.seconds, "seed": seed,
+                     "fallback": e.diagnostics.get("fallback")})
     progress(1.0, "done")
     return pd.DataFrame(rows)
+
+
+def fallback_note(results: pd.DataFrame) -> str | None:
+    """One line when some ITGIS/MHIS run had no hit and reported the model-based
+    extrapolation instead of 0 (`estimators.tailrisk.fallback`); None otherwise."""
+    if "fallback" not in results or not results["fallback"].notna().any():
+        return None
+    used = results[results["fallback"].notna()]
+    runs = ", ".join(f"{m} {len(g)}" for m, g in used.groupby("method", sort=False))
+    return (f"No sample hit in {len(used)} run(s) ({runs}): their estimates are model-based "
+            f"extrapolations (QLD, or GLD, on the run's own reference draws; biased), clipped "
+            f"to the zero-hit bound ≈ 3/draws — the `fallback` column names the method. "
+            f"Untick *Zero-hit fallback* to get 0 instead.")
 
 
 def loss_table(results: pd.DataFrame) -> pd.DataFrame:

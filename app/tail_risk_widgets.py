@@ -236,6 +236,11 @@ def temperature_widgets(s: tr.Settings) -> dict:
             key=_init("mhis_t", float(s.mhis_temperature)),
             help="The starting value in units of σ, the target logit's spread under D; MHIS "
                  "adapts it during burn-in."),
+        "zero_hit_fallback": st.checkbox(
+            "Zero-hit fallback (ITGIS, MHIS)", key=_init("zh_fallback", s.zero_hit_fallback),
+            help="When no sample hits, report QLD's (or GLD's) extrapolation from the run's "
+                 "own reference draws, clipped to the bound ≈ 3/draws (biased; no extra "
+                 "calls), instead of 0."),
         "activation_mask": st.selectbox(
             "Activation-model argument", tr.ACTIVATION_MASKS,
             key=_init("act_mask", s.activation_mask),

@@ -98,6 +98,9 @@ if res is not None:
     st.subheader(f"Results (truth: {res['truth_method']})")
     st.dataframe(final, hide_index=True, width="stretch",
                  column_config=w.number_columns(final))
+    note = tr.fallback_note(final)
+    if note:
+        st.caption(note)
     losses = tr.loss_table(final)
     if not losses.empty:
         st.subheader("Losses (zero estimates floored at 1e-12; fit in log space, in-sample)")

@@ -27,6 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 UNEMBED_IN = "unembed.in"
+GUIDES = ("score", "margin")  # the score that guides ITGIS/MHIS (Behaviour.guided)
 
 
 class BehaviourError(ValueError):
@@ -163,6 +164,13 @@ class Behaviour:
         """(value [B], score [B]) from the site activation."""
         raise NotImplementedError
 
+    def guided(self, model, a: Float[Tensor, "B d"], guide: str = "score"
+               ) -> tuple[Tensor, Tensor]:
+        """(value [B], guiding score [B]): `readout`, with the score replaced by the one named
+        by `guide` where the behaviour defines it (GUIDES; Argmax's "margin"). "score" (and
+        any guide a behaviour does not define) is the readout's own score."""
+        return self.readout(model, a)
+
     def constraints(self, model) -> tuple[Float[Tensor, "d m"], Float[Tensor, "m"]]:
         raise BehaviourError(f"behaviour {self.kind!r} is not a set of linear inequalities "
                              f"at one site; QLD, GLD and the activation model need one")
@@ -175,26 +183,26 @@ class Behaviour:
             v, s = self.readout(model, a.float())
         return v.double(), s.double()
 
-    def evaluate_site(self, model, tokens: Int[Tensor, "B k"]
+    def evaluate_site(self, model, tokens: Int[Tensor, "B k"], guide: str = "score"
                       ) -> tuple[Tensor, Tensor, Float[Tensor, "B d"]]:
         """(value, score, site activation [B, d] float32), no gradient: `evaluate` that also
         returns the activation it read (the zero-hit fallback fits QLD/GLD on it at no extra
-        call). One model call per input."""
+        call); the score is the one `guide` names (`guided`). One model call per input."""
         with torch.no_grad():
             a = _site_activation(model, tokens, self.site()).float()
-            v, s = self.readout(model, a)
+            v, s = self.guided(model, a, guide)
         return v.double(), s.double(), a
 
-    def evaluate_with_grad(self, model, tokens: Int[Tensor, "B k"]
+    def evaluate_with_grad(self, model, tokens: Int[Tensor, "B k"], guide: str = "score"
                            ) -> tuple[Tensor, Tensor, Float[Tensor, "B k V"]]:
-        """(value, score, d score / d one-hot input). Counted as two model calls per input
-        (forward + backward)."""
+        """(value, score, d score / d one-hot input), the score the one `guide` names
+        (`guided`). Counted as two model calls per input (forward + backward)."""
         V = int(model.cfg.d_vocab)
         onehot = torch.nn.functional.one_hot(tokens, V).to(model.W_E.dtype)
         onehot.requires_grad_(True)
         with torch.enable_grad():
             a = _site_activation(model, tokens, self.site(), onehot=onehot)
-            v, s = self.readout(model, a.float())
+            v, s = self.guided(model, a.float(), guide)
             (grad,) = torch.autograd.grad(s.sum(), onehot)
         return v.detach().double(), s.detach().double(), grad.detach().float()
 
@@ -230,6 +238,21 @@ class Argmax(Behaviour):
         others[:, t] = -torch.inf
         value = (lt > others.max(-1).values).to(a.dtype)
         return value, lt
+
+    def guided(self, model, a, guide="score"):
+        """guide "margin": logit_t − logsumexp_{u≠t} logit_u, a smooth version of the argmax
+        margin logit_t − max_{u≠t} logit_u (> 0 on the behaviour roughly), so a tilt along its
+        gradient raises t *against* its competitors; "score": the target logit (Wu & Hilton
+        2024's choice)."""
+        if guide != "margin":
+            return self.readout(model, a)
+        logits = final_logits(model, a)
+        t = self.target
+        lt = logits[:, t]
+        others = logits.clone()
+        others[:, t] = -torch.inf
+        value = (lt > others.max(-1).values).to(a.dtype)
+        return value, lt - torch.logsumexp(others, -1)
 
     def constraints(self, model):
         W, b = unembed_weights(model)

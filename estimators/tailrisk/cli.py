@@ -66,6 +66,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=None,
                    help="ITGIS/MHIS proposal temperature (default: the method's default)")
+    p.add_argument("--fallback", action=argparse.BooleanOptionalAction, default=None,
+                   help="ITGIS/MHIS: when no sample hits, report QLD/GLD's extrapolation from "
+                        "the run's own reference draws, clipped to the zero-hit bound (biased; "
+                        "default on); --no-fallback reports 0")
     p.add_argument("--mask", default=None,
                    choices=("naive", "position-blocks", "topk", "full"),
                    help="activation: the covariance-mask argument (default naive)")
@@ -194,6 +198,11 @@ def run_tail_risk(args) -> dict:
         if not ESTIMATORS[args.method].has_temperature:
             raise UserError(f"--temperature applies to itgis and mhis, not {args.method}")
         extra["temperature"] = args.temperature
+    if args.fallback is not None:
+        if args.method not in ("itgis", "mhis"):
+            raise UserError(f"--fallback/--no-fallback applies to itgis and mhis, not "
+                            f"{args.method}")
+        extra["fallback"] = args.fallback
     if args.mask is not None:
         if args.method != "activation":
             raise UserError(f"--mask applies to the activation method, not {args.method}")
@@ -211,6 +220,10 @@ def run_tail_risk(args) -> dict:
            "budget": args.budget, "seed": args.seed, "behaviour": b.label(),
            **_target_fields(b, label), "distribution": dist.name,
            "n_inputs": dist.n_inputs(), "diagnostics": est.diagnostics}
+    if args.method in ("itgis", "mhis"):  # which zero-hit fallback made the estimate, if any
+        out["fallback"] = est.diagnostics.get("fallback")
+        if est.diagnostics.get("fallback_note"):
+            out["note"] = est.diagnostics["fallback_note"]
     if args.with_truth:
         out["truth"] = ground_truth(lm.model, dist, b, progress=progress_printer(
             "ground truth", args.progress)).to_dict()

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from estimators.estimate import Cost, Estimate
-from estimators.tailrisk.behaviours import Behaviour, model_device
+from estimators.tailrisk.behaviours import GUIDES, Behaviour, model_device
 from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS, Clock,
                                         EstimatorConfig, ProgressFn, batches, generator,
                                         normal_interval, report)
@@ -64,6 +64,7 @@ class ITGISConfig(EstimatorConfig):
     min_temperature: float = 1e-3
     reference_fraction: float = 0.1  # of the calls: forward-only draws from D (mixture.py)
     fallback: bool = True  # no hit: QLD/GLD on the reference draws' activations (fallback.py)
+    guide: str = "score"  # the guiding score: "score" (target logit) or "margin" (argmax)
 
     def __post_init__(self):
         super().__post_init__()
@@ -80,6 +81,8 @@ class ITGISConfig(EstimatorConfig):
             raise ValueError("auto_temperature must be true or false")
         if not isinstance(self.fallback, bool):
             raise ValueError("fallback must be true or false")
+        if self.guide not in GUIDES:
+            raise ValueError(f"guide must be one of {', '.join(GUIDES)}, got {self.guide!r}")
         if not 0 <= self.reference_fraction < 1:
             raise ValueError(f"reference_fraction must be in [0, 1), got "
                              f"{self.reference_fraction}")
@@ -180,10 +183,10 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
         lp = log_p[rows, x_all].sum(1)
         lq = log_q[rows, x_all].sum(1)
         log_w = log_balance_weights(lp, lq, r, m)  # [m + r], D/m for the pooled batch
-        v, _, grad = behaviour.evaluate_with_grad(model, x.to(dev))
+        v, _, grad = behaviour.evaluate_with_grad(model, x.to(dev), config.guide)
         v = v.cpu()
         if r:
-            v_ref, _, a_ref = behaviour.evaluate_site(model, x_ref.to(dev))
+            v_ref, _, a_ref = behaviour.evaluate_site(model, x_ref.to(dev), config.guide)
             if config.fallback:
                 ref_acts.append(a_ref.cpu())
             v = torch.cat([v, v_ref.cpu()])

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from estimators.estimate import Cost, Estimate
-from estimators.tailrisk.behaviours import Behaviour, model_device
+from estimators.tailrisk.behaviours import GUIDES, Behaviour, model_device
 from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS, Clock,
                                         EstimatorConfig, ProgressFn, batches, generator,
                                         report)
@@ -67,6 +67,7 @@ class MHISConfig(EstimatorConfig):
     auto_temperature: bool = True
     reference_fraction: float = 0.25  # of the calls: forward-only draws from D (mixture.py)
     fallback: bool = True  # no hit: QLD/GLD on the reference draws' activations (fallback.py)
+    guide: str = "score"  # the guiding score: "score" (target logit) or "margin" (argmax)
 
     def __post_init__(self):
         super().__post_init__()
@@ -80,6 +81,8 @@ class MHISConfig(EstimatorConfig):
             raise ValueError("auto_temperature must be true or false")
         if not isinstance(self.fallback, bool):
             raise ValueError("fallback must be true or false")
+        if self.guide not in GUIDES:
+            raise ValueError(f"guide must be one of {', '.join(GUIDES)}, got {self.guide!r}")
         if not 0 <= self.reference_fraction < 1:
             raise ValueError(f"reference_fraction must be in [0, 1), got "
                              f"{self.reference_fraction}")
@@ -91,11 +94,12 @@ class MHISConfig(EstimatorConfig):
                              f"{self.reference_fraction:g} of the calls on reference draws)")
 
 
-def _reference_pool(model, dist, behaviour, n: int, batch_size: int, gen, dev):
+def _reference_pool(model, dist, behaviour, n: int, batch_size: int, gen, dev,
+                    guide: str = "score"):
     """(values, scores, site activations) of n forward-only draws from D (1 call each)."""
     vs, ss, acts = [], [], []
     for _, m in batches(n, batch_size):
-        v, s, a = behaviour.evaluate_site(model, dist.sample(m, gen).to(dev))
+        v, s, a = behaviour.evaluate_site(model, dist.sample(m, gen).to(dev), guide)
         vs.append(v.cpu())
         ss.append(s.cpu())
         acts.append(a.cpu())
@@ -131,9 +135,9 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
     ar = torch.arange(C)
 
     v_ref, s_ref, a_ref = _reference_pool(model, dist, behaviour, n_ref, config.batch_size,
-                                          gen, dev)
+                                          gen, dev, config.guide)
     x = dist.sample(C, gen)  # [C, k] cpu
-    v, s, g = (t.cpu() for t in behaviour.evaluate_with_grad(model, x.to(dev)))
+    v, s, g = (t.cpu() for t in behaviour.evaluate_with_grad(model, x.to(dev), config.guide))
     # the chains' initial states are draws from D too: they join the reference pool
     v_ref, s_ref = torch.cat([v_ref, v.double()]), torch.cat([s_ref, s.double()])
     log_d = dist.log_prob(x).float()
@@ -157,7 +161,7 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
         old_tok = x[ar, pos]
         x_new = x.clone()
         x_new[ar, pos] = new_tok
-        v2, s2, g2 = (t.cpu() for t in behaviour.evaluate_with_grad(model, x_new.to(dev)))
+        v2, s2, g2 = (t.cpu() for t in behaviour.evaluate_with_grad(model, x_new.to(dev), config.guide))
         log_d2 = dist.log_prob(x_new).float()
         rev = torch.log_softmax(log_p[pos] + g2[ar, pos] / T, -1)
         log_a = ((log_d2 + s2.float() / T) - (log_d + s.float() / T)

@@ -1,0 +1,96 @@
+"""The zero-hit fallback of ITGIS and MHIS (fallback.py) and the margin guide."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from estimators.cli import main
+from estimators.loading import save_checkpoint
+from estimators.tailrisk import Argmax, run_estimator
+from estimators.tailrisk.distributions import from_table
+from estimators.tailrisk.ground_truth import exact
+from estimators.tailrisk.fallback import zero_hit_upper_bound
+
+from .conftest import tiny_model
+
+RARE = 5  # rare_case: exact probability 1.74e-6 (about 0.1 of 65,536 inputs' worth of mass)
+
+
+@pytest.mark.parametrize("method", ["itgis", "mhis"])
+def test_no_hit_gives_a_clipped_extrapolation_not_zero(rare_case, method):
+    """At 256 calls no sample finds a 1.7e-6 target: the estimate is QLD's or GLD's
+    extrapolation from the run's reference draws, > 0, ≤ the rule-of-three bound, with the
+    interval [0, bound]; with fallback off the same run is 0."""
+    model, dist, truth = rare_case
+    e = run_estimator(method, model, dist, Argmax(RARE), 256, seed=0)
+    d = e.diagnostics
+    n_draws = d["reference_samples"]
+    assert d["fallback"] in ("qld", "gld") and d["hits" if method == "itgis" else
+                                                  "hits_in_kept"] == 0
+    ub = zero_hit_upper_bound(n_draws)
+    assert ub == pytest.approx(-math.log(0.05) / n_draws)
+    assert 0 < e.value <= ub and e.interval == (0.0, ub)
+    assert e.value == min(d["fallback_raw"], ub)
+    assert "no sample hit" in d["fallback_note"] and "biased" in d["fallback_note"]
+    assert e.cost.calls <= 256
+    off = run_estimator(method, model, dist, Argmax(RARE), 256, seed=0, fallback=False)
+    assert off.value == 0.0 and off.diagnostics["fallback"] is None
+
+
+@pytest.mark.parametrize("method", ["itgis", "mhis"])
+def test_runs_with_hits_are_unchanged(rare_case, method):
+    model, dist, truth = rare_case
+    on = run_estimator(method, model, dist, Argmax(8), 512, seed=1)  # p = 8.7e-3
+    off = run_estimator(method, model, dist, Argmax(8), 512, seed=1, fallback=False)
+    assert on.value > 0 and on.value == off.value and on.interval == off.interval
+    assert on.diagnostics["fallback"] is None and "fallback_note" not in on.diagnostics
+
+
+def test_config_fields_are_validated():
+    model = tiny_model(vocab=4, seed=1, n_ctx=4)
+    dist = from_table([{0: 0.5, 1: 0.5}] * 2, 4, "t")
+    with pytest.raises(ValueError, match="fallback"):
+        run_estimator("itgis", model, dist, Argmax(0), 64, fallback="yes")
+    with pytest.raises(ValueError, match="guide"):
+        run_estimator("mhis", model, dist, Argmax(0), 512, guide="max")
+
+
+def test_itgis_margin_guide_is_unbiased():
+    """The argmax margin as the guiding score changes the proposal only: the mean of 150 runs
+    (fallback off) is within 4 standard errors of the exact probability."""
+    model = tiny_model(vocab=4, seed=1, n_ctx=4)
+    dist = from_table([{0: 0.4, 1: 0.3, 2: 0.2, 3: 0.1}] * 3, 4, "tiny")
+    truth = exact(model, dist, Argmax(0))
+    target = int(torch.argmin(torch.where(truth > 0, truth, torch.ones_like(truth))))
+    p = float(truth[target])
+    vals = torch.tensor([run_estimator("itgis", model, dist, Argmax(target), 128, seed=s,
+                                       batch_size=16, guide="margin", fallback=False).value
+                         for s in range(150)], dtype=torch.float64)
+    se = float(vals.std()) / math.sqrt(len(vals))
+    assert abs(float(vals.mean()) - p) < 4 * se and se < 0.5 * p
+
+
+def test_cli_json_names_the_fallback(tmp_path, capsys):
+    """A target that is never the argmax (exact 0): the CLI's JSON has the extrapolation, its
+    method under "fallback", the one-line "note" and the interval [0, bound];
+    --no-fallback gives 0; --no-fallback with another method is one clear line."""
+    model = tiny_model(vocab=5, seed=0, n_ctx=4)
+    save_checkpoint(model, tmp_path / "model")
+    dist = [{"id:0": 0.5, "id:1": 0.25, "id:2": 0.25}, {"fixed": "id:3"},
+            {"uniform": [0, 2, 4]}]  # token 2 is never the argmax here
+    (tmp_path / "d.json").write_text(json.dumps(dist))
+    base = ["tail-risk", "--model", str(tmp_path / "model"), "--distribution",
+            str(tmp_path / "d.json"), "--target", "id:2", "--budget", "200", "--json"]
+    assert main(base + ["--method", "itgis"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["fallback"] in ("qld", "gld") and d["estimate"] > 0
+    assert d["interval"] == [0.0, d["diagnostics"]["zero_hit_upper_bound"]]
+    assert d["note"].startswith("no sample hit") and "\n" not in d["note"]
+    assert main(base + ["--method", "mhis", "--no-fallback"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["estimate"] == 0.0 and d["fallback"] is None and "note" not in d
+    assert main(base + ["--method", "mc", "--no-fallback"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "itgis and mhis" in err
