@@ -56,6 +56,10 @@ ROWS = {
         ("itgis", {"temperature": 1.0, "auto_temperature": False, "reference_fraction": 0.0}),
     "mhis T=0.67 fixed, no reference draws (reference code's form)":
         ("mhis", {"temperature": 0.67, "auto_temperature": False, "reference_fraction": 0.0}),
+    "itgis, margin guide": ("itgis", {"guide": "margin"}),
+    "mhis, margin guide": ("mhis", {"guide": "margin"}),
+    "itgis, target-logit guide": ("itgis", {"guide": "score"}),
+    "mhis, target-logit guide": ("mhis", {"guide": "score"}),
 }
 DEFAULT_ROWS = ["mc", "itgis (default)", "mhis (default)"]
 

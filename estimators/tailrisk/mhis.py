@@ -161,7 +161,8 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
         old_tok = x[ar, pos]
         x_new = x.clone()
         x_new[ar, pos] = new_tok
-        v2, s2, g2 = (t.cpu() for t in behaviour.evaluate_with_grad(model, x_new.to(dev), config.guide))
+        v2, s2, g2 = (t.cpu() for t in behaviour.evaluate_with_grad(model, x_new.to(dev),
+                                                                     config.guide))
         log_d2 = dist.log_prob(x_new).float()
         rev = torch.log_softmax(log_p[pos] + g2[ar, pos] / T, -1)
         log_a = ((log_d2 + s2.float() / T) - (log_d + s.float() / T)
