@@ -211,3 +211,30 @@ def test_unknown_activation_mask_in_link_is_an_error():
     at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
     assert_no_exception(at)
     assert any("activation mask must be one of" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_zero_hit_fallback_is_shown_and_can_be_switched_off(fallback):
+    """Token 50 is never the argmax on SMALL: ITGIS has no hit, so the page shows the
+    library's extrapolation with one caption line saying so — or, unticked, 0 and no line."""
+    lm = load_model("charlm", "cpu")
+    dist = _small_dist(lm)
+    settings = {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
+                "target_mode": "one", "target": 50, "methods": ["itgis"], "budget": 128,
+                "zero_hit_fallback": fallback}
+    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    assert_no_exception(at)
+    assert at.checkbox(key="tr_w_zh_fallback").value is fallback
+    _button(at, "Run").click().run()
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    row = next(at.dataframe[0].value.itertuples())
+    lib = run_estimator("itgis", lm.model, dist, Argmax(50), 128, int(row.seed),
+                        fallback=fallback)
+    assert row.estimate == pytest.approx(lib.value, rel=1e-9, abs=1e-300)
+    notes = [c.value for c in at.caption if "No sample hit" in c.value]
+    if fallback:
+        assert row.estimate > 0 and row.fallback == lib.diagnostics["fallback"] is not None
+        assert len(notes) == 1 and "extrapolation" in notes[0] and "biased" in notes[0]
+    else:
+        assert row.estimate == 0 and not notes
