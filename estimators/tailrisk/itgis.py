@@ -34,6 +34,17 @@ D(x)/m_b(x), m_b = (r_b·D + m_b'·q_b)/(r_b + m_b') for r_b reference draws and
 samples, so each batch stays unbiased and every weight is ≤ (r_b + m_b')/r_b. A hit among the
 reference draws alone makes the estimate positive. Budget N calls: n_ref = ⌊f·N⌋ reference
 draws and (N − n_ref)/2 samples with gradients; `samples` counts both.
+
+
+Zero-hit fallback (`fallback`, default true; fallback.py): a run in which no sample (tilted or
+reference) hit would return exactly 0; it reports instead QLD's extrapolation from its own
+reference draws' site activations (0 extra calls), clipped to the rule-of-three bound
+−ln(0.05)/n_D, with the interval [0, bound] and diagnostics `fallback` (the method) and
+`fallback_note`. Biased (a model's guess); a run with a hit is unchanged.
+
+Guide (`guide`): the score whose gradient tilts the proposal — "score", the behaviour's own
+(the target logit: Wu & Hilton 2024), or "margin" for argmax, logit_t − logsumexp_{u≠t}
+logit_u (`Behaviour.guided`). Only the proposal changes, so each batch stays unbiased.
 """
 
 from __future__ import annotations
