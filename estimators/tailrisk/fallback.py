@@ -34,13 +34,13 @@ from estimators.tailrisk.behaviours import Behaviour, BehaviourError
 
 FALLBACK_CONFIDENCE = 0.95
 MIN_DRAWS = 3  # a covariance (QLD) or a standard deviation (GLD) needs a few draws
-FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation ({method} on the "
-                 "{n:,} reference draws' activations, biased), clipped to the zero-hit bound "
+FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, biased ({method} "
+                 "from the {n:,} reference draws' activations), clipped to the zero-hit bound "
                  "{ub:.3g}")
 
 
-LABELS = {"qld": "QLD", "gld": "GLD, QLD counting 0", "qld half count":
-          "QLD counting 0: half a count, 0.5/n²"}
+LABELS = {"qld": "QLD", "gld": "GLD, as QLD counted 0",
+          "qld half count": "half a QLD count, 0.5/n², as QLD counted 0"}
 
 
 def zero_hit_upper_bound(n_draws: int, confidence: float = FALLBACK_CONFIDENCE) -> float:
