@@ -19,7 +19,8 @@ reports instead the extrapolation of the activations it already computed, at 0 e
   three", 3/n_D at c = 95%). The tilted samples only make a miss less likely, so the bound
   holds for the pooled run as well.
 
-The result is biased (a model's guess, not a sampling estimate): the estimator's diagnostics
+The result is biased (a model's guess, not a sampling estimate). For ITGIS, unbiased without
+it, the bias it adds is E[fallback·1{no hit}] ∈ [0, bound·P(no hit)]. The estimator's diagnostics
 say so (`fallback`, `fallback_note`), and its interval is [0, upper bound]. When the run has a
 hit nothing here is used and the estimate is the sampler's own.
 """
