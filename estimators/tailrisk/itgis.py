@@ -35,7 +35,6 @@ samples, so each batch stays unbiased and every weight is ≤ (r_b + m_b')/r_b. 
 reference draws alone makes the estimate positive. Budget N calls: n_ref = ⌊f·N⌋ reference
 draws and (N − n_ref)/2 samples with gradients; `samples` counts both.
 
-
 Zero-hit fallback (`fallback`, default true; fallback.py): a run in which no sample (tilted or
 reference) hit would return exactly 0; it reports instead QLD's extrapolation from its own
 reference draws' site activations (0 extra calls), clipped to the rule-of-three bound
