@@ -3,7 +3,7 @@
 The Gaussian closure (`closed_form.py`, "K = 2") keeps each layer's mean and covariance. Here
 the pre-activations z = W x + b also carry their third joint cumulant κ₃ (K = 3, factored) and
 two slices of their fourth: the marginal κ₄_iiii and the two-unit slice κ₄_iijj (K ≥ 3); K = 4
-carries the whole fourth cumulant (factored) and the diagrams of cost 3 (below). The
+carries the whole fourth cumulant (factored) and every diagram of cost ≤ 3 (below). The
 activation step is the
 Edgeworth/Wick expansion of E[Π φ(z_i)] around independent Gaussians with the same means and
 variances (the "Hermite series"; background.md §2; the same expansion as ARC's cumulant
@@ -41,16 +41,19 @@ costs m − 1, less one if every multiplicity is even, and K keeps diagrams of t
   map gives z's κ₄_iiii and κ₄_iiij exactly from them and κ₄_iijj without the two cross
   pairings (relative size 1/width). This is the "radial" mode every unit shares (the fluctuation of
   the layer's overall scale), which the Gaussian closure and the κ₃ terms miss.
-* K = 4 keeps ARC's cost-3 diagrams where they are cheap (our reading of their factored
-  K = 4; our own implementation): the whole fourth cumulant as symmetric products of matrix
-  pairs (`FourthCumulant`, O(width⁴) per layer; its slices κ₄_iiii, κ₄_iiij, κ₄_iijj feed the
-  activation step exactly, cross pairings included, and x's κ₄ is rebuilt at every activation:
-  z's with ã₁ on every leg, the four-unit trees, and x's own slices at repeated indices,
-  `_post_fourth`); a dense part of κ₃ at three distinct indices (`ThirdCumulant.dense`: z's
-  with ã₁ on every leg plus the cost-3 diagrams on three units, `_three_unit_cost3`:
-  triangles, a doubled edge beside an edge, κ₃ blocks beside an edge, ½κ₄_aabc); in the
-  covariance the cost-3 products ½κ₃_iij Σ_ij ã₃ã₂, ¼κ₄_iijj Σ_ij ã₃ã₃ (and mirrors) and the
-  single-edge term with Edgeworth-corrected slopes (a marginal κ₃/κ₄ beside an edge).
+* K = 4 keeps every diagram of cost ≤ 3 (ARC's K = 4 term set, "simple" kind; our own
+  implementation): the whole fourth cumulant as symmetric products of matrix pairs
+  (`FourthCumulant`, O(width⁴) per layer; its slices κ₄_iiii, κ₄_iiij, κ₄_iijj, κ₄_iijk feed
+  the activation step exactly, cross pairings included), and x's κ₄ rebuilt at every
+  activation: z's with ã₁ on every leg plus the four-unit trees (`_post_fourth`); every slice
+  of x's cumulants that links two or three units — the covariance, κ₃_iij, κ₃_ijk, κ₄_iiij,
+  κ₄_iijj, κ₄_iijk — from one complete diagram sum (`diagrams.SliceContext`: connected
+  Edgeworth diagrams of cost ≤ 3 for the joint cumulants of powers φ(z_i)^p, then moments and
+  the Möbius sum, all exact identities), stored as corrections at repeated indices and a dense
+  part of κ₃ at three distinct indices (`ThirdCumulant.dense`); the covariance adds the
+  Gaussian series' terms Σ^k, 4 ≤ k ≤ H. This replaced a per-slice hand-picked term set
+  (output-mean MSE/Var, seed-0 networks: width 64 7.2e-6 → 5.3e-6, width 128 3.4e-7 →
+  3.25e-7; ARC's factored K = 4 on the same networks and truths: 5.3e-6, 3.21e-7).
 * The naive (diagonal) argument: units independent, O(width²) per layer (W x and (W∘W)·var,
   plus (W∘W∘W)·κ₃ and (W∘W∘W∘W)·κ₄ for K ≥ 3).
 
@@ -358,42 +361,14 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
     if diagonal or not want_cov:
         return x, f
     a, c1, c2 = _links(V, order)
-    # K = 4: the single-edge term with the units' Edgeworth-corrected slopes (a marginal κ₃ or
-    # κ₄ beside one edge: cost 3)
-    a1e = edgeworth(V[1], 1, s, q, 3) if K >= 4 else a[1]
-    Sig = z.cov
-    eye = torch.eye(n, dtype=Sig.dtype, device=Sig.device)
-    off = Sig * (1 - eye)
-    cov = torch.zeros_like(Sig)
-    power = torch.ones_like(Sig)
-    fact = 1.0
-    for k in range(1, order + 1):
-        power = power * off
-        fact *= k
-        ak = a1e if k == 1 else a[k]
-        cov = cov + power * torch.outer(ak, ak) / fact
-    f.elementwise += 4.0 * n * n * order
+    eye = torch.eye(n, dtype=z.cov.dtype, device=z.cov.device)
+    off = z.cov * (1 - eye)
+    K3 = Q = ctx = None
     if K >= 3 and z.k3 is not None and z.k3.rank:
         K3, fl = z.k3.slice_iij()
         f.elementwise += fl
-        cov = cov + 0.5 * K3 * torch.outer(a[2], a[1]) + 0.5 * K3.T * torch.outer(a[1], a[2])
-        f.elementwise += 6.0 * n * n
-    else:
-        K3 = None
-    Q = z.k4_pair if K >= 3 else None
-    if Q is not None:
-        cov = cov + 0.25 * Q * torch.outer(a[2], a[2])
-        f.elementwise += 4.0 * n * n
-    if K >= 3 and z.k4_31 is not None:  # (3,1) blocks: ⅙κ₄_iiij ã_3(i)ã_1(j) + mirror
-        T = z.k4_31
-        cov = cov + (T * torch.outer(a[3], a[1]) + T.T * torch.outer(a[1], a[3])) / 6
-        f.elementwise += 8.0 * n * n
-    if K >= 4:  # a two-unit κ₃ or κ₄ block beside the edge (cost 3)
-        if K3 is not None:
-            cov = cov + 0.5 * off * (K3 * torch.outer(a[3], a[2]) + K3.T * torch.outer(a[2], a[3]))
-        if Q is not None:
-            cov = cov + 0.25 * off * Q * torch.outer(a[3], a[3])
-    ctx = None
+    if K >= 3:
+        Q = z.k4_pair
     if K >= 4:  # every slice linking two or three units from one complete diagram sum
         T3, fl = _dense_third(z.k3) if (z.k3 is not None and z.k3.rank) else (None, 0.0)
         f.elementwise += fl
@@ -402,13 +377,20 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
             z211, fl = z.k4_fac.slice_211()
             f.elementwise += fl
         ctx = SliceContext(V, off, s, q, K3, Q, z.k4_31, T3, z211, budget=K - 1)
-        cov = ctx.cumulant((0, 1), 2)
-        power = off ** (K - 1)
-        fact = math.factorial(K - 1)
-        for k in range(K, order + 1):  # the Gaussian series beyond the diagrams' budget
-            power = power * off
-            fact *= k
-            cov = cov + power * torch.outer(a[k], a[k]) / fact
+        cov = ctx.cumulant((0, 1), 2) + _gaussian_series(off, a, K, order)
+    else:
+        cov = _gaussian_series(off, a, 1, order)
+        if K3 is not None:
+            cov = cov + 0.5 * K3 * torch.outer(a[2], a[1]) + 0.5 * K3.T * torch.outer(a[1], a[2])
+            f.elementwise += 6.0 * n * n
+        if Q is not None:
+            cov = cov + 0.25 * Q * torch.outer(a[2], a[2])
+            f.elementwise += 4.0 * n * n
+        if K >= 3 and z.k4_31 is not None:  # (3,1) blocks: ⅙κ₄_iiij ã_3(i)ã_1(j) + mirror
+            T = z.k4_31
+            cov = cov + (T * torch.outer(a[3], a[1]) + T.T * torch.outer(a[1], a[3])) / 6
+            f.elementwise += 8.0 * n * n
+    f.elementwise += 4.0 * n * n * order
     cov = cov * (1 - eye) + torch.diag(var)
     x.cov = 0.5 * (cov + cov.T)
     if K >= 3:
@@ -427,6 +409,15 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
     return x, f
 
 
+def _gaussian_series(off, a, k_from: int, order: int) -> torch.Tensor:
+    """Σ_{k = k_from..order} Σ_ij^k/k!·ã_k(i)ã_k(j) [n, n] (the Gaussian covariance series;
+    empty when k_from > order)."""
+    out = torch.zeros_like(off)
+    for k in range(k_from, order + 1):
+        out = out + off ** k * torch.outer(a[k], a[k]) / math.factorial(k)
+    return out
+
+
 def _links(V, order: int):
     """The coefficients of the terms that link two or more units: ã_k = E_G[φ^(k)] (k = 0..H)
     and c_k = E_G[(φ²)^(k)] − 2E_G[φ]E_G[φ^(k)] (k = 1, 2), Gaussian expectations at the unit's
@@ -434,7 +425,8 @@ def _links(V, order: int):
     the next order (a single-unit block of cost 2 beside an edge of cost 1 in ARC's power
     counting); keeping it without the other terms of that order measured worse (output-mean
     MSE/Var, random ReLU MLPs, 4 hidden layers, Edgeworth-corrected → Gaussian: width 64
-    K = 3 6.1e-5 → 4.7e-5, K = 4 4.7e-5 → 3.4e-5; width 128 K = 4 3.3e-6 → 2.6e-6)."""
+    K = 3 6.1e-5 → 4.7e-5); K = 4 keeps it together with every other term of cost 3
+    (`diagrams.py`)."""
     a = [V[1][k] for k in range(max(order, 3) + 1)]
     return a, V[2][1] - 2 * V[1][0] * a[1], V[2][2] - 2 * V[1][0] * a[2]
 
@@ -715,8 +707,8 @@ def propagate_mlp(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor, cumula
                   output_cov: bool = False) -> MLPPropagation:
     """Propagate N(input_mean, input_cov) through a `PlainMLP` tracking cumulants up to order
     `cumulants` (2: Gaussian closure; 3: + factored third cumulants and the κ₄_iiii, κ₄_iijj
-    slices; 4: + the whole fourth cumulant, factored, and the cost-3 diagrams; O(width⁴) per
-    layer) with `hermite_order` terms of
+    slices; 4: + the whole fourth cumulant, factored, and every diagram of cost ≤ 3;
+    O(width⁴) per layer) with `hermite_order` terms of
     the covariance series.
 
     diagonal=True is the naive argument (independent units, O(width²) per layer).
