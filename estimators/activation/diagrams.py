@@ -174,6 +174,7 @@ class SliceContext:
                     for blk in part:
                         term = term * self.power_cumulant(tuple(blk), tuple(r[u] for u in blk), d)
                     total = total + term
+                    self.flops += float(self.n ** len(units)) * len(part)
                 moments[r] = total
             return moments[r]
 
@@ -187,7 +188,7 @@ class SliceContext:
                     r[legs[leg]] += 1
                 term = term * moment(tuple(r))
             total = total + term
-        self.flops += self.n ** d * 60.0
+            self.flops += float(self.n ** d) * (k + 1)
         return total
 
 
