@@ -141,7 +141,7 @@ class SliceContext:
         return self._pk[key]
 
     def _power_cumulant(self, axes, powers, d):
-        # one unit: the mean E[φ^p] = the Gaussian value plus its (disconnected-free) diagrams
+        # one unit: the mean E[φ^p], the Gaussian value plus the marginal Edgeworth diagrams
         total = _place(self.V[powers[0]][0], axes, d) if len(axes) == 1 else 0.0
         size = self.n ** len(axes)
         for blocks, weight, deg in diagrams(len(axes), self.budget):
