@@ -463,7 +463,10 @@ def _post_third(z: State, a, c1, c2, s, off, K3, t, Q=None,
     Vs.append(torch.diag(a2))
     pairs = ThirdCumulant(torch.cat(Us, 1), torch.cat(Vs, 1))
     # corrections at repeated indices
+    # the pairs' value at iii is ã₁³ times z's pairs there: z's κ₃_iii less its dense part's
     zero_s = s if s is not None else torch.zeros_like(a1)
+    if z.k3 is not None and z.k3.dense is not None:
+        zero_s = zero_s - torch.einsum("iii->i", z.k3.dense)
     d = t - a1 ** 3 * zero_s
     off2 = off * off
     given = true_iij is not None

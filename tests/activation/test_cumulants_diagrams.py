@@ -79,3 +79,42 @@ def test_diagram_enumeration_follows_the_power_counting():
     assert found[((1, 1), (4, 0))] == 1 / 24
     assert all(sum(block_cost(v) for v in b) <= 3 for b in found)
     assert len(diagrams(1, 3)) == 2  # the marginal κ₃, κ₄ (Edgeworth)
+
+
+def _third_dense(k3) -> torch.Tensor:
+    """The whole κ₃ [n, n, n] a `ThirdCumulant` represents: pairs, dense part and the
+    corrections d (at iii) and R (at iij and its permutations)."""
+    U, V = k3.U, k3.V
+    T = torch.einsum("as,bs,cs->abc", U, U, V)
+    T = T + T.permute(0, 2, 1) + T.permute(2, 1, 0)
+    if k3.dense is not None:
+        T = T + k3.dense
+    n = U.shape[0]
+    i = torch.arange(n)
+    if k3.R is not None:
+        T[i[:, None], i[:, None], i[None, :]] += k3.R
+        T[i[:, None], i[None, :], i[:, None]] += k3.R
+        T[i[None, :], i[:, None], i[:, None]] += k3.R
+    if k3.d is not None:
+        T[i, i, i] += k3.d
+    return T
+
+
+def test_k4_third_cumulant_keeps_the_marginal_law_after_a_dense_part():
+    """From the second activation on, z's κ₃ has a dense part (the first activation's cost-3
+    diagrams, contracted with W): x's κ₃ as represented (pairs + dense + corrections) must
+    equal, at iii, x's own marginal third cumulant to 1e-12 (the correction d subtracts the
+    pairs' value there, which excludes z's dense part; it once subtracted that too)."""
+    from estimators.activation.cumulants import State, activation_state, linear_state
+    from estimators.activation.mlp import random_mlp
+
+    n = 8
+    mlp = random_mlp([n] * 4, "relu", seed=3)
+    x = State(torch.zeros(n, dtype=D), torch.ones(n, dtype=D), torch.eye(n, dtype=D))
+    for layer in list(mlp.layers)[:2]:
+        z, _ = linear_state(x, layer.weight.detach().to(D), None, 4, False)
+        x, _ = activation_state(z, "relu", 4, 4, False)
+    assert z.k3.dense is not None and float(torch.einsum("iii->i", z.k3.dense).abs().max()) > 0
+    T = _third_dense(x.k3)
+    i = torch.arange(n)
+    assert torch.allclose(T[i, i, i], x.k3_diag, atol=1e-12, rtol=0)
