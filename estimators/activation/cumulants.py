@@ -863,6 +863,10 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
         chain.output.observations = chain.empirical["output"]
         chain._emp_stats.clear()
     side: dict[int, State] = {}
+    # the state each propagated mean came from, by the mean tensor's identity: a search scores
+    # candidate masks (batched) and the steps they run must not leave their higher cumulants
+    # for the next evaluation to read (`side` alone holds only the last one run per site)
+    by_mean: dict[int, State] = {}
     spent: dict[int, float] = {}
     layers = list(mlp.layers)
     final_act = bool(getattr(mlp, "final_activation", False))
@@ -873,7 +877,7 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
         def run(parent, i=i, layer=layer, has_act=has_act):
             W = layer.weight.detach().to(torch.float64)
             b = None if layer.bias is None else layer.bias.detach().to(torch.float64)
-            prev = side.get(i)
+            prev = by_mean.get(id(parent.mean), side.get(i)) if i else None
             diagonal = parent.diagonal
             x = State(parent.mean, parent.var, None if diagonal else parent.cov)
             if K >= 3:
@@ -892,6 +896,7 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
             else:
                 y = z
             side[i + 1] = y
+            _remember(by_mean, y)
             spent[i] = f.total
             if not diagonal:
                 return [Moments(y.mean, cov=y.cov)]
@@ -910,6 +915,17 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
     chain.info.update({"cumulants": K, "hermite_order": hermite_order,
                        "final_activation": final_act})
     return chain
+
+
+def _remember(by_mean: dict[int, State], y: State) -> None:
+    """Keep y's higher cumulants (not its mean or covariance) under id(y.mean) for as long as
+    that tensor lives (a finalizer drops the entry, so ids are never confused)."""
+    import weakref
+
+    key = id(y.mean)
+    by_mean[key] = State(None, None, None, k3=y.k3, k3_diag=y.k3_diag, k4_diag=y.k4_diag,
+                         k4_pair=y.k4_pair, k4_fac=getattr(y, "k4_fac", None))
+    weakref.finalize(y.mean, by_mean.pop, key, None)
 
 
 def _without_final_activation(mlp):
