@@ -219,6 +219,7 @@ CLI_LIMITS: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("propagate", "epsilon"): (1e-300, 1e6, False),
     ("propagate", "search_steps"): (1, 10_000, True),
     ("propagate", "time_budget"): (0.5, 86_400, False),
+    ("propagate", "hermite_order"): (1, 12, True),
     ("circuit", "order"): (1, 16, True),
     ("circuit", "samples"): (2, 2 ** 24, True),
     ("circuit", "mc_samples"): (2, 2 ** 24, True),

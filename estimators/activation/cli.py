@@ -242,6 +242,9 @@ def build_chain(args):
             cov = torch.eye(d_in, dtype=torch.float64)
         if not args.epsilon > 0:
             raise ValueError("--epsilon must be > 0")
+        if args.cumulants == 4:
+            from estimators.activation.cumulants import check_k4_memory
+            check_k4_memory(mlp)  # one line before allocating: the cap, then this machine
         return cumulant_chain(mlp, mean.to(device), cov.to(device),
                               cumulants=args.cumulants or 2,
                               hermite_order=4 if args.hermite_order is None else

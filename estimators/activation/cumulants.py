@@ -673,15 +673,45 @@ class MLPPropagation:
 K4_MEMORY_LIMIT_GB = 16.0
 
 
+# Measured peak resident memory of K = 4 over `_k4_factor_bytes` (temporaries of the linear
+# maps, the slices and the diagram sums): 3.1 at width 128 with 4 hidden layers, 2.9 with 8,
+# 2.4 at width 256 with 4 (7.7 GB); float64, CPU.
+K4_PEAK_FACTOR = 3.0
+
+
+def _k4_factor_bytes(mlp) -> float:
+    """Bytes of the fourth cumulant's two [r, n, n] float64 factor tensors at the deepest layer
+    (r ≈ 2n per activation so far) and the copy a linear map makes."""
+    widths = [layer.weight.shape[0] for layer in mlp.layers]
+    return 4.0 * 2 * max(len(widths) - 2, 1) * max(widths) ** 3 * 8
+
+
+def k4_peak_bytes(mlp) -> float:
+    """Estimated peak memory of K = 4 propagation of `mlp` (bytes): the factor tensors
+    (`_k4_factor_bytes`) times `K4_PEAK_FACTOR`, the measured ratio of the peak to them."""
+    return K4_PEAK_FACTOR * _k4_factor_bytes(mlp)
+
+
+def check_k4_memory(mlp) -> None:
+    """Refuse K = 4 before anything is allocated, in one line: beyond `K4_MEMORY_LIMIT_GB` of
+    factors (ValueError), or where its estimated peak (`k4_peak_bytes`) exceeds the share of
+    this machine's available memory `validation.require_memory` allows (InputError)."""
+    from estimators.validation import require_memory
+
+    _check_k4_memory(mlp, 4)
+    widths = [layer.weight.shape[0] for layer in mlp.layers]
+    require_memory(k4_peak_bytes(mlp), f"--cumulants 4 at width {max(widths)} with "
+                                       f"{len(widths) - 1} hidden layers")
+
+
 def _check_k4_memory(mlp, K: int, diagonal: bool = False) -> None:
     """K = 4 holds the fourth cumulant as two [r, n, n] factor tensors, r ≈ 2n per activation
     so far, and a linear map makes a copy: refuse (ValueError, one line) where the deepest
     layer would need more than `K4_MEMORY_LIMIT_GB` of float64."""
     if K < 4 or diagonal:
         return
-    widths = [layer.weight.shape[0] for layer in mlp.layers]
-    n = max(widths)
-    gb = 4 * 2 * max(len(widths) - 2, 1) * n ** 3 * 8 / 1e9
+    n = max(layer.weight.shape[0] for layer in mlp.layers)
+    gb = _k4_factor_bytes(mlp) / 1e9
     if gb > K4_MEMORY_LIMIT_GB:
         raise ValueError(f"cumulants=4 would need ~{gb:.0f} GB for width {n} (it holds the "
                          f"whole fourth cumulant, O(width³·depth)); use cumulants=3")
@@ -833,6 +863,10 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
         chain.output.observations = chain.empirical["output"]
         chain._emp_stats.clear()
     side: dict[int, State] = {}
+    # the state each propagated mean came from, by the mean tensor's identity: a search scores
+    # candidate masks (batched) and the steps they run must not leave their higher cumulants
+    # for the next evaluation to read (`side` alone holds only the last one run per site)
+    by_mean: dict[int, State] = {}
     spent: dict[int, float] = {}
     layers = list(mlp.layers)
     final_act = bool(getattr(mlp, "final_activation", False))
@@ -843,7 +877,7 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
         def run(parent, i=i, layer=layer, has_act=has_act):
             W = layer.weight.detach().to(torch.float64)
             b = None if layer.bias is None else layer.bias.detach().to(torch.float64)
-            prev = side.get(i)
+            prev = by_mean.get(id(parent.mean), side.get(i)) if i else None
             diagonal = parent.diagonal
             x = State(parent.mean, parent.var, None if diagonal else parent.cov)
             if K >= 3:
@@ -862,6 +896,7 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
             else:
                 y = z
             side[i + 1] = y
+            _remember(by_mean, y)
             spent[i] = f.total
             if not diagonal:
                 return [Moments(y.mean, cov=y.cov)]
@@ -880,6 +915,17 @@ def cumulant_chain(mlp, input_mean: torch.Tensor, input_cov: torch.Tensor,
     chain.info.update({"cumulants": K, "hermite_order": hermite_order,
                        "final_activation": final_act})
     return chain
+
+
+def _remember(by_mean: dict[int, State], y: State) -> None:
+    """Keep y's higher cumulants (not its mean or covariance) under id(y.mean) for as long as
+    that tensor lives (a finalizer drops the entry, so ids are never confused)."""
+    import weakref
+
+    key = id(y.mean)
+    by_mean[key] = State(None, None, None, k3=y.k3, k3_diag=y.k3_diag, k4_diag=y.k4_diag,
+                         k4_pair=y.k4_pair, k4_fac=getattr(y, "k4_fac", None))
+    weakref.finalize(y.mean, by_mean.pop, key, None)
 
 
 def _without_final_activation(mlp):

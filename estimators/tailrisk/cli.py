@@ -192,8 +192,7 @@ def run_tail_risk(args) -> dict:
     from estimators.tailrisk.ground_truth import ground_truth
     from estimators.tailrisk.registry import ESTIMATORS, run_estimator
 
-    lm, dist, b, label = _problem(args)
-    extra = {}
+    extra = {}  # method options are checked before the model loads
     if args.temperature is not None:
         if not ESTIMATORS[args.method].has_temperature:
             raise UserError(f"--temperature applies to itgis and mhis, not {args.method}")
@@ -207,6 +206,7 @@ def run_tail_risk(args) -> dict:
         if args.method != "activation":
             raise UserError(f"--mask applies to the activation method, not {args.method}")
         extra["mask"] = args.mask
+    lm, dist, b, label = _problem(args)
     est = run_estimator(args.method, lm.model, dist, b, args.budget, args.seed,
                         progress=progress_printer(args.method, args.progress), **extra)
     cal = {k: est.diagnostics.get(k) for k in ("calibrated_estimate", "calibrated_interval")
