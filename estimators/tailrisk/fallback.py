@@ -23,8 +23,11 @@ reports instead the extrapolation of the activations it already computed, at 0 e
   fallback is QLD_t·e^offset. Assumption: QLD's bias on the target is, on average, that on the
   rarest tokens the draws still see. Measured on charlm hex (1,638 draws): offset ≈ −1.1
   (QLD ~3× high on tokens with 3–11 hits), while on the needles QLD is 6–530× high, so the
-  calibration removes part of the bias, not all of it. Where fewer than 2 points exist, no
-  calibration ("fallback_calibration": null);
+  calibration removes part of the bias, not all of it: in the 2^14-call benchmark (README,
+  Benchmarks) the factor was 0.36–0.64 on hex and 0.62–0.84 on words, and the fallbacks'
+  median error per row went from 7.6–163× to 4.8–65× high. Where fewer than 2 points exist, no
+  calibration ("fallback_calibration": null). GLD and half a count are not calibrated (their
+  bias is not what the points measure);
 * clipped to the upper bound a run with zero hits implies: with n_D draws from D and none in
   the behaviour, P(no hit) = (1 − p)^{n_D} ≤ 1 − c only for p ≤ −ln(1 − c)/n_D (the "rule of
   three", 3/n_D at c = 95%). The tilted samples only make a miss less likely, so the bound
