@@ -14,6 +14,20 @@ reports instead the extrapolation of the activations it already computed, at 0 e
   QLD alone, where it counts something, was the better of the two (median 12–90× high on
   hex, 2–6× on words, from 1,638 draws); GLD was 10–20× *low* on hex needles, where half a
   count is closer, and 200× high on words;
+* calibrated (QLD only, `calibrate_qld`): the same reference draws measure the behaviour's
+  family on the OTHER targets u for free (argmax: how often u is the argmax among the draws;
+  logit: how often logit_u > θ). The rarest `CAL_TOKENS` of them with ≥ `CAL_MIN_HITS` hits
+  (and fewer than all draws) each give a point (x_u = ln QLD_u from the same activations,
+  y_u = ln(hits_u/n)), and the DerSimonian–Laird random-effects offset of y − x
+  (`calibration.log_calibration`, fit "offset") estimates QLD's systematic log bias there; the
+  fallback is QLD_t·e^offset. Assumption: QLD's bias on the target is, on average, that on the
+  rarest tokens the draws still see. Measured on charlm hex (1,638 draws): offset ≈ −1.1
+  (QLD ~3× high on tokens with 3–11 hits), while on the needles QLD is 6–530× high, so the
+  calibration removes part of the bias, not all of it: in the 2^14-call benchmark (README,
+  Benchmarks) the factor was 0.36–0.64 on hex and 0.62–0.84 on words, and the fallbacks'
+  median error per row went from 7.6–163× to 4.8–65× high. Where fewer than 2 points exist, no
+  calibration ("fallback_calibration": null). GLD and half a count are not calibrated (their
+  bias is not what the points measure);
 * clipped to the upper bound a run with zero hits implies: with n_D draws from D and none in
   the behaviour, P(no hit) = (1 − p)^{n_D} ≤ 1 − c only for p ≤ −ln(1 − c)/n_D (the "rule of
   three", 3/n_D at c = 95%). The tilted samples only make a miss less likely, so the bound
@@ -27,13 +41,16 @@ hit nothing here is used and the estimate is the sampler's own.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
-from estimators.tailrisk.behaviours import Behaviour, BehaviourError
+from estimators.tailrisk.behaviours import Behaviour, BehaviourError, vocab_out
 
 FALLBACK_CONFIDENCE = 0.95
+CAL_MIN_HITS = 3  # a calibration token needs this many hits among the reference draws
+CAL_TOKENS = 16  # the rarest tokens with enough hits (closest to the target's regime)
 MIN_DRAWS = 3  # a covariance (QLD) or a standard deviation (GLD) needs a few draws
 FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, biased ({method} "
                  "from the {n:,} reference draws' activations), clipped to the zero-hit bound "
@@ -75,6 +92,54 @@ def extrapolate(model, behaviour: Behaviour, acts: torch.Tensor) -> tuple[float,
     return (float(g), "gld") if g > half else (half, "qld half count")
 
 
+def _family_hits(model, behaviour: Behaviour, acts: torch.Tensor) -> dict[int, int]:
+    """{u: hits of the behaviour with target u among the draws `acts` [n, d]} for u ≠ the
+    behaviour's target; {} for a behaviour without a `target` field."""
+    names = {f.name for f in dataclasses.fields(behaviour)}
+    if "target" not in names:
+        return {}
+    a = acts.float()
+    out = {}
+    for u in range(vocab_out(model)):
+        if u != behaviour.target:
+            v, _ = dataclasses.replace(behaviour, target=u).readout(model, a)
+            out[u] = int((v > 0).sum())
+    return out
+
+
+def calibrate_qld(model, behaviour: Behaviour, acts: torch.Tensor) -> dict | None:
+    """QLD's log bias on the behaviour's family, from the same draws `acts` [n, d] (0 calls):
+    {"offset_ln", "factor" (e^offset), "tau2_ln", "tokens", "hits_range" [lo, hi]}; None with
+    fewer than 2 usable tokens. Points: the CAL_TOKENS rarest other targets u with CAL_MIN_HITS
+    ≤ hits_u < n and QLD_u > 0; fit: DerSimonian–Laird random-effects offset of
+    ln(hits_u/n) − ln QLD_u (calibration.log_calibration, fit "offset"; DerSimonian & Laird
+    1986)."""
+    from estimators.tailrisk.calibration import log_calibration
+    from estimators.tailrisk.qld import qld_probability
+
+    n = acts.shape[0]
+    hits = _family_hits(model, behaviour, acts)
+    order = sorted((h, u) for u, h in hits.items() if CAL_MIN_HITS <= h < n)
+    xs, hs = [], []
+    for h, u in order[:2 * CAL_TOKENS]:
+        try:
+            G, c = dataclasses.replace(behaviour, target=u).constraints(model)
+        except BehaviourError:
+            return None
+        q, _ = qld_probability(acts, G, c)
+        if q > 0:
+            xs.append(math.log(q))
+            hs.append(h)
+        if len(xs) == CAL_TOKENS:
+            break
+    if len(xs) < 2:
+        return None
+    fit = log_calibration(torch.tensor(xs, dtype=torch.float64),
+                          torch.tensor(hs, dtype=torch.float64), n, fit="offset")
+    return {"offset_ln": fit["intercept_ln"], "factor": math.exp(fit["intercept_ln"]),
+            "tau2_ln": fit["tau2_ln"], "tokens": fit["tokens"], "hits_range": [hs[0], hs[-1]]}
+
+
 def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_draws: int
                    ) -> tuple[float, tuple[float, float], dict]:
     """For a run with no hit: (estimate, interval [0, bound], diagnostics). The estimate is the
@@ -89,9 +154,16 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
             "fallback_note": "no sample hit and no extrapolation applies (needs ≥ 3 reference "
                              "draws and a behaviour given by linear inequalities): 0"}
     raw, method = got
+    cal = calibrate_qld(model, behaviour, acts.double()) if method == "qld" else None
+    uncal = raw
+    if cal is not None:
+        raw = min(1.0, raw * cal["factor"])
     value = min(raw, ub)
+    note = FALLBACK_NOTE.format(method=LABELS[method], n=int(acts.shape[0]), ub=ub)
+    if cal is not None:
+        note = note.replace(" activations)", f" activations, calibrated ×{cal['factor']:.2g} "
+                            f"on {cal['tokens']} other targets)")
     return value, (0.0, ub), {
-        "fallback": method, "fallback_raw": raw, "fallback_clipped": raw > ub,
-        "zero_hit_upper_bound": ub,
-        "fallback_note": FALLBACK_NOTE.format(method=LABELS[method], n=int(acts.shape[0]),
-                                              ub=ub)}
+        "fallback": method, "fallback_raw": raw, "fallback_uncalibrated": uncal,
+        "fallback_calibration": cal, "fallback_clipped": raw > ub,
+        "zero_hit_upper_bound": ub, "fallback_note": note}

@@ -26,7 +26,17 @@ T = temperature·σ and stays within [σ/2, 4σ], σ the score's standard deviat
 chains' initial states (drawn from D): a tilt of 1/T shifts a roughly normal score by σ²/T,
 i.e. by ¼ to 2 standard deviations. The floor is empirical: at σ/4 and below the chains stop
 visiting the inputs that carry D's mass and the self-normalised estimate collapses (measured
-100–10,000× low on the test model; the ESS seen by the chains cannot detect it). T is frozen
+100–10,000× low on the test model; the ESS seen by the chains cannot detect it). The floor
+also sets MHIS's low bias on hits: on charlm (hex, 2^14 calls) the chains sit at the floor and
+visit every input that carries a 13-input target, yet the estimate is 0.03–0.08× the truth,
+because the bridge estimate of Z = E_D[e^{score/T}] is e^{2.2–3.2} too low (checked against
+Z by enumerating all 2^20 inputs): Z is carried by rare high-score inputs the chains do not
+visit in proportion. A floor of 0.75σ (`T_FLOOR`) moved those estimates to 0.5–1.4× and the
+benchmark's unfitted IS from 2.6/3.2 to 1.7/1.5 (hex needles / 12–100-input targets), but
+cost hits (12, 5 and 9 runs without one, against 10, 3 and 7, with words needles), raised the
+fitted IS on the 12–100-input targets from 0.066 to 0.184 and the unfitted IS on words from
+2.75 to 6.29, and failed the tiny-model test at 1e-4 (0.13×), so it is not the default
+(benchmarks/results/tail_risk_defaults_tfloor075_calfb*.json). T is frozen
 after burn-in, so the kept states are a chain at one fixed T (the estimator's form is
 unchanged).
 auto_temperature=False keeps `temperature` fixed (the literature's tuned runs).
@@ -68,6 +78,9 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
 from estimators.tailrisk.distributions import InputDistribution
 from estimators.tailrisk.fallback import apply_fallback
 from estimators.tailrisk.mixture import pooled_estimate
+
+
+T_FLOOR = 0.5  # the adaptive temperature's floor, in units of σ (module docstring)
 
 
 @dataclass
@@ -156,7 +169,7 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
         scale = max(float(s_ref.std()), 1e-6) if s_ref.numel() > 1 else 1.0
         T = config.temperature * scale
         # with reference draws the pooled (bridge) estimate tolerates a colder chain
-        floor = scale / 2
+        floor = scale * T_FLOOR
         log_t_lo, log_t_hi = math.log(floor), math.log(4 * scale)
     keep_from = int(math.floor(config.burn_in * steps))
     window: list = []

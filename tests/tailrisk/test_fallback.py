@@ -94,3 +94,41 @@ def test_cli_json_names_the_fallback(tmp_path, capsys):
     assert main(base + ["--method", "mc", "--no-fallback"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "itgis and mhis" in err
+
+
+def test_qld_fallback_is_calibrated_on_the_other_targets(rare_case):
+    """The QLD fallback is multiplied by the random-effects offset that the same reference draws
+    measure on the other argmax targets (hits among the draws vs QLD on the same activations):
+    the points are the rarest tokens with ≥ 3 hits, the offset is DerSimonian–Laird's from
+    calibration.log_calibration, and the note says so. 0 extra calls."""
+    from estimators.tailrisk.behaviours import final_logits
+    from estimators.tailrisk.calibration import log_calibration
+    from estimators.tailrisk.fallback import (CAL_MIN_HITS, apply_fallback, calibrate_qld)
+    from estimators.tailrisk.qld import qld_probability
+
+    model, dist, truth = rare_case
+    g = torch.Generator().manual_seed(3)
+    _, _, acts = Argmax(RARE).evaluate_site(model, dist.sample(1024, g))
+    acts = acts.double()
+    cal = calibrate_qld(model, Argmax(RARE), acts)
+    assert cal is not None and cal["tokens"] >= 2
+    assert cal["factor"] == pytest.approx(math.exp(cal["offset_ln"]))
+    # the same fit by hand from the draws' own argmax counts
+    hits = torch.bincount(final_logits(model, acts.float()).argmax(1), minlength=16)
+    us = sorted((int(hits[u]), u) for u in range(16)
+                if u != RARE and CAL_MIN_HITS <= hits[u] < 1024)
+    xs, hs = [], []
+    for h, u in us:
+        q, _ = qld_probability(acts, *Argmax(u).constraints(model))
+        if q > 0 and len(xs) < cal["tokens"]:
+            xs.append(math.log(q))
+            hs.append(h)
+    fit = log_calibration(torch.tensor(xs), torch.tensor(hs, dtype=torch.float64), 1024,
+                          fit="offset")
+    assert cal["offset_ln"] == pytest.approx(fit["intercept_ln"])
+    assert cal["hits_range"] == [hs[0], hs[-1]]
+    value, interval, d = apply_fallback(model, Argmax(RARE), acts, 1024)
+    assert d["fallback"] == "qld" and d["fallback_calibration"] == cal
+    assert d["fallback_raw"] == pytest.approx(d["fallback_uncalibrated"] * cal["factor"])
+    assert value == min(d["fallback_raw"], interval[1]) > 0
+    assert "calibrated ×" in d["fallback_note"]
