@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import math
+import re
 import sys
 import warnings
 from typing import Any
@@ -195,11 +196,29 @@ def add_common_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+_PLAIN_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$")  # argparse already takes these as values
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """argparse reads `--threshold -1e6` as two options (only plain negatives like -3 or -0.5
+    pass as values); any other negative number right after a long option becomes
+    `--opt=-1e6`."""
+    out: list[str] = []
+    for tok in argv:
+        if (out and out[-1].startswith("--") and "=" not in out[-1]
+                and _NEGATIVE_NUMBER.match(tok) and not _PLAIN_NEGATIVE.match(tok)):
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     # sae-lens needs transformer-lens < 4, so its deprecation notice is noise for our users.
     warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         from estimators.validation import check_cli_args
 

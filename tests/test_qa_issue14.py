@@ -37,6 +37,17 @@ def test_k4_beyond_this_machine_is_one_line_before_allocating(capsys, tmp_path):
     assert len(lines) == 1 and "--cumulants 4 at width 384" in lines[0] and "GB" in lines[0]
 
 
+def test_k4_naive_argument_is_not_refused_by_the_fourth_cumulants_size(capsys, tmp_path):
+    """The naive argument's diagonal path never forms the fourth cumulant, so the size check
+    that refuses full-mask K = 4 at width 384 does not apply to it."""
+    mlp = random_mlp([384] * 6, "relu", seed=0)
+    save_mlp(mlp, tmp_path)
+    code, out, err = _run(capsys, ["propagate", "--model", str(tmp_path), "--mask", "naive",
+                                   "--cumulants", "4", "--n-inputs", "64", "--json"])
+    assert code == 0, err
+    assert len(json.loads(out)["layers"]) > 0
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["propagate", "--mask", "full", "--hermite-order", "0"], "--hermite-order must be ≥ 1"),
     (["propagate", "--mask", "full", "--hermite-order", "1e9"], "--hermite-order must be ≤ 12"),
@@ -63,3 +74,16 @@ def test_greedy_search_on_cumulant_chain_scores_what_it_reports(capsys, tmp_path
     s = json.loads(out)["search"]
     assert len(s["path"]) > 2  # the search took steps at more than one site
     assert s["best_total_bits"] == pytest.approx(s["verified_total_bits"], rel=1e-12)
+
+
+def test_negative_exponent_values_reach_their_option():
+    """`--threshold -1e6` is one option with its value (argparse alone reads `-1e6` as an
+    option); plain negatives and `=` forms are left as they were."""
+    from estimators.cli import _attach_negative_values, build_parser
+
+    argv = ["tail-risk", "--model", "charlm", "--distribution", "hex", "--target", "q",
+            "--behaviour", "logit", "--threshold", "-1e6", "--budget", "64"]
+    args = build_parser().parse_args(_attach_negative_values(argv))
+    assert args.threshold == -1e6
+    assert _attach_negative_values(["--x", "-3", "--y=-1e3", "--z", "-inf"]) == \
+        ["--x", "-3", "--y=-1e3", "--z=-inf"]

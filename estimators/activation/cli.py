@@ -242,7 +242,8 @@ def build_chain(args):
             cov = torch.eye(d_in, dtype=torch.float64)
         if not args.epsilon > 0:
             raise ValueError("--epsilon must be > 0")
-        if args.cumulants == 4:
+        if args.cumulants == 4 and not (args.mask == "naive" and args.search is None):
+            # the naive argument's diagonal path never forms the fourth cumulant
             from estimators.activation.cumulants import check_k4_memory
             check_k4_memory(mlp)  # one line before allocating: the cap, then this machine
         return cumulant_chain(mlp, mean.to(device), cov.to(device),
