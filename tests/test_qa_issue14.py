@@ -82,7 +82,7 @@ def test_negative_exponent_values_reach_their_option():
     from estimators.cli import _attach_negative_values, build_parser
 
     argv = ["tail-risk", "--model", "charlm", "--distribution", "hex", "--target", "q",
-            "--behaviour", "logit", "--threshold", "-1e6", "--budget", "64"]
+            "--method", "mc", "--behaviour", "logit", "--threshold", "-1e6", "--budget", "64"]
     args = build_parser().parse_args(_attach_negative_values(argv))
     assert args.threshold == -1e6
     assert _attach_negative_values(["--x", "-3", "--y=-1e3", "--z", "-inf"]) == \
