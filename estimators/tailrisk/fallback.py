@@ -54,7 +54,7 @@ CAL_TOKENS = 16  # the rarest tokens with enough hits (closest to the target's r
 MIN_DRAWS = 3  # a covariance (QLD) or a standard deviation (GLD) needs a few draws
 FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, biased ({method} "
                  "from the {n:,} reference draws' activations), clipped to the zero-hit bound "
-                 "{ub:.3g}")
+                 "{ub:.3g} ({n_draws:,} draws from D)")
 
 
 LABELS = {"qld": "QLD", "gld": "GLD, as QLD counted 0",
@@ -159,7 +159,8 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
     if cal is not None:
         raw = min(1.0, raw * cal["factor"])
     value = min(raw, ub)
-    note = FALLBACK_NOTE.format(method=LABELS[method], n=int(acts.shape[0]), ub=ub)
+    note = FALLBACK_NOTE.format(method=LABELS[method], n=int(acts.shape[0]), ub=ub,
+                                n_draws=n_draws)
     if cal is not None:
         note = note.replace(" activations)", f" activations, calibrated ×{cal['factor']:.2g} "
                             f"on {cal['tokens']} other targets)")

@@ -34,6 +34,7 @@ def test_no_hit_gives_a_clipped_extrapolation_not_zero(rare_case, method):
     assert 0 < e.value <= ub and e.interval == (0.0, ub)
     assert e.value == min(d["fallback_raw"], ub)
     assert "no sample hit" in d["fallback_note"] and "biased" in d["fallback_note"]
+    assert f"({n_draws:,} draws from D)" in d["fallback_note"]  # the bound's own count
     assert e.cost.calls <= 256
     off = run_estimator(method, model, dist, Argmax(RARE), 256, seed=0, fallback=False)
     assert off.value == 0.0 and off.diagnostics["fallback"] is None
