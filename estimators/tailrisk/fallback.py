@@ -46,7 +46,8 @@ import math
 
 import torch
 
-from estimators.tailrisk.behaviours import Behaviour, BehaviourError, vocab_out
+from estimators.tailrisk.behaviours import (Argmax, Behaviour, BehaviourError, LogitThreshold,
+                                            final_logits, vocab_out)
 
 FALLBACK_CONFIDENCE = 0.95
 CAL_MIN_HITS = 3  # a calibration token needs this many hits among the reference draws
@@ -92,19 +93,25 @@ def extrapolate(model, behaviour: Behaviour, acts: torch.Tensor) -> tuple[float,
     return (float(g), "gld") if g > half else (half, "qld half count")
 
 
-def _family_hits(model, behaviour: Behaviour, acts: torch.Tensor) -> dict[int, int]:
+def _family_hits(model, behaviour: Behaviour, acts: torch.Tensor,
+                 rows: int = 256) -> dict[int, int]:
     """{u: hits of the behaviour with target u among the draws `acts` [n, d]} for u ≠ the
-    behaviour's target; {} for a behaviour without a `target` field."""
-    names = {f.name for f in dataclasses.fields(behaviour)}
-    if "target" not in names:
+    behaviour's target, from one pass of the logits (rows at a time, [rows, V]): argmax — u
+    strictly above every other logit; logit — logit_u > θ. {} for other behaviours."""
+    if not isinstance(behaviour, (Argmax, LogitThreshold)):
         return {}
-    a = acts.float()
-    out = {}
-    for u in range(vocab_out(model)):
-        if u != behaviour.target:
-            v, _ = dataclasses.replace(behaviour, target=u).readout(model, a)
-            out[u] = int((v > 0).sum())
-    return out
+    V = vocab_out(model)
+    counts = torch.zeros(V, dtype=torch.long)
+    for i in range(0, acts.shape[0], rows):
+        logits = final_logits(model, acts[i:i + rows].float()).detach()
+        if isinstance(behaviour, Argmax):
+            top = logits.topk(min(2, V), dim=-1)
+            strict = top.values[:, 0] > top.values[:, -1] if V > 1 else \
+                torch.ones(len(logits), dtype=torch.bool, device=logits.device)
+            counts += torch.bincount(top.indices[strict, 0].cpu(), minlength=V)
+        else:
+            counts += (logits > behaviour.threshold).sum(0).cpu()
+    return {u: int(c) for u, c in enumerate(counts.tolist()) if u != behaviour.target}
 
 
 def calibrate_qld(model, behaviour: Behaviour, acts: torch.Tensor) -> dict | None:

@@ -9,6 +9,7 @@ import torch
 from estimators.cli import main
 from estimators.loading import save_checkpoint
 from estimators.tailrisk import Argmax, run_estimator
+from estimators.tailrisk.behaviours import LogitThreshold
 from estimators.tailrisk.distributions import from_table
 from estimators.tailrisk.ground_truth import exact
 from estimators.tailrisk.fallback import zero_hit_upper_bound
@@ -133,3 +134,18 @@ def test_qld_fallback_is_calibrated_on_the_other_targets(rare_case):
     assert d["fallback_raw"] == pytest.approx(d["fallback_uncalibrated"] * cal["factor"])
     assert value == min(d["fallback_raw"], interval[1]) > 0
     assert "calibrated ×" in d["fallback_note"]
+
+
+@pytest.mark.parametrize("make", [lambda u: Argmax(u),
+                                  lambda u: LogitThreshold(u, threshold=0.5)])
+def test_family_hits_in_one_pass_equal_each_targets_own_readout(rare_case, make):
+    """The calibration's hit counts for every other target come from one pass of the logits
+    (a 50k vocabulary would otherwise cost 50k readouts); they equal each target's own readout."""
+    from estimators.tailrisk.fallback import _family_hits
+
+    model, dist, _ = rare_case
+    g = torch.Generator().manual_seed(5)
+    _, _, acts = Argmax(RARE).evaluate_site(model, dist.sample(300, g))
+    got = _family_hits(model, make(RARE), acts, rows=64)
+    want = {u: int(make(u).readout(model, acts.float())[0].sum()) for u in range(16) if u != RARE}
+    assert got == want
