@@ -76,6 +76,22 @@ def test_greedy_search_on_cumulant_chain_scores_what_it_reports(capsys, tmp_path
     assert s["best_total_bits"] == pytest.approx(s["verified_total_bits"], rel=1e-12)
 
 
+def test_search_leaves_the_top_level_on_the_stated_mask(capsys, tmp_path):
+    """With --search the top-level surprise, output and layers are those of `mask` (the stated
+    one, as without --search); the best mask and its score are under `search`."""
+    save_mlp(random_mlp([4, 6, 6, 4], "relu", seed=0), tmp_path)
+    base = ["propagate", "--model", str(tmp_path), "--mask", "naive", "--n-inputs", "256",
+            "--json"]
+    _, plain, _ = _run(capsys, base)
+    code, searched, _ = _run(capsys, base + ["--search", "greedy", "--search-steps", "2"])
+    plain, searched = json.loads(plain), json.loads(searched)
+    assert code == 0 and searched["mask_hash"] == plain["mask_hash"]
+    assert searched["surprise"]["total_bits"] == pytest.approx(plain["surprise"]["total_bits"],
+                                                               rel=1e-12)
+    assert searched["layers"] == plain["layers"]
+    assert searched["search"]["best_total_bits"] < plain["surprise"]["total_bits"]
+
+
 def test_negative_exponent_values_reach_their_option():
     """`--threshold -1e6` is one option with its value (argparse alone reads `-1e6` as an
     option); plain negatives and `=` forms are left as they were."""

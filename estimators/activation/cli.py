@@ -372,6 +372,7 @@ def run_cli(args) -> dict:
                       distance_method=args.distance_method)
     if args.search is not None:
         search = _search(args, prop)
+        prop.set_mask(mask)  # the top level reports the stated mask; `search` the best one
     res = prop.run(progress=_progress(args))
     if plan is not None:
         plan.run_seconds = time.perf_counter() - t_run
