@@ -230,13 +230,16 @@ class Argmax(Behaviour):
     def validate(self, model) -> None:
         _check_target(model, self.target)
 
-    def readout(self, model, a):
+    def _target_and_others(self, model, a) -> tuple[Tensor, Tensor, Tensor]:
+        """(value [B], logit_t [B], the other logits [B, V] with t at −inf)."""
         logits = final_logits(model, a)
-        t = self.target
-        lt = logits[:, t]
+        lt = logits[:, self.target]
         others = logits.clone()
-        others[:, t] = -torch.inf
-        value = (lt > others.max(-1).values).to(a.dtype)
+        others[:, self.target] = -torch.inf
+        return (lt > others.max(-1).values).to(a.dtype), lt, others
+
+    def readout(self, model, a):
+        value, lt, _ = self._target_and_others(model, a)
         return value, lt
 
     def guided(self, model, a, guide="score"):
@@ -246,12 +249,7 @@ class Argmax(Behaviour):
         2024's choice)."""
         if guide != "margin":
             return self.readout(model, a)
-        logits = final_logits(model, a)
-        t = self.target
-        lt = logits[:, t]
-        others = logits.clone()
-        others[:, t] = -torch.inf
-        value = (lt > others.max(-1).values).to(a.dtype)
+        value, lt, others = self._target_and_others(model, a)
         return value, lt - torch.logsumexp(others, -1)
 
     def constraints(self, model):
