@@ -51,16 +51,15 @@ reference draw and no kept state hit; with n_D = 0 it is the self-normalised est
 Defaults 16 chains and 30% burn-in: at 2^12 calls on the tests' rare case, 32 chains half as
 long gave estimates 0.03–0.8× the truth (kept states still climbing), 16 chains 0.3–2.6×.
 
-
 Zero-hit fallback (`fallback`, default true; fallback.py): a run in which no sample (tilted or
 reference) hit would return exactly 0; it reports instead QLD's extrapolation from its own
 reference draws' site activations (0 extra calls), clipped to the rule-of-three bound
 −ln(0.05)/n_D, with the interval [0, bound] and diagnostics `fallback` (the method) and
 `fallback_note`. Biased (a model's guess); a run with a hit is unchanged.
 
-Guide (`guide`): the score whose gradient tilts the chains (the stationary law and the proposals) — "score", the behaviour's own
-(the target logit: Wu & Hilton 2024), or "margin" for argmax, logit_t − logsumexp_{u≠t}
-logit_u (`Behaviour.guided`).
+Guide (`guide`): the score whose gradient tilts the chains (the stationary law and the
+proposals) — "score", the behaviour's own (the target logit: Wu & Hilton 2024), or "margin"
+for argmax, logit_t − logsumexp_{u≠t} logit_u (`Behaviour.guided`).
 """
 
 from __future__ import annotations
