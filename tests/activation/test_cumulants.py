@@ -138,13 +138,15 @@ def test_naive_argument_costs_width_squared():
     assert full.cost.flops > 2 * w ** 3
 
 
-def test_engine_chain_matches_standalone_k3_and_final_activation():
+@pytest.mark.parametrize("K", [3, 4])
+def test_engine_chain_matches_standalone_and_final_activation(K):
     """Same numbers through the engine when no PSD repair happens (the K ≥ 3 covariance is not
-    PSD by construction; at tiny widths the engine often repairs it and says so)."""
+    PSD by construction; at tiny widths the engine often repairs it and says so). At K = 4 the
+    chain carries the factored κ₄ and the dense κ₃ part from step to step."""
     mlp = random_mlp([12, 12, 12, 3], "gelu", seed=5, final_activation=True)
     mu, cov = torch.zeros(12, dtype=D), torch.eye(12, dtype=D)
-    r = propagate_mlp(mlp, mu, cov, cumulants=3, output_cov=True)
-    chain = cumulant_chain(mlp, mu, cov, cumulants=3, n_empirical=512)
+    r = propagate_mlp(mlp, mu, cov, cumulants=K, output_cov=True)
+    chain = cumulant_chain(mlp, mu, cov, cumulants=K, n_empirical=512)
     res = Propagator(chain, CovarianceMask.preset("full", chain.layouts)).run()
     assert res.repaired_sites == []
     assert torch.allclose(res.sites["output"].mean, r.output_mean, atol=1e-12)

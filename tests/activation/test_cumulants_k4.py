@@ -192,19 +192,3 @@ def test_k4_refuses_widths_whose_fourth_cumulant_would_not_fit():
     mlp = random_mlp([512] * 6, "relu", seed=0)
     with pytest.raises(ValueError, match="cumulants=4 would need"):
         propagate_mlp(mlp, torch.zeros(512, dtype=D), torch.eye(512, dtype=D), 4)
-
-
-def test_engine_chain_matches_standalone_k4():
-    """The engine's chain carries the factored κ₄ and the dense κ₃ part from step to step:
-    the same output mean as `propagate_mlp` (no PSD repair at these sizes)."""
-    from estimators.activation.cumulants import cumulant_chain, propagate_mlp
-    from estimators.activation.mlp import random_mlp
-    from estimators.activation import CovarianceMask, Propagator
-
-    mlp = random_mlp([12, 12, 12, 3], "gelu", seed=5, final_activation=True)
-    mu, cov = torch.zeros(12, dtype=D), torch.eye(12, dtype=D)
-    r = propagate_mlp(mlp, mu, cov, cumulants=4, output_cov=True)
-    chain = cumulant_chain(mlp, mu, cov, cumulants=4, n_empirical=512)
-    res = Propagator(chain, CovarianceMask.preset("full", chain.layouts)).run()
-    assert res.repaired_sites == []
-    assert torch.allclose(res.sites["output"].mean, r.output_mean, atol=1e-12)
