@@ -25,13 +25,23 @@ def _button(at, text):
     return next(b for b in at.button if b.label == text)
 
 
+def _open_charlm(settings: dict):
+    """The Tail risk page on zoo `charlm` with `settings` in its link."""
+    return open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+
+
+def _run_clean(at):
+    """Click Run; the page must finish without an exception or an error line."""
+    _button(at, "Run").click().run()
+    assert_no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+
+
 def test_default_run_shows_the_library_numbers():
     at = open_page("tail_risk.py", query={"model": MODEL})
     assert_no_exception(at)
     assert not at.error, [e.value for e in at.error]
-    _button(at, "Run").click().run()
-    assert_no_exception(at)
-    assert not at.error, [e.value for e in at.error]
+    _run_clean(at)
     shown = at.dataframe[0].value
     settings = tr.Settings(distribution="uniform")  # the default: first built-in, MC + GLD
     assert sorted(shown["method"].unique()) == ["gld", "mc"]
@@ -117,9 +127,7 @@ def test_sae_latent_behaviour_shows_the_library_numbers():
                                           "tr": encode_blob(settings)})
     assert_no_exception(at)
     assert not at.error, [e.value for e in at.error]
-    _button(at, "Run").click().run()
-    assert_no_exception(at)
-    assert not at.error, [e.value for e in at.error]
+    _run_clean(at)
     shown = at.dataframe[0].value
     assert sorted(shown["method"]) == ["mc", "qld"] and (shown["target"] == j).all()
     b = sae_feature(sae, j, 0.0)
@@ -132,7 +140,7 @@ def test_sae_latent_behaviour_shows_the_library_numbers():
 
 def test_sae_latent_without_an_sae_is_a_clear_error():
     settings = {"behaviour": "sae", "distribution": tr.UPLOADED, "uploaded": SMALL}
-    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    at = _open_charlm(settings)
     assert_no_exception(at)
     assert any("needs an SAE" in e.value for e in at.error)
     assert _button(at, "Run").disabled
@@ -157,12 +165,10 @@ def test_probe_behaviour_shows_the_library_numbers(source):
                 "probe_unit": 5, "probe_vector": vec, "threshold": thr,
                 "distribution": tr.UPLOADED, "uploaded": SMALL, "methods": ["mc", "gld"],
                 "budget": 256}
-    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    at = _open_charlm(settings)
     assert_no_exception(at)
     assert not at.error, [e.value for e in at.error]
-    _button(at, "Run").click().run()
-    assert_no_exception(at)
-    assert not at.error, [e.value for e in at.error]
+    _run_clean(at)
     shown = at.dataframe[0].value
     b = probe_direction(lm.model, hook, threshold=thr, **kw)
     truth = ground_truth(lm.model, dist, b).probability
@@ -175,12 +181,12 @@ def test_probe_behaviour_shows_the_library_numbers(source):
 
 def test_bad_probe_vector_is_a_clear_error_and_keeps_defaults():
     settings = {"behaviour": "probe", "probe_source": "upload", "probe_vector": [1.0, None]}
-    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    at = _open_charlm(settings)
     assert_no_exception(at)
     assert any("probe vector" in e.value for e in at.error)
     settings = {"behaviour": "probe", "probe_source": "upload", "probe_vector": [1.0, 2.0],
                 "probe_hook": "blocks.1.hook_resid_post"}
-    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    at = _open_charlm(settings)
     assert_no_exception(at)
     assert any("d_model = 64" in e.value for e in at.error)
     assert _button(at, "Run").disabled
@@ -194,12 +200,10 @@ def test_activation_method_uses_the_chosen_argument(mask):
     settings = {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
                 "target_mode": "one", "target": 30, "methods": ["activation"], "budget": 256,
                 "activation_mask": mask}
-    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    at = _open_charlm(settings)
     assert_no_exception(at)
     assert at.selectbox(key="tr_w_act_mask").value == mask
-    _button(at, "Run").click().run()
-    assert_no_exception(at)
-    assert not at.error, [e.value for e in at.error]
+    _run_clean(at)
     row = next(at.dataframe[0].value.itertuples())
     lib = run_estimator("activation", lm.model, dist, Argmax(30), 256, int(row.seed), mask=mask)
     assert lib.diagnostics["config"]["mask"] == mask
@@ -208,7 +212,7 @@ def test_activation_method_uses_the_chosen_argument(mask):
 
 def test_unknown_activation_mask_in_link_is_an_error():
     settings = {"distribution": tr.UPLOADED, "uploaded": SMALL, "activation_mask": "everything"}
-    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    at = _open_charlm(settings)
     assert_no_exception(at)
     assert any("activation mask must be one of" in e.value for e in at.error)
 
@@ -222,12 +226,10 @@ def test_zero_hit_fallback_is_shown_and_can_be_switched_off(fallback):
     settings = {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
                 "target_mode": "one", "target": 50, "methods": ["itgis"], "budget": 128,
                 "zero_hit_fallback": fallback}
-    at = open_page("tail_risk.py", query={"model": "charlm", "tr": encode_blob(settings)})
+    at = _open_charlm(settings)
     assert_no_exception(at)
     assert at.checkbox(key="tr_w_zh_fallback").value is fallback
-    _button(at, "Run").click().run()
-    assert_no_exception(at)
-    assert not at.error, [e.value for e in at.error]
+    _run_clean(at)
     row = next(at.dataframe[0].value.itertuples())
     lib = run_estimator("itgis", lm.model, dist, Argmax(50), 128, int(row.seed),
                         fallback=fallback)
