@@ -72,10 +72,16 @@ def bootstrap_log10_interval(samples: torch.Tensor,
 
 
 def family_hits(values: torch.Tensor, kind: str, threshold: float = 0.0) -> torch.Tensor:
-    """[V] hits of the behaviour family on the N real inputs' output values [N, V]:
-    kind "argmax": #(argmax = u); "logit": #(logit_u > threshold)."""
+    """[V] hits of the behaviour family on N inputs' output values [N, V]: kind "argmax":
+    #(u strictly above every other value — a tie is a miss, as in `Argmax`); "logit":
+    #(logit_u > threshold)."""
     if kind == "argmax":
-        return torch.bincount(values.argmax(1), minlength=values.shape[1])
+        V = values.shape[1]
+        if V == 1:
+            return torch.full((1,), values.shape[0], dtype=torch.long, device=values.device)
+        top = values.topk(2, dim=1)
+        strict = top.values[:, 0] > top.values[:, 1]
+        return torch.bincount(top.indices[strict, 0], minlength=V)
     if kind == "logit":
         return (values > threshold).sum(0)
     raise ValueError(f"no behaviour family for {kind!r}")

@@ -49,6 +49,7 @@ import torch
 
 from estimators.tailrisk.behaviours import (Argmax, Behaviour, BehaviourError, LogitThreshold,
                                             final_logits, vocab_out)
+from estimators.tailrisk.calibration import family_hits, log_calibration
 
 FALLBACK_CONFIDENCE = 0.95
 CAL_MIN_HITS = 3  # a calibration token needs this many hits among the reference draws
@@ -97,21 +98,16 @@ def extrapolate(model, behaviour: Behaviour, acts: torch.Tensor) -> tuple[float,
 def _family_hits(model, behaviour: Behaviour, acts: torch.Tensor,
                  rows: int = 256) -> dict[int, int]:
     """{u: hits of the behaviour with target u among the draws `acts` [n, d]} for u ≠ the
-    behaviour's target, from one pass of the logits (rows at a time, [rows, V]): argmax — u
-    strictly above every other logit; logit — logit_u > θ. {} for other behaviours."""
+    behaviour's target, from one pass of the logits (rows at a time, [rows, V];
+    `calibration.family_hits`). {} for behaviours other than argmax and logit."""
     if not isinstance(behaviour, (Argmax, LogitThreshold)):
         return {}
-    V = vocab_out(model)
-    counts = torch.zeros(V, dtype=torch.long)
+    kind = "argmax" if isinstance(behaviour, Argmax) else "logit"
+    threshold = getattr(behaviour, "threshold", 0.0)
+    counts = torch.zeros(vocab_out(model), dtype=torch.long)
     for i in range(0, acts.shape[0], rows):
         logits = final_logits(model, acts[i:i + rows].float()).detach()
-        if isinstance(behaviour, Argmax):
-            top = logits.topk(min(2, V), dim=-1)
-            strict = top.values[:, 0] > top.values[:, -1] if V > 1 else \
-                torch.ones(len(logits), dtype=torch.bool, device=logits.device)
-            counts += torch.bincount(top.indices[strict, 0].cpu(), minlength=V)
-        else:
-            counts += (logits > behaviour.threshold).sum(0).cpu()
+        counts += family_hits(logits, kind, threshold).cpu()
     return {u: int(c) for u, c in enumerate(counts.tolist()) if u != behaviour.target}
 
 
@@ -122,7 +118,6 @@ def calibrate_qld(model, behaviour: Behaviour, acts: torch.Tensor) -> dict | Non
     ≤ hits_u < n and QLD_u > 0; fit: DerSimonian–Laird random-effects offset of
     ln(hits_u/n) − ln QLD_u (calibration.log_calibration, fit "offset"; DerSimonian & Laird
     1986)."""
-    from estimators.tailrisk.calibration import log_calibration
     from estimators.tailrisk.qld import qld_probability
 
     n = acts.shape[0]
