@@ -61,6 +61,7 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
 from estimators.tailrisk.distributions import InputDistribution
 from estimators.tailrisk.fallback import apply_fallback
 from estimators.tailrisk.mixture import log_balance_weights
+from estimators.tailrisk.pmc import SearchLog, check_refine_fraction, refine, refined_diagnostics
 
 
 @dataclass
@@ -75,6 +76,7 @@ class ITGISConfig(EstimatorConfig):
     reference_fraction: float = 0.1  # of the calls: forward-only draws from D (mixture.py)
     fallback: bool = True  # no hit: QLD/GLD on the reference draws' activations (fallback.py)
     guide: str = "score"  # the guiding score: "score" (target logit) or "margin" (argmax)
+    refine_fraction: float = 0.65  # of the calls: population Monte Carlo from the hits (pmc.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,9 +98,12 @@ class ITGISConfig(EstimatorConfig):
         if not 0 <= self.reference_fraction < 1:
             raise ValueError(f"reference_fraction must be in [0, 1), got "
                              f"{self.reference_fraction}")
-        if (self.budget - int(self.reference_fraction * self.budget)) < FORWARD_BACKWARD_CALLS:
+        check_refine_fraction(self.refine_fraction)
+        search = self.budget - int(self.refine_fraction * self.budget)
+        if (search - int(self.reference_fraction * search)) < FORWARD_BACKWARD_CALLS:
             raise ValueError(f"ITGIS needs a budget of at least one sample with its gradient "
-                             f"(2 calls) beside the reference draws, got {self.budget}")
+                             f"(2 calls) beside the reference draws and the refinement, got "
+                             f"{self.budget}")
 
 
 def proposal_logits(log_p: torch.Tensor, s: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -164,8 +169,11 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     clock = Clock()
     dev = model_device(model)
     gen = generator(config.seed)
-    n_ref = int(config.reference_fraction * config.budget)
-    n = (config.budget - n_ref) // FORWARD_BACKWARD_CALLS
+    n_refine = int(config.refine_fraction * config.budget)
+    search = config.budget - n_refine
+    n_ref = int(config.reference_fraction * search)
+    n = (search - n_ref) // FORWARD_BACKWARD_CALLS
+    found = SearchLog()
     log_p = dist.probs.log()  # [k, V] float64, cpu
     k, V = log_p.shape
     rows = torch.arange(k)
@@ -193,13 +201,15 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
         lp = log_p[rows, x_all].sum(1)
         lq = log_q[rows, x_all].sum(1)
         log_w = log_balance_weights(lp, lq, r, m)  # [m + r], D/m for the pooled batch
-        v, _, grad = behaviour.evaluate_with_grad(model, x.to(dev), config.guide)
-        v = v.cpu()
+        v, sc, grad = behaviour.evaluate_with_grad(model, x.to(dev), config.guide)
+        v, sc = v.cpu(), sc.cpu()
         if r:
-            v_ref, _, a_ref = behaviour.evaluate_site(model, x_ref.to(dev), config.guide)
+            v_ref, s_ref, a_ref = behaviour.evaluate_site(model, x_ref.to(dev), config.guide)
             if config.fallback:
                 ref_acts.append(a_ref.cpu())
-            v = torch.cat([v, v_ref.cpu()])
+            v, sc = torch.cat([v, v_ref.cpu()]), torch.cat([sc, s_ref.cpu()])
+        if n_refine:
+            found.add(x_all, v, sc)
         weighted.append(v * log_w.exp())
         hits += int((v != 0).sum())
         if config.auto_temperature:
@@ -216,18 +226,26 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     value = float(w.mean())
     interval = normal_interval(w, config.confidence, upper_clip=1.0)
     used = [t for t in temps if t is not None]
-    extra = {}
-    if value == 0 and config.fallback:
-        value, interval, extra = apply_fallback(
+    stage = refine(model, dist, behaviour, found, n_refine, gen, config.batch_size, dev,
+                   config.confidence, progress)
+    spent = stage.samples if stage is not None else 0
+    extra = refined_diagnostics(stage)
+    if stage is not None and stage.hits:
+        value, interval = stage.value, stage.interval
+    zero_hit = value == 0 and config.fallback
+    if zero_hit:
+        value, interval, fb = apply_fallback(
             model, behaviour, torch.cat(ref_acts) if ref_acts else None, n_ref)
+        extra.update(fb)
     return Estimate(value=value, interval=interval,
-                    cost=Cost(calls=n * FORWARD_BACKWARD_CALLS + n_ref, seconds=clock.seconds),
-                    diagnostics={"samples": n + n_ref, "samples_with_gradient": n,
+                    cost=Cost(calls=n * FORWARD_BACKWARD_CALLS + n_ref + spent,
+                              seconds=clock.seconds),
+                    diagnostics={"samples": n + n_ref + spent, "samples_with_gradient": n,
                                  "reference_samples": n_ref, "hits": int((w > 0).sum()),
                                  "temperature": used[-1] if used else config.temperature,
                                  "temperatures_used": sorted(set(used)),
                                  "auto_temperature": config.auto_temperature,
                                  "defensive": alpha, "batches": updates,
                                  "calls_convention": CALLS_CONVENTION,
-                                 "interval_kind": "normal (approximate)" if not extra else
-                                 "[0, zero-hit bound]", "fallback": None, **extra})
+                                 "interval_kind": "[0, zero-hit bound]" if zero_hit else
+                                 "normal (approximate)", "fallback": None, **extra})

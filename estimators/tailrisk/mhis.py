@@ -77,6 +77,7 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
 from estimators.tailrisk.distributions import InputDistribution
 from estimators.tailrisk.fallback import apply_fallback
 from estimators.tailrisk.mixture import pooled_estimate
+from estimators.tailrisk.pmc import SearchLog, check_refine_fraction, refine, refined_diagnostics
 
 
 T_FLOOR = 0.5  # the adaptive temperature's floor, in units of σ (module docstring)
@@ -91,6 +92,7 @@ class MHISConfig(EstimatorConfig):
     reference_fraction: float = 0.25  # of the calls: forward-only draws from D (mixture.py)
     fallback: bool = True  # no hit: QLD/GLD on the reference draws' activations (fallback.py)
     guide: str = "score"  # the guiding score: "score" (target logit) or "margin" (argmax)
+    refine_fraction: float = 0.65  # of the calls: population Monte Carlo from the hits (pmc.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -109,20 +111,29 @@ class MHISConfig(EstimatorConfig):
         if not 0 <= self.reference_fraction < 1:
             raise ValueError(f"reference_fraction must be in [0, 1), got "
                              f"{self.reference_fraction}")
-        chain_calls = self.budget - int(self.reference_fraction * self.budget)
+        check_refine_fraction(self.refine_fraction)
+        search = self.budget - int(self.refine_fraction * self.budget)
+        chain_calls = search - int(self.reference_fraction * search)
         if chain_calls < FORWARD_BACKWARD_CALLS * self.n_chains * 2:
+            need = (4 * self.n_chains / (1 - self.reference_fraction)
+                    / (1 - self.refine_fraction))
             raise ValueError(f"MHIS needs a budget of at least "
-                             f"{math.ceil(4 * self.n_chains / (1 - self.reference_fraction))} "
-                             f"calls for {self.n_chains} chains (2 calls per evaluated state, "
-                             f"{self.reference_fraction:g} of the calls on reference draws)")
+                             f"{math.ceil(need)} calls for {self.n_chains} chains (2 calls "
+                             f"per evaluated state, {self.reference_fraction:g} of the "
+                             f"search's calls on reference draws, {self.refine_fraction:g} "
+                             f"of all on the refinement)")
 
 
 def _reference_pool(model, dist, behaviour, n: int, batch_size: int, gen, dev,
-                    guide: str = "score"):
-    """(values, scores, site activations) of n forward-only draws from D (1 call each)."""
+                    guide: str = "score", found: SearchLog | None = None):
+    """(values, scores, site activations) of n forward-only draws from D (1 call each),
+    logged in `found` when given."""
     vs, ss, acts = [], [], []
     for _, m in batches(n, batch_size):
-        v, s, a = behaviour.evaluate_site(model, dist.sample(m, gen).to(dev), guide)
+        x = dist.sample(m, gen)
+        v, s, a = behaviour.evaluate_site(model, x.to(dev), guide)
+        if found is not None:
+            found.add(x, v, s)
         vs.append(v.cpu())
         ss.append(s.cpu())
         acts.append(a.cpu())
@@ -151,16 +162,21 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
     T = config.temperature
     adapt = config.auto_temperature and behaviour.is_indicator
     C = config.n_chains
-    n_ref = int(config.reference_fraction * config.budget)
-    steps = (config.budget - n_ref) // FORWARD_BACKWARD_CALLS // C - 1
+    n_refine = int(config.refine_fraction * config.budget)
+    search = config.budget - n_refine
+    n_ref = int(config.reference_fraction * search)
+    steps = (search - n_ref) // FORWARD_BACKWARD_CALLS // C - 1
+    found = SearchLog() if n_refine else None
     log_p = dist.probs.log().float()  # [k, V]
     free = torch.tensor([i for i, s in enumerate(dist.supports()) if s.numel() > 1])
     ar = torch.arange(C)
 
     v_ref, s_ref, a_ref = _reference_pool(model, dist, behaviour, n_ref, config.batch_size,
-                                          gen, dev, config.guide)
+                                          gen, dev, config.guide, found)
     x = dist.sample(C, gen)  # [C, k] cpu
     v, s, g = (t.cpu() for t in behaviour.evaluate_with_grad(model, x.to(dev), config.guide))
+    if found is not None:
+        found.add(x, v, s)
     # the chains' initial states are draws from D too: they join the reference pool
     v_ref, s_ref = torch.cat([v_ref, v.double()]), torch.cat([s_ref, s.double()])
     log_d = dist.log_prob(x).float()
@@ -186,6 +202,8 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
         x_new[ar, pos] = new_tok
         v2, s2, g2 = (t.cpu() for t in behaviour.evaluate_with_grad(model, x_new.to(dev),
                                                                      config.guide))
+        if found is not None:
+            found.add(x_new, v2, s2)
         log_d2 = dist.log_prob(x_new).float()
         rev = torch.log_softmax(log_p[pos] + g2[ar, pos] / T, -1)
         log_a = ((log_d2 + s2.float() / T) - (log_d + s.float() / T)
@@ -207,10 +225,17 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
     ss = torch.cat(kept_s).double()
     value, log_z = pooled_estimate(v_ref, s_ref / T, vv, ss / T)
     total_steps = max(steps, 0) * C if len(free) else 0
-    calls = n_ref + (C + total_steps) * FORWARD_BACKWARD_CALLS
-    interval, extra = None, {}
+    interval = None
+    stage = refine(model, dist, behaviour, found, n_refine, gen, config.batch_size, dev,
+                   progress=progress) if found is not None else None
+    extra = refined_diagnostics(stage)
+    if stage is not None and stage.hits:
+        value, interval = stage.value, stage.interval
+    spent = stage.samples if stage is not None else 0
+    calls = n_ref + (C + total_steps) * FORWARD_BACKWARD_CALLS + spent
     if value == 0 and config.fallback:
-        value, interval, extra = apply_fallback(model, behaviour, a_ref, int(v_ref.numel()))
+        value, interval, fb = apply_fallback(model, behaviour, a_ref, int(v_ref.numel()))
+        extra.update(fb)
     return Estimate(value=value, interval=interval, cost=Cost(calls=calls, seconds=clock.seconds),
                     diagnostics={"chains": C, "steps_per_chain": max(steps, 0),
                                  "kept_states": int(vv.numel()),
@@ -220,7 +245,7 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
                                  "reference_samples": int(v_ref.numel()),
                                  "log_normaliser": log_z, "temperature": T,
                                  "auto_temperature": adapt,
-                                 "samples": n_ref + C + total_steps,
+                                 "samples": n_ref + C + total_steps + spent,
                                  "samples_with_gradient": C + total_steps,
                                  "calls_convention": CALLS_CONVENTION,
                                  "fallback": None, **extra})

@@ -1,0 +1,221 @@
+"""Population Monte Carlo refinement: importance sampling from kernels around the hits found.
+
+ITGIS and MHIS spend part of a budget *searching* for inputs in the behaviour; once some are
+found, their own estimates stay noisy (ITGIS's weights are heavy-tailed; MHIS's normaliser is
+estimated by bridge sampling, measured 9–24× low on charlm). The refinement stage (the last
+`refine_fraction` of the calls) spends the rest on forward-only draws (1 call each) from a
+proposal whose density is known exactly, built from what the search found:
+
+    m(x) = α·D(x) + β·Q(x) + (1 − α − β)·Σ_h π_h·K_h(x),
+    K_h(x) = Π_i [(1 − ε)·1{x_i = h_i} + ε·U_i(x_i)],   Q(x) = Π_i [(1 − ε)·f_i(x_i) + ε·U_i(x_i)],
+
+a mixture of D (defensive, α = `DEFENSIVE`), one product kernel per seed input h (each position
+keeps h's token with probability 1 − ε and is otherwise redrawn uniformly from D's support at
+that position, U_i: a mutation kernel that reaches tokens rare under D as often as common ones) with π_h ∝ D(h), so the kernels approximate the zero-variance law q* ∝ D·1{behaviour}
+on the hits found, and the product Q of the seeds' π-weighted token frequencies f_i (β =
+`PRODUCT_SHARE`: the cross-entropy method's product-form fit, Rubinstein 1997, which recombines
+the seeds' tokens across positions). ε = 2/(free positions), clipped to [0.05, 0.5].
+
+This is population Monte Carlo (Cappé, Guillin, Marin & Robert 2004) with the hits as the
+population: each batch draws from the mixture built from the seeds known before it (the
+search's hits plus every hit of the earlier batches). The estimate weights every draw by the
+deterministic mixture of the proposals used, D/m̄ with m̄ = Σ_b (n_b/n)·m_b (adaptive multiple
+importance sampling, Cornuet, Marin, Mira & Robert 2012): a draw that hit before its
+neighbourhood was a seed is not given the large weight of that one batch. Consistent (AMIS's
+weights make it slightly biased for finite n); every weight is ≤ 1/α.
+
+Seeds: the distinct inputs in the behaviour that the search evaluated (accepted or not); with
+none, the `TOP_SEEDS` highest-scoring ones, so the refinement keeps searching where the score is
+high and its first hit becomes a seed for the next batch. At most `MAX_SEEDS` are kept (the most
+probable under D).
+
+What it cannot do: find a cluster of hits that neither the search nor the kernels reach. On
+charlm's hex targets carried by 12–100 inputs, the hits fall in clusters that differ in the
+last 2–3 tokens; a run that finds one cluster and not another is low by that cluster's share
+(0.2–0.5× measured on runs that missed one).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from estimators.tailrisk.common import ProgressFn, batches, normal_interval, report
+
+DEFENSIVE = 0.1  # α: the share of D in the refinement's proposal
+PRODUCT_SHARE = 0.3  # β: the share of the product of the seeds' token frequencies
+MAX_SEEDS = 256  # kernels kept (the most probable under D)
+TOP_SEEDS = 8  # seeds from the highest scores when the search found no hit
+SEED_CHUNK = 64  # seeds per step of the density's evaluation ([n, chunk, k] booleans)
+
+
+@dataclass
+class SearchLog:
+    """The inputs a search evaluated that the refinement can start from: distinct hits, and
+    the highest-scoring inputs (scores of `Behaviour.guided`)."""
+
+    hits: dict = field(default_factory=dict)  # tuple(tokens) -> None (insertion-ordered)
+    top: list = field(default_factory=list)  # [(score, tuple(tokens))], ≤ TOP_SEEDS, best first
+
+    def add(self, x: Int[Tensor, "n k"], value: Tensor, score: Tensor) -> None:
+        """Record a batch of evaluated inputs with their values and scores ([n] each)."""
+        x = x.cpu()
+        for j in (value.cpu() > 0).nonzero().flatten().tolist():
+            self.hits.setdefault(tuple(x[j].tolist()), None)
+        if not self.hits and x.shape[0]:
+            s = score.detach().cpu().double()
+            best = torch.topk(s, min(TOP_SEEDS, s.numel())).indices.tolist()
+            merged = self.top + [(float(s[j]), tuple(x[j].tolist())) for j in best]
+            seen, self.top = set(), []
+            for sc, t in sorted(merged, key=lambda p: -p[0]):
+                if t not in seen:
+                    seen.add(t)
+                    self.top.append((sc, t))
+            self.top = self.top[:TOP_SEEDS]
+
+    def seeds(self) -> tuple[Int[Tensor, "h k"] | None, bool]:
+        """(seed inputs [h, k], whether they are hits); (None, False) when nothing was logged."""
+        if self.hits:
+            return torch.tensor(list(self.hits)), True
+        if self.top:
+            return torch.tensor([t for _, t in self.top]), False
+        return None, False
+
+
+def kernel_epsilon(dist) -> float:
+    """ε = 2/(free positions), clipped to [0.05, 0.5]: two redrawn positions per draw on
+    average (1/(free positions) found fewer of the hits on charlm; README, Benchmarks)."""
+    free = max(1, dist.length - len(dist.fixed_positions()))
+    return min(0.5, max(0.05, 2.0 / free))
+
+
+class KernelMixture:
+    """m = α·D + β·Q + (1 − α − β)·Σ_h π_h K_h (module docstring), π_h ∝ D(h), Q the product
+    of the seeds' π-weighted token frequencies per position mixed with D (weight ε); exact
+    density."""
+
+    def __init__(self, dist, seeds: Int[Tensor, "h k"], eps: float, alpha: float = DEFENSIVE,
+                 beta: float = PRODUCT_SHARE):
+        log_d = dist.log_prob(seeds)
+        keep = torch.argsort(log_d, descending=True)[:MAX_SEEDS]
+        self.seeds, log_d = seeds[keep], log_d[keep]
+        self.log_pi = log_d - torch.logsumexp(log_d, 0)  # [h]
+        self.log_p = dist.probs.log()  # [k, V] float64
+        sup = (dist.probs > 0).double()
+        self.unif = sup / sup.sum(1, keepdim=True)  # [k, V] U_i: uniform on D_i's support
+        self.eps, self.alpha, self.beta, self.dist = eps, alpha, beta, dist
+        k, V = self.log_p.shape
+        freq = torch.zeros(k, V, dtype=torch.float64)
+        freq.scatter_add_(1, self.seeds.T, self.log_pi.exp()[None].expand(k, -1).contiguous())
+        self.log_q = ((1 - eps) * freq + eps * self.unif).log()  # [k, V]
+
+    def sample(self, n: int, gen: torch.Generator) -> Int[Tensor, "n k"]:
+        """n draws: D w.p. α, Q w.p. β, else kernel h ∼ π (each position redrawn from U w.p. ε)."""
+        fresh = torch.multinomial(self.unif.float(), n, replacement=True, generator=gen).T
+        h = torch.multinomial(self.log_pi.exp().float(), n, replacement=True, generator=gen)
+        mutate = torch.rand(fresh.shape, generator=gen) < self.eps
+        out = torch.where(mutate, fresh, self.seeds[h])
+        u = torch.rand(n, generator=gen)
+        q = torch.multinomial(self.log_q.exp().float(), n, replacement=True, generator=gen).T
+        out = torch.where((u < self.alpha + self.beta)[:, None], q, out)
+        return torch.where((u < self.alpha)[:, None], self.dist.sample(n, gen), out)
+
+    def log_density(self, x: Int[Tensor, "n k"]) -> Float[Tensor, "n"]:
+        """log m(x), float64 (seeds in chunks of SEED_CHUNK: memory n·chunk·k)."""
+        rows = torch.arange(x.shape[1])
+        lp = self.log_p[rows, x]  # [n, k] log D_i(x_i)
+        u = self.unif[rows, x]  # [n, k] U_i(x_i)
+        # per position: log((1 − ε) + ε·U_i(x_i)) where x_i = h_i, log(ε·U_i(x_i)) elsewhere
+        same_val = torch.log((1 - self.eps) + self.eps * u)
+        diff_val = torch.log(self.eps * u)
+        parts = []
+        for c in range(0, self.seeds.shape[0], SEED_CHUNK):
+            eq = x[:, None, :] == self.seeds[c:c + SEED_CHUNK][None]  # [n, chunk, k]
+            lk = torch.where(eq, same_val[:, None, :], diff_val[:, None, :]).sum(-1)
+            parts.append(lk + self.log_pi[c:c + SEED_CHUNK][None])
+        terms = [torch.logsumexp(torch.cat(parts, 1), 1) + math.log(1 - self.alpha - self.beta),
+                 self.log_q[rows, x].sum(1) + math.log(self.beta)]
+        if self.alpha > 0:
+            terms.append(lp.sum(1) + math.log(self.alpha))
+        return torch.logsumexp(torch.stack(terms), 0)
+
+
+@dataclass
+class Refinement:
+    """What `refine` returns: the estimate and what it rests on."""
+
+    value: float
+    interval: tuple[float, float] | None
+    samples: int  # forward-only draws (1 call each)
+    hits: int  # draws in the behaviour
+    seeds_start: int  # seeds the first batch used
+    seeds_were_hits: bool
+    seeds_end: int
+    proposals: int  # distinct mixtures used (the seed set grew between them)
+
+    def diagnostics(self) -> dict:
+        return {"refine_samples": self.samples, "refine_hits": self.hits,
+                "refine_seeds": [self.seeds_start, self.seeds_end],
+                "refine_seeds_were_hits": self.seeds_were_hits,
+                "refine_proposals": self.proposals}
+
+
+def check_refine_fraction(f: float) -> None:
+    """Raise ValueError unless 0 ≤ f < 1 (the share of a budget the refinement spends)."""
+    if not 0 <= f < 1:
+        raise ValueError(f"refine_fraction must be in [0, 1), got {f}")
+
+
+def refined_diagnostics(stage: Refinement | None) -> dict:
+    """The refinement's diagnostics for an estimator's output ({"refine": None, …} when the
+    stage did not run: no budget for it, or no seed)."""
+    if stage is None:
+        return {"refine": None, "refine_samples": 0}
+    used = "estimate" if stage.hits else "no hit (the search's own estimate stands)"
+    return {"refine": used, **stage.diagnostics()}
+
+
+def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
+           batch_size: int, dev, confidence: float = 0.95,
+           progress: ProgressFn | None = None) -> Refinement | None:
+    """Spend n forward-only calls on the population Monte Carlo stage (module docstring),
+    starting from `log`'s seeds; new hits join the seeds batch by batch. None when `log` holds
+    no seed or n < 1. `value` in probability units: Σ value·D/m̄ / n over every draw, m̄ the
+    draw-count-weighted mixture of the proposals used (AMIS weights); `interval` the normal
+    approximation on those weighted values (approximate), None with fewer than two hits."""
+    seeds, were_hits = log.seeds()
+    if seeds is None or n < 1:
+        return None
+    eps = kernel_epsilon(dist)
+    start = int(seeds.shape[0])
+    mixtures: list[list] = []  # [mixture, draws, key] per distinct seed set
+    xs, vs = [], []
+    key = (were_hits, start)  # the hit set only grows, so this names the seed set
+    for done, m in batches(n, batch_size):
+        if not mixtures or mixtures[-1][2] != key:
+            mixtures.append([KernelMixture(dist, seeds, eps), 0, key])
+        x = mixtures[-1][0].sample(m, gen)
+        mixtures[-1][1] += m
+        v, s = behaviour.evaluate(model, x.to(dev))
+        v = v.cpu()
+        xs.append(x)
+        vs.append(v)
+        if bool((v > 0).any()):
+            log.add(x, v, s)
+            seeds, is_hits = log.seeds()
+            key = (is_hits, int(seeds.shape[0]))
+        report(progress, (done + m) / n, done + m, n, "calls", "refinement")
+    x, v = torch.cat(xs), torch.cat(vs)
+    w = torch.zeros(n, dtype=torch.float64)
+    hit = v > 0
+    if bool(hit.any()):
+        xh = x[hit]
+        log_mbar = torch.logsumexp(torch.stack([
+            mix.log_density(xh) + math.log(c / n) for mix, c, _ in mixtures]), 0)
+        w[hit] = v[hit] * (dist.log_prob(xh) - log_mbar).exp()
+    return Refinement(float(w.mean()), normal_interval(w, confidence, upper_clip=1.0), n,
+                      int(hit.sum()), start, were_hits, int(seeds.shape[0]), len(mixtures))
