@@ -60,7 +60,7 @@ FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, bi
                  "{ub:.3g} ({n_draws:,} draws from D)")
 
 
-LABELS = {"qld": "QLD", "gld": "GLD, as QLD counted 0",
+LABELS = {"tail": "the refinement's weighted margin tail", "qld": "QLD", "gld": "GLD, as QLD counted 0",
           "qld half count": "half a QLD count, 0.5/n², as QLD counted 0"}
 
 
@@ -143,13 +143,19 @@ def calibrate_qld(model, behaviour: Behaviour, acts: torch.Tensor) -> dict | Non
             "tau2_ln": fit["tau2_ln"], "tokens": fit["tokens"], "hits_range": [hs[0], hs[-1]]}
 
 
-def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_draws: int
-                   ) -> tuple[float, tuple[float, float], dict]:
+def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_draws: int,
+                   tail: float | None = None) -> tuple[float, tuple[float, float], dict]:
     """For a run with no hit: (estimate, interval [0, bound], diagnostics). The estimate is the
     extrapolation of `acts` (the run's `n_draws` draws from D) clipped to
     `zero_hit_upper_bound(n_draws)` (n_draws ≥ len(acts): every draw from D the run made, with
     or without its activation); 0 with `fallback: None` and a note where none applies."""
     ub = zero_hit_upper_bound(n_draws)
+    if tail is not None and __import__("os").environ.get("HEW_TAIL", "1") == "1":
+        note = FALLBACK_NOTE.format(method=LABELS["tail"], n=0, ub=ub, n_draws=n_draws)
+        return min(tail, ub), (0.0, ub), {
+            "fallback": "tail", "fallback_raw": tail, "fallback_uncalibrated": tail,
+            "fallback_calibration": None, "fallback_clipped": tail > ub,
+            "zero_hit_upper_bound": ub, "fallback_note": note}
     got = extrapolate(model, behaviour, acts) if acts is not None else None
     if got is None:
         return 0.0, (0.0, ub), {

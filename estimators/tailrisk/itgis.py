@@ -61,7 +61,8 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
 from estimators.tailrisk.distributions import InputDistribution
 from estimators.tailrisk.fallback import apply_fallback
 from estimators.tailrisk.mixture import log_balance_weights
-from estimators.tailrisk.pmc import SearchLog, check_refine_fraction, refine, refined_diagnostics
+from estimators.tailrisk.pmc import (SearchLog, check_refine_fraction, refine, refine_calls,
+                                     refined_diagnostics)
 
 
 @dataclass
@@ -99,11 +100,9 @@ class ITGISConfig(EstimatorConfig):
             raise ValueError(f"reference_fraction must be in [0, 1), got "
                              f"{self.reference_fraction}")
         check_refine_fraction(self.refine_fraction)
-        search = self.budget - int(self.refine_fraction * self.budget)
-        if (search - int(self.reference_fraction * search)) < FORWARD_BACKWARD_CALLS:
+        if (self.budget - int(self.reference_fraction * self.budget)) < FORWARD_BACKWARD_CALLS:
             raise ValueError(f"ITGIS needs a budget of at least one sample with its gradient "
-                             f"(2 calls) beside the reference draws and the refinement, got "
-                             f"{self.budget}")
+                             f"(2 calls) beside the reference draws, got {self.budget}")
 
 
 def proposal_logits(log_p: torch.Tensor, s: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -169,7 +168,8 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     clock = Clock()
     dev = model_device(model)
     gen = generator(config.seed)
-    n_refine = int(config.refine_fraction * config.budget)
+    n_refine = refine_calls(config.budget, config.refine_fraction, FORWARD_BACKWARD_CALLS,
+                            config.reference_fraction)
     search = config.budget - n_refine
     n_ref = int(config.reference_fraction * search)
     n = (search - n_ref) // FORWARD_BACKWARD_CALLS
@@ -235,7 +235,8 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     zero_hit = value == 0 and config.fallback
     if zero_hit:
         value, interval, fb = apply_fallback(
-            model, behaviour, torch.cat(ref_acts) if ref_acts else None, n_ref)
+            model, behaviour, torch.cat(ref_acts) if ref_acts else None, n_ref,
+            tail=stage.tail if stage is not None else None)
         extra.update(fb)
     return Estimate(value=value, interval=interval,
                     cost=Cost(calls=n * FORWARD_BACKWARD_CALLS + n_ref + spent,

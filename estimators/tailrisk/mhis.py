@@ -77,7 +77,8 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
 from estimators.tailrisk.distributions import InputDistribution
 from estimators.tailrisk.fallback import apply_fallback
 from estimators.tailrisk.mixture import pooled_estimate
-from estimators.tailrisk.pmc import SearchLog, check_refine_fraction, refine, refined_diagnostics
+from estimators.tailrisk.pmc import (SearchLog, check_refine_fraction, refine, refine_calls,
+                                     refined_diagnostics)
 
 
 T_FLOOR = 0.5  # the adaptive temperature's floor, in units of σ (module docstring)
@@ -112,16 +113,14 @@ class MHISConfig(EstimatorConfig):
             raise ValueError(f"reference_fraction must be in [0, 1), got "
                              f"{self.reference_fraction}")
         check_refine_fraction(self.refine_fraction)
-        search = self.budget - int(self.refine_fraction * self.budget)
-        chain_calls = search - int(self.reference_fraction * search)
+        chain_calls = self.budget - int(self.reference_fraction * self.budget)
         if chain_calls < FORWARD_BACKWARD_CALLS * self.n_chains * 2:
-            need = (4 * self.n_chains / (1 - self.reference_fraction)
-                    / (1 - self.refine_fraction))
+            need = 4 * self.n_chains / (1 - self.reference_fraction)
             raise ValueError(f"MHIS needs a budget of at least "
                              f"{math.ceil(need)} calls for {self.n_chains} chains (2 calls "
                              f"per evaluated state, {self.reference_fraction:g} of the "
-                             f"search's calls on reference draws, {self.refine_fraction:g} "
-                             f"of all on the refinement)")
+                             f"search's calls on reference draws; the refinement takes what "
+                             f"is left)")
 
 
 def _reference_pool(model, dist, behaviour, n: int, batch_size: int, gen, dev,
@@ -162,7 +161,8 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
     T = config.temperature
     adapt = config.auto_temperature and behaviour.is_indicator
     C = config.n_chains
-    n_refine = int(config.refine_fraction * config.budget)
+    n_refine = refine_calls(config.budget, config.refine_fraction,
+                            FORWARD_BACKWARD_CALLS * C * 2, config.reference_fraction)
     search = config.budget - n_refine
     n_ref = int(config.reference_fraction * search)
     steps = (search - n_ref) // FORWARD_BACKWARD_CALLS // C - 1
@@ -234,7 +234,8 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
     spent = stage.samples if stage is not None else 0
     calls = n_ref + (C + total_steps) * FORWARD_BACKWARD_CALLS + spent
     if value == 0 and config.fallback:
-        value, interval, fb = apply_fallback(model, behaviour, a_ref, int(v_ref.numel()))
+        value, interval, fb = apply_fallback(model, behaviour, a_ref, int(v_ref.numel()),
+                                             tail=stage.tail if stage is not None else None)
         extra.update(fb)
     return Estimate(value=value, interval=interval, cost=Cost(calls=calls, seconds=clock.seconds),
                     diagnostics={"chains": C, "steps_per_chain": max(steps, 0),

@@ -50,6 +50,7 @@ DEFENSIVE = 0.1  # α: the share of D in the refinement's proposal
 PRODUCT_SHARE = 0.3  # β: the share of the product of the seeds' token frequencies
 MAX_SEEDS = 256  # kernels kept (the most probable under D)
 TOP_SEEDS = 8  # seeds from the highest scores when the search found no hit
+TAIL_POINTS = 32  # the largest distinct margins tail_fit reads
 SEED_CHUNK = 64  # seeds per step of the density's evaluation ([n, chunk, k] booleans)
 
 
@@ -156,18 +157,30 @@ class Refinement:
     seeds_were_hits: bool
     seeds_end: int
     proposals: int  # distinct mixtures used (the seed set grew between them)
+    tail: float | None = None  # no hit: the weighted margin tail extrapolated to 0 (tail_fit)
 
     def diagnostics(self) -> dict:
         return {"refine_samples": self.samples, "refine_hits": self.hits,
                 "refine_seeds": [self.seeds_start, self.seeds_end],
                 "refine_seeds_were_hits": self.seeds_were_hits,
-                "refine_proposals": self.proposals}
+                "refine_proposals": self.proposals, "refine_tail": self.tail}
 
 
 def check_refine_fraction(f: float) -> None:
     """Raise ValueError unless 0 ≤ f < 1 (the share of a budget the refinement spends)."""
     if not 0 <= f < 1:
         raise ValueError(f"refine_fraction must be in [0, 1), got {f}")
+
+
+def refine_calls(budget: int, fraction: float, need: int, reference_fraction: float) -> int:
+    """Calls for the refinement stage: ⌊fraction·budget⌋, lowered so that the search keeps
+    enough calls for `need` calls with gradients beside its reference draws (a share
+    `reference_fraction` of the search's calls); 0 when even the whole budget is not enough
+    (the sampler then refuses the budget itself)."""
+    search = math.ceil(need / (1 - reference_fraction))
+    while search - int(reference_fraction * search) < need:
+        search += 1
+    return max(0, min(int(fraction * budget), budget - search))
 
 
 def refined_diagnostics(stage: Refinement | None) -> dict:
@@ -193,17 +206,20 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
     eps = kernel_epsilon(dist)
     start = int(seeds.shape[0])
     mixtures: list[list] = []  # [mixture, draws, key] per distinct seed set
-    xs, vs = [], []
+    xs, vs, margins = [], [], []
+    bounds = _constraints(model, behaviour)
     key = (were_hits, start)  # the hit set only grows, so this names the seed set
     for done, m in batches(n, batch_size):
         if not mixtures or mixtures[-1][2] != key:
             mixtures.append([KernelMixture(dist, seeds, eps), 0, key])
         x = mixtures[-1][0].sample(m, gen)
         mixtures[-1][1] += m
-        v, s = behaviour.evaluate(model, x.to(dev))
+        v, s, a = behaviour.evaluate_site(model, x.to(dev))
         v = v.cpu()
         xs.append(x)
         vs.append(v)
+        if bounds is not None:
+            margins.append((a.double() @ bounds[0] + bounds[1]).min(1).values.cpu())
         if bool((v > 0).any()):
             log.add(x, v, s)
             seeds, is_hits = log.seeds()
@@ -213,9 +229,51 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
     w = torch.zeros(n, dtype=torch.float64)
     hit = v > 0
     if bool(hit.any()):
-        xh = x[hit]
-        log_mbar = torch.logsumexp(torch.stack([
-            mix.log_density(xh) + math.log(c / n) for mix, c, _ in mixtures]), 0)
-        w[hit] = v[hit] * (dist.log_prob(xh) - log_mbar).exp()
+        w[hit] = v[hit] * _amis_weights(dist, mixtures, x[hit], n)
+    tail = None
+    if not bool(hit.any()) and margins:
+        tail = tail_fit(torch.cat(margins), _amis_weights(dist, mixtures, x, n))
     return Refinement(float(w.mean()), normal_interval(w, confidence, upper_clip=1.0), n,
-                      int(hit.sum()), start, were_hits, int(seeds.shape[0]), len(mixtures))
+                      int(hit.sum()), start, were_hits, int(seeds.shape[0]), len(mixtures),
+                      tail)
+
+
+def _amis_weights(dist, mixtures, x: Int[Tensor, "n k"], n: int) -> Float[Tensor, "n"]:
+    """D(x)/m̄(x), m̄ = Σ_j (draws_j/n)·m_j over the mixtures used (AMIS weights)."""
+    log_mbar = torch.logsumexp(torch.stack([
+        mix.log_density(x) + math.log(c / n) for mix, c, _ in mixtures]), 0)
+    return (dist.log_prob(x) - log_mbar).exp()
+
+
+def _constraints(model, behaviour):
+    """(G [d, m], h [m]) float64 when the behaviour is a set of linear inequalities at its site
+    (its margin is min_j (a·G + h)_j), else None."""
+    from estimators.tailrisk.behaviours import BehaviourError
+
+    try:
+        G, h = behaviour.constraints(model)
+    except BehaviourError:
+        return None
+    return G.double().cpu(), h.double().cpu()
+
+
+def tail_fit(margin: Float[Tensor, "n"], w: Float[Tensor, "n"], top: int = TAIL_POINTS
+             ) -> float | None:
+    """P_D(margin > 0) extrapolated from importance-weighted draws none of which reached it:
+    the weighted survival Ŝ(u) = Σ_{margin_j ≥ u} w_j / n at the `top` largest margins, fitted by
+    least squares as ln Ŝ(u) = a + b·u (an exponential tail, as in peaks-over-threshold fits),
+    read at u = 0: e^a. None with fewer than 4 distinct margins or a fit that does not decrease
+    towards 0 (b ≥ 0). Probability units; a model's guess, not a sampling estimate."""
+    n = margin.numel()
+    order = torch.argsort(margin, descending=True)
+    m, cum = margin[order], torch.cumsum(w[order], 0) / n
+    keep = torch.ones_like(m, dtype=torch.bool)
+    keep[:-1] = m[:-1] != m[1:]  # one point per distinct margin (the last of its ties)
+    u, S = m[keep][:top], cum[keep][:top]
+    if u.numel() < 4 or not bool((S > 0).all()):
+        return None
+    A = torch.stack([torch.ones_like(u), u], 1)
+    a, b = torch.linalg.lstsq(A, S.log()[:, None]).solution.flatten().tolist()
+    if not b < 0:
+        return None
+    return float(min(1.0, math.exp(a)))
