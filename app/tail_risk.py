@@ -43,7 +43,7 @@ RANGES = {"sampling_temperature": (0.01, 100.0, False), "threshold": (-1e6, 1e6,
           "itgis_temperature": (0.001, 1000.0, False), "mhis_temperature": (0.001, 1000.0, False),
           "probe_bias": (-1e6, 1e6, False), "target": (0, 2 ** 31 - 1, True),
           "length": (0, 2 ** 31 - 1, True), "sae_feature": (0, 2 ** 31 - 1, True),
-          "probe_unit": (0, 2 ** 31 - 1, True)}
+          "probe_unit": (0, 2 ** 31 - 1, True), "refine_fraction": (0.0, 0.95, False)}
 
 
 @dataclass
@@ -66,6 +66,7 @@ class Settings:
     mhis_temperature: float = 1.0
     activation_mask: str = "naive"  # the activation method's argument (CovarianceMask preset)
     zero_hit_fallback: bool = True  # ITGIS/MHIS with no hit: QLD/GLD extrapolation, not 0
+    refine_fraction: float = 0.65  # ITGIS/MHIS: share of the calls on the refinement (pmc.py)
     sae_feature: int = 0  # behaviour "sae": latent index of the sidebar's SAE
     probe_hook: str = ""  # behaviour "probe": a residual-stream hook ("" = the last one)
     probe_source: str = "unit"  # "unit": e_unit; "upload": probe_vector
@@ -99,10 +100,13 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown methods {unknown}")
         for name in ("sampling_temperature", "threshold", "band_low", "band_high",
-                     "itgis_temperature", "mhis_temperature", "probe_bias"):
+                     "itgis_temperature", "mhis_temperature", "probe_bias", "refine_fraction"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number")
+        if not 0 <= self.refine_fraction < 1:
+            raise ValueError(f"refine_fraction (the refinement's share of the budget) must be "
+                             f"in [0, 1), not {self.refine_fraction:g}")
         if not (0 < self.band_low < self.band_high <= 1):
             raise ValueError("the band needs 0 < low < high ≤ 1")
         if self.budget < 2 or self.n_targets < 1 or self.length < 0:
@@ -309,6 +313,7 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
             extra["temperature"] = s.mhis_temperature
         if m in ("itgis", "mhis"):
             extra["fallback"] = s.zero_hit_fallback
+            extra["refine_fraction"] = float(s.refine_fraction)
         if m == "activation":
             extra["mask"] = s.activation_mask
         seed = seed_for(s, i)
@@ -327,7 +332,8 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
                      "calls": e.cost.calls,
                      "samples": int(e.diagnostics.get("samples", e.cost.calls)),
                      "seconds": e.cost.seconds, "seed": seed,
-                     "fallback": e.diagnostics.get("fallback")})
+                     "fallback": e.diagnostics.get("fallback"),
+                     "refine": e.diagnostics.get("refine")})
     progress(1.0, "done")
     return pd.DataFrame(rows)
 

@@ -241,6 +241,13 @@ def temperature_widgets(s: tr.Settings) -> dict:
             help="When no sample hits, report QLD's (or GLD's) extrapolation from the run's "
                  "own reference draws, clipped to the bound ≈ 3/draws (biased; no extra "
                  "calls), instead of 0."),
+        "refine_fraction": st.number_input(
+            "Refinement share (ITGIS, MHIS)", *r["refine_fraction"][:2], step=0.05,
+            key=_init("refine", float(s.refine_fraction)),
+            help="The last share of the budget is spent on population Monte Carlo around the "
+                 "hits the search found: forward-only draws from a mixture of D and kernels "
+                 "around the hits, with its exact density. 0 = the sampler alone. The "
+                 "results' `refine` column says whether its hits made the estimate."),
         "activation_mask": st.selectbox(
             "Activation-model argument", tr.ACTIVATION_MASKS,
             key=_init("act_mask", s.activation_mask),

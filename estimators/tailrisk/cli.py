@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from estimators.cli import UserError, add_common_json, progress_printer
 from estimators.distributed import add_backend_args
@@ -70,6 +71,10 @@ def register(subparsers) -> None:
                    help="ITGIS/MHIS: when no sample hits, report QLD/GLD's extrapolation from "
                         "the run's own reference draws, clipped to the zero-hit bound (biased; "
                         "default on); --no-fallback reports 0")
+    p.add_argument("--refine-fraction", type=float, default=None, metavar="F",
+                   help="ITGIS/MHIS: share of the budget (model calls) spent last on population "
+                        "Monte Carlo around the hits the search found, in [0, 1); 0 = the "
+                        "sampler alone (default: the method's default)")
     p.add_argument("--mask", default=None,
                    choices=("naive", "position-blocks", "topk", "full"),
                    help="activation: the covariance-mask argument (default naive)")
@@ -188,6 +193,17 @@ def _target_fields(b, label) -> dict:
     return {"target": t, "target_token": label if t is not None else None}
 
 
+def _refine_fraction(method: str, f: float) -> float:
+    """--refine-fraction checked before the model loads: ITGIS/MHIS only, finite, in [0, 1)
+    (estimators.tailrisk.pmc). Raises UserError (one line, exit 2)."""
+    if method not in ("itgis", "mhis"):
+        raise UserError(f"--refine-fraction applies to itgis and mhis, not {method}")
+    if not math.isfinite(f) or not 0 <= f < 1:
+        raise UserError(f"--refine-fraction must be a number in [0, 1) (the share of the "
+                        f"budget spent on the refinement; 0 turns it off), got {f:g}")
+    return f
+
+
 def run_tail_risk(args) -> dict:
     from estimators.tailrisk.ground_truth import ground_truth
     from estimators.tailrisk.registry import ESTIMATORS, run_estimator
@@ -202,6 +218,8 @@ def run_tail_risk(args) -> dict:
             raise UserError(f"--fallback/--no-fallback applies to itgis and mhis, not "
                             f"{args.method}")
         extra["fallback"] = args.fallback
+    if args.refine_fraction is not None:
+        extra["refine_fraction"] = _refine_fraction(args.method, args.refine_fraction)
     if args.mask is not None:
         if args.method != "activation":
             raise UserError(f"--mask applies to the activation method, not {args.method}")
@@ -222,6 +240,8 @@ def run_tail_risk(args) -> dict:
            "n_inputs": dist.n_inputs(), "diagnostics": est.diagnostics}
     if args.method in ("itgis", "mhis"):  # which zero-hit fallback made the estimate, if any
         out["fallback"] = est.diagnostics.get("fallback")
+        # None: no refinement ran; "estimate": its hits made the estimate; else why not (pmc.py)
+        out["refine"] = est.diagnostics.get("refine")
         if est.diagnostics.get("fallback_note"):
             out["note"] = est.diagnostics["fallback_note"]
     if args.with_truth:

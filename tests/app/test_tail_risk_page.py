@@ -240,3 +240,73 @@ def test_zero_hit_fallback_is_shown_and_can_be_switched_off(fallback):
         assert len(notes) == 1 and "extrapolation" in notes[0] and "biased" in notes[0]
     else:
         assert row.estimate == 0 and not notes
+
+
+# ------------------------------------------------------------------ refinement share (ITGIS, MHIS)
+def test_refine_fraction_travels_from_the_link_to_the_estimators_and_back():
+    """The link's refinement share sets the number field, reaches ITGIS and MHIS as
+    `refine_fraction` (the page's numbers are the library's at that share, the `refine` column
+    is the library's diagnostic), and the link the page writes carries the changed value."""
+    from app.state import decode_blob
+
+    lm = load_model("charlm", "cpu")
+    dist = _small_dist(lm)
+    settings = {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
+                "target_mode": "one", "target": 2, "methods": ["itgis", "mhis"], "budget": 256,
+                "refine_fraction": 0.4}  # token 2: p = 1/64 on SMALL
+    at = _open_charlm(settings)
+    assert_no_exception(at)
+    assert at.number_input(key="tr_w_refine").value == pytest.approx(0.4)
+    _run_clean(at)
+    shown = at.dataframe[0].value
+    assert "refine" in shown.columns
+    for row in shown.itertuples():
+        lib = run_estimator(row.method, lm.model, dist, Argmax(2), 256, int(row.seed),
+                            refine_fraction=0.4)
+        assert lib.diagnostics["config"]["refine_fraction"] == 0.4
+        assert row.estimate == pytest.approx(lib.value, rel=1e-9, abs=1e-300), row
+        assert row.refine == lib.diagnostics["refine"] == "estimate"
+    at.number_input(key="tr_w_refine").set_value(0.0).run()
+    assert_no_exception(at)
+    link = at.query_params["tr"]
+    link = link[0] if isinstance(link, list) else link
+    assert decode_blob(link)["refine_fraction"] == 0.0
+    _run_clean(at)
+    assert at.dataframe[0].value["refine"].isna().all()  # 0: the sampler alone
+
+
+def test_refine_fraction_round_trips_through_a_settings_file_and_old_files_load():
+    from app import state
+
+    s = tr.Settings(distribution="uniform", methods=["itgis"], refine_fraction=0.3)
+    blob = state.explanation_bytes(tr.SETTINGS_KIND, s.to_dict(), {"model": MODEL})
+    payload, _ = state.parse_explanation(blob, tr.SETTINGS_KIND)
+    back, notes = tr.settings_from_untrusted(payload)
+    assert back == s and back.refine_fraction == 0.3 and not notes
+    old = {k: v for k, v in s.to_dict().items() if k != "refine_fraction"}
+    assert tr.settings_from_untrusted(old)[0].refine_fraction == 0.65  # before the setting
+    high, notes = tr.settings_from_untrusted({**old, "refine_fraction": 0.99})
+    assert high.refine_fraction == 0.95 and len(notes) == 1 and "refine_fraction" in notes[0]
+
+
+@pytest.mark.parametrize("value", ["most", True, float("nan"), 1.0, -0.1])
+def test_bad_refine_fraction_is_one_clear_line(value):
+    """From a link or file (checked values: a word, a boolean, NaN are refused; out-of-range
+    ones are clamped with a note), and from code (the dataclass refuses outside [0, 1))."""
+    if isinstance(value, float) and 0 != value == value:  # 1.0, -0.1: the dataclass's check
+        with pytest.raises(ValueError, match=r"refine_fraction .*must be in \[0, 1\)") as e:
+            tr.Settings(refine_fraction=value)
+        assert "\n" not in str(e.value)
+        return
+    with pytest.raises(ValueError, match="refine_fraction must be") as e:
+        tr.settings_from_untrusted({"refine_fraction": value})
+    assert "\n" not in str(e.value)
+
+
+def test_bad_refine_fraction_in_link_keeps_defaults():
+    at = _open_charlm({"distribution": tr.UPLOADED, "uploaded": SMALL,
+                       "refine_fraction": "most"})
+    assert_no_exception(at)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "refine_fraction must be a number" in errors[0]
+    assert at.number_input(key="tr_w_refine").value == pytest.approx(0.65)
