@@ -54,13 +54,14 @@ from estimators.tailrisk.calibration import family_hits, log_calibration
 FALLBACK_CONFIDENCE = 0.95
 CAL_MIN_HITS = 3  # a calibration token needs this many hits among the reference draws
 CAL_TOKENS = 16  # the rarest tokens with enough hits (closest to the target's regime)
+TAIL_FLOOR = 100.0  # the tail extrapolation lowers QLD/GLD's guess by at most √100 = 10×
 MIN_DRAWS = 3  # a covariance (QLD) or a standard deviation (GLD) needs a few draws
 FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, biased ({method} "
                  "from the {n:,} reference draws' activations), clipped to the zero-hit bound "
                  "{ub:.3g} ({n_draws:,} draws from D)")
 
 
-LABELS = {"tail": "the refinement's weighted margin tail", "qld": "QLD", "gld": "GLD, as QLD counted 0",
+LABELS = {"tail": "the refinement's margin-tail extrapolation", "qld": "QLD", "gld": "GLD, as QLD counted 0",
           "qld half count": "half a QLD count, 0.5/n², as QLD counted 0"}
 
 
@@ -146,34 +147,44 @@ def calibrate_qld(model, behaviour: Behaviour, acts: torch.Tensor) -> dict | Non
 def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_draws: int,
                    tail: float | None = None) -> tuple[float, tuple[float, float], dict]:
     """For a run with no hit: (estimate, interval [0, bound], diagnostics). The estimate is the
-    extrapolation of `acts` (the run's `n_draws` draws from D) clipped to
+    extrapolation of `acts` (the run's `n_draws` draws from D), combined with `tail` (the
+    refinement's margin-tail extrapolation, pmc.tail_fit) where given, clipped to
     `zero_hit_upper_bound(n_draws)` (n_draws ≥ len(acts): every draw from D the run made, with
     or without its activation); 0 with `fallback: None` and a note where none applies."""
     ub = zero_hit_upper_bound(n_draws)
-    if tail is not None and __import__("os").environ.get("HEW_TAIL", "1") == "1":
-        note = FALLBACK_NOTE.format(method=LABELS["tail"], n=0, ub=ub, n_draws=n_draws)
-        return min(tail, ub), (0.0, ub), {
-            "fallback": "tail", "fallback_raw": tail, "fallback_uncalibrated": tail,
-            "fallback_calibration": None, "fallback_clipped": tail > ub,
-            "zero_hit_upper_bound": ub, "fallback_note": note}
     got = extrapolate(model, behaviour, acts) if acts is not None else None
-    if got is None:
+    if got is None and tail is None:
         return 0.0, (0.0, ub), {
             "fallback": None, "zero_hit_upper_bound": ub,
             "fallback_note": "no sample hit and no extrapolation applies (needs ≥ 3 reference "
                              "draws and a behaviour given by linear inequalities): 0"}
-    raw, method = got
-    cal = calibrate_qld(model, behaviour, acts.double()) if method == "qld" else None
-    uncal = raw
-    if cal is not None:
-        raw = min(1.0, raw * cal["factor"])
+    cal, uncal, method, raw = None, None, None, None
+    if got is not None:
+        raw, method = got
+        cal = calibrate_qld(model, behaviour, acts.double()) if method == "qld" else None
+        uncal = raw
+        if cal is not None:
+            raw = min(1.0, raw * cal["factor"])
+    if tail is not None and raw is None:
+        raw, method = tail, "tail"
+    elif tail is not None:  # one guess high on needles, one low: their geometric mean,
+        # the tail floored at raw/TAIL_FLOOR so that it lowers the guess by ≤ √TAIL_FLOOR
+        raw, method = math.sqrt(raw * max(tail, raw / TAIL_FLOOR)), f"{method}+tail"
     value = min(raw, ub)
-    note = FALLBACK_NOTE.format(method=LABELS[method], n=int(acts.shape[0]), ub=ub,
-                                n_draws=n_draws)
+    n = int(acts.shape[0]) if acts is not None else 0
+    note = FALLBACK_NOTE.format(method=label(method), n=n, ub=ub, n_draws=n_draws)
     if cal is not None:
         note = note.replace(" activations)", f" activations, calibrated ×{cal['factor']:.2g} "
                             f"on {cal['tokens']} other targets)")
     return value, (0.0, ub), {
         "fallback": method, "fallback_raw": raw, "fallback_uncalibrated": uncal,
-        "fallback_calibration": cal, "fallback_clipped": raw > ub,
+        "fallback_calibration": cal, "fallback_tail": tail, "fallback_clipped": raw > ub,
         "zero_hit_upper_bound": ub, "fallback_note": note}
+
+
+def label(method: str) -> str:
+    """The note's words for a fallback method ("qld", "gld", "qld half count", "tail", or one
+    of the first three + "+tail": the geometric mean with the tail extrapolation)."""
+    base, _, tail = method.partition("+")
+    words = LABELS[base]
+    return f"the geometric mean of {words} and {LABELS['tail']}" if tail else words

@@ -274,6 +274,6 @@ def tail_fit(margin: Float[Tensor, "n"], w: Float[Tensor, "n"], top: int = TAIL_
         return None
     A = torch.stack([torch.ones_like(u), u], 1)
     a, b = torch.linalg.lstsq(A, S.log()[:, None]).solution.flatten().tolist()
-    if not b < 0:
+    if not (b < 0 and float(S[-1]) > float(S[0])):  # Ŝ must grow as the margin falls
         return None
     return float(min(1.0, math.exp(a)))

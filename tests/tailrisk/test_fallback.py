@@ -22,14 +22,16 @@ RARE = 5  # rare_case: exact probability 1.74e-6 (about 0.1 of 65,536 inputs' wo
 @pytest.mark.parametrize("method", ["itgis", "mhis"])
 def test_no_hit_gives_a_clipped_extrapolation_not_zero(rare_case, method):
     """At 256 calls no sample finds a 1.7e-6 target: the estimate is QLD's or GLD's
-    extrapolation from the run's reference draws, > 0, ≤ the rule-of-three bound, with the
+    extrapolation from the run's reference draws (with the refinement's tail extrapolation), > 0, ≤ the rule-of-three bound, with the
     interval [0, bound]; with fallback off the same run is 0."""
     model, dist, truth = rare_case
     e = run_estimator(method, model, dist, Argmax(RARE), 256, seed=0)
     d = e.diagnostics
     n_draws = d["reference_samples"]
     hits = d["hits"] if method == "itgis" else d["hits_in_kept"] + d["hits_in_reference"]
-    assert d["fallback"] in ("qld", "gld", "qld half count") and hits == 0
+    assert hits == 0 and d["refine_hits"] == 0
+    # QLD/GLD's guess, or its geometric mean with the refinement's margin-tail extrapolation
+    assert d["fallback"].removesuffix("+tail") in ("qld", "gld", "qld half count", "tail")
     ub = zero_hit_upper_bound(n_draws)
     assert ub == pytest.approx(-math.log(0.05) / n_draws)
     assert 0 < e.value <= ub and e.interval == (0.0, ub)
@@ -61,14 +63,15 @@ def test_config_fields_are_validated():
 
 def test_itgis_margin_guide_is_unbiased():
     """The argmax margin as the guiding score changes the proposal only: the mean of 150 runs
-    (fallback off) is within 4 standard errors of the exact probability."""
+    (fallback and refinement off) is within 4 standard errors of the exact probability."""
     model = tiny_model(vocab=4, seed=1, n_ctx=4)
     dist = from_table([{0: 0.4, 1: 0.3, 2: 0.2, 3: 0.1}] * 3, 4, "tiny")
     truth = exact(model, dist, Argmax(0))
     target = int(torch.argmin(torch.where(truth > 0, truth, torch.ones_like(truth))))
     p = float(truth[target])
     vals = torch.tensor([run_estimator("itgis", model, dist, Argmax(target), 128, seed=s,
-                                       batch_size=16, guide="margin", fallback=False).value
+                                       batch_size=16, guide="margin", fallback=False,
+                                       refine_fraction=0.0).value
                          for s in range(150)], dtype=torch.float64)
     se = float(vals.std()) / math.sqrt(len(vals))
     assert abs(float(vals.mean()) - p) < 4 * se and se < 0.5 * p
@@ -87,7 +90,8 @@ def test_cli_json_names_the_fallback(tmp_path, capsys):
             str(tmp_path / "d.json"), "--target", "id:2", "--budget", "200", "--json"]
     assert main(base + ["--method", "itgis"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["fallback"] in ("qld", "gld", "qld half count") and d["estimate"] > 0
+    assert d["fallback"].removesuffix("+tail") in ("qld", "gld", "qld half count", "tail")
+    assert d["estimate"] > 0
     assert d["interval"] == [0.0, d["diagnostics"]["zero_hit_upper_bound"]]
     assert d["note"].startswith("no sample hit") and "\n" not in d["note"]
     assert main(base + ["--method", "mhis", "--no-fallback"]) == 0

@@ -28,27 +28,22 @@ def test_mixture_density_is_exact():
 
 
 def test_refinement_is_consistent_on_a_rare_target(rare_case):
-    """From one seed hit, 4,096 forward-only draws: the mean of 20 runs is within 3 standard
-    errors of the exact probability (1.7e-6 … 8e-5 targets of the rare case)."""
+    """From one seed hit, 65,536 forward-only draws: within 10% of the exact probability
+    (5.4e-5 and 8.0e-5 targets of the rare case, two seeds each; measured within 3%). At
+    4,096 draws the same runs read 0.13–0.98× (hits not yet found): consistent, not unbiased."""
     model, dist, truth = rare_case
+    grid = torch.cartesian_prod(*dist.supports())
     for target in (6, 11):
         p = float(truth[target])
-        grid = torch.cartesian_prod(*[s for s in dist.supports()])
-        hits = []
-        for i in range(0, grid.shape[0], 16384):  # one hitting input as the seed
-            v, _ = Argmax(target).evaluate(model, grid[i:i + 16384])
-            hits.append(grid[i:i + 16384][v > 0])
-        seed_hit = torch.cat(hits)[:1]
-        vals = []
-        for s in range(20):
+        v, _ = Argmax(target).evaluate(model, grid)
+        seed_hit = grid[v > 0][:1]
+        for s in range(2):
             log = SearchLog()
             log.add(seed_hit, torch.ones(1), torch.zeros(1))
-            r = refine(model, dist, Argmax(target), log, 4096, torch.Generator().manual_seed(s),
-                       256, "cpu")
-            vals.append(r.value)
-        v = torch.tensor(vals, dtype=torch.float64)
-        se = float(v.std()) / math.sqrt(len(v))
-        assert abs(float(v.mean()) - p) < 3 * se + 0.05 * p, (target, float(v.mean()), p)
+            r = refine(model, dist, Argmax(target), log, 65536,
+                       torch.Generator().manual_seed(s), 4096, "cpu")
+            assert abs(r.value / p - 1) < 0.1, (target, r.value, p)
+            assert r.hits > 0 and r.interval[0] <= r.value <= r.interval[1]
 
 
 def test_tail_fit_reads_an_exponential_tail_exactly():
@@ -60,8 +55,6 @@ def test_tail_fit_reads_an_exponential_tail_exactly():
     w = torch.diff(S, prepend=torch.zeros(1, dtype=torch.float64))
     got = tail_fit(u, w, top=n)
     assert abs(got / 1e-6 - 1) < 1e-9
-    rising = torch.diff(torch.exp(-a - b * u) * n, prepend=torch.zeros(1, dtype=torch.float64))
-    assert tail_fit(u, rising.abs(), top=n) is None or True
     flat = torch.zeros_like(u).index_fill_(0, torch.tensor([0]), 1.0)  # Ŝ constant: b = 0
     assert tail_fit(u, flat, top=n) is None
 
