@@ -16,7 +16,10 @@ squared log error; zero estimates are floored at 1e-12 before any loss (the publ
 scoring; the floor is ours). Baseline: the optimal constant. ITGIS and MHIS report a
 model-based extrapolation when no sample hits (`fallback`, fallback.py): each row counts the
 runs that used it and also scores the same runs with those estimates set to 0 (what the
-sampler alone returned), so one run gives both.
+sampler alone returned), so one run gives both. By default both end with the population Monte
+Carlo refinement (pmc.py, the last 0.65 of the calls); the rows "… refinement F" set its share
+and "… no refinement" turns it off (the earlier rows, "previous default" and the reference
+code's form, have it off too).
 
 Budget convention: 1 call = one input's forward pass, a backward pass = one more call.
 ITGIS/MHIS evaluate their tilted samples with gradients (2 calls each) and their reference
@@ -47,17 +50,20 @@ ROWS = {
     "itgis (default)": ("itgis", {}),
     "mhis (default)": ("mhis", {}),
     "itgis previous default (no reference draws)":
-        ("itgis", {"reference_fraction": 0.0}),
+        ("itgis", {"reference_fraction": 0.0, "refine_fraction": 0.0}),
     "mhis previous default (no reference draws, 32 chains, 20% burn-in)":
-        ("mhis", {"reference_fraction": 0.0, "n_chains": 32, "burn_in": 0.2}),
+        ("mhis", {"reference_fraction": 0.0, "n_chains": 32, "burn_in": 0.2,
+                  "refine_fraction": 0.0}),
     "mhis 32 chains, 20% burn-in, reference draws":
         ("mhis", {"n_chains": 32, "burn_in": 0.2}),
     "itgis T=1 fixed, no reference draws (reference code's form)":
-        ("itgis", {"temperature": 1.0, "auto_temperature": False, "reference_fraction": 0.0}),
+        ("itgis", {"temperature": 1.0, "auto_temperature": False, "reference_fraction": 0.0,
+                   "refine_fraction": 0.0}),
     "mhis T=0.67 fixed, no reference draws (reference code's form)":
-        ("mhis", {"temperature": 0.67, "auto_temperature": False, "reference_fraction": 0.0}),
-    "itgis, no refinement (previous default)": ("itgis", {"refine_fraction": 0.0}),
-    "mhis, no refinement (previous default)": ("mhis", {"refine_fraction": 0.0}),
+        ("mhis", {"temperature": 0.67, "auto_temperature": False, "reference_fraction": 0.0,
+                  "refine_fraction": 0.0}),
+    "itgis, no refinement (the sampler alone)": ("itgis", {"refine_fraction": 0.0}),
+    "mhis, no refinement (the sampler alone)": ("mhis", {"refine_fraction": 0.0}),
     "itgis, refinement 0.35": ("itgis", {"refine_fraction": 0.35}),
     "mhis, refinement 0.35": ("mhis", {"refine_fraction": 0.35}),
     "itgis, refinement 0.65": ("itgis", {"refine_fraction": 0.65}),
@@ -115,18 +121,22 @@ def run_dist(name: str, args, model, entry) -> dict:
         for label in args.rows:
             method, extra = ROWS[label]
             t0 = time.perf_counter()
-            ests, samples, fb = [], 0, []
+            ests, samples, fb, parts = [], 0, [], []
             for t in targets:
                 for seed in range(args.seeds):
                     e = run_estimator(method, model, dist, Argmax(t), budget,
                                       seed=1000 * seed + t, **extra)
                     ests.append(e.value)
                     fb.append(e.diagnostics.get("fallback"))
+                    parts.append({k: e.diagnostics.get(f"fallback_{k}") for k in
+                                  ("guess", "tail", "uncalibrated")}
+                                 | {"bound": e.diagnostics.get("zero_hit_upper_bound"),
+                                    "refine": e.diagnostics.get("refine")})
                     samples = e.diagnostics.get("samples", e.cost.calls)
             row = {"budget_calls": budget, "samples_per_run": samples, "runs": len(ests),
                    **score_row(p, ests), "seconds": time.perf_counter() - t0,
                    "estimates": ests, "fallbacks": sum(f is not None for f in fb),
-                   "fallback_methods": fb}
+                   "fallback_methods": fb, "fallback_parts": parts}
             if row["fallbacks"]:
                 sampler = [0.0 if f is not None else x for x, f in zip(ests, fb)]
                 row["without_fallback"] = score_row(p, sampler)

@@ -29,6 +29,16 @@ reports instead the extrapolation of the activations it already computed, at 0 e
   median error per row went from 7.6–163× to 4.8–65× high. Where fewer than 2 points exist, no
   calibration ("fallback_calibration": null). GLD and half a count are not calibrated (their
   bias is not what the points measure);
+* combined with the refinement's margin-tail extrapolation where the run had a refinement
+  stage and the behaviour is a set of linear inequalities (`pmc.tail_fit`: the importance-
+  weighted survival of the margin min_j(a·G + h)_j over the refinement's draws, which sit
+  close to the behaviour, fitted as an exponential tail and read at 0): the geometric mean of
+  the two, the tail floored at guess/`TAIL_FLOOR` so that it lowers the guess by at most 10×
+  (method "qld+tail", "gld+tail", …; "tail" alone where QLD/GLD do not apply). Why: on charlm
+  the QLD guess is 5–1,000× high on needles (targets carried by 1–8 inputs) and the tail alone
+  0.001–2.4× (it extrapolates a smooth tail over a support that is discrete there); at 2^14
+  calls the mean IS loss of the zero-hit runs (hex needles, ITGIS) was 0.56 with QLD alone,
+  3.7 with the tail alone and 0.19 with the geometric mean (README, Benchmarks);
 * clipped to the upper bound a run with zero hits implies: with n_D draws from D and none in
   the behaviour, P(no hit) = (1 − p)^{n_D} ≤ 1 − c only for p ≤ −ln(1 − c)/n_D (the "rule of
   three", 3/n_D at c = 95%). The tilted samples only make a miss less likely, so the bound
@@ -165,6 +175,7 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
         uncal = raw
         if cal is not None:
             raw = min(1.0, raw * cal["factor"])
+    guess = raw
     if tail is not None and raw is None:
         raw, method = tail, "tail"
     elif tail is not None:  # one guess high on needles, one low: their geometric mean,
@@ -178,7 +189,8 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
                             f"on {cal['tokens']} other targets)")
     return value, (0.0, ub), {
         "fallback": method, "fallback_raw": raw, "fallback_uncalibrated": uncal,
-        "fallback_calibration": cal, "fallback_tail": tail, "fallback_clipped": raw > ub,
+        "fallback_calibration": cal, "fallback_guess": guess, "fallback_tail": tail,
+        "fallback_clipped": raw > ub,
         "zero_hit_upper_bound": ub, "fallback_note": note}
 
 

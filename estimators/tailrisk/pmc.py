@@ -18,7 +18,8 @@ the seeds' tokens across positions). ε = 2/(free positions), clipped to [0.05, 
 
 This is population Monte Carlo (Cappé, Guillin, Marin & Robert 2004) with the hits as the
 population: each batch draws from the mixture built from the seeds known before it (the
-search's hits plus every hit of the earlier batches). The estimate weights every draw by the
+search's hits plus every hit of the earlier batches; rebuilt once the seeds grew by a quarter,
+so that at most ~25 distinct mixtures are used). The estimate weights every draw by the
 deterministic mixture of the proposals used, D/m̄ with m̄ = Σ_b (n_b/n)·m_b (adaptive multiple
 importance sampling, Cornuet, Marin, Mira & Robert 2012): a draw that hit before its
 neighbourhood was a seed is not given the large weight of that one batch. Consistent (AMIS's
@@ -27,7 +28,8 @@ weights make it slightly biased for finite n); every weight is ≤ 1/α.
 Seeds: the distinct inputs in the behaviour that the search evaluated (accepted or not); with
 none, the `TOP_SEEDS` highest-scoring ones, so the refinement keeps searching where the score is
 high and its first hit becomes a seed for the next batch. At most `MAX_SEEDS` are kept (the most
-probable under D).
+probable under D). Indicator behaviours only (argmax, logit, SAE latent, probe): for a
+behaviour with a continuous value every draw would be a "hit"; there the samplers run alone.
 
 What it cannot do: find a cluster of hits that neither the search nor the kernels reach. On
 charlm's hex targets carried by 12–100 inputs, the hits fall in clusters that differ in the
@@ -51,7 +53,8 @@ PRODUCT_SHARE = 0.3  # β: the share of the product of the seeds' token frequenc
 MAX_SEEDS = 256  # kernels kept (the most probable under D)
 TOP_SEEDS = 8  # seeds from the highest scores when the search found no hit
 TAIL_POINTS = 32  # the largest distinct margins tail_fit reads
-SEED_CHUNK = 64  # seeds per step of the density's evaluation ([n, chunk, k] booleans)
+SEED_CHUNK = 64
+REBUILD_GROWTH = 1.25  # a new mixture once the seeds grew by this factor (≤ ~25 mixtures)  # seeds per step of the density's evaluation ([n, chunk, k] booleans)
 
 
 @dataclass
@@ -209,6 +212,7 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
     xs, vs, margins = [], [], []
     bounds = _constraints(model, behaviour)
     key = (were_hits, start)  # the hit set only grows, so this names the seed set
+    any_hit = False
     for done, m in batches(n, batch_size):
         if not mixtures or mixtures[-1][2] != key:
             mixtures.append([KernelMixture(dist, seeds, eps), 0, key])
@@ -218,12 +222,15 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
         v = v.cpu()
         xs.append(x)
         vs.append(v)
-        if bounds is not None:
+        if bounds is not None and not any_hit:  # the tail is read only when nothing hit
             margins.append((a.double() @ bounds[0] + bounds[1]).min(1).values.cpu())
         if bool((v > 0).any()):
+            any_hit = True
             log.add(x, v, s)
-            seeds, is_hits = log.seeds()
-            key = (is_hits, int(seeds.shape[0]))
+            new, is_hits = log.seeds()
+            h = int(new.shape[0])
+            if is_hits != key[0] or (key[1] < MAX_SEEDS and h >= REBUILD_GROWTH * key[1]):
+                seeds, key = new, (is_hits, h)
         report(progress, (done + m) / n, done + m, n, "calls", "refinement")
     x, v = torch.cat(xs), torch.cat(vs)
     w = torch.zeros(n, dtype=torch.float64)

@@ -27,7 +27,7 @@ class EstimatorSpec:
     config_cls: type[EstimatorConfig]
     run: Callable[..., Estimate]
     linear_only: bool  # needs a behaviour given by linear inequalities at one site
-    unbiased: bool  # ITGIS: with `fallback` off (the zero-hit fallback adds ≤ bound·P(no hit))
+    unbiased: bool  # ITGIS: with `fallback` and `refine_fraction` off (pmc.py is consistent)
     has_temperature: bool
     summary: str
 

@@ -69,3 +69,15 @@ def test_refinement_off_is_the_sampler_alone_and_budgets_hold():
         assert on.diagnostics["refine_samples"] == int(0.65 * 256)
         assert on.cost.calls <= 256 and off.cost.calls <= 256
         assert 0 < on.value < 1
+
+
+def test_continuous_behaviours_run_the_sampler_alone():
+    """A behaviour with a continuous value (sampled probability) has no hits to seed kernels
+    with: the refinement does not run and the whole budget goes to the sampler."""
+    from estimators.tailrisk import SampledProbability
+
+    model = tiny_model(vocab=4, seed=1, n_ctx=4)
+    for method in ("itgis", "mhis"):
+        e = run_estimator(method, model, DIST, SampledProbability(1, 1.0), 256, seed=0)
+        assert e.diagnostics["refine"] is None and e.diagnostics["refine_samples"] == 0
+        assert 0 < e.value < 1 and e.cost.calls <= 256
