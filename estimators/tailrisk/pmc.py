@@ -236,8 +236,9 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
     tail = None
     if not bool(hit.any()) and margins:
         tail = tail_fit(torch.cat(margins), _pmc_weights(dist, mixtures, x, which))
-    return Refinement(float(w.mean()), normal_interval(w, confidence, upper_clip=1.0), n,
-                      int(hit.sum()), start, were_hits, int(seeds.shape[0]), len(mixtures),
+    # unbiased weights can put the mean above 1 (a behaviour that always holds: 1.02 seen)
+    return Refinement(min(1.0, float(w.mean())),
+                      normal_interval(w, confidence, upper_clip=1.0), n, int(hit.sum()), start, were_hits, int(seeds.shape[0]), len(mixtures),
                       tail)
 
 
