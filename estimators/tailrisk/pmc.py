@@ -238,8 +238,8 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
         tail = tail_fit(torch.cat(margins), _pmc_weights(dist, mixtures, x, which))
     # unbiased weights can put the mean above 1 (a behaviour that always holds: 1.02 seen)
     return Refinement(min(1.0, float(w.mean())),
-                      normal_interval(w, confidence, upper_clip=1.0), n, int(hit.sum()), start, were_hits, int(seeds.shape[0]), len(mixtures),
-                      tail)
+                      normal_interval(w, confidence, upper_clip=1.0), n, int(hit.sum()),
+                      start, were_hits, int(seeds.shape[0]), len(mixtures), tail)
 
 
 def _pmc_weights(dist, mixtures, x: Int[Tensor, "n k"], which: Int[Tensor, "n"]
