@@ -62,6 +62,7 @@ FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, bi
 
 
 LABELS = {"tail": "the refinement's margin-tail extrapolation", "qld": "QLD", "gld": "GLD, as QLD counted 0",
+          "empty": "the behaviour's inequalities, which no activation meets: exactly 0",
           "qld half count": "half a QLD count, 0.5/n², as QLD counted 0"}
 
 
@@ -76,8 +77,10 @@ def zero_hit_upper_bound(n_draws: int, confidence: float = FALLBACK_CONFIDENCE) 
 
 def extrapolate(model, behaviour: Behaviour, acts: torch.Tensor) -> tuple[float, str] | None:
     """(p, method) from site activations `acts` [n, d] drawn from D: QLD; where QLD counts 0,
-    max(GLD, 0.5/n²) ("gld" or "qld half count"). None where neither applies (a behaviour that is not a set of linear inequalities,
-    or fewer than MIN_DRAWS draws)."""
+    max(GLD, 0.5/n²) ("gld" or "qld half count"); (0, "empty") where a constraint reads
+    0·a + h > 0 with h ≤ 0 (no input can meet it: a logit threshold at or above the soft cap).
+    None where neither applies (a behaviour that is not a set of linear inequalities, or fewer
+    than MIN_DRAWS draws)."""
     from estimators.tailrisk.gld import gld_probability
     from estimators.tailrisk.qld import qld_probability
 
@@ -87,6 +90,8 @@ def extrapolate(model, behaviour: Behaviour, acts: torch.Tensor) -> tuple[float,
         G, h = behaviour.constraints(model)
     except BehaviourError:
         return None
+    if bool(((G == 0).all(0) & (h <= 0)).any()):  # 0·a + h > 0 with h ≤ 0: no input meets it
+        return 0.0, "empty"  # (a logit threshold at or above the model's soft cap)
     acts = acts.double()
     p, _ = qld_probability(acts, G, h)
     if p > 0:
@@ -158,6 +163,10 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
             "fallback": None, "zero_hit_upper_bound": ub,
             "fallback_note": "no sample hit and no extrapolation applies (needs ≥ 3 reference "
                              "draws and a behaviour given by linear inequalities): 0"}
+    if got is not None and got[1] == "empty":  # exactly 0, whatever the tail reads
+        return 0.0, (0.0, 0.0), {
+            "fallback": "empty", "fallback_tail": tail, "zero_hit_upper_bound": ub,
+            "fallback_note": f"no sample hit: {LABELS['empty']}"}
     cal, uncal, method, raw = None, None, None, None
     if got is not None:
         raw, method = got
