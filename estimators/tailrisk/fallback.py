@@ -150,13 +150,19 @@ def calibrate_qld(model, behaviour: Behaviour, acts: torch.Tensor) -> dict | Non
 
 
 def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_draws: int,
-                   tail: float | None = None) -> tuple[float, tuple[float, float], dict]:
+                   tail: float | None = None, refine_draws: int = 0
+                   ) -> tuple[float, tuple[float, float], dict]:
     """For a run with no hit: (estimate, interval [0, bound], diagnostics). The estimate is the
     extrapolation of `acts` (the run's `n_draws` draws from D), combined with `tail` (the
     refinement's margin-tail extrapolation, pmc.tail_fit) where given, clipped to
     `zero_hit_upper_bound(n_draws)` (n_draws ≥ len(acts): every draw from D the run made, with
-    or without its activation); 0 with `fallback: None` and a note where none applies."""
-    ub = zero_hit_upper_bound(n_draws)
+    or without its activation); 0 with `fallback: None` and a note where none applies.
+    `refine_draws` (the refinement's draws, none a hit) tighten the bound: each comes from a
+    mixture holding D at weight α = pmc.DEFENSIVE, so it hits with probability ≥ α·p and
+    counts as ⌊α·refine_draws⌋ draws from D (P(no hit) ≤ e^{−p·Σ α}: the same bound)."""
+    from estimators.tailrisk.pmc import DEFENSIVE
+
+    ub = zero_hit_upper_bound(n_draws + int(DEFENSIVE * refine_draws))
     got = extrapolate(model, behaviour, acts) if acts is not None else None
     if got is None and tail is None:
         return 0.0, (0.0, ub), {
@@ -182,6 +188,9 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
     value = min(raw, ub)
     n = int(acts.shape[0]) if acts is not None else 0
     note = FALLBACK_NOTE.format(method=label(method), n=n, ub=ub, n_draws=n_draws)
+    if refine_draws:
+        note = note.replace(" draws from D)", f" draws from D, {refine_draws:,} refinement "
+                            f"draws at D's share {DEFENSIVE:g})")
     if cal is not None:
         note = note.replace(" activations)", f" activations, calibrated ×{cal['factor']:.2g} "
                             f"on {cal['tokens']} other targets)")

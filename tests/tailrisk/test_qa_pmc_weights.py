@@ -52,3 +52,31 @@ def test_a_behaviour_that_always_holds_reads_one():
         assert 0.95 <= e.value <= 1.0, (method, e.value)
         assert e.interval[0] <= 1.0 <= e.interval[1] and e.interval[0] <= e.value
         assert e.cost.calls <= 1024
+
+
+def test_refinement_draws_tighten_the_zero_hit_bound():
+    """A target no input makes the argmax, 90% of 2,048 calls on the refinement: its draws
+    hold D at weight α, so the bound is −ln 0.05/(n_D + ⌊α·draws⌋), not −ln 0.05/n_D (the
+    interval was [0, 0.15] with refinement, [0, 0.042] without it)."""
+    import math
+
+    from estimators.tailrisk import run_estimator
+    from estimators.tailrisk.pmc import DEFENSIVE
+
+    model = tiny_model(16, seed=2)
+    dist = from_table([{v: 1 / 16 for v in range(16)}] * 3, 16, "uniform3")
+    truth = exact(model, dist, Argmax(0), chunk=4096)
+    target = min(range(16), key=lambda t: float(truth[t]))
+    assert float(truth[target]) == 0
+    for method in ("itgis", "mhis"):
+        e = run_estimator(method, model, dist, Argmax(target), 2048, seed=0,
+                          refine_fraction=0.9)
+        d = e.diagnostics
+        assert d["refine_hits"] == 0 and d["refine_samples"] > 0
+        ub = d["zero_hit_upper_bound"]  # the bound the run reports
+        draws = d["reference_samples"] if method == "itgis" else None
+        if draws is not None:
+            want = -math.log(0.05) / (draws + int(DEFENSIVE * d["refine_samples"]))
+            assert abs(ub - want) < 1e-12, (ub, want)
+        assert e.interval == (0.0, ub) and ub < 0.05
+        assert "refinement draws" in d["fallback_note"]
