@@ -72,6 +72,7 @@ FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, bi
 
 
 LABELS = {"tail": "the refinement's margin-tail extrapolation", "qld": "QLD", "gld": "GLD, as QLD counted 0",
+          "empty": "the behaviour's inequalities, which no activation meets: exactly 0",
           "qld half count": "half a QLD count, 0.5/n², as QLD counted 0"}
 
 
@@ -86,8 +87,10 @@ def zero_hit_upper_bound(n_draws: int, confidence: float = FALLBACK_CONFIDENCE) 
 
 def extrapolate(model, behaviour: Behaviour, acts: torch.Tensor) -> tuple[float, str] | None:
     """(p, method) from site activations `acts` [n, d] drawn from D: QLD; where QLD counts 0,
-    max(GLD, 0.5/n²) ("gld" or "qld half count"). None where neither applies (a behaviour that is not a set of linear inequalities,
-    or fewer than MIN_DRAWS draws)."""
+    max(GLD, 0.5/n²) ("gld" or "qld half count"); (0, "empty") where a constraint reads
+    0·a + h > 0 with h ≤ 0 (no input can meet it: a logit threshold at or above the soft cap).
+    None where neither applies (a behaviour that is not a set of linear inequalities, or fewer
+    than MIN_DRAWS draws)."""
     from estimators.tailrisk.gld import gld_probability
     from estimators.tailrisk.qld import qld_probability
 
@@ -97,6 +100,8 @@ def extrapolate(model, behaviour: Behaviour, acts: torch.Tensor) -> tuple[float,
         G, h = behaviour.constraints(model)
     except BehaviourError:
         return None
+    if bool(((G == 0).all(0) & (h <= 0)).any()):  # 0·a + h > 0 with h ≤ 0: no input meets it
+        return 0.0, "empty"  # (a logit threshold at or above the model's soft cap)
     acts = acts.double()
     p, _ = qld_probability(acts, G, h)
     if p > 0:
@@ -155,19 +160,29 @@ def calibrate_qld(model, behaviour: Behaviour, acts: torch.Tensor) -> dict | Non
 
 
 def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_draws: int,
-                   tail: float | None = None) -> tuple[float, tuple[float, float], dict]:
+                   tail: float | None = None, refine_draws: int = 0
+                   ) -> tuple[float, tuple[float, float], dict]:
     """For a run with no hit: (estimate, interval [0, bound], diagnostics). The estimate is the
     extrapolation of `acts` (the run's `n_draws` draws from D), combined with `tail` (the
     refinement's margin-tail extrapolation, pmc.tail_fit) where given, clipped to
     `zero_hit_upper_bound(n_draws)` (n_draws ≥ len(acts): every draw from D the run made, with
-    or without its activation); 0 with `fallback: None` and a note where none applies."""
-    ub = zero_hit_upper_bound(n_draws)
+    or without its activation); 0 with `fallback: None` and a note where none applies.
+    `refine_draws` (the refinement's draws, none a hit) tighten the bound: each comes from a
+    mixture holding D at weight α = pmc.DEFENSIVE, so it hits with probability ≥ α·p and
+    counts as ⌊α·refine_draws⌋ draws from D (P(no hit) ≤ e^{−p·Σ α}: the same bound)."""
+    from estimators.tailrisk.pmc import DEFENSIVE
+
+    ub = zero_hit_upper_bound(n_draws + int(DEFENSIVE * refine_draws))
     got = extrapolate(model, behaviour, acts) if acts is not None else None
     if got is None and tail is None:
         return 0.0, (0.0, ub), {
             "fallback": None, "zero_hit_upper_bound": ub,
             "fallback_note": "no sample hit and no extrapolation applies (needs ≥ 3 reference "
                              "draws and a behaviour given by linear inequalities): 0"}
+    if got is not None and got[1] == "empty":  # exactly 0, whatever the tail reads
+        return 0.0, (0.0, 0.0), {
+            "fallback": "empty", "fallback_tail": tail, "zero_hit_upper_bound": ub,
+            "fallback_note": f"no sample hit: {LABELS['empty']}"}
     cal, uncal, method, raw = None, None, None, None
     if got is not None:
         raw, method = got
@@ -184,6 +199,9 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
     value = min(raw, ub)
     n = int(acts.shape[0]) if acts is not None else 0
     note = FALLBACK_NOTE.format(method=label(method), n=n, ub=ub, n_draws=n_draws)
+    if refine_draws:
+        note = note.replace(" draws from D)", f" draws from D, {refine_draws:,} refinement "
+                            f"draws at D's share {DEFENSIVE:g})")
     if cal is not None:
         note = note.replace(" activations)", f" activations, calibrated ×{cal['factor']:.2g} "
                             f"on {cal['tokens']} other targets)")

@@ -246,7 +246,7 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     if zero_hit:
         value, interval, fb = apply_fallback(
             model, behaviour, torch.cat(ref_acts) if ref_acts else None, n_ref,
-            tail=stage.tail if stage is not None else None)
+            tail=stage.tail if stage is not None else None, refine_draws=spent)
         extra.update(fb)
     return Estimate(value=value, interval=interval,
                     cost=Cost(calls=n * FORWARD_BACKWARD_CALLS + n_ref + spent,

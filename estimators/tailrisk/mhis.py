@@ -246,7 +246,8 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
     calls = n_ref + (C + total_steps) * FORWARD_BACKWARD_CALLS + spent
     if value == 0 and config.fallback:
         value, interval, fb = apply_fallback(model, behaviour, a_ref, int(v_ref.numel()),
-                                             tail=stage.tail if stage is not None else None)
+                                             tail=stage.tail if stage is not None else None,
+                                             refine_draws=spent)
         extra.update(fb)
     return Estimate(value=value, interval=interval, cost=Cost(calls=calls, seconds=clock.seconds),
                     diagnostics={"chains": C, "steps_per_chain": max(steps, 0),
