@@ -343,12 +343,19 @@ def fallback_note(results: pd.DataFrame) -> str | None:
     extrapolation instead of 0 (`estimators.tailrisk.fallback`); None otherwise."""
     if "fallback" not in results or not results["fallback"].notna().any():
         return None
-    used = results[results["fallback"].notna()]
+    fb = results["fallback"]
+    used = results[fb.notna() & (fb != "empty")]
+    empty = int((fb == "empty").sum())
+    exact = (f" In {empty} run(s) no activation can meet the behaviour's inequalities: "
+             f"exactly 0." if empty else "")
+    if used.empty:
+        return exact.strip()
     runs = ", ".join(f"{m} {len(g)}" for m, g in used.groupby("method", sort=False))
     return (f"No sample hit in {len(used)} run(s) ({runs}): their estimates are model-based "
-            f"extrapolations (QLD, or GLD, on the run's own reference draws; biased), clipped "
-            f"to the zero-hit bound ≈ 3/draws — the `fallback` column names the method. "
-            f"Untick *Zero-hit fallback* to get 0 instead.")
+            f"extrapolations (QLD or GLD on the run's own reference draws, with the "
+            f"refinement's margin-tail extrapolation where it ran; biased), clipped to the "
+            f"zero-hit bound ≈ 3/draws — the `fallback` column names the method. Untick "
+            f"*Zero-hit fallback* to get 0 instead.{exact}")
 
 
 def loss_table(results: pd.DataFrame) -> pd.DataFrame:

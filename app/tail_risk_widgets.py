@@ -239,8 +239,9 @@ def temperature_widgets(s: tr.Settings) -> dict:
         "zero_hit_fallback": st.checkbox(
             "Zero-hit fallback (ITGIS, MHIS)", key=_init("zh_fallback", s.zero_hit_fallback),
             help="When no sample hits, report QLD's (or GLD's) extrapolation from the run's "
-                 "own reference draws, clipped to the bound ≈ 3/draws (biased; no extra "
-                 "calls), instead of 0."),
+                 "own reference draws — combined with the refinement's margin-tail "
+                 "extrapolation where it ran — clipped to the bound ≈ 3/draws (biased; no "
+                 "extra calls), instead of 0."),
         "refine_fraction": st.number_input(
             "Refinement share (ITGIS, MHIS)", *r["refine_fraction"][:2], step=0.05,
             key=_init("refine", float(s.refine_fraction)),

@@ -190,7 +190,7 @@ def refined_diagnostics(stage: Refinement | None) -> dict:
     stage did not run: no budget for it, or no seed)."""
     if stage is None:
         return {"refine": None, "refine_samples": 0}
-    used = "estimate" if stage.hits else "no hit (the search's own estimate stands)"
+    used = "estimate" if stage.hits else "no hit"  # then the search's estimate, or the fallback
     return {"refine": used, **stage.diagnostics()}
 
 

@@ -310,3 +310,16 @@ def test_bad_refine_fraction_in_link_keeps_defaults():
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and "refine_fraction must be a number" in errors[0]
     assert at.number_input(key="tr_w_refine").value == pytest.approx(0.65)
+
+
+def test_fallback_note_tells_exact_zeros_from_extrapolations():
+    """A run whose behaviour no activation can meet (`fallback` "empty") is exactly 0, not an
+    extrapolation: the caption says so apart from the extrapolated runs."""
+    import pandas as pd
+
+    both = pd.DataFrame({"method": ["itgis", "mhis", "mhis"],
+                         "fallback": ["qld+tail", "empty", None]})
+    note = tr.fallback_note(both)
+    assert "No sample hit in 1 run(s) (itgis 1)" in note and "exactly 0" in note
+    only = tr.fallback_note(pd.DataFrame({"method": ["itgis"], "fallback": ["empty"]}))
+    assert "No sample hit" not in only and "exactly 0" in only
