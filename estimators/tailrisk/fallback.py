@@ -74,7 +74,8 @@ FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, bi
                  "{ub:.3g} ({n_draws:,} draws from D)")
 
 
-LABELS = {"tail": "the refinement's margin-tail extrapolation", "qld": "QLD", "gld": "GLD, as QLD counted 0",
+LABELS = {"tail": "the refinement's margin-tail extrapolation", "qld": "QLD",
+          "gld": "GLD, as QLD counted 0",
           "empty": "the behaviour's inequalities, which no activation meets: exactly 0",
           "qld half count": "half a QLD count, 0.5/n², as QLD counted 0"}
 
@@ -202,6 +203,8 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
     value = min(raw, ub)
     n = int(acts.shape[0]) if acts is not None else 0
     note = FALLBACK_NOTE.format(method=label(method), n=n, ub=ub, n_draws=n_draws)
+    if method == "tail":  # no activations of reference draws behind it
+        note = note.replace(" from the 0 reference draws' activations", "")
     if refine_draws:
         note = note.replace(" draws from D)", f" draws from D, {refine_draws:,} refinement "
                             f"draws at D's share {DEFENSIVE:g})")

@@ -38,12 +38,13 @@ draws and (N − n_ref)/2 samples with gradients; `samples` counts both.
 Refinement (`refine_fraction`, default 0.65 of the calls; pmc.py): the sampler above is the
 *search*; the last share of the budget is population Monte Carlo from the distinct hits the
 search evaluated (or, with none, its highest-scoring inputs): forward-only draws (1 call each)
-from a mixture of D and product kernels around the hits, whose density is exact, weighted by
-AMIS's deterministic mixture. Where the refinement hits, its estimate is reported (with its
-normal interval); else the search's own estimate stands, else the zero-hit fallback. The
-refinement is consistent, not unbiased; `refine_fraction=0` is the sampler alone. The share
-keeps the search's minimum (`pmc.refine_calls`); indicator behaviours only (a behaviour with a
-continuous value, `sampled`, runs the sampler alone). Measured on charlm (README, Benchmarks).
+from a mixture of D and product kernels around the hits, whose density is exact, each draw
+weighted by the proposal it came from (unbiased given the search). Where the refinement hits,
+its estimate is reported (with its normal interval); else the search's own estimate stands,
+else the zero-hit fallback — a choice that makes the combined estimate consistent, not
+unbiased; `refine_fraction=0` is the sampler alone. The share keeps the search's minimum
+(`pmc.refine_calls`); indicator behaviours only (a behaviour with a continuous value,
+`sampled`, runs the sampler alone). Measured on charlm (README, Benchmarks).
 
 Zero-hit fallback (`fallback`, default true; fallback.py): a run in which no sample (tilted or
 reference) hit would return exactly 0; it reports instead QLD's extrapolation from its own

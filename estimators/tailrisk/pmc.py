@@ -11,7 +11,8 @@ proposal whose density is known exactly, built from what the search found:
 
 a mixture of D (defensive, α = `DEFENSIVE`), one product kernel per seed input h (each position
 keeps h's token with probability 1 − ε and is otherwise redrawn uniformly from D's support at
-that position, U_i: a mutation kernel that reaches tokens rare under D as often as common ones) with π_h ∝ D(h), so the kernels approximate the zero-variance law q* ∝ D·1{behaviour}
+that position, U_i: a mutation kernel that reaches tokens rare under D as often as common
+ones) with π_h ∝ D(h), so the kernels approximate the zero-variance law q* ∝ D·1{behaviour}
 on the hits found, and the product Q of the seeds' π-weighted token frequencies f_i (β =
 `PRODUCT_SHARE`: the cross-entropy method's product-form fit, Rubinstein 1997, which recombines
 the seeds' tokens across positions). ε = 2/(free positions), clipped to [0.05, 0.5].
