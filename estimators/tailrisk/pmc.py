@@ -224,7 +224,7 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
         xs.append(x)
         vs.append(v)
         if bounds is not None and not any_hit:  # the tail is read only when nothing hit
-            margins.append((a.double() @ bounds[0] + bounds[1]).min(1).values.cpu())
+            margins.append((a.float() @ bounds[0] + bounds[1]).min(1).values.double().cpu())
         if bool((v > 0).any()):
             any_hit = True
             log.add(x, v, s)
@@ -264,15 +264,16 @@ def _pmc_weights(dist, mixtures, x: Int[Tensor, "n k"], which: Int[Tensor, "n"]
 
 
 def _constraints(model, behaviour):
-    """(G [d, m], h [m]) float64 when the behaviour is a set of linear inequalities at its site
-    (its margin is min_j (a·G + h)_j), else None."""
+    """(G [d, m], h [m]) float32 on the model's device when the behaviour is a set of linear
+    inequalities at its site (its margin is min_j (a·G + h)_j), else None."""
     from estimators.tailrisk.behaviours import BehaviourError
 
     try:
         G, h = behaviour.constraints(model)
     except BehaviourError:
         return None
-    return G.double().cpu(), h.double().cpu()
+    # float32 on the model's device, like the site activations (MPS has no float64)
+    return G.float(), h.float()
 
 
 def tail_fit(margin: Float[Tensor, "n"], w: Float[Tensor, "n"], top: int = TAIL_POINTS
