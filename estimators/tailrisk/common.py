@@ -134,8 +134,9 @@ def normal_interval(values: torch.Tensor, confidence: float = 0.95,
     mean = float(values.mean())
     se = float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.inf
     lo, hi = max(0.0, mean - z * se), mean + z * se
-    if upper_clip is not None:
+    if upper_clip is not None:  # a mean above the clip (1.02 for p = 1) reads [clip, clip]
         hi = min(hi, upper_clip)
+        lo = min(lo, hi)
     return (lo, hi)
 
 

@@ -61,7 +61,7 @@ import math
 import torch
 
 from estimators.tailrisk.behaviours import (Argmax, Behaviour, BehaviourError, LogitThreshold,
-                                            final_logits, vocab_out)
+                                            final_logits, model_device, vocab_out)
 from estimators.tailrisk.calibration import family_hits, log_calibration
 
 FALLBACK_CONFIDENCE = 0.95
@@ -69,9 +69,8 @@ CAL_MIN_HITS = 3  # a calibration token needs this many hits among the reference
 CAL_TOKENS = 16  # the rarest tokens with enough hits (closest to the target's regime)
 TAIL_FLOOR = 100.0  # the tail extrapolation lowers QLD/GLD's guess by at most √100 = 10×
 MIN_DRAWS = 3  # a covariance (QLD) or a standard deviation (GLD) needs a few draws
-FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, biased ({method} "
-                 "from the {n:,} reference draws' activations), clipped to the zero-hit bound "
-                 "{ub:.3g} ({n_draws:,} draws from D)")
+FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, biased ({what}), "
+                 "clipped to the zero-hit bound {ub:.3g} ({n_draws:,} draws from D{refined})")
 
 
 LABELS = {"tail": "the refinement's margin-tail extrapolation", "qld": "QLD",
@@ -125,8 +124,9 @@ def _family_hits(model, behaviour: Behaviour, acts: torch.Tensor,
     kind = "argmax" if isinstance(behaviour, Argmax) else "logit"
     threshold = getattr(behaviour, "threshold", 0.0)
     counts = torch.zeros(vocab_out(model), dtype=torch.long)
+    dev = model_device(model)  # acts are on the cpu; W_U on the model's device (CUDA/MPS)
     for i in range(0, acts.shape[0], rows):
-        logits = final_logits(model, acts[i:i + rows].float()).detach()
+        logits = final_logits(model, acts[i:i + rows].float().to(dev)).detach()
         counts += family_hits(logits, kind, threshold).cpu()
     return {u: int(c) for u, c in enumerate(counts.tolist()) if u != behaviour.target}
 
@@ -202,15 +202,10 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
         raw, method = math.sqrt(raw * max(tail, raw / TAIL_FLOOR)), f"{method}+tail"
     value = min(raw, ub)
     n = int(acts.shape[0]) if acts is not None else 0
-    note = FALLBACK_NOTE.format(method=label(method), n=n, ub=ub, n_draws=n_draws)
-    if method == "tail":  # no activations of reference draws behind it
-        note = note.replace(" from the 0 reference draws' activations", "")
-    if refine_draws:
-        note = note.replace(" draws from D)", f" draws from D, {refine_draws:,} refinement "
-                            f"draws at D's share {DEFENSIVE:g})")
-    if cal is not None:
-        note = note.replace(" activations)", f" activations, calibrated ×{cal['factor']:.2g} "
-                            f"on {cal['tokens']} other targets)")
+    refined = (f", {refine_draws:,} refinement draws at D's share {DEFENSIVE:g}"
+               if refine_draws else "")
+    note = FALLBACK_NOTE.format(what=describe(method, n, cal), ub=ub, n_draws=n_draws,
+                                refined=refined)
     return value, (0.0, ub), {
         "fallback": method, "fallback_raw": raw, "fallback_uncalibrated": uncal,
         "fallback_calibration": cal, "fallback_guess": guess, "fallback_tail": tail,
@@ -224,3 +219,16 @@ def label(method: str) -> str:
     base, _, tail = method.partition("+")
     words = LABELS[base]
     return f"the geometric mean of {words} and {LABELS['tail']}" if tail else words
+
+
+def describe(method: str, n: int, cal: dict | None) -> str:
+    """The note's words for a fallback method with what it rests on: QLD/GLD/half a count
+    "from the n reference draws' activations" (and its calibration), the tail extrapolation
+    (the refinement's draws, not the reference draws) named after them."""
+    base, _, tail = method.partition("+")
+    if base == "tail":  # the refinement's draws alone (fewer than MIN_DRAWS reference draws)
+        return LABELS["tail"]
+    words = f"{LABELS[base]} from the {n:,} reference draws' activations"
+    if cal is not None:
+        words += f", calibrated ×{cal['factor']:.2g} on {cal['tokens']} other targets"
+    return f"the geometric mean of {words}, and {LABELS['tail']}" if tail else words

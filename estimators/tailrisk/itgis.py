@@ -6,7 +6,9 @@ logit) with respect to the one-hot input: the first-order gain of putting token 
 i. Batch b samples from the proposal built from batches 0…b−1 only, so each batch's weighted
 mean is unbiased and so is their average:
 
-    p̂ = mean over all samples of value(x)·Π_i p_i(x_i)/q_i(x_i).
+    p̂ = mean over all samples of value(x)·Π_i p_i(x_i)/q_i(x_i),
+
+reported capped at 1 (a probability; near p = 1 the unbiased mean can exceed 1: 1.001 seen).
 
 Budget: every tilted sample is evaluated with its gradient (forward + backward = 2 calls), so
 without reference draws a budget of N calls draws N/2 samples (`samples` in the diagnostics;
@@ -229,12 +231,13 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
             log_ms.append(lp - log_w)
         temps.append(T if updates else None)
         # update only after this batch is weighted: later batches see it, this one did not
-        ema = config.ema_decay * ema + (1 - config.ema_decay) * grad.double().mean(0).cpu()
+        g = grad.mean(0) if grad.device.type == "mps" else grad.double().mean(0)  # no f64 on MPS
+        ema = config.ema_decay * ema + (1 - config.ema_decay) * g.cpu().double()
         updates += 1
         report(progress, (start + m) / n, (start + m) * FORWARD_BACKWARD_CALLS,
                n * FORWARD_BACKWARD_CALLS, "calls", "ITGIS")
     w = torch.cat(weighted)
-    value = float(w.mean())
+    value = min(1.0, float(w.mean()))  # a probability: unbiased weights can average above 1
     interval = normal_interval(w, config.confidence, upper_clip=1.0)
     used = [t for t in temps if t is not None]
     stage = refine(model, dist, behaviour, found, n_refine, gen, config.batch_size, dev,

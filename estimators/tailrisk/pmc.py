@@ -99,8 +99,9 @@ def kernel_epsilon(dist) -> float:
 
 class KernelMixture:
     """m = α·D + β·Q + (1 − α − β)·Σ_h π_h K_h (module docstring), π_h ∝ D(h), Q the product
-    of the seeds' π-weighted token frequencies per position mixed with D (weight ε); exact
-    density."""
+    of the seeds' π-weighted token frequencies per position mixed with U_i, the uniform law on
+    D's support there (weight ε); exact density. At most MAX_SEEDS seeds (the most probable
+    under D) make the kernels and Q."""
 
     def __init__(self, dist, seeds: Int[Tensor, "h k"], eps: float, alpha: float = DEFENSIVE,
                  beta: float = PRODUCT_SHARE):
@@ -224,7 +225,7 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
         xs.append(x)
         vs.append(v)
         if bounds is not None and not any_hit:  # the tail is read only when nothing hit
-            margins.append((a.float() @ bounds[0] + bounds[1]).min(1).values.double().cpu())
+            margins.append((a.float() @ bounds[0] + bounds[1]).min(1).values.cpu().double())
         if bool((v > 0).any()):
             any_hit = True
             log.add(x, v, s)
