@@ -202,8 +202,10 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
     """Spend n forward-only calls on the population Monte Carlo stage (module docstring),
     starting from `log`'s seeds; new hits join the seeds batch by batch. None when `log` holds
     no seed or n < 1. `value` in probability units: Σ value·D/m_b / n over every draw, m_b the
-    mixture its batch was drawn from (unbiased; module docstring); `interval` the normal
-    approximation on those weighted values (approximate), None with fewer than two hits."""
+    mixture its batch was drawn from (unbiased; module docstring), reported capped at 1;
+    `interval` the normal approximation on those weighted values (approximate; [1, 1] where
+    the mean lies above 1 beyond its spread), None with fewer than two hits. `tail` (no hit
+    only): `tail_fit` of the margins, None for a behaviour without linear inequalities."""
     seeds, were_hits = log.seeds()
     if seeds is None or n < 1:
         return None
@@ -282,8 +284,9 @@ def tail_fit(margin: Float[Tensor, "n"], w: Float[Tensor, "n"], top: int = TAIL_
     """P_D(margin > 0) extrapolated from importance-weighted draws none of which reached it:
     the weighted survival Ŝ(u) = Σ_{margin_j ≥ u} w_j / n at the `top` largest margins, fitted by
     least squares as ln Ŝ(u) = a + b·u (an exponential tail, as in peaks-over-threshold fits),
-    read at u = 0: e^a. None with fewer than 4 distinct margins or a fit that does not decrease
-    towards 0 (b ≥ 0). Probability units; a model's guess, not a sampling estimate."""
+    read at u = 0: e^a, capped at 1. None with fewer than 4 distinct margins, a zero weighted
+    survival among them, or a fit that does not decrease towards 0 (b ≥ 0). Probability units;
+    a model's guess, not a sampling estimate."""
     n = margin.numel()
     order = torch.argsort(margin, descending=True)
     m, cum = margin[order], torch.cumsum(w[order], 0) / n
