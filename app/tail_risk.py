@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from estimators.tailrisk import (ESTIMATORS, Argmax, BehaviourError, LogitThreshold,
-                                 SampledProbability, ground_truth_vector, probe_direction,
-                                 run_estimator, sae_feature)
+                                 SampledProbability, ground_truth_vector, make_config,
+                                 probe_direction, run_estimator, sae_feature)
 from estimators.tailrisk.distributions import (DistributionError, InputDistribution, from_json,
                                                from_table)
 from estimators.tailrisk.scoring import optimal_constant_scores, score
@@ -304,18 +304,13 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
     with its `estimators.progress.Progress` p (with the lock held); it may raise to cancel."""
     budgets = budgets or [s.budget]
     rows = []
-    jobs = [(b, i, t, m) for b in budgets for i, t in enumerate(targets) for m in s.methods]
+    refused = refused_runs(s, budgets)
+    if len(refused) == len(budgets) * len(s.methods):
+        raise ValueError(next(iter(refused.values())))
+    jobs = [(b, i, t, m) for b in budgets for i, t in enumerate(targets) for m in s.methods
+            if (b, m) not in refused]
     for k, (budget, i, t, m) in enumerate(jobs):
-        extra = {}
-        if m == "itgis":
-            extra["temperature"] = s.itgis_temperature
-        if m == "mhis":
-            extra["temperature"] = s.mhis_temperature
-        if m in ("itgis", "mhis"):
-            extra["fallback"] = s.zero_hit_fallback
-            extra["refine_fraction"] = float(s.refine_fraction)
-        if m == "activation":
-            extra["mask"] = s.activation_mask
+        extra = method_options(s, m)
         seed = seed_for(s, i)
         progress(k / len(jobs), f"{ESTIMATORS[m].title} on target {labels(t)} "
                                 f"({budget} calls)")
@@ -335,7 +330,37 @@ def run_methods(s: Settings, model, dist, targets: list[int], truth: dict[int, f
                      "fallback": e.diagnostics.get("fallback"),
                      "refine": e.diagnostics.get("refine")})
     progress(1.0, "done")
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["refused"] = [f"{ESTIMATORS[m].title} at {b} calls: {msg}"
+                            for (b, m), msg in refused.items()]
+    return out
+
+
+def method_options(s: Settings, m: str) -> dict:
+    """The settings that reach estimator `m`'s config (temperatures, fallback, refinement
+    share, activation mask)."""
+    extra: dict = {}
+    if m in ("itgis", "mhis"):
+        extra["temperature"] = s.itgis_temperature if m == "itgis" else s.mhis_temperature
+        extra["fallback"] = s.zero_hit_fallback
+        extra["refine_fraction"] = float(s.refine_fraction)
+    if m == "activation":
+        extra["mask"] = s.activation_mask
+    return extra
+
+
+def refused_runs(s: Settings, budgets: list[int]) -> dict[tuple[int, str], str]:
+    """{(budget, method): the config's one-line refusal} for the runs whose configuration is
+    refused before any model call (a budget below a method's minimum, e.g. MHIS's 86 calls
+    for 16 chains), so that the other methods' rows still run."""
+    out = {}
+    for b in budgets:
+        for m in s.methods:
+            try:
+                make_config(m, b, 0, **method_options(s, m))
+            except ValueError as e:
+                out[(b, m)] = str(e)
+    return out
 
 
 def fallback_note(results: pd.DataFrame) -> str | None:

@@ -323,7 +323,8 @@ def run(s: tr.Settings, model, dist, sae, V_out: int, row_label) -> None:
                                      budgets_run, sae=sae, lock=store.model_lock(),
                                      estimator_progress=on_batch)
         st.session_state["tr_results"] = {"results": results, "truth_method": truth_method,
-                                          "settings": s.to_dict()}
+                                          "settings": s.to_dict(),
+                                          "refused": results.attrs.get("refused", [])}
     except (ValueError, RuntimeError) as e:
         st.error(f"Run failed: {messages.plain(e)}")
 

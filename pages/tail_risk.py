@@ -101,6 +101,8 @@ if res is not None:
     note = tr.fallback_note(final)
     if note:
         st.caption(note)
+    if res.get("refused"):
+        st.warning("Not run: " + "; ".join(res["refused"]))
     losses = tr.loss_table(final)
     if not losses.empty:
         st.subheader("Losses (zero estimates floored at 1e-12; fit in log space, in-sample)")

@@ -323,3 +323,21 @@ def test_fallback_note_tells_exact_zeros_from_extrapolations():
     assert "No sample hit in 1 run(s) (itgis 1)" in note and "exactly 0" in note
     only = tr.fallback_note(pd.DataFrame({"method": ["itgis"], "fallback": ["empty"]}))
     assert "No sample hit" not in only and "exactly 0" in only
+
+
+def test_a_budget_below_one_methods_minimum_still_runs_the_others():
+    """MHIS needs 86 calls for 16 chains: at 64 calls the ITGIS rows still run, and one
+    warning line names MHIS's refusal (it used to stop the whole Run)."""
+    lm = load_model("charlm", "cpu")
+    settings = {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
+                "target_mode": "one", "target": 50, "methods": ["itgis", "mhis"],
+                "budget": 64}
+    at = _open_charlm(settings)
+    _run_clean(at)
+    df = at.dataframe[0].value
+    assert set(df["method"]) == {"itgis"}
+    (warn,) = [x.value for x in at.warning if x.value.startswith("Not run:")]
+    assert "MHIS at 64 calls" in warn and "86 calls" in warn and "\n" not in warn
+    s = tr.Settings.from_dict({**tr.Settings().to_dict(), "methods": ["mhis"], "budget": 64})
+    with pytest.raises(ValueError, match="86 calls"):  # nothing left to run: one error line
+        tr.run_methods(s, lm.model, None, [50], {}, str, lambda f, m: None)
