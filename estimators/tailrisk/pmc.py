@@ -24,7 +24,7 @@ proposal it came from, D/m_b: m_b depends only on earlier batches, so the estima
 (Cappé et al. 2004); every weight is ≤ 1/α. (AMIS's deterministic mixture over all the
 proposals used, Cornuet et al. 2012, was tried and dropped: a hit becomes a seed, the later
 kernels centred on it lower its own weight, and a target with hundreds of hits read 0.36–0.64×
-its exact probability with an interval that missed it; tests/tailrisk/test_qa_pmc_weights.py.)
+its exact probability with an interval that missed it; tests/tailrisk/test_pmc_weights.py.)
 
 Seeds: the distinct inputs in the behaviour that the search evaluated (accepted or not); with
 none, the `TOP_SEEDS` highest-scoring ones, so the refinement keeps searching where the score is

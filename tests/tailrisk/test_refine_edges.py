@@ -1,4 +1,4 @@
-"""QA (second pass) of the refinement stage and the zero-hit fallback: an estimate near p = 1
+"""Edges of the refinement stage and the zero-hit fallback: an estimate near p = 1
 stays inside its interval, the fallback's note says what rests on which draws, and the
 fallback's calibration reads the unembedding on the model's own device."""
 

@@ -1,4 +1,4 @@
-"""QA of the PMC refinement's weights (pmc.py): a hit that becomes a seed must not lower its own
+"""The PMC refinement's weights (pmc.py): a hit that becomes a seed must not lower its own
 weight. With AMIS's deterministic mixture over every proposal used, the kernels later centred
 on a hit raised m̄ at that very point: on a common target (p ≈ 0.2, hundreds of hits) the
 refinement read 0.36–0.64× the exact probability with an interval far from it."""

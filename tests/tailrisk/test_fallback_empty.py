@@ -1,4 +1,4 @@
-"""QA: the zero-hit fallback on a behaviour no input can meet. The softcap-logits case's capped
+"""The zero-hit fallback on a behaviour no input can meet. The softcap-logits case's capped
 logits never exceed 2, so P(logit_3 > 2.5) is exactly 0 (../shared/cases/softcap-logits); ITGIS
 and MHIS with no hit reported half a QLD count (1.5e-3, 2.5e-4) instead."""
 
