@@ -7,7 +7,8 @@
 
 Modules: `distributions` (input distributions and their JSON format), `behaviours` (what is
 rare), one module per estimator (`mc`, `itgis`, `mhis`, `qld`, `gld`, `actmodel`) listed in
-`registry.ESTIMATORS`, `ground_truth` (enumeration / sampling, cached), `scoring` (Itakura–Saito
+`registry.ESTIMATORS` (ITGIS and MHIS end with `pmc`'s population Monte Carlo refinement and,
+without a hit, `fallback`'s extrapolation), `ground_truth` (enumeration / sampling, cached), `scoring` (Itakura–Saito
 and log squared error, fitted and not), `tuning` (temperatures on held-out targets), `cli`.
 Budgets are counted in model calls: one input through one forward pass = 1 call; forward +
 backward = 2 calls.
