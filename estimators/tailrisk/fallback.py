@@ -63,6 +63,7 @@ import torch
 from estimators.tailrisk.behaviours import (Argmax, Behaviour, BehaviourError, LogitThreshold,
                                             final_logits, model_device, vocab_out)
 from estimators.tailrisk.calibration import family_hits, log_calibration
+from estimators.tailrisk.pmc import DEFENSIVE, Refinement, refined_diagnostics
 
 FALLBACK_CONFIDENCE = 0.95
 CAL_MIN_HITS = 3  # a calibration token needs this many hits among the reference draws
@@ -174,8 +175,6 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
     `refine_draws` (the refinement's draws, none a hit) tighten the bound: each comes from a
     mixture holding D at weight α = pmc.DEFENSIVE, so it hits with probability ≥ α·p and
     counts as ⌊α·refine_draws⌋ draws from D (P(no hit) ≤ e^{−p·Σ α}: the same bound)."""
-    from estimators.tailrisk.pmc import DEFENSIVE
-
     ub = zero_hit_upper_bound(n_draws + int(DEFENSIVE * refine_draws))
     got = extrapolate(model, behaviour, acts) if acts is not None else None
     if got is None and tail is None:
@@ -211,6 +210,27 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
         "fallback_calibration": cal, "fallback_guess": guess, "fallback_tail": tail,
         "fallback_clipped": raw > ub,
         "zero_hit_upper_bound": ub, "fallback_note": note}
+
+
+def settle(model, behaviour: Behaviour, stage: Refinement | None, value: float,
+           interval: tuple[float, float] | None, fallback: bool, acts: torch.Tensor | None,
+           n_draws: int) -> tuple[float, tuple[float, float] | None, dict, bool]:
+    """An importance sampler's last step, shared by ITGIS and MHIS: (value, interval,
+    diagnostics, zero_hit). The refinement's estimate and interval replace the search's
+    (`value`, `interval`) where the refinement hit; a run left at 0 with `fallback` on gets
+    `apply_fallback` on `acts` (the run's `n_draws` draws from D, plus the refinement's draws
+    and its tail extrapolation). The diagnostics are the refinement's (`refined_diagnostics`)
+    and the fallback's."""
+    extra = refined_diagnostics(stage)
+    if stage is not None and stage.hits:
+        value, interval = stage.value, stage.interval
+    zero_hit = value == 0 and fallback
+    if zero_hit:
+        value, interval, fb = apply_fallback(
+            model, behaviour, acts, n_draws, tail=stage.tail if stage is not None else None,
+            refine_draws=extra["refine_samples"])
+        extra.update(fb)
+    return value, interval, extra, zero_hit
 
 
 def label(method: str) -> str:

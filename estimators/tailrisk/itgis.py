@@ -37,22 +37,9 @@ samples, so each batch stays unbiased and every weight is ≤ (r_b + m_b')/r_b. 
 reference draws alone makes the estimate positive. Budget N calls: n_ref = ⌊f·N⌋ reference
 draws and (N − n_ref)/2 samples with gradients; `samples` counts both.
 
-Refinement (`refine_fraction`, default 0.65 of the calls; pmc.py): the sampler above is the
-*search*; the last share of the budget is population Monte Carlo from the distinct hits the
-search evaluated (or, with none, its highest-scoring inputs): forward-only draws (1 call each)
-from a mixture of D and product kernels around the hits, whose density is exact, each draw
-weighted by the proposal it came from (unbiased given the search). Where the refinement hits,
-its estimate is reported (with its normal interval); else the search's own estimate stands,
-else the zero-hit fallback — a choice that makes the combined estimate consistent, not
-unbiased; `refine_fraction=0` is the sampler alone. The share keeps the search's minimum
-(`pmc.refine_calls`); indicator behaviours only (a behaviour with a continuous value,
-`sampled`, runs the sampler alone). Measured on charlm (README, Benchmarks).
-
-Zero-hit fallback (`fallback`, default true; fallback.py): a run in which no sample (tilted or
-reference) hit would return exactly 0; it reports instead QLD's extrapolation from its own
-reference draws' site activations (0 extra calls), clipped to the rule-of-three bound
-−ln(0.05)/n_D, with the interval [0, bound] and diagnostics `fallback` (the method) and
-`fallback_note`. Biased (a model's guess); a run with a hit is unchanged.
+Refinement and zero-hit fallback (`refine_fraction`, default 0.65; `fallback`, default true;
+the same step in ITGIS and MHIS, `fallback.settle`): see pmc.py (population Monte Carlo around
+the search's hits; `refine_fraction=0` is the sampler alone) and fallback.py.
 
 Guide (`guide`): the score whose gradient tilts the proposal — "score", the behaviour's own
 (the target logit: Wu & Hilton 2024), or "margin" for argmax, logit_t − logsumexp_{u≠t}
@@ -72,10 +59,9 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
                                         EstimatorConfig, ProgressFn, batches, generator,
                                         normal_interval, report)
 from estimators.tailrisk.distributions import InputDistribution
-from estimators.tailrisk.fallback import apply_fallback
+from estimators.tailrisk.fallback import settle
 from estimators.tailrisk.mixture import log_balance_weights
-from estimators.tailrisk.pmc import (SearchLog, check_refine_fraction, refine, refine_calls,
-                                     refined_diagnostics)
+from estimators.tailrisk.pmc import SearchLog, check_refine_fraction, refine, refine_calls
 
 
 @dataclass
@@ -186,7 +172,7 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     search = config.budget - n_refine
     n_ref = int(config.reference_fraction * search)
     n = (search - n_ref) // FORWARD_BACKWARD_CALLS
-    found = SearchLog()
+    found = SearchLog(active=n_refine > 0)  # what the search evaluated: the refinement's seeds
     log_p = dist.probs.log()  # [k, V] float64, cpu
     k, V = log_p.shape
     rows = torch.arange(k)
@@ -221,8 +207,7 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
             if config.fallback:
                 ref_acts.append(a_ref.cpu())
             v, sc = torch.cat([v, v_ref.cpu()]), torch.cat([sc, s_ref.cpu()])
-        if n_refine:
-            found.add(x_all, v, sc)
+        found.add(x_all, v, sc)
         weighted.append(v * log_w.exp())
         hits += int((v != 0).sum())
         if config.auto_temperature:
@@ -242,16 +227,10 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     used = [t for t in temps if t is not None]
     stage = refine(model, dist, behaviour, found, n_refine, gen, config.batch_size, dev,
                    config.confidence, progress)
-    spent = stage.samples if stage is not None else 0
-    extra = refined_diagnostics(stage)
-    if stage is not None and stage.hits:
-        value, interval = stage.value, stage.interval
-    zero_hit = value == 0 and config.fallback
-    if zero_hit:
-        value, interval, fb = apply_fallback(
-            model, behaviour, torch.cat(ref_acts) if ref_acts else None, n_ref,
-            tail=stage.tail if stage is not None else None, refine_draws=spent)
-        extra.update(fb)
+    value, interval, extra, zero_hit = settle(
+        model, behaviour, stage, value, interval, config.fallback,
+        torch.cat(ref_acts) if ref_acts else None, n_ref)
+    spent = extra["refine_samples"]
     return Estimate(value=value, interval=interval,
                     cost=Cost(calls=n * FORWARD_BACKWARD_CALLS + n_ref + spent,
                               seconds=clock.seconds),

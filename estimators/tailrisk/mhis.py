@@ -51,22 +51,9 @@ reference draw and no kept state hit; with n_D = 0 it is the self-normalised est
 Defaults 16 chains and 30% burn-in: at 2^12 calls on the tests' rare case, 32 chains half as
 long gave estimates 0.03–0.8× the truth (kept states still climbing), 16 chains 0.3–2.6×.
 
-Refinement (`refine_fraction`, default 0.65 of the calls; pmc.py): the sampler above is the
-*search*; the last share of the budget is population Monte Carlo from the distinct hits the
-search evaluated (or, with none, its highest-scoring inputs): forward-only draws (1 call each)
-from a mixture of D and product kernels around the hits, whose density is exact, each draw
-weighted by the proposal it came from (unbiased given the search). Where the refinement hits,
-its estimate is reported (with its normal interval); else the search's own estimate stands,
-else the zero-hit fallback — a choice that makes the combined estimate consistent, not
-unbiased; `refine_fraction=0` is the sampler alone. The share keeps the search's minimum
-(`pmc.refine_calls`); indicator behaviours only (a behaviour with a continuous value,
-`sampled`, runs the sampler alone). Measured on charlm (README, Benchmarks).
-
-Zero-hit fallback (`fallback`, default true; fallback.py): a run in which no sample (tilted or
-reference) hit would return exactly 0; it reports instead QLD's extrapolation from its own
-reference draws' site activations (0 extra calls), clipped to the rule-of-three bound
-−ln(0.05)/n_D, with the interval [0, bound] and diagnostics `fallback` (the method) and
-`fallback_note`. Biased (a model's guess); a run with a hit is unchanged.
+Refinement and zero-hit fallback (`refine_fraction`, default 0.65; `fallback`, default true;
+the same step in ITGIS and MHIS, `fallback.settle`): see pmc.py (population Monte Carlo around
+the search's hits; `refine_fraction=0` is the sampler alone) and fallback.py.
 
 Guide (`guide`): the score whose gradient tilts the chains (the stationary law and the
 proposals) — "score", the behaviour's own (the target logit: Wu & Hilton 2024), or "margin"
@@ -86,10 +73,9 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
                                         EstimatorConfig, ProgressFn, batches, generator,
                                         report)
 from estimators.tailrisk.distributions import InputDistribution
-from estimators.tailrisk.fallback import apply_fallback
+from estimators.tailrisk.fallback import settle
 from estimators.tailrisk.mixture import pooled_estimate
-from estimators.tailrisk.pmc import (SearchLog, check_refine_fraction, refine, refine_calls,
-                                     refined_diagnostics)
+from estimators.tailrisk.pmc import SearchLog, check_refine_fraction, refine, refine_calls
 
 
 T_FLOOR = 0.5  # the adaptive temperature's floor, in units of σ (module docstring)
@@ -178,7 +164,7 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
     search = config.budget - n_refine
     n_ref = int(config.reference_fraction * search)
     steps = (search - n_ref) // FORWARD_BACKWARD_CALLS // C - 1
-    found = SearchLog() if n_refine else None
+    found = SearchLog(active=n_refine > 0)  # what the search evaluated: the refinement's seeds
     log_p = dist.probs.log().float()  # [k, V]
     free = torch.tensor([i for i, s in enumerate(dist.supports()) if s.numel() > 1])
     ar = torch.arange(C)
@@ -187,8 +173,7 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
                                           gen, dev, config.guide, found)
     x = dist.sample(C, gen)  # [C, k] cpu
     v, s, g = (t.cpu() for t in behaviour.evaluate_with_grad(model, x.to(dev), config.guide))
-    if found is not None:
-        found.add(x, v, s)
+    found.add(x, v, s)
     # the chains' initial states are draws from D too: they join the reference pool
     v_ref, s_ref = torch.cat([v_ref, v.double()]), torch.cat([s_ref, s.double()])
     log_d = dist.log_prob(x).float()
@@ -214,8 +199,7 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
         x_new[ar, pos] = new_tok
         v2, s2, g2 = (t.cpu() for t in behaviour.evaluate_with_grad(model, x_new.to(dev),
                                                                      config.guide))
-        if found is not None:
-            found.add(x_new, v2, s2)
+        found.add(x_new, v2, s2)
         log_d2 = dist.log_prob(x_new).float()
         rev = torch.log_softmax(log_p[pos] + g2[ar, pos] / T, -1)
         log_a = ((log_d2 + s2.float() / T) - (log_d + s.float() / T)
@@ -237,19 +221,12 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
     ss = torch.cat(kept_s).double()
     value, log_z = pooled_estimate(v_ref, s_ref / T, vv, ss / T)
     total_steps = max(steps, 0) * C if len(free) else 0
-    interval = None
     stage = refine(model, dist, behaviour, found, n_refine, gen, config.batch_size, dev,
-                   progress=progress) if found is not None else None
-    extra = refined_diagnostics(stage)
-    if stage is not None and stage.hits:
-        value, interval = stage.value, stage.interval
-    spent = stage.samples if stage is not None else 0
+                   progress=progress)
+    value, interval, extra, _ = settle(model, behaviour, stage, value, None, config.fallback,
+                                       a_ref, int(v_ref.numel()))
+    spent = extra["refine_samples"]
     calls = n_ref + (C + total_steps) * FORWARD_BACKWARD_CALLS + spent
-    if value == 0 and config.fallback:
-        value, interval, fb = apply_fallback(model, behaviour, a_ref, int(v_ref.numel()),
-                                             tail=stage.tail if stage is not None else None,
-                                             refine_draws=spent)
-        extra.update(fb)
     return Estimate(value=value, interval=interval, cost=Cost(calls=calls, seconds=clock.seconds),
                     diagnostics={"chains": C, "steps_per_chain": max(steps, 0),
                                  "kept_states": int(vv.numel()),

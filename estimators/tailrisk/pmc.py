@@ -60,13 +60,17 @@ SEED_CHUNK = 64  # seeds per step of the density's evaluation ([n, chunk, k] boo
 @dataclass
 class SearchLog:
     """The inputs a search evaluated that the refinement can start from: distinct hits, and
-    the highest-scoring inputs (scores of `Behaviour.guided`)."""
+    the highest-scoring inputs (scores of `Behaviour.guided`). `active=False` (a run with no
+    refinement) records nothing, so the search pays nothing for it."""
 
+    active: bool = True
     hits: dict = field(default_factory=dict)  # tuple(tokens) -> None (insertion-ordered)
     top: list = field(default_factory=list)  # [(score, tuple(tokens))], ≤ TOP_SEEDS, best first
 
     def add(self, x: Int[Tensor, "n k"], value: Tensor, score: Tensor) -> None:
         """Record a batch of evaluated inputs with their values and scores ([n] each)."""
+        if not self.active:
+            return
         x = x.cpu()
         for j in (value.cpu() > 0).nonzero().flatten().tolist():
             self.hits.setdefault(tuple(x[j].tolist()), None)
