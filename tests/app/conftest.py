@@ -25,6 +25,20 @@ def open_page(page_file: str | None = None, query: dict | None = None) -> AppTes
     return at
 
 
+def link_param(at: AppTest, key: str) -> str:
+    """The value the page wrote into its link under `key` (AppTest keeps a query parameter as
+    a string or a one-item list)."""
+    value = at.query_params[key]
+    return value[0] if isinstance(value, list) else value
+
+
+def link_blob(at: AppTest, key: str):
+    """The settings blob the page wrote into its link under `key`, decoded."""
+    from app.state import decode_blob
+
+    return decode_blob(link_param(at, key))
+
+
 def assert_no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 

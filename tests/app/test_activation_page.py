@@ -13,7 +13,7 @@ from app import state
 from estimators import zoo
 from estimators.activation import CovarianceMask, Propagator, chain_for_zoo, transformer_chain
 from estimators.loading import load_model
-from tests.app.conftest import assert_no_exception, open_page
+from tests.app.conftest import assert_no_exception, link_param, open_page
 
 # The page's defaults on the default model (asserted below): N = 64 real inputs, K = 128
 # samples per step, seed 0, the last 4 positions (4 × d_model 32 = 128 units per site).
@@ -307,10 +307,7 @@ def test_settings_apply_and_round_trip_through_the_link():
     res = prop.toggle(EDIT_SITE, 1, 40)
     at.text_input(key="_act_entries").set_value("1,40").run()
     assert_surprise(at, res)
-    act = at.query_params["act"]
-    mask = at.query_params["mask"]
-    act, mask = (act[0] if isinstance(act, list) else act), (mask[0] if isinstance(mask, list)
-                                                            else mask)
+    act, mask = link_param(at, "act"), link_param(at, "mask")
     assert state.decode_blob(act)["positions"] == [30, 31]
     again = open_page("activation.py", query={"act": act, "mask": mask})  # the shared link
     assert_no_exception(again)

@@ -11,7 +11,8 @@ from estimators.circuits import CircuitConfig, analyse, load_preset, track_all
 from streamlit.testing.v1 import AppTest
 
 from estimators import zoo
-from tests.app.conftest import ROOT, TIMEOUT, assert_no_exception, open_page
+from tests.app.conftest import (ROOT, TIMEOUT, assert_no_exception, link_blob, link_param,
+                                open_page)
 
 PAGE = "circuits.py"
 
@@ -34,11 +35,6 @@ def test_page_runs_inside_the_app():
     assert_no_exception(at)
     assert "Arithmetic circuits" in [t.value for t in at.title]
     assert _metrics(at)["E[y] true"] == "2"
-
-
-def _param(at, key: str) -> str:
-    v = at.query_params[key]
-    return v[0] if isinstance(v, list) else v
 
 
 def _metrics(at) -> dict[str, str]:
@@ -81,8 +77,8 @@ def test_pick_preset_track_pair_changes_estimate_and_surprise():
     assert total.delta == f"{now.total_bits - base.total_bits:+,.2f} vs independence"
     assert now.total_bits < base.total_bits  # pointing out Cov(s, d) pays for itself
     # the argument is in the URL
-    assert state.decode_blob(_param(at, "track")) == [["s", "d"]]
-    assert _param(at, "circuit") == "difference_of_squares"
+    assert link_blob(at, "track") == [["s", "d"]]
+    assert link_param(at, "circuit") == "difference_of_squares"
 
 
 def test_track_all_and_wick_from_a_link():

@@ -12,7 +12,7 @@ from app import state
 from estimators import zoo
 from estimators.scrubbing import PathError, PathGraph, PathPartition, ScrubData, Scrubber
 from estimators.scrubbing import references
-from tests.app.conftest import assert_no_exception, open_page
+from tests.app.conftest import assert_no_exception, link_blob, open_page
 
 PAGE = "scrubbing.py"
 
@@ -37,8 +37,7 @@ def _expected(r) -> dict[str, str]:
 
 
 def _url_partition(at) -> PathPartition:
-    v = at.query_params["partition"]
-    return PathPartition.from_dict(state.decode_blob(v[0] if isinstance(v, list) else v))
+    return PathPartition.from_dict(link_blob(at, "partition"))
 
 
 def _needs(model_name: str):

@@ -11,7 +11,7 @@ from estimators.loading import load_model
 from estimators.tailrisk import (Argmax, ground_truth, probe_direction, run_estimator,
                                  sae_feature)
 from estimators.tailrisk.scoring import optimal_constant_scores, score
-from tests.app.conftest import assert_no_exception, open_page
+from tests.app.conftest import assert_no_exception, link_blob, open_page
 
 MODEL = "maxk"  # a zoo model with shipped weights and built-in distributions
 
@@ -103,6 +103,13 @@ SMALL = [{"uniform": ["id:10", "id:20", "id:30", "id:40"]}] * 3
 def _small_dist(lm):
     from estimators.tailrisk.distributions import from_json
     return from_json(SMALL, int(lm.model.cfg.d_vocab), int(lm.model.cfg.n_ctx))
+
+
+def _one_target(target: int, methods: list[str], budget: int, **more) -> dict:
+    """Page settings: argmax of token `target` on SMALL with `methods` at `budget` calls."""
+    return {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
+            "target_mode": "one", "target": target, "methods": methods, "budget": budget,
+            **more}
 
 
 def _firing_feature(lm, sae, dist):
@@ -197,9 +204,7 @@ def test_activation_method_uses_the_chosen_argument(mask):
     """The activation estimate shown is the library's under the mask chosen on the page."""
     lm = load_model("charlm", "cpu")
     dist = _small_dist(lm)
-    settings = {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
-                "target_mode": "one", "target": 30, "methods": ["activation"], "budget": 256,
-                "activation_mask": mask}
+    settings = _one_target(30, ["activation"], 256, activation_mask=mask)
     at = _open_charlm(settings)
     assert_no_exception(at)
     assert at.selectbox(key="tr_w_act_mask").value == mask
@@ -223,9 +228,7 @@ def test_zero_hit_fallback_is_shown_and_can_be_switched_off(fallback):
     library's extrapolation with one caption line saying so — or, unticked, 0 and no line."""
     lm = load_model("charlm", "cpu")
     dist = _small_dist(lm)
-    settings = {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
-                "target_mode": "one", "target": 50, "methods": ["itgis"], "budget": 128,
-                "zero_hit_fallback": fallback}
+    settings = _one_target(50, ["itgis"], 128, zero_hit_fallback=fallback)
     at = _open_charlm(settings)
     assert_no_exception(at)
     assert at.checkbox(key="tr_w_zh_fallback").value is fallback
@@ -247,13 +250,9 @@ def test_refine_fraction_travels_from_the_link_to_the_estimators_and_back():
     """The link's refinement share sets the number field, reaches ITGIS and MHIS as
     `refine_fraction` (the page's numbers are the library's at that share, the `refine` column
     is the library's diagnostic), and the link the page writes carries the changed value."""
-    from app.state import decode_blob
-
     lm = load_model("charlm", "cpu")
     dist = _small_dist(lm)
-    settings = {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
-                "target_mode": "one", "target": 2, "methods": ["itgis", "mhis"], "budget": 256,
-                "refine_fraction": 0.4}  # token 2: p = 1/64 on SMALL
+    settings = _one_target(2, ["itgis", "mhis"], 256, refine_fraction=0.4)  # p = 1/64 on SMALL
     at = _open_charlm(settings)
     assert_no_exception(at)
     assert at.number_input(key="tr_w_refine").value == pytest.approx(0.4)
@@ -268,9 +267,7 @@ def test_refine_fraction_travels_from_the_link_to_the_estimators_and_back():
         assert row.refine == lib.diagnostics["refine"] == "estimate"
     at.number_input(key="tr_w_refine").set_value(0.0).run()
     assert_no_exception(at)
-    link = at.query_params["tr"]
-    link = link[0] if isinstance(link, list) else link
-    assert decode_blob(link)["refine_fraction"] == 0.0
+    assert link_blob(at, "tr")["refine_fraction"] == 0.0
     _run_clean(at)
     assert at.dataframe[0].value["refine"].isna().all()  # 0: the sampler alone
 
@@ -329,9 +326,7 @@ def test_a_budget_below_one_methods_minimum_still_runs_the_others():
     """MHIS needs 86 calls for 16 chains: at 64 calls the ITGIS rows still run, and one
     warning line names MHIS's refusal (it used to stop the whole Run)."""
     lm = load_model("charlm", "cpu")
-    settings = {"behaviour": "argmax", "distribution": tr.UPLOADED, "uploaded": SMALL,
-                "target_mode": "one", "target": 50, "methods": ["itgis", "mhis"],
-                "budget": 64}
+    settings = _one_target(50, ["itgis", "mhis"], 64)
     at = _open_charlm(settings)
     _run_clean(at)
     df = at.dataframe[0].value

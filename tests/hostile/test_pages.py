@@ -8,7 +8,7 @@ import pytest
 
 from app import state
 from app import tail_risk as tr
-from tests.app.conftest import open_page
+from tests.app.conftest import link_blob, open_page
 from tests.hostile.payloads import BLOBS, FILES, HUGE, NUMBERS, blob
 
 MODEL = "maxk"
@@ -155,8 +155,7 @@ def test_tail_risk_settings_download_reupload_applies_also_after_editing():
     at.checkbox(key="tr_w_conv").check().run()  # another click keeps them
     assert at.session_state["tr_settings"].to_dict() == changed.to_dict()
     # the link follows the settings without pressing Run
-    assert state.decode_blob(at.query_params["tr"][0] if isinstance(at.query_params["tr"], list)
-                             else at.query_params["tr"])["budget"] == 1024
+    assert link_blob(at, "tr")["budget"] == 1024
     # edit the downloaded file by hand: a different seed and method list
     import json
     doc = json.loads(data)
