@@ -193,15 +193,22 @@ def _target_fields(b, label) -> dict:
     return {"target": t, "target_token": label if t is not None else None}
 
 
-def _refine_fraction(method: str, f: float) -> float:
-    """--refine-fraction checked before the model loads: ITGIS/MHIS only, finite, in [0, 1)
-    (estimators.tailrisk.pmc). Raises UserError (one line, exit 2)."""
-    if method not in ("itgis", "mhis"):
-        raise UserError(f"--refine-fraction applies to itgis and mhis, not {method}")
+SAMPLER_FLAGS = {"fallback": "--fallback/--no-fallback", "refine_fraction": "--refine-fraction"}
+
+
+def _sampler_options(args) -> dict:
+    """The ITGIS/MHIS-only flags that were given ({config field: value}), checked before the
+    model loads: with another method, or --refine-fraction outside [0, 1) (pmc.py), one line
+    (UserError, exit 2)."""
+    out = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
+    for k in out:
+        if args.method not in ("itgis", "mhis"):
+            raise UserError(f"{SAMPLER_FLAGS[k]} applies to itgis and mhis, not {args.method}")
+    f = out.get("refine_fraction", 0.0)
     if not math.isfinite(f) or not 0 <= f < 1:
         raise UserError(f"--refine-fraction must be a number in [0, 1) (the share of the "
                         f"budget spent on the refinement; 0 turns it off), got {f:g}")
-    return f
+    return out
 
 
 def run_tail_risk(args) -> dict:
@@ -213,13 +220,7 @@ def run_tail_risk(args) -> dict:
         if not ESTIMATORS[args.method].has_temperature:
             raise UserError(f"--temperature applies to itgis and mhis, not {args.method}")
         extra["temperature"] = args.temperature
-    if args.fallback is not None:
-        if args.method not in ("itgis", "mhis"):
-            raise UserError(f"--fallback/--no-fallback applies to itgis and mhis, not "
-                            f"{args.method}")
-        extra["fallback"] = args.fallback
-    if args.refine_fraction is not None:
-        extra["refine_fraction"] = _refine_fraction(args.method, args.refine_fraction)
+    extra.update(_sampler_options(args))
     if args.mask is not None:
         if args.method != "activation":
             raise UserError(f"--mask applies to the activation method, not {args.method}")
