@@ -215,59 +215,43 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
         return None
     eps = kernel_epsilon(dist)
     start = int(seeds.shape[0])
-    mixtures: list[list] = []  # [mixture, draws, key] per distinct seed set
-    xs, vs, margins, used = [], [], [], []  # used: the mixture index of each batch
     bounds = _constraints(model, behaviour)
-    key = (were_hits, start)  # the hit set only grows, so this names the seed set
-    any_hit = False
+    w = torch.zeros(n, dtype=torch.float64)  # value·D/m_b of every draw (0 off the behaviour)
+    margins, tail_w = [], []  # while nothing has hit: every draw's margin and D/m_b
+    key, new_key, proposals, hits = None, (were_hits, start), 0, 0
     for done, m in batches(n, batch_size):
-        if not mixtures or mixtures[-1][2] != key:
-            mixtures.append([KernelMixture(dist, seeds, eps), 0, key])
-        x = mixtures[-1][0].sample(m, gen)
-        mixtures[-1][1] += m
-        used.append(len(mixtures) - 1)
+        if new_key != key:  # the hit set only grows, so (hits?, count) names the seed set
+            mix, key, proposals = KernelMixture(dist, seeds, eps), new_key, proposals + 1
+        x = mix.sample(m, gen)
         v, s, a = behaviour.evaluate_site(model, x.to(dev))
         v = v.cpu()
-        xs.append(x)
-        vs.append(v)
-        if bounds is not None and not any_hit:  # the tail is read only when nothing hit
+        hit = v > 0
+        if bounds is not None and hits == 0:  # the tail is read only when nothing hit
             margins.append((a.float() @ bounds[0] + bounds[1]).min(1).values.cpu().double())
-        if bool((v > 0).any()):
-            any_hit = True
+            tail_w.append(_pmc_weights(dist, mix, x))
+        if bool(hit.any()):
+            w[done:done + m][hit] = v[hit] * _pmc_weights(dist, mix, x[hit])
+            hits += int(hit.sum())
             log.add(x, v, s)
             seeds, is_hits = log.seeds()
-            key = (is_hits, int(seeds.shape[0]))
+            new_key = (is_hits, int(seeds.shape[0]))
         report(progress, (done + m) / n, done + m, n, "calls", "refinement")
-    x, v = torch.cat(xs), torch.cat(vs)
-    which = torch.cat([torch.full((len(b),), j) for b, j in zip(xs, used)])
-    w = torch.zeros(n, dtype=torch.float64)
-    hit = v > 0
-    if bool(hit.any()):
-        w[hit] = v[hit] * _pmc_weights(dist, mixtures, x[hit], which[hit])
-    tail = None
-    if not bool(hit.any()) and margins:
-        tail = tail_fit(torch.cat(margins), _pmc_weights(dist, mixtures, x, which))
+    tail = tail_fit(torch.cat(margins), torch.cat(tail_w)) if hits == 0 and margins else None
     # unbiased weights can put the mean above 1 (a behaviour that always holds: 1.02 seen)
     return Refinement(min(1.0, float(w.mean())),
-                      normal_interval(w, confidence, upper_clip=1.0), n, int(hit.sum()),
-                      start, were_hits, int(seeds.shape[0]), len(mixtures), tail)
+                      normal_interval(w, confidence, upper_clip=1.0), n, hits,
+                      start, were_hits, int(seeds.shape[0]), proposals, tail)
 
 
-def _pmc_weights(dist, mixtures, x: Int[Tensor, "n k"], which: Int[Tensor, "n"]
-                 ) -> Float[Tensor, "n"]:
-    """D(x)/m_j(x), m_j the mixture draw x came from (`which`: its index in `mixtures`).
+def _pmc_weights(dist, mix: KernelMixture, x: Int[Tensor, "n k"]) -> Float[Tensor, "n"]:
+    """D(x)/m_b(x), m_b the mixture the draws x came from.
 
-    Each m_j is built only from hits of earlier batches, so every weighted draw has
+    Each m_b is built only from hits of earlier batches, so every weighted draw has
     expectation exactly P_D(behaviour) and their mean is unbiased (PMC, Cappé et al. 2004).
-    AMIS's deterministic mixture m̄ = Σ_j (draws_j/n)·m_j is not: a hit becomes a seed, and the
+    AMIS's deterministic mixture m̄ = Σ_b (draws_b/n)·m_b is not: a hit becomes a seed, and the
     later kernels centred on it raise m̄ at that very point, lowering its own weight
     (measured 0.4–0.6× on targets with hundreds of hits)."""
-    log_m = torch.empty(x.shape[0], dtype=torch.float64)
-    for j, (mix, _, _) in enumerate(mixtures):
-        sel = which == j
-        if bool(sel.any()):
-            log_m[sel] = mix.log_density(x[sel])
-    return (dist.log_prob(x) - log_m).exp()
+    return (dist.log_prob(x) - mix.log_density(x)).exp()
 
 
 def _constraints(model, behaviour):
