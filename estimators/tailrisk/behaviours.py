@@ -142,6 +142,13 @@ def _stop_layer(model, site: str) -> int | None:
     return None
 
 
+def constraint_margin(a: Float[Tensor, "B d"], G: Float[Tensor, "d m"], h: Float[Tensor, "m"]
+                      ) -> Float[Tensor, "B"]:
+    """min_j (a·G + h)_j, in a's dtype and on a's device: > 0 exactly where every linear
+    inequality of `Behaviour.constraints` holds (for argmax, logit_t − max_{u≠t} logit_u)."""
+    return (a @ G.to(a) + h.to(a)).min(-1).values
+
+
 def site_activations(model, tokens: Int[Tensor, "B k"], site: str) -> Float[Tensor, "B d"]:
     with torch.no_grad():
         return _site_activation(model, tokens, site).float()

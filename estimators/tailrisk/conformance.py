@@ -67,7 +67,7 @@ def _logit_checks(model, tokens, own: torch.Tensor, tol: float
     from estimators.tailrisk.actmodel import independent_argmax_probability, logit_tail
     from estimators.tailrisk.behaviours import (UNEMBED_IN, Argmax, LogitThreshold,
                                                 SampledProbability, _site_activation,
-                                                final_logits, soft_cap)
+                                                constraint_margin, final_logits, soft_cap)
     from estimators.tailrisk.ground_truth import _per_input_vector
 
     fails = []
@@ -91,7 +91,7 @@ def _logit_checks(model, tokens, own: torch.Tensor, tol: float
     for i in range(own.shape[0]):
         t = int(top2.indices[i, 0])
         G, h = Argmax(t).constraints(model)
-        m = (a.double() @ G.to(a.device) + h.to(a.device)).min(-1).values
+        m = constraint_margin(a.double(), G, h)
         truth = own.double().argmax(-1) == t
         others = own.double().clone()
         others[:, t] = -torch.inf
@@ -111,7 +111,7 @@ def _logit_checks(model, tokens, own: torch.Tensor, tol: float
     for theta in thetas:
         b = LogitThreshold(0, theta)
         G, h = b.constraints(model)
-        ind = ((a.double() @ G.to(a.device) + h.to(a.device)).min(-1).values > 0)
+        ind = constraint_margin(a.double(), G, h) > 0
         truth = lt > theta
         v, _ = b.evaluate(model, tokens)
         if _indicator_mismatch(ind, truth, lt - theta, tol) or \

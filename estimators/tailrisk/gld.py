@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from estimators.estimate import Estimate
-from estimators.tailrisk.behaviours import Behaviour
+from estimators.tailrisk.behaviours import Behaviour, constraint_margin
 from estimators.tailrisk.common import EstimatorConfig, ProgressFn, log_ndtr
 from estimators.tailrisk.distributions import InputDistribution
 from estimators.tailrisk.qld import estimate_from_site_samples
@@ -25,7 +25,7 @@ class GLDConfig(EstimatorConfig):
 
 
 def gld_probability(acts: torch.Tensor, G: torch.Tensor, h: torch.Tensor) -> tuple[float, dict]:
-    delta = (acts.double() @ G.to(acts.device).double() + h.to(acts.device).double()).min(1).values
+    delta = constraint_margin(acts.double(), G, h)
     mu = float(delta.mean())
     sd = float(delta.std(unbiased=True))
     if sd == 0.0:

@@ -47,6 +47,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from estimators.tailrisk.behaviours import constraint_margin
 from estimators.tailrisk.common import ProgressFn, batches, normal_interval, report
 
 DEFENSIVE = 0.1  # α: the share of D in the refinement's proposal
@@ -227,7 +228,7 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
         v = v.cpu()
         hit = v > 0
         if bounds is not None and hits == 0:  # the tail is read only when nothing hit
-            margins.append((a.float() @ bounds[0] + bounds[1]).min(1).values.cpu().double())
+            margins.append(constraint_margin(a.float(), *bounds).cpu().double())
             tail_w.append(_pmc_weights(dist, mix, x))
         if bool(hit.any()):
             w[done:done + m][hit] = v[hit] * _pmc_weights(dist, mix, x[hit])
