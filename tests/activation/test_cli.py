@@ -7,7 +7,7 @@ import torch
 
 from estimators import zoo
 from estimators.activation import random_mlp, save_mlp
-from estimators.cli import main
+from tests.cli_run import run_cli as _run
 
 torch.set_num_threads(1)
 
@@ -20,12 +20,6 @@ def mlp_dir(tmp_path_factory):
     (d / "dist.json").write_text(json.dumps({"mean": [0.1, 0, -0.2, 0.3],
                                              "cov": (A @ A.T / 4).tolist()}))
     return d
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_mlp_json_fields(capsys, mlp_dir):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from estimators.cli import main
+from tests.cli_run import run_cli as _run
 from estimators.loading import save_checkpoint
 from estimators.tailrisk import Argmax, run_estimator
 from estimators.tailrisk.distributions import from_json
@@ -28,12 +28,6 @@ def files(tmp_path_factory):
     return model, from_json(DIST, 5, 4), ["tail-risk", "--model", str(d / "model"),
                                           "--distribution", str(d / "d.json"), "--budget",
                                           "200", "--json"]
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("method, f", [("itgis", 0.5), ("mhis", 0.5), ("itgis", 0.0)])

@@ -7,15 +7,9 @@ import pytest
 
 from estimators.activation import Propagator, chain_for_zoo
 from estimators.activation.search import greedy_search
-from estimators.cli import main
+from tests.cli_run import run_cli as _run
 
 ARGS = ["propagate", "--model", "maxk", "--n-inputs", "32", "--samples", "64", "--json"]
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_greedy_search_path_in_json_matches_library(capsys):

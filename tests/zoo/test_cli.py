@@ -6,13 +6,7 @@ from __future__ import annotations
 import json
 
 from estimators import zoo
-from estimators.cli import main
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.cli_run import run_cli as _run
 
 
 def test_list_json(capsys):

@@ -1,4 +1,4 @@
-"""QA of issue #14's CLI surface: K = 4 refused before allocating where this machine cannot hold
+"""The activation CLI's limits: K = 4 refused before allocating where this machine cannot hold
 it; method and Hermite-order flags checked before the model loads."""
 
 from __future__ import annotations
@@ -10,16 +10,10 @@ import torch
 
 from estimators.activation import random_mlp, save_mlp
 from estimators.activation.cumulants import K4_MEMORY_LIMIT_GB, _k4_factor_bytes, k4_peak_bytes
-from estimators.cli import main
+from tests.cli_run import run_cli as _run
 from estimators.validation import MEMORY_FRACTION, available_memory
 
 torch.set_num_threads(1)
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_k4_beyond_this_machine_is_one_line_before_allocating(capsys, tmp_path):
