@@ -147,7 +147,7 @@ def vertex_table(mu: torch.Tensor, var: torch.Tensor, act: str, pmax: int,
 ACTIVATION_INFIMUM = {"relu": 0.0, "gelu": -0.169971}
 
 
-def _valid_marginals(V, E, act: str):
+def _valid_marginals(E, act: str):
     """The truncated Edgeworth series can put a unit's mean below the activation's infimum
     (third and fourth cumulants large against σ³, σ⁴: narrow or strongly non-Gaussian layers,
     or a unit almost never active). Such a mean is impossible; it is raised to the infimum
@@ -377,7 +377,7 @@ def activation_state(z: State, act: str, K: int, order: int, diagonal: bool,
     f = Flops(elementwise=float(n * pmax * (order + extra + 2) * 4))
     E = [None] + [edgeworth(V[p], 0, s, q, K) for p in range(1, pmax + 1)]
     if K >= 3:
-        E = _valid_marginals(V, E, act)
+        E = _valid_marginals(E, act)
     mean = E[1]
     var = (E[2] - E[1] ** 2).clamp_min(0)
     x = State(mean, var)
