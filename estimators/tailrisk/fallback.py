@@ -11,7 +11,7 @@ reports instead the extrapolation of the activations it already computed, at 0 e
 * QLD on them (`qld.qld_probability`, Wu & Hilton 2024's quadratic logit decomposition). When
   QLD counts none of its n² combinations, half a count, 0.5/n² (its resolution, the usual
   continuity correction), or GLD's Φ(μ/σ) (`gld.gld_probability`, the normal fitted to the
-  constraint margin) where that is larger ("qld+gld"). Chosen on charlm (README, Benchmarks):
+  constraint margin) where that is larger (method "qld half count" or "gld"). Chosen on charlm (README, Benchmarks):
   QLD alone, where it counts something, was the better of the two (median 12–90× high on
   hex, 2–6× on words, from 1,638 draws); GLD was 10–20× *low* on hex needles, where half a
   count is closer, and 200× high on words;
