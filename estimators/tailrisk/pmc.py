@@ -49,12 +49,15 @@ from torch import Tensor
 
 from estimators.tailrisk.behaviours import constraint_margin
 from estimators.tailrisk.common import ProgressFn, batches, normal_interval, report
+from estimators.tailrisk.coordinate import coordinate_search
 
-DEFENSIVE = 0.1  # α: the share of D in the refinement's proposal
+DEFENSIVE = 0.1  # α: the share of D in the refinement's proposal (at least)
+MAX_DEFENSIVE = 0.8  # α for a common behaviour (defensive_share)
 PRODUCT_SHARE = 0.3  # β: the share of the product of the seeds' token frequencies
 MAX_SEEDS = 256  # kernels kept (the most probable under D)
 TOP_SEEDS = 8  # seeds from the highest scores when the search found no hit
 TAIL_POINTS = 32  # the largest distinct margins tail_fit reads
+COORDINATE_SHARE = 0.75  # of the refinement's calls: the greedy coordinate search
 SEED_CHUNK = 64  # seeds per step of the density's evaluation ([n, chunk, k] booleans)
 
 
@@ -67,6 +70,8 @@ class SearchLog:
     active: bool = True
     hits: dict = field(default_factory=dict)  # tuple(tokens) -> None (insertion-ordered)
     top: list = field(default_factory=list)  # [(score, tuple(tokens))], ≤ TOP_SEEDS, best first
+    _mass: float = 0.0  # D mass of the first _mass_of hits (known_mass, incremental)
+    _mass_of: int = 0
 
     def add(self, x: Int[Tensor, "n k"], value: Tensor, score: Tensor) -> None:
         """Record a batch of evaluated inputs with their values and scores ([n] each)."""
@@ -85,6 +90,20 @@ class SearchLog:
                     seen.add(t)
                     self.top.append((sc, t))
             self.top = self.top[:TOP_SEEDS]
+
+    def contains(self, x: Int[Tensor, "n k"]) -> Tensor:
+        """[n] bool: which rows of x are among the distinct hits logged."""
+        return torch.tensor([tuple(r) in self.hits for r in x.cpu().tolist()], dtype=torch.bool)
+
+    def known_mass(self, dist) -> float:
+        """D(H), the exact probability under D of the distinct hits logged (0 with none)."""
+        if not self.hits:
+            return 0.0
+        if len(self.hits) != self._mass_of:
+            new = list(self.hits)[self._mass_of:]
+            self._mass += float(dist.log_prob(torch.tensor(new)).exp().sum())
+            self._mass_of = len(self.hits)
+        return self._mass
 
     def seeds(self) -> tuple[Int[Tensor, "h k"] | None, bool]:
         """(seed inputs [h, k], whether they are hits); (None, False) when nothing was logged."""
@@ -110,6 +129,7 @@ class KernelMixture:
 
     def __init__(self, dist, seeds: Int[Tensor, "h k"], eps: float, alpha: float = DEFENSIVE,
                  beta: float = PRODUCT_SHARE):
+        beta = min(beta, (1 - alpha) / 2)  # the kernels keep a share when α is raised
         log_d = dist.log_prob(seeds)
         keep = torch.argsort(log_d, descending=True)[:MAX_SEEDS]
         self.seeds, log_d = seeds[keep], log_d[keep]
@@ -123,8 +143,9 @@ class KernelMixture:
         freq.scatter_add_(1, self.seeds.T, self.log_pi.exp()[None].expand(k, -1).contiguous())
         self.log_q = ((1 - eps) * freq + eps * self.unif).log()  # [k, V]
 
-    def sample(self, n: int, gen: torch.Generator) -> Int[Tensor, "n k"]:
-        """n draws: D w.p. α, Q w.p. β, else kernel h ∼ π (each position redrawn from U w.p. ε)."""
+    def sample(self, n: int, gen: torch.Generator, with_source: bool = False):
+        """n draws [n, k]: D w.p. α, Q w.p. β, else kernel h ∼ π (each position redrawn from U
+        w.p. ε). With `with_source`, (draws, [n] bool: the rows drawn from D itself)."""
         fresh = torch.multinomial(self.unif.float(), n, replacement=True, generator=gen).T
         h = torch.multinomial(self.log_pi.exp().float(), n, replacement=True, generator=gen)
         mutate = torch.rand(fresh.shape, generator=gen) < self.eps
@@ -132,7 +153,8 @@ class KernelMixture:
         u = torch.rand(n, generator=gen)
         q = torch.multinomial(self.log_q.exp().float(), n, replacement=True, generator=gen).T
         out = torch.where((u < self.alpha + self.beta)[:, None], q, out)
-        return torch.where((u < self.alpha)[:, None], self.dist.sample(n, gen), out)
+        out = torch.where((u < self.alpha)[:, None], self.dist.sample(n, gen), out)
+        return (out, u < self.alpha) if with_source else out
 
     def log_density(self, x: Int[Tensor, "n k"]) -> Float[Tensor, "n"]:
         """log m(x), float64 (seeds in chunks of SEED_CHUNK: memory n·chunk·k)."""
@@ -160,16 +182,26 @@ class Refinement:
 
     value: float
     interval: tuple[float, float] | None
-    samples: int  # forward-only draws (1 call each)
+    samples: int  # population Monte Carlo draws (forward only, 1 call each)
     hits: int  # draws in the behaviour
     seeds_start: int  # seeds the first batch used
     seeds_were_hits: bool
     seeds_end: int
     proposals: int  # distinct mixtures used (the seed set grew between them)
     tail: float | None = None  # no hit: the weighted margin tail extrapolated to 0 (tail_fit)
+    coordinate_calls: int = 0  # calls the greedy coordinate search spent (coordinate.py)
+    coordinate_inputs: int = 0  # inputs it evaluated
+    known: int = 0  # distinct inputs in the behaviour found (search, coordinate search, draws)
+    known_mass: float = 0.0  # their exact probability under D: a lower bound on the answer
+    d_acts: Tensor | None = None  # site activations [r, d] of the draws from D's component
 
     def diagnostics(self) -> dict:
-        return {"refine_samples": self.samples, "refine_hits": self.hits,
+        return {"refine_samples": self.samples + self.coordinate_inputs,
+                "refine_calls": self.samples + self.coordinate_calls,
+                "refine_draws": self.samples, "refine_hits": self.hits,
+                "refine_draws_from_d": 0 if self.d_acts is None else int(self.d_acts.shape[0]),
+                "refine_coordinate_calls": self.coordinate_calls,
+                "refine_known_inputs": self.known, "refine_known_mass": self.known_mass,
                 "refine_seeds": [self.seeds_start, self.seeds_end],
                 "refine_seeds_were_hits": self.seeds_were_hits,
                 "refine_proposals": self.proposals, "refine_tail": self.tail}
@@ -196,52 +228,87 @@ def refined_diagnostics(stage: Refinement | None) -> dict:
     """The refinement's diagnostics for an estimator's output ({"refine": None, …} when the
     stage did not run: no budget for it, or no seed)."""
     if stage is None:
-        return {"refine": None, "refine_samples": 0}
-    used = "estimate" if stage.hits else "no hit"  # then the search's estimate, or the fallback
+        return {"refine": None, "refine_samples": 0, "refine_calls": 0, "refine_draws": 0,
+                "refine_draws_from_d": 0}
+    used = "estimate" if stage.hits or stage.known else "no hit"  # then the search's estimate, or the fallback
     return {"refine": used, **stage.diagnostics()}
 
 
 def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
            batch_size: int, dev, confidence: float = 0.95,
            progress: ProgressFn | None = None) -> Refinement | None:
-    """Spend n forward-only calls on the population Monte Carlo stage (module docstring),
-    starting from `log`'s seeds; new hits join the seeds batch by batch. None when `log` holds
-    no seed or n < 1. `value` in probability units: Σ value·D/m_b / n over every draw, m_b the
-    mixture its batch was drawn from (unbiased; module docstring), reported capped at 1;
-    `interval` the normal approximation on those weighted values (approximate; [1, 1] where
-    the mean lies above 1 beyond its spread), None with fewer than two hits. `tail` (no hit
-    only): `tail_fit` of the margins, None for a behaviour without linear inequalities."""
+    """Spend n calls on the refinement stage (module docstring): a `COORDINATE_SHARE` of them
+    on the greedy coordinate search (coordinate.py), the rest on forward-only population
+    Monte Carlo draws starting from `log`'s seeds; new hits join the seeds batch by batch.
+    None when n < 1 or nothing gives a seed.
+
+    `value` in probability units, the known-set estimate: with H_b the distinct hits known
+    before batch b (exact D mass D(H_b): each was evaluated), each draw of batch b counts
+    y = D(H_b) + value·1{x ∉ H_b}·D/m_b, whose expectation is exactly P_D(behaviour) (m_b
+    depends only on what came before); `value` = mean y, capped at 1. `interval`: the normal
+    approximation on the y (approximate), its upper end at least D(H) + the rule-of-three
+    bound of the part outside H when no draw found a new hit. `tail` (no hit at all): `tail_fit`
+    of the margins, None for a behaviour without linear inequalities."""
+    if n < 1:
+        return None
+    climb = coordinate_search(model, dist, behaviour, int(COORDINATE_SHARE * n), gen, dev, log,
+                              progress)
+    n -= climb.calls
+    alpha = defensive_share(climb)
     seeds, were_hits = log.seeds()
     if seeds is None or n < 1:
         return None
     eps = kernel_epsilon(dist)
     start = int(seeds.shape[0])
     bounds = _constraints(model, behaviour)
-    w = torch.zeros(n, dtype=torch.float64)  # value·D/m_b of every draw (0 off the behaviour)
+    known = log.known_mass(dist)  # D(H): the exact mass of the distinct hits found so far
+    y = torch.zeros(n, dtype=torch.float64)  # D(H_b) + value·1{x ∉ H_b}·D/m_b of every draw
     margins, tail_w = [], []  # while nothing has hit: every draw's margin and D/m_b
-    key, new_key, proposals, hits = None, (were_hits, start), 0, 0
+    d_acts = []  # site activations of the draws that came from D's own component
+    key, new_key, proposals, hits, new = None, (were_hits, start), 0, 0, 0
     for done, m in batches(n, batch_size):
         if new_key != key:  # the hit set only grows, so (hits?, count) names the seed set
-            mix, key, proposals = KernelMixture(dist, seeds, eps), new_key, proposals + 1
-        x = mix.sample(m, gen)
+            mix, key, proposals = KernelMixture(dist, seeds, eps, alpha), new_key, proposals + 1
+        x, from_d = mix.sample(m, gen, with_source=True)
         v, s, a = behaviour.evaluate_site(model, x.to(dev))
         v = v.cpu()
+        d_acts.append(a[from_d.to(a.device)].cpu())  # draws of D itself: the fallback's too
         hit = v > 0
-        if bounds is not None and hits == 0:  # the tail is read only when nothing hit
+        y[done:done + m] = known
+        if bounds is not None and hits == 0 and not log.hits:  # the tail: nothing hit yet
             margins.append(constraint_margin(a.float(), *bounds).cpu().double())
             tail_w.append(_pmc_weights(dist, mix, x))
         if bool(hit.any()):
-            w[done:done + m][hit] = v[hit] * _pmc_weights(dist, mix, x[hit])
+            fresh = hit & ~log.contains(x)
+            if bool(fresh.any()):
+                y[done:done + m][fresh] += v[fresh] * _pmc_weights(dist, mix, x[fresh])
+                new += int(fresh.sum())
             hits += int(hit.sum())
             log.add(x, v, s)
+            known = log.known_mass(dist)
             seeds, is_hits = log.seeds()
             new_key = (is_hits, int(seeds.shape[0]))
         report(progress, (done + m) / n, done + m, n, "calls", "refinement")
     tail = tail_fit(torch.cat(margins), torch.cat(tail_w)) if hits == 0 and margins else None
     # unbiased weights can put the mean above 1 (a behaviour that always holds: 1.02 seen)
-    return Refinement(min(1.0, float(w.mean())),
-                      normal_interval(w, confidence, upper_clip=1.0), n, hits,
-                      start, were_hits, int(seeds.shape[0]), proposals, tail)
+    interval = normal_interval(y, confidence, upper_clip=1.0)
+    if interval is not None and new == 0 and log.hits:  # nothing outside H was seen
+        rest = -math.log(1 - confidence) / (alpha * n)  # m ≥ α·D: P(new hit) ≥ α·P(rest)
+        interval = (interval[0], min(1.0, max(interval[1], float(y[0]) + rest)))
+    return Refinement(min(1.0, float(y.mean())), interval, n, hits,
+                      start, were_hits, int(seeds.shape[0]), proposals, tail,
+                      coordinate_calls=climb.calls, coordinate_inputs=climb.inputs,
+                      known=len(log.hits), known_mass=float(log.known_mass(dist)),
+                      d_acts=torch.cat(d_acts))
+
+
+def defensive_share(climb) -> float:
+    """α, D's share in the refinement's proposal: DEFENSIVE, raised to the share of the
+    coordinate search's fresh draws of D that hit (at most MAX_DEFENSIVE). For a common
+    behaviour D itself is close to the zero-variance proposal, and kernels around a few
+    hundred seeds only add variance (a behaviour that always holds read 0.92 at α = 0.1)."""
+    rate = climb.start_hits / climb.starts if climb.starts else 0.0
+    return min(MAX_DEFENSIVE, max(DEFENSIVE, rate))
 
 
 def _pmc_weights(dist, mix: KernelMixture, x: Int[Tensor, "n k"]) -> Float[Tensor, "n"]:
