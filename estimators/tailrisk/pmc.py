@@ -261,12 +261,16 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
     `value` in probability units, the known-set estimate: with H_b the distinct hits known
     before batch b (exact D mass D(H_b): each was evaluated), each draw of batch b counts
     y = D(H_b) + value·1{x ∉ H_b}·D/m_b, whose expectation is exactly P_D(behaviour) (m_b
-    depends only on what came before); `value` = mean y, capped at 1. `interval`: the normal
-    approximation on the y (approximate), its upper end at least D(H) + the rule-of-three
-    bound of the part outside H when no draw found a new hit. `tail` (no hit at all): `tail_fit`
-    of the margins, None for a behaviour without linear inequalities."""
+    depends only on what came before); `value` = mean y, raised to D(H), the exact mass of
+    the hits known at the end (a sure lower bound; this projection makes the value consistent
+    rather than unbiased), and capped at 1. `interval`: the normal approximation on the y
+    (approximate), both ends at least D(H), its upper end at least D(H) + the rule-of-three
+    bound of the part outside H when no draw found a new hit. `tail` (no hit at all):
+    `tail_fit` of the margins, None for a behaviour without linear inequalities."""
     if n < 1:
         return None
+    if COORDINATE_SHARE * n >= 1:
+        log.top = []  # the climb's best inputs replace the search's (another score's scale)
     climb = coordinate_search(model, dist, behaviour, int(COORDINATE_SHARE * n), gen, dev, log,
                               progress)
     n -= climb.calls
@@ -308,13 +312,17 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
     tail = tail_fit(torch.cat(margins), torch.cat(tail_w)) if hits == 0 and margins else None
     # unbiased weights can put the mean above 1 (a behaviour that always holds: 1.02 seen)
     interval = normal_interval(y, confidence, upper_clip=1.0)
-    if interval is not None and new == 0 and log.hits:  # nothing outside H was seen
-        rest = -math.log(1 - confidence) / (alpha * n)  # m ≥ α·D: P(new hit) ≥ α·P(rest)
-        interval = (interval[0], min(1.0, max(interval[1], float(y[0]) + rest)))
-    return Refinement(min(1.0, float(y.mean())), interval, n, hits,
+    known = log.known_mass(dist)  # D(H) at the end: a sure lower bound
+    if interval is not None:
+        interval = (max(interval[0], known), max(interval[1], known))
+        if new == 0 and log.hits:  # nothing outside H was seen
+            rest = -math.log(1 - confidence) / (alpha * n)  # m ≥ α·D: P(new hit) ≥ α·P(rest)
+            interval = (interval[0], min(1.0, max(interval[1], float(y[0]) + rest)))
+    # never below what is known for sure (a projection on p ≥ D(H): it can only lower the error)
+    return Refinement(min(1.0, max(float(y.mean()), known)), interval, n, hits,
                       start, were_hits, int(seeds.shape[0]), proposals, tail,
                       coordinate_calls=climb.calls, coordinate_inputs=climb.inputs,
-                      known=len(log.hits), known_mass=float(log.known_mass(dist)),
+                      known=len(log.hits), known_mass=known,
                       d_acts=torch.cat(d_acts))
 
 
