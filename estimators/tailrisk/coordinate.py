@@ -35,7 +35,8 @@ from torch import Tensor
 from estimators.tailrisk.common import FORWARD_BACKWARD_CALLS, ProgressFn, report
 
 CANDIDATES = 64  # tokens tried per step and walker (D's whole support when it has fewer)
-WALKERS = 8  # walkers climbing side by side
+WALKERS = 8  # walkers climbing side by side (fewer where MIN_STEPS steps each do not fit)
+MIN_STEPS = 4  # steps per walker the budget must allow
 CLIMB_GUIDE = "margin"  # the score climbed (Behaviour.guided)
 
 
@@ -71,10 +72,13 @@ def coordinate_search(model, dist, behaviour, n: int, gen: torch.Generator, dev,
     free = [i for i, s in enumerate(supports) if s.numel() > 1]
     wide = any(supports[i].numel() > CANDIDATES for i in free)
     per_walker = 1 + (FORWARD_BACKWARD_CALLS if wide else 0)  # a restart (and its gradient)
-    walkers = min(WALKERS, n // per_walker)
+    step = max((min(CANDIDATES, supports[i].numel() - 1) for i in free), default=0)
+    # as many walkers as leave room for MIN_STEPS steps each (fewer on a small budget)
+    walkers = min(WALKERS, n // (MIN_STEPS * (step + per_walker))) if free else 0
     out = Climb()
-    if not free or walkers < 1:
+    if walkers < 1:
         return out
+    log.top = []  # the climb's best inputs replace the search's (another score's scale)
     x = dist.sample(walkers, gen)  # [W, k]
     cur = torch.empty(walkers, dtype=torch.float64)
     stale, order = [0] * walkers, [[] for _ in range(walkers)]

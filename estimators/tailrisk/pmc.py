@@ -64,7 +64,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from estimators.tailrisk.behaviours import constraint_margin
-from estimators.tailrisk.common import ProgressFn, batches, normal_interval, report
+from estimators.tailrisk.common import (ProgressFn, batches, clopper_pearson_interval,
+                                        normal_interval, report)
 from estimators.tailrisk.coordinate import coordinate_search
 
 DEFENSIVE = 0.1  # α: the share of D in the refinement's proposal (at least)
@@ -263,14 +264,11 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
     y = D(H_b) + value·1{x ∉ H_b}·D/m_b, whose expectation is exactly P_D(behaviour) (m_b
     depends only on what came before); `value` = mean y, raised to D(H), the exact mass of
     the hits known at the end (a sure lower bound; this projection makes the value consistent
-    rather than unbiased), and capped at 1. `interval`: the normal approximation on the y
-    (approximate), both ends at least D(H), its upper end at least D(H) + the rule-of-three
-    bound of the part outside H when no draw found a new hit. `tail` (no hit at all):
+    rather than unbiased), and capped at 1. `interval`: `known_set_interval` (None when
+    nothing hit and nothing is known). `tail` (no hit at all):
     `tail_fit` of the margins, None for a behaviour without linear inequalities."""
     if n < 1:
         return None
-    if COORDINATE_SHARE * n >= 1:
-        log.top = []  # the climb's best inputs replace the search's (another score's scale)
     climb = coordinate_search(model, dist, behaviour, int(COORDINATE_SHARE * n), gen, dev, log,
                               progress)
     n -= climb.calls
@@ -311,19 +309,35 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
         report(progress, (done + m) / n, done + m, n, "calls", "refinement")
     tail = tail_fit(torch.cat(margins), torch.cat(tail_w)) if hits == 0 and margins else None
     # unbiased weights can put the mean above 1 (a behaviour that always holds: 1.02 seen)
-    interval = normal_interval(y, confidence, upper_clip=1.0)
     known = log.known_mass(dist)  # D(H) at the end: a sure lower bound
-    if interval is not None:
-        interval = (max(interval[0], known), max(interval[1], known))
-        if new == 0 and log.hits:  # nothing outside H was seen
-            rest = -math.log(1 - confidence) / (alpha * n)  # m ≥ α·D: P(new hit) ≥ α·P(rest)
-            interval = (interval[0], min(1.0, max(interval[1], float(y[0]) + rest)))
+    interval = known_set_interval(y, known, new, alpha, confidence) if hits or known else None
     # never below what is known for sure (a projection on p ≥ D(H): it can only lower the error)
     return Refinement(min(1.0, max(float(y.mean()), known)), interval, n, hits,
                       start, were_hits, int(seeds.shape[0]), proposals, tail,
                       coordinate_calls=climb.calls, coordinate_inputs=climb.inputs,
                       known=len(log.hits), known_mass=known,
                       d_acts=torch.cat(d_acts))
+
+
+def known_set_interval(y: Float[Tensor, "n"], known: float, new: int, alpha: float,
+                       confidence: float = 0.95) -> tuple[float, float]:
+    """The refinement's interval (probability units) from its n counts y (`refine`), `known`
+    = D(H) at the end and `new` draws that found an input outside the known set:
+
+    lower end: the normal approximation's, raised to D(H) (a sure lower bound);
+    upper end: the larger of the normal approximation's and D(H) + c/α, c the
+    Clopper–Pearson upper end for the rate of draws that find a new input (new of n): every
+    draw comes from a mixture m ≥ α·D, so it finds an input of the unknown rest with
+    probability ≥ α·P_D(rest), and the mass no draw reached is at most c/α.
+
+    The normal interval alone measured only the new inputs' weights: after one new hit it
+    shrank onto D(H) while most of the mass was unseen (QA: 13–16 of 20 intervals covered
+    the truth on a 14-input target at 1,024 calls). Capped at 1."""
+    n = y.numel()
+    normal = normal_interval(y, confidence, upper_clip=1.0)
+    lo, hi = normal if normal is not None else (known, known)
+    rest = clopper_pearson_interval(new, n, confidence)[1] / alpha
+    return max(lo, known), min(1.0, max(hi, known + rest))
 
 
 def defensive_share(climb) -> float:

@@ -38,15 +38,19 @@ def test_the_climb_finds_a_rare_target_and_logs_only_hits(rare_case):
 
 def test_wide_supports_take_candidates_from_the_gradient():
     """A position with more tokens than CANDIDATES: each step tries the CANDIDATES tokens with
-    the largest first-order gain, gradients cost 2 calls per walker, the budget holds."""
+    the largest first-order gain, gradients cost 2 calls per walker, the budget holds, and a
+    small budget takes fewer walkers rather than no step (QA: 8 walkers × 64 candidates did
+    not fit 300 calls, and the climb stopped before its first step)."""
     model = tiny_model(100, seed=1, n_ctx=4)
     dist = from_table([{v: 1 / 100 for v in range(100)}] * 3, 100, "wide")
     log = SearchLog()
     out = coordinate.coordinate_search(model, dist, Argmax(7), 1500,
                                        torch.Generator().manual_seed(0), "cpu", log)
     assert out.calls <= 1500 and out.calls > out.inputs  # gradients: 2 calls, no input
-    per_step = coordinate.WALKERS * coordinate.CANDIDATES
-    assert (out.inputs - out.starts) % per_step == 0
+    # 5 walkers (4 steps each of 64 candidates, 1 start and 2 gradient calls fit in 1,500)
+    assert out.starts == 1500 // (coordinate.MIN_STEPS * (coordinate.CANDIDATES + 3)) == 5
+    assert (out.inputs - out.starts) % (5 * coordinate.CANDIDATES) == 0
+    assert out.inputs - out.starts >= 4 * 5 * coordinate.CANDIDATES
 
 
 def test_known_set_estimate_is_exact_when_every_hit_is_known(rare_case):
