@@ -49,9 +49,9 @@ is high and their first hit becomes a seed for the next batch. At most `MAX_SEED
 a behaviour with a continuous value every draw would be a "hit"; there the samplers run alone.
 
 What it cannot do: find a cluster of hits that neither search nor the kernels reach. On
-charlm's hex target `>` (89 inputs), 73 of the hits end in `5ac` and the rest in `bf`/`ee`;
-the climbs from random starts reach the small clusters, and a run that misses `5ac` reads
-0.13× (4 of 6 seeds with refine_fraction 0.8; 0 of 6 for ITGIS at the default 0.9).
+charlm's hex target `I` (15 inputs), 13 of the hits end in `bee`, where the margin is highest,
+and 2 in `fae`; a run whose climbs reach only `fae` reads 2/15 = 0.13× (3 of 10 seeds for
+ITGIS, 4 of 10 for MHIS, at 2^14 calls).
 """
 
 from __future__ import annotations
