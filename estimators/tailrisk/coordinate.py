@@ -15,9 +15,11 @@ Candidates at a position: D's whole support there when it has at most `CANDIDATE
 first-order gain, the gradient of the score with respect to the one-hot input at the walker's
 current input (greedy coordinate gradient, Zou et al. 2023, "Universal and transferable
 adversarial attacks on aligned language models", after AutoPrompt, Shin et al. 2020; 2 calls
-per gradient). Score: the behaviour's constraint margin min_j (a·G + h)_j where it is a set of
-linear inequalities (for argmax, logit_t − max_{u≠t} logit_u: > 0 exactly on the behaviour),
-else its guiding score.
+per gradient). Score: the behaviour's "margin" guide (`Behaviour.guided`): for argmax the
+smooth margin logit_t − logsumexp_{u≠t} logit_u, for other behaviours their own score. On
+charlm's hex and words needles (12 targets × 6 seeds, 8,000 calls each) the climb found an
+input in 61 of 72 runs on the smooth margin, 55 on the exact margin logit_t − max_{u≠t}
+logit_u (flat wherever one competitor dominates), 62 on the target logit alone.
 
 `WALKERS` walkers climb side by side, their candidates evaluated in one batch. The search is
 not an estimator: it only chooses where the refinement looks, so the refinement stays unbiased

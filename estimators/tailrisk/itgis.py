@@ -76,7 +76,7 @@ class ITGISConfig(EstimatorConfig):
     reference_fraction: float = 0.1  # of the calls: forward-only draws from D (mixture.py)
     fallback: bool = True  # no hit: QLD/GLD on the reference draws' activations (fallback.py)
     guide: str = "score"  # the guiding score: "score" (target logit) or "margin" (argmax)
-    refine_fraction: float = 0.9  # of the calls: coordinate search + population Monte Carlo (pmc.py)
+    refine_fraction: float = 0.9  # of the calls: coordinate search, population Monte Carlo
 
     def __post_init__(self):
         super().__post_init__()
@@ -233,7 +233,8 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     return Estimate(value=value, interval=interval,
                     cost=Cost(calls=n * FORWARD_BACKWARD_CALLS + n_ref + extra["refine_calls"],
                               seconds=clock.seconds),
-                    diagnostics={"samples": n + n_ref + extra["refine_samples"], "samples_with_gradient": n,
+                    diagnostics={"samples": n + n_ref + extra["refine_samples"],
+                                 "samples_with_gradient": n,
                                  "reference_samples": n_ref, "hits": int((w > 0).sum()),
                                  "temperature": used[-1] if used else config.temperature,
                                  "temperatures_used": sorted(set(used)),

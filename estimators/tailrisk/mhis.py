@@ -90,7 +90,7 @@ class MHISConfig(EstimatorConfig):
     reference_fraction: float = 0.25  # of the calls: forward-only draws from D (mixture.py)
     fallback: bool = True  # no hit: QLD/GLD on the reference draws' activations (fallback.py)
     guide: str = "score"  # the guiding score: "score" (target logit) or "margin" (argmax)
-    refine_fraction: float = 0.9  # of the calls: coordinate search + population Monte Carlo (pmc.py)
+    refine_fraction: float = 0.9  # of the calls: coordinate search, population Monte Carlo
 
     def __post_init__(self):
         super().__post_init__()

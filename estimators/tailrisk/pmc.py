@@ -247,7 +247,8 @@ def refined_diagnostics(stage: Refinement | None) -> dict:
     if stage is None:
         return {"refine": None, "refine_samples": 0, "refine_calls": 0, "refine_draws": 0,
                 "refine_draws_from_d": 0}
-    used = "estimate" if stage.hits or stage.known else "no hit"  # then the search's estimate, or the fallback
+    # "no hit": nothing hit and nothing is known, so the fallback (or the search's 0) stands
+    used = "estimate" if stage.hits or stage.known else "no hit"
     return {"refine": used, **stage.diagnostics()}
 
 
