@@ -66,7 +66,7 @@ class Settings:
     mhis_temperature: float = 1.0
     activation_mask: str = "naive"  # the activation method's argument (CovarianceMask preset)
     zero_hit_fallback: bool = True  # ITGIS/MHIS with no hit: QLD/GLD extrapolation, not 0
-    refine_fraction: float = 0.65  # ITGIS/MHIS: share of the calls on the refinement (pmc.py)
+    refine_fraction: float = 0.9  # ITGIS/MHIS: share of the calls on the refinement (pmc.py)
     sae_feature: int = 0  # behaviour "sae": latent index of the sidebar's SAE
     probe_hook: str = ""  # behaviour "probe": a residual-stream hook ("" = the last one)
     probe_source: str = "unit"  # "unit": e_unit; "upload": probe_vector

@@ -245,9 +245,11 @@ def temperature_widgets(s: tr.Settings) -> dict:
         "refine_fraction": st.number_input(
             "Refinement share (ITGIS, MHIS)", *r["refine_fraction"][:2], step=0.05,
             key=_init("refine", float(s.refine_fraction)),
-            help="The last share of the budget is spent on population Monte Carlo around the "
-                 "hits the search found: forward-only draws from a mixture of D and kernels "
-                 "around the hits, with its exact density. 0 = the sampler alone. The "
+            help="The last share of the budget is spent on the refinement: a greedy "
+                 "coordinate search for inputs in the behaviour (three quarters), then "
+                 "forward-only draws from a mixture of D and kernels around every hit found, "
+                 "with its exact density; the estimate is the exact mass of the distinct hits "
+                 "found plus the draws' estimate of the rest. 0 = the sampler alone. The "
                  "results' `refine` column says whether its hits made the estimate."),
         "activation_mask": st.selectbox(
             "Activation-model argument", tr.ACTIVATION_MASKS,

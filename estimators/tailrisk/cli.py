@@ -72,9 +72,10 @@ def register(subparsers) -> None:
                         "the run's own reference draws, clipped to the zero-hit bound (biased; "
                         "default on); --no-fallback reports 0")
     p.add_argument("--refine-fraction", type=float, default=None, metavar="F",
-                   help="ITGIS/MHIS: share of the budget (model calls) spent last on population "
-                        "Monte Carlo around the hits the search found, in [0, 1); 0 = the "
-                        "sampler alone (default: the method's default)")
+                   help="ITGIS/MHIS: share of the budget (model calls) spent last on the "
+                        "refinement (a greedy coordinate search, then population Monte Carlo "
+                        "around every hit found), in [0, 1); 0 = the sampler alone (default: "
+                        "the method's default, 0.9)")
     p.add_argument("--mask", default=None,
                    choices=("naive", "position-blocks", "topk", "full"),
                    help="activation: the covariance-mask argument (default naive)")

@@ -63,7 +63,7 @@ import torch
 from estimators.tailrisk.behaviours import (Argmax, Behaviour, BehaviourError, LogitThreshold,
                                             final_logits, model_device, vocab_out)
 from estimators.tailrisk.calibration import family_hits, log_calibration
-from estimators.tailrisk.pmc import DEFENSIVE, Refinement, refined_diagnostics
+from estimators.tailrisk.pmc import Refinement, refined_diagnostics
 
 FALLBACK_CONFIDENCE = 0.95
 CAL_MIN_HITS = 3  # a calibration token needs this many hits among the reference draws
@@ -71,7 +71,7 @@ CAL_TOKENS = 16  # the rarest tokens with enough hits (closest to the target's r
 TAIL_FLOOR = 100.0  # the tail extrapolation lowers QLD/GLD's guess by at most √100 = 10×
 MIN_DRAWS = 3  # a covariance (QLD) or a standard deviation (GLD) needs a few draws
 FALLBACK_NOTE = ("no sample hit: the estimate is a model-based extrapolation, biased ({what}), "
-                 "clipped to the zero-hit bound {ub:.3g} ({n_draws:,} draws from D{refined})")
+                 "clipped to the zero-hit bound {ub:.3g} ({n_draws:,} draws from D)")
 
 
 LABELS = {"tail": "the refinement's margin-tail extrapolation", "qld": "QLD",
@@ -165,17 +165,16 @@ def calibrate_qld(model, behaviour: Behaviour, acts: torch.Tensor) -> dict | Non
 
 
 def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_draws: int,
-                   tail: float | None = None, refine_draws: int = 0
+                   tail: float | None = None
                    ) -> tuple[float, tuple[float, float], dict]:
     """For a run with no hit: (estimate, interval [0, bound], diagnostics). The estimate is the
     extrapolation of `acts` (the run's `n_draws` draws from D), combined with `tail` (the
     refinement's margin-tail extrapolation, pmc.tail_fit) where given, clipped to
     `zero_hit_upper_bound(n_draws)` (n_draws ≥ len(acts): every draw from D the run made, with
     or without its activation); 0 with `fallback: None` and a note where none applies.
-    `refine_draws` (the refinement's draws, none a hit) tighten the bound: each comes from a
-    mixture holding D at weight α = pmc.DEFENSIVE, so it hits with probability ≥ α·p and
-    counts as ⌊α·refine_draws⌋ draws from D (P(no hit) ≤ e^{−p·Σ α}: the same bound)."""
-    ub = zero_hit_upper_bound(n_draws + int(DEFENSIVE * refine_draws))
+    (The refinement's draws from D's own component of its mixture are among the n_draws:
+    `settle`.)"""
+    ub = zero_hit_upper_bound(n_draws)
     got = extrapolate(model, behaviour, acts) if acts is not None else None
     if got is None and tail is None:
         return 0.0, (0.0, ub), {
@@ -201,10 +200,7 @@ def apply_fallback(model, behaviour: Behaviour, acts: torch.Tensor | None, n_dra
         raw, method = math.sqrt(raw * max(tail, raw / TAIL_FLOOR)), f"{method}+tail"
     value = min(raw, ub)
     n = int(acts.shape[0]) if acts is not None else 0
-    refined = (f", {refine_draws:,} refinement draws at D's share {DEFENSIVE:g}"
-               if refine_draws else "")
-    note = FALLBACK_NOTE.format(what=describe(method, n, cal), ub=ub, n_draws=n_draws,
-                                refined=refined)
+    note = FALLBACK_NOTE.format(what=describe(method, n, cal), ub=ub, n_draws=n_draws)
     return value, (0.0, ub), {
         "fallback": method, "fallback_raw": raw, "fallback_uncalibrated": uncal,
         "fallback_calibration": cal, "fallback_guess": guess, "fallback_tail": tail,
@@ -217,18 +213,23 @@ def settle(model, behaviour: Behaviour, stage: Refinement | None, value: float,
            n_draws: int) -> tuple[float, tuple[float, float] | None, dict, bool]:
     """An importance sampler's last step, shared by ITGIS and MHIS: (value, interval,
     diagnostics, zero_hit). The refinement's estimate and interval replace the search's
-    (`value`, `interval`) where the refinement hit; a run left at 0 with `fallback` on gets
-    `apply_fallback` on `acts` (the run's `n_draws` draws from D, plus the refinement's draws
-    and its tail extrapolation). The diagnostics are the refinement's (`refined_diagnostics`)
+    (`value`, `interval`) where it hit or knows a hit; a run left at 0 with `fallback` on gets
+    `apply_fallback` on `acts` (the run's `n_draws` draws from D) and on the refinement's draws
+    from D's own component of its mixture (exact draws of D: they join the reference draws and
+    count in the zero-hit bound), with its tail extrapolation. The diagnostics are the
+    refinement's (`refined_diagnostics`)
     and the fallback's."""
     extra = refined_diagnostics(stage)
-    if stage is not None and stage.hits:
+    if stage is not None and (stage.hits or stage.known):
         value, interval = stage.value, stage.interval
     zero_hit = value == 0 and fallback
     if zero_hit:
+        if stage is not None and stage.d_acts is not None and stage.d_acts.shape[0]:
+            # the refinement's draws from D's own component: reference draws as well
+            acts = stage.d_acts if acts is None else torch.cat([acts, stage.d_acts])
+            n_draws += int(stage.d_acts.shape[0])
         value, interval, fb = apply_fallback(
-            model, behaviour, acts, n_draws, tail=stage.tail if stage is not None else None,
-            refine_draws=extra["refine_samples"])
+            model, behaviour, acts, n_draws, tail=stage.tail if stage is not None else None)
         extra.update(fb)
     return value, interval, extra, zero_hit
 

@@ -37,7 +37,7 @@ samples, so each batch stays unbiased and every weight is ≤ (r_b + m_b')/r_b. 
 reference draws alone makes the estimate positive. Budget N calls: n_ref = ⌊f·N⌋ reference
 draws and (N − n_ref)/2 samples with gradients; `samples` counts both.
 
-Refinement and zero-hit fallback (`refine_fraction`, default 0.65; `fallback`, default true;
+Refinement and zero-hit fallback (`refine_fraction`, default 0.9; `fallback`, default true;
 the same step in ITGIS and MHIS, `fallback.settle`): see pmc.py (population Monte Carlo around
 the search's hits; `refine_fraction=0` is the sampler alone) and fallback.py.
 
@@ -76,7 +76,7 @@ class ITGISConfig(EstimatorConfig):
     reference_fraction: float = 0.1  # of the calls: forward-only draws from D (mixture.py)
     fallback: bool = True  # no hit: QLD/GLD on the reference draws' activations (fallback.py)
     guide: str = "score"  # the guiding score: "score" (target logit) or "margin" (argmax)
-    refine_fraction: float = 0.65  # of the calls: population Monte Carlo from the hits (pmc.py)
+    refine_fraction: float = 0.9  # of the calls: coordinate search, population Monte Carlo
 
     def __post_init__(self):
         super().__post_init__()
@@ -230,11 +230,11 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
     value, interval, extra, zero_hit = settle(
         model, behaviour, stage, value, interval, config.fallback,
         torch.cat(ref_acts) if ref_acts else None, n_ref)
-    spent = extra["refine_samples"]
     return Estimate(value=value, interval=interval,
-                    cost=Cost(calls=n * FORWARD_BACKWARD_CALLS + n_ref + spent,
+                    cost=Cost(calls=n * FORWARD_BACKWARD_CALLS + n_ref + extra["refine_calls"],
                               seconds=clock.seconds),
-                    diagnostics={"samples": n + n_ref + spent, "samples_with_gradient": n,
+                    diagnostics={"samples": n + n_ref + extra["refine_samples"],
+                                 "samples_with_gradient": n,
                                  "reference_samples": n_ref, "hits": int((w > 0).sum()),
                                  "temperature": used[-1] if used else config.temperature,
                                  "temperatures_used": sorted(set(used)),

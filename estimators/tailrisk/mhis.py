@@ -51,7 +51,7 @@ reference draw and no kept state hit; with n_D = 0 it is the self-normalised est
 Defaults 16 chains and 30% burn-in: at 2^12 calls on the tests' rare case, 32 chains half as
 long gave estimates 0.03–0.8× the truth (kept states still climbing), 16 chains 0.3–2.6×.
 
-Refinement and zero-hit fallback (`refine_fraction`, default 0.65; `fallback`, default true;
+Refinement and zero-hit fallback (`refine_fraction`, default 0.9; `fallback`, default true;
 the same step in ITGIS and MHIS, `fallback.settle`): see pmc.py (population Monte Carlo around
 the search's hits; `refine_fraction=0` is the sampler alone) and fallback.py.
 
@@ -90,7 +90,7 @@ class MHISConfig(EstimatorConfig):
     reference_fraction: float = 0.25  # of the calls: forward-only draws from D (mixture.py)
     fallback: bool = True  # no hit: QLD/GLD on the reference draws' activations (fallback.py)
     guide: str = "score"  # the guiding score: "score" (target logit) or "margin" (argmax)
-    refine_fraction: float = 0.65  # of the calls: population Monte Carlo from the hits (pmc.py)
+    refine_fraction: float = 0.9  # of the calls: coordinate search, population Monte Carlo
 
     def __post_init__(self):
         super().__post_init__()
@@ -225,8 +225,7 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
                    progress=progress)
     value, interval, extra, _ = settle(model, behaviour, stage, value, None, config.fallback,
                                        a_ref, int(v_ref.numel()))
-    spent = extra["refine_samples"]
-    calls = n_ref + (C + total_steps) * FORWARD_BACKWARD_CALLS + spent
+    calls = n_ref + (C + total_steps) * FORWARD_BACKWARD_CALLS + extra["refine_calls"]
     return Estimate(value=value, interval=interval, cost=Cost(calls=calls, seconds=clock.seconds),
                     diagnostics={"chains": C, "steps_per_chain": max(steps, 0),
                                  "kept_states": int(vv.numel()),
@@ -236,7 +235,7 @@ def estimate_mhis(model, dist: InputDistribution, behaviour: Behaviour, config: 
                                  "reference_samples": int(v_ref.numel()),
                                  "log_normaliser": log_z, "temperature": T,
                                  "auto_temperature": adapt,
-                                 "samples": n_ref + C + total_steps + spent,
+                                 "samples": n_ref + C + total_steps + extra["refine_samples"],
                                  "samples_with_gradient": C + total_steps,
                                  "calls_convention": CALLS_CONVENTION,
                                  "fallback": None, **extra})

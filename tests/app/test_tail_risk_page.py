@@ -281,7 +281,7 @@ def test_refine_fraction_round_trips_through_a_settings_file_and_old_files_load(
     back, notes = tr.settings_from_untrusted(payload)
     assert back == s and back.refine_fraction == 0.3 and not notes
     old = {k: v for k, v in s.to_dict().items() if k != "refine_fraction"}
-    assert tr.settings_from_untrusted(old)[0].refine_fraction == 0.65  # before the setting
+    assert tr.settings_from_untrusted(old)[0].refine_fraction == 0.9  # before the setting
     high, notes = tr.settings_from_untrusted({**old, "refine_fraction": 0.99})
     assert high.refine_fraction == 0.95 and len(notes) == 1 and "refine_fraction" in notes[0]
 
@@ -306,7 +306,7 @@ def test_bad_refine_fraction_in_link_keeps_defaults():
     assert_no_exception(at)
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and "refine_fraction must be a number" in errors[0]
-    assert at.number_input(key="tr_w_refine").value == pytest.approx(0.65)
+    assert at.number_input(key="tr_w_refine").value == pytest.approx(0.9)
 
 
 def test_fallback_note_tells_exact_zeros_from_extrapolations():

@@ -83,17 +83,23 @@ def tiny_case():
 
 @pytest.mark.parametrize("method, budget, extra", [
     ("mc", 64, {}),
-    ("itgis", 128, {"temperature": 0.1, "batch_size": 16}),  # 64 samples, 4 proposals
+    ("itgis", 128, {"temperature": 0.1, "batch_size": 16, "fallback": False}),
+    ("itgis", 128, {"temperature": 0.1, "batch_size": 16, "refine_fraction": 0.0}),
 ])
 def test_unbiased_estimators_average_to_the_truth(tiny_case, method, budget, extra):
     """Mean over 200 seeds within 4 standard errors (the standard error is measured from the
-    same 200 runs); the ITGIS proposal is strongly tilted (T = 0.1), so a bias would show."""
+    same 200 runs); the ITGIS proposal is strongly tilted (T = 0.1), so a bias would show.
+    ITGIS with its refinement (coordinate search, then the known-set population Monte Carlo
+    estimate: it reads exactly p in all 200 runs, its climb finding the one input) and alone
+    (64 samples, 4 proposals); the zero-hit fallback, a model's guess, is off so that a run
+    that found nothing would read 0."""
     model, dist, target, p = tiny_case
     assert 1e-3 < p < 0.2
     vals = torch.tensor([run_estimator(method, model, dist, Argmax(target), budget, seed=s,
                                        **extra).value for s in range(200)], dtype=torch.float64)
     se = float(vals.std()) / math.sqrt(len(vals))
-    assert abs(float(vals.mean()) - p) < 4 * se, (float(vals.mean()), p, se)
+    # (+ rounding: ITGIS with its refinement reads exactly p, the input's D, in all 200 runs)
+    assert abs(float(vals.mean()) - p) < 4 * se + 1e-12 * p, (float(vals.mean()), p, se)
     assert se < 0.5 * p  # the test has power: the tolerance is a fraction of p
 
 

@@ -13,7 +13,6 @@ from estimators.tailrisk.behaviours import LogitThreshold
 from estimators.tailrisk.distributions import from_table
 from estimators.tailrisk.ground_truth import exact
 from estimators.tailrisk.fallback import zero_hit_upper_bound
-from estimators.tailrisk.pmc import DEFENSIVE
 
 from .conftest import tiny_model
 
@@ -28,20 +27,18 @@ def test_no_hit_gives_a_clipped_extrapolation_not_zero(rare_case, method):
     model, dist, truth = rare_case
     e = run_estimator(method, model, dist, Argmax(RARE), 256, seed=0)
     d = e.diagnostics
-    n_draws = d["reference_samples"]
+    # the reference draws and the refinement's draws from D's own component of its mixture
+    n_draws = d["reference_samples"] + d["refine_draws_from_d"]
     hits = d["hits"] if method == "itgis" else d["hits_in_kept"] + d["hits_in_reference"]
     assert hits == 0 and d["refine_hits"] == 0
     # QLD/GLD's guess, or its geometric mean with the refinement's margin-tail extrapolation
     assert d["fallback"].removesuffix("+tail") in ("qld", "gld", "qld half count", "tail")
-    # the refinement's draws hold D at weight α: ⌊α·draws⌋ more draws from D in the bound
-    equiv = n_draws + int(DEFENSIVE * d["refine_samples"])
-    ub = zero_hit_upper_bound(equiv)
-    assert ub == pytest.approx(-math.log(0.05) / equiv)
+    ub = zero_hit_upper_bound(n_draws)
+    assert ub == pytest.approx(-math.log(0.05) / n_draws) == d["zero_hit_upper_bound"]
     assert 0 < e.value <= ub and e.interval == (0.0, ub)
     assert e.value == min(d["fallback_raw"], ub)
     assert "no sample hit" in d["fallback_note"] and "biased" in d["fallback_note"]
-    assert f"({n_draws:,} draws from D, {d['refine_samples']:,} refinement draws" in \
-        d["fallback_note"]  # the bound's own count
+    assert f"({n_draws:,} draws from D)" in d["fallback_note"]  # the bound's own count
     assert e.cost.calls <= 256
     off = run_estimator(method, model, dist, Argmax(RARE), 256, seed=0, fallback=False)
     assert off.value == 0.0 and off.diagnostics["fallback"] is None

@@ -6,6 +6,7 @@ import torch
 
 from estimators.tailrisk import Argmax, run_estimator
 from estimators.tailrisk.distributions import from_table
+from estimators.tailrisk import pmc
 from estimators.tailrisk.pmc import KernelMixture, SearchLog, refine, tail_fit
 
 from .conftest import tiny_model
@@ -27,11 +28,14 @@ def test_mixture_density_is_exact():
     assert bool(((freq - dens).abs() <= 5 * se + 1e-12).all())
 
 
-def test_refinement_is_consistent_on_a_rare_target(rare_case):
-    """From one seed hit, 65,536 forward-only draws: median of three seeds within 10% of the
-    exact probability, every interval containing it (5.4e-5 and 8.0e-5 targets of the rare
-    case). Per-batch weights are unbiased but a hit found away from the seeds in the first
-    batch weighs up to 1/α: ratios measured 0.96–1.39 (target 6), 0.96–1.06 (target 11)."""
+def test_refinement_is_consistent_on_a_rare_target(rare_case, monkeypatch):
+    """From one seed hit, 65,536 forward-only draws of the population Monte Carlo alone (no
+    coordinate search): median of three seeds within 10% of the exact probability, every
+    interval containing it (5.4e-5 and 8.0e-5 targets of the rare case). Measured ratios
+    0.95–1.38; the normal interval alone missed once ([0.918, 0.990]·p): it cannot see mass
+    no draw reached, which `known_set_interval`'s upper end bounds. A hit found away from the
+    seeds weighs up to 1/α."""
+    monkeypatch.setattr(pmc, "COORDINATE_SHARE", 0.0)
     model, dist, truth = rare_case
     grid = torch.cartesian_prod(*dist.supports())
     for target in (6, 11):
@@ -46,7 +50,8 @@ def test_refinement_is_consistent_on_a_rare_target(rare_case):
                        torch.Generator().manual_seed(s), 4096, "cpu")
             ratios.append(r.value / p)
             assert r.hits > 0 and r.interval[0] <= r.value <= r.interval[1]
-            assert r.interval[0] <= p <= r.interval[1], (target, r.interval, p)
+            # (the lower end is D(H), exactly p when every input is found: up to rounding)
+            assert r.interval[0] <= p * (1 + 1e-12) and p <= r.interval[1], (target, r.interval)
         assert abs(sorted(ratios)[1] - 1) < 0.1, (target, ratios)
 
 
@@ -70,7 +75,8 @@ def test_refinement_off_is_the_sampler_alone_and_budgets_hold():
         off = run_estimator(method, model, DIST, Argmax(1), 256, seed=0, refine_fraction=0.0)
         on = run_estimator(method, model, DIST, Argmax(1), 256, seed=0)
         assert off.diagnostics["refine"] is None and off.diagnostics["refine_samples"] == 0
-        assert on.diagnostics["refine_samples"] == int(0.65 * 256)
+        assert on.diagnostics["refine_calls"] <= int(0.9 * 256)
+        assert on.diagnostics["refine_coordinate_calls"] > 0
         assert on.cost.calls <= 256 and off.cost.calls <= 256
         assert 0 < on.value < 1
 

@@ -51,18 +51,18 @@ def test_the_note_names_the_reference_draws_for_the_guess_not_for_the_tail(rare_
     _, _, acts = Argmax(RARE).evaluate_site(model, dist.sample(1024, g))
     cal = calibrate_qld(model, Argmax(RARE), acts.double())
     assert cal is not None  # the calibrated wording is the one under test
-    _, _, d = apply_fallback(model, Argmax(RARE), acts, 1024, tail=1e-9, refine_draws=2000)
+    _, _, d = apply_fallback(model, Argmax(RARE), acts, 1024, tail=1e-9)
     note = d["fallback_note"]
     assert d["fallback"] == "qld+tail"
     assert ("(the geometric mean of QLD from the 1,024 reference draws' activations, "
             f"calibrated ×{cal['factor']:.2g} on {cal['tokens']} other targets, and the "
             "refinement's margin-tail extrapolation)") in note, note
-    assert note.endswith("(1,024 draws from D, 2,000 refinement draws at D's share 0.1)")
-    _, _, d = apply_fallback(model, Argmax(RARE), acts[:2], 2, tail=1e-9, refine_draws=300)
+    assert note.endswith("(1,024 draws from D)")
+    _, _, d = apply_fallback(model, Argmax(RARE), acts[:2], 2, tail=1e-9)
     assert d["fallback"] == "tail"
     assert "reference draws" not in d["fallback_note"], d["fallback_note"]
     assert "(the refinement's margin-tail extrapolation)" in d["fallback_note"]
-    _, _, d = apply_fallback(model, Argmax(RARE), acts, 1024)  # no refinement: as before
+    _, _, d = apply_fallback(model, Argmax(RARE), acts, 1024)  # no tail
     assert ("(QLD from the 1,024 reference draws' activations, calibrated ×"
             in d["fallback_note"]) and d["fallback_note"].endswith("(1,024 draws from D)")
 
