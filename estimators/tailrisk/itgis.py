@@ -61,7 +61,8 @@ from estimators.tailrisk.common import (CALLS_CONVENTION, FORWARD_BACKWARD_CALLS
 from estimators.tailrisk.distributions import InputDistribution
 from estimators.tailrisk.fallback import settle
 from estimators.tailrisk.mixture import log_balance_weights
-from estimators.tailrisk.pmc import SearchLog, check_refine_fraction, refine, refine_calls
+from estimators.tailrisk.pmc import (KNOWN_SET_INTERVAL, SearchLog, check_refine_fraction, refine,
+                                     refine_calls)
 
 
 @dataclass
@@ -242,4 +243,5 @@ def estimate_itgis(model, dist: InputDistribution, behaviour: Behaviour, config:
                                  "defensive": alpha, "batches": updates,
                                  "calls_convention": CALLS_CONVENTION,
                                  "interval_kind": "[0, zero-hit bound]" if zero_hit else
+                                 KNOWN_SET_INTERVAL if extra["refine"] == "estimate" else
                                  "normal (approximate)", "fallback": None, **extra})
