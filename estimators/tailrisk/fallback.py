@@ -4,8 +4,9 @@ An importance sampler (ITGIS, MHIS) whose samples never hit returns exactly 0, w
 estimate of a probability that is merely small. With `fallback: true` (the default) such a run
 reports instead the extrapolation of the activations it already computed, at 0 extra calls:
 
-* the site activations of its *reference draws* (plain draws from D, forward pass only; MHIS's
-  chains' initial states, draws from D too, count in the zero-hit bound but not here) — the
+* the site activations of its *reference draws* (plain draws from D, forward pass only: the
+  search's, and the refinement's draws from D's own component of its mixture; MHIS's chains'
+  initial states, draws from D too, count in the zero-hit bound but not here) — the
   behaviour's readout goes through that activation, so they are i.i.d. samples of a ~ D at the
   behaviour's site;
 * QLD on them (`qld.qld_probability`, Wu & Hilton 2024's quadratic logit decomposition). When
