@@ -93,3 +93,15 @@ def test_the_interval_stays_informative_on_a_common_target(rare_case):
             e = run_estimator(method, model, dist, Argmax(14), 1024, seed=seed)
             assert e.interval[0] <= p <= e.interval[1] < 0.6, (method, seed, e.interval)
             assert e.diagnostics["refine_draws_from_d"] > 0
+
+
+def test_the_climb_hands_over_once_enough_hits_are_known():
+    """A behaviour that always holds: the walkers' starts and first step already give
+    ENOUGH_HITS distinct hits, so the climb stops long before its budget (the draws take the
+    rest); a rare target keeps climbing to the end (test above)."""
+    model = tiny_model(16, seed=2)
+    dist = from_table([{v: 1 / 16 for v in range(16)}] * 4, 16, "uniform4")
+    log = SearchLog()
+    out = coordinate.coordinate_search(model, dist, LogitThreshold(5, -1e6), 4000,
+                                       torch.Generator().manual_seed(0), "cpu", log)
+    assert len(log.hits) >= coordinate.ENOUGH_HITS and out.calls < 500
