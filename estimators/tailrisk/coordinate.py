@@ -33,7 +33,7 @@ what was found (pmc.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Int
@@ -48,19 +48,6 @@ ENOUGH_HITS = 16  # distinct hits known (by any search) at which the climb hands
 CLIMB_GUIDE = "margin"  # the score climbed (Behaviour.guided)
 
 
-class _Scorer:
-    """The score a walker climbs: the behaviour's "margin" guide where it has one (argmax:
-    logit_t − logsumexp_{u≠t} logit_u), else its own score (`Behaviour.guided`)."""
-
-    def __init__(self, model, behaviour):
-        self.model, self.behaviour = model, behaviour
-
-    def __call__(self, x: Int[Tensor, "n k"]) -> tuple[Tensor, Tensor]:
-        """(value [n], score [n]); 1 call per input."""
-        v, s, _ = self.behaviour.evaluate_site(self.model, x, CLIMB_GUIDE)
-        return v, s
-
-
 @dataclass
 class Climb:
     """What `coordinate_search` spent and saw."""
@@ -71,11 +58,68 @@ class Climb:
     start_hits: int = 0  # starts in the behaviour: an estimate of its probability under D
 
 
+@dataclass
+class _Walkers:
+    """Each walker's input x [W, k], its score, its sweep `order` over the free positions and
+    `stale`, the positions of that sweep tried without a gain since its last move."""
+
+    x: Tensor
+    free: list[int]
+    cur: Tensor = field(init=False)
+    stale: list[int] = field(init=False)
+    order: list[list[int]] = field(init=False)
+
+    def __post_init__(self):
+        W = self.x.shape[0]
+        self.cur = torch.empty(W, dtype=torch.float64)
+        self.stale, self.order = [0] * W, [[] for _ in range(W)]
+
+    def position(self, w: int) -> int:
+        """The position walker w tries next."""
+        return self.order[w][self.stale[w] % len(self.free)]
+
+    def candidates(self, supports, grads) -> tuple[Tensor, Tensor]:
+        """Every walker's candidates at its next position ([c, k]) and the walker of each."""
+        cands, owner = [], []
+        for w in range(self.x.shape[0]):
+            i = self.position(w)
+            toks = _candidates(supports[i], grads[w, i] if grads is not None else None,
+                               int(self.x[w, i]))
+            xs = self.x[w].repeat(toks.numel(), 1)
+            xs[:, i] = toks
+            cands.append(xs)
+            owner += [w] * toks.numel()
+        return torch.cat(cands), torch.tensor(owner, dtype=torch.long)
+
+    def climb(self, batch: Tensor, s: Tensor, owner: Tensor, gen) -> list[int]:
+        """Move each walker to its best candidate where that raises its score (the position
+        just tried goes first in its new sweep); returns the walkers that tried every free
+        position without a gain (to restart)."""
+        restart = []
+        for w in range(self.x.shape[0]):
+            mine = (owner == w).nonzero().flatten()
+            i = self.position(w)
+            j = mine[int(s[mine].argmax())] if mine.numel() else None
+            if j is not None and float(s[j]) > float(self.cur[w]):
+                self.x[w], self.cur[w], self.stale[w] = batch[j], s[j], 1
+                self.order[w] = [i] + [f for f in _positions(self.free, gen) if f != i]
+            else:
+                self.stale[w] += 1
+            if self.stale[w] >= len(self.free):
+                restart.append(w)
+        return restart
+
+    def restart(self, walkers: list[int], fresh: Tensor, s: Tensor, gen) -> None:
+        """Put the given walkers at the inputs `fresh` (scores s), each with a new sweep."""
+        for j, w in enumerate(walkers):
+            self.x[w], self.cur[w], self.stale[w] = fresh[j], s[j], 0
+            self.order[w] = _positions(self.free, gen)
+
+
 def coordinate_search(model, dist, behaviour, n: int, gen: torch.Generator, dev, log,
                       progress: ProgressFn | None = None) -> Climb:
     """Spend at most n calls climbing (module docstring); every evaluated input goes to `log`
     (a pmc.SearchLog)."""
-    score = _Scorer(model, behaviour)
     supports = [s.cpu() for s in dist.supports()]
     free = [i for i, s in enumerate(supports) if s.numel() > 1]
     wide = any(supports[i].numel() > CANDIDATES for i in free)
@@ -87,62 +131,46 @@ def coordinate_search(model, dist, behaviour, n: int, gen: torch.Generator, dev,
     if walkers < 1:
         return out
     log.top = []  # the climb's best inputs replace the search's (another score's scale)
-    x = dist.sample(walkers, gen)  # [W, k]
-    cur = torch.empty(walkers, dtype=torch.float64)
-    stale, order = [0] * walkers, [[] for _ in range(walkers)]
-    _restart(list(range(walkers)), x, cur, stale, order, free, dist, score, log, gen, dev, out)
-    grads = _gradients(model, behaviour, x, dev) if wide else None
-    out.calls += walkers * FORWARD_BACKWARD_CALLS if wide else 0
-    while len(log.hits) < ENOUGH_HITS:  # beyond, the draws' kernels find hits more cheaply
-        batch, owner = _step_candidates(x, order, stale, free, supports, grads)
-        # the batch, then at worst every walker restarts and takes a gradient
-        if out.calls + batch.shape[0] + walkers * per_walker > n:
-            break
-        v, s = score(batch.to(dev))
+
+    def evaluate(batch: Tensor) -> tuple[Tensor, Tensor]:
+        """(value, score) on the cpu, logged and counted (1 call per input). The score is
+        the behaviour's "margin" guide where it has one (argmax: logit_t − logsumexp_{u≠t}
+        logit_u), else its own score (`Behaviour.guided`)."""
+        v, s, _ = behaviour.evaluate_site(model, batch.to(dev), CLIMB_GUIDE)
         v, s = v.cpu(), s.cpu()
         log.add(batch, v, s)
         out.calls += batch.shape[0]
         out.inputs += batch.shape[0]
-        restart = _climb(batch, s, owner, x, cur, stale, order, free, gen)
-        if restart:
-            _restart(restart, x, cur, stale, order, free, dist, score, log, gen, dev, out)
+        return v, s
+
+    def restart(ids: list[int]) -> None:
+        """Restart the given walkers from fresh draws of D (1 call each)."""
+        fresh = dist.sample(len(ids), gen)
+        v, s = evaluate(fresh)
+        walk.restart(ids, fresh, s, gen)
+        out.starts += len(ids)
+        out.start_hits += int((v > 0).sum())
+
+    # (rows every walker's first restart overwrites; drawn so that seeded runs stay as they
+    # were measured in the README's benchmarks)
+    walk = _Walkers(dist.sample(walkers, gen), free)
+    restart(list(range(walkers)))
+    grads = _gradients(model, behaviour, walk.x, dev) if wide else None
+    out.calls += walkers * FORWARD_BACKWARD_CALLS if wide else 0
+    while len(log.hits) < ENOUGH_HITS:  # beyond, the draws' kernels find hits more cheaply
+        batch, owner = walk.candidates(supports, grads)
+        # the batch, then at worst every walker restarts and takes a gradient
+        if out.calls + batch.shape[0] + walkers * per_walker > n:
+            break
+        _, s = evaluate(batch)
+        ids = walk.climb(batch, s, owner, gen)
+        if ids:
+            restart(ids)
         if grads is not None:  # the gradient at each walker's current input
-            grads = _gradients(model, behaviour, x, dev)
+            grads = _gradients(model, behaviour, walk.x, dev)
             out.calls += walkers * FORWARD_BACKWARD_CALLS
         report(progress, min(1.0, out.calls / n), out.calls, n, "calls", "coordinate search")
     return out
-
-
-def _step_candidates(x, order, stale, free, supports, grads) -> tuple[Tensor, Tensor]:
-    """Every walker's candidates at its next position ([c, k]) and the walker of each ([c])."""
-    cands, owner = [], []
-    for w in range(x.shape[0]):
-        i = order[w][stale[w] % len(free)]
-        toks = _candidates(supports[i], grads[w, i] if grads is not None else None, int(x[w, i]))
-        xs = x[w].repeat(toks.numel(), 1)
-        xs[:, i] = toks
-        cands.append(xs)
-        owner += [w] * toks.numel()
-    return torch.cat(cands), torch.tensor(owner, dtype=torch.long)
-
-
-def _climb(batch, s, owner, x, cur, stale, order, free, gen) -> list[int]:
-    """Move each walker to its best candidate where that raises its score (the position just
-    tried goes first in its new sweep); returns the walkers that tried every free position
-    without a gain (to restart)."""
-    restart = []
-    for w in range(x.shape[0]):
-        mine = (owner == w).nonzero().flatten()
-        i = order[w][stale[w] % len(free)]
-        j = mine[int(s[mine].argmax())] if mine.numel() else None
-        if j is not None and float(s[j]) > float(cur[w]):
-            x[w], cur[w], stale[w] = batch[j], s[j], 1
-            order[w] = [i] + [f for f in _positions(free, gen) if f != i]
-        else:
-            stale[w] += 1
-        if stale[w] >= len(free):
-            restart.append(w)
-    return restart
 
 
 def _positions(free: list[int], gen: torch.Generator) -> list[int]:
@@ -157,22 +185,6 @@ def _candidates(support: Tensor, grad: Tensor | None, current: int) -> Tensor:
     if grad is not None and toks.numel() > CANDIDATES:
         toks = toks[torch.topk(grad[toks], CANDIDATES).indices]
     return toks
-
-
-def _restart(walkers: list[int], x, cur, stale, order, free, dist, score, log, gen, dev,
-             out: Climb) -> None:
-    """Restart the given walkers from fresh draws of D (1 call each), counted in `out`."""
-    fresh = dist.sample(len(walkers), gen)
-    v, s = score(fresh.to(dev))
-    v, s = v.cpu(), s.cpu()
-    log.add(fresh, v, s)
-    for j, w in enumerate(walkers):
-        x[w], cur[w], stale[w] = fresh[j], s[j], 0
-        order[w] = _positions(free, gen)
-    out.calls += len(walkers)
-    out.inputs += len(walkers)
-    out.starts += len(walkers)
-    out.start_hits += int((v > 0).sum())
 
 
 def _gradients(model, behaviour, x: Int[Tensor, "W k"], dev) -> Tensor:

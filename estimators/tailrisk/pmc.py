@@ -311,12 +311,11 @@ def refine(model, dist, behaviour, log: SearchLog, n: int, gen: torch.Generator,
             new_key = (is_hits, int(seeds.shape[0]))
         report(progress, (done + m) / n, done + m, n, "calls", "refinement")
     tail = tail_fit(torch.cat(margins), torch.cat(tail_w)) if hits == 0 and margins else None
-    # unbiased weights can put the mean above 1 (a behaviour that always holds: 1.02 seen)
-    known = log.known_mass(dist)  # D(H) at the end: a sure lower bound
-    d_acts = torch.cat(d_acts)
+    d_acts = torch.cat(d_acts)  # (`known` is D(H) at the end: updated after every new hit)
     interval = (known_set_interval(y, known, new_d, int(d_acts.shape[0]), confidence)
                 if hits or known else None)
-    # never below what is known for sure (a projection on p ≥ D(H): it can only lower the error)
+    # never below what is known for sure (a projection on p ≥ D(H): it can only lower the
+    # error); capped at 1 (unbiased weights can average above it: 1.02 seen on p = 1)
     return Refinement(min(1.0, max(float(y.mean()), known)), interval, n, hits,
                       start, were_hits, int(seeds.shape[0]), proposals, tail,
                       coordinate_calls=climb.calls, coordinate_inputs=climb.inputs,
